@@ -1,0 +1,249 @@
+"""The phi-1 decoder in Flax NNX (Gunasekar et al. 2023, arXiv 2306.11644, §2.3).
+
+Shape legend (nanodo style), used in every name and einsum below:
+  B batch, T query length, S key length, D d_model, H heads, K head dim, F MLP inner dim, V vocab.
+
+Block (CodeGen / GPT-J "parallel" layout, as in HF `PhiDecoderLayer`):
+  h = LN(x);  x = x + dropout(attn(h)) + dropout(mlp(h))
+with partial rotary embeddings (first `rotary_dim` of the K head dims, NeoX half-split), gelu_new
+(tanh approximation), biases on every linear, a final LayerNorm and an untied LM head with a bias.
+
+Every parameter carries `logical_axes` metadata and every large activation passes through
+`sharding.constrain` with logical names; `phi1/sharding.py` alone maps those names to the mesh.
+"""
+
+import dataclasses
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from phi1 import attention as attention_lib
+from phi1 import sharding
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+REMAT_POLICIES = ("none", "dots", "full")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phi1Config:
+  """Model hyper-parameters. Field names are a user-facing contract (experiment configs set them)."""
+  vocab_size: int = 51200
+  d_model: int = 2048
+  n_layers: int = 24
+  n_heads: int = 32
+  d_ff: int = 8192
+  rotary_dim: int = 32
+  rope_theta: float = 10000.0
+  max_seq_len: int = 2048
+  layer_norm_eps: float = 1e-5
+  # The paper trains with attention and residual dropout 0.1 (§2.3); the released config uses 0.
+  embd_dropout: float = 0.0
+  attn_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  attention_impl: str = "xla"
+  dtype: str = "float32"  # compute dtype; parameters stay float32 (see phi1/precision.py)
+  remat: str = "none"  # "none" | "dots" | "full": activation recomputation per block
+  init_std: float = 0.02  # HF PhiConfig.initializer_range
+
+  @classmethod
+  def phi1(cls, **overrides) -> "Phi1Config":
+    """phi-1, 1.3B: 24 layers, d 2048, 32 heads x 64, MLP 8192, rotary 32 (paper §2.3)."""
+    return cls(**overrides)
+
+  @classmethod
+  def phi1_small(cls, **overrides) -> "Phi1Config":
+    """phi-1-small, 350M: 20 layers, d 1024, 16 heads x 64, MLP 4096 (paper §2.3)."""
+    return cls(**{**dict(d_model=1024, n_layers=20, n_heads=16, d_ff=4096), **overrides})
+
+  @classmethod
+  def tiny(cls, **overrides) -> "Phi1Config":
+    """A few-MB model with the same block, for tests and the CPU demo (head dim 32, rotary 16)."""
+    base = dict(vocab_size=512, d_model=128, n_layers=2, n_heads=4, d_ff=512, rotary_dim=16,
+                max_seq_len=256)
+    return cls(**{**base, **overrides})
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads
+
+  def __post_init__(self):
+    if self.d_model % self.n_heads:
+      raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+    if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
+      raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= head_dim={self.head_dim}")
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if self.attention_impl not in attention_lib.IMPLS:
+      raise ValueError(f"attention_impl must be one of {attention_lib.IMPLS}, "
+                       f"got {self.attention_impl!r}")
+
+
+def _linear(d_in, d_out, axes, config, rngs):
+  return nnx.Linear(
+      d_in, d_out, dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
+      kernel_init=nnx.initializers.normal(config.init_std), rngs=rngs,
+      kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[1:]})
+
+
+def _layer_norm(config, rngs):
+  # LayerNorm statistics in fp32 whatever the compute dtype (the mean/var of bf16 is too coarse).
+  return nnx.LayerNorm(config.d_model, epsilon=config.layer_norm_eps, dtype=jnp.float32,
+                       param_dtype=jnp.float32, rngs=rngs,
+                       scale_metadata={"logical_axes": ("norm",)},
+                       bias_metadata={"logical_axes": ("norm",)})
+
+
+def rotary(x_BTHK, positions_BT, rotary_dim: int, theta: float):
+  """NeoX-style rotary embedding on the first `rotary_dim` dims; the rest pass through (HF Phi)."""
+  if rotary_dim == 0:
+    return x_BTHK
+  half = rotary_dim // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))
+  angles_BTR = positions_BT.astype(jnp.float32)[..., None] * inv_freq  # R = rotary_dim / 2
+  cos_BT1R = jnp.cos(angles_BTR)[:, :, None, :]
+  sin_BT1R = jnp.sin(angles_BTR)[:, :, None, :]
+  x_rot = x_BTHK[..., :rotary_dim].astype(jnp.float32)
+  x1, x2 = x_rot[..., :half], x_rot[..., half:]
+  rotated = jnp.concatenate([x1 * cos_BT1R - x2 * sin_BT1R, x2 * cos_BT1R + x1 * sin_BT1R], -1)
+  return jnp.concatenate([rotated.astype(x_BTHK.dtype), x_BTHK[..., rotary_dim:]], axis=-1)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
+    self.config = config
+    D = config.d_model
+    self.q_proj = _linear(D, D, ("embed", "heads"), config, rngs)
+    self.k_proj = _linear(D, D, ("embed", "heads"), config, rngs)
+    self.v_proj = _linear(D, D, ("embed", "heads"), config, rngs)
+    self.dense = _linear(D, D, ("heads", "embed"), config, rngs)
+    self.rngs = rngs if config.attn_dropout > 0 else None
+    self.deterministic = False
+
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None):
+    """`cache` (decoding only) is a `KVCache` layer slot; returns (out_BTD, new_cache)."""
+    c = self.config
+    B, T, _ = x_BTD.shape
+    split = lambda y: sharding.constrain(y.reshape(B, T, c.n_heads, c.head_dim),
+                                         ("batch", "seq", "act_heads", "head_dim"))
+    q_BTHK, k_BTHK, v_BTHK = split(self.q_proj(x_BTD)), split(self.k_proj(x_BTD)), split(
+        self.v_proj(x_BTD))
+    q_BTHK = rotary(q_BTHK, positions_BT, c.rotary_dim, c.rope_theta)
+    k_BTHK = rotary(k_BTHK, positions_BT, c.rotary_dim, c.rope_theta)
+    dropout = c.attn_dropout if not self.deterministic else 0.0
+    if cache is None:
+      out_BTHK = attention_lib.attention(
+          q_BTHK, k_BTHK, v_BTHK, causal=True, segment_ids=segment_ids_BT,
+          impl=c.attention_impl, dropout_rate=dropout,
+          dropout_rng=self.rngs.dropout() if dropout > 0 else None)
+    else:
+      cache = cache.update(k_BTHK, v_BTHK, segment_ids_BT)
+      out_BTHK = attention_lib.xla_attention(q_BTHK, cache.k_BSHK, cache.v_BSHK, cache.mask_B1TS(T))
+    return self.dense(out_BTHK.reshape(B, T, c.d_model)), cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
+    self.fc1 = _linear(config.d_model, config.d_ff, ("embed", "mlp"), config, rngs)
+    self.fc2 = _linear(config.d_ff, config.d_model, ("mlp", "embed"), config, rngs)
+
+  def __call__(self, x_BTD):
+    h_BTF = sharding.constrain(self.fc1(x_BTD), ("batch", "seq", "act_mlp"))
+    return self.fc2(jax.nn.gelu(h_BTF, approximate=True))  # gelu_new is the tanh approximation
+
+
+class Block(nnx.Module):
+
+  def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
+    self.input_layernorm = _layer_norm(config, rngs)
+    self.self_attn = Attention(config, rngs)
+    self.mlp = MLP(config, rngs)
+    self.resid_dropout = nnx.Dropout(config.resid_dropout, rngs=rngs)
+    self.dtype = DTYPES[config.dtype]
+
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None):
+    h_BTD = self.input_layernorm(x_BTD).astype(self.dtype)
+    attn_BTD, cache = self.self_attn(h_BTD, positions_BT, segment_ids_BT, cache)
+    mlp_BTD = self.mlp(h_BTD)
+    x_BTD = x_BTD + self.resid_dropout(attn_BTD) + self.resid_dropout(mlp_BTD)
+    return sharding.constrain(x_BTD, ("batch", "seq", "act_embed")), cache
+
+
+class Phi1(nnx.Module):
+  """phi-1 decoder: `model(tokens_BT, segment_ids=None, positions=None) -> logits_BTV` (float32)."""
+
+  def __init__(self, config: Phi1Config, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed_tokens = nnx.Embed(
+        config.vocab_size, config.d_model, dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
+        embedding_init=nnx.initializers.normal(config.init_std), rngs=rngs,
+        embedding_metadata={"logical_axes": ("vocab", "embed")})
+    self.embd_dropout = nnx.Dropout(config.embd_dropout, rngs=rngs)
+    self.layers = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
+    self.final_layernorm = _layer_norm(config, rngs)
+    self.lm_head = _linear(config.d_model, config.vocab_size, ("embed", "vocab"), config, rngs)
+
+  def _check_inputs(self, tokens_BT, segment_ids, positions):
+    c = self.config
+    if tokens_BT.ndim != 2 or not jnp.issubdtype(tokens_BT.dtype, jnp.integer):
+      raise ValueError(f"tokens must be an integer [batch, seq] array; got dtype {tokens_BT.dtype} "
+                       f"shape {tokens_BT.shape}")
+    if tokens_BT.shape[1] > c.max_seq_len:
+      raise ValueError(f"sequence length {tokens_BT.shape[1]} exceeds the model context "
+                       f"max_seq_len={c.max_seq_len}: truncate or split the input")
+    for name, arr in (("segment_ids", segment_ids), ("positions", positions)):
+      if arr is not None and arr.shape != tokens_BT.shape:
+        raise ValueError(f"{name} shape {arr.shape} must equal tokens shape {tokens_BT.shape}")
+    if not isinstance(tokens_BT, jax.core.Tracer):
+      lo, hi = int(tokens_BT.min()), int(tokens_BT.max())
+      if lo < 0 or hi >= c.vocab_size:
+        raise ValueError(f"token ids must lie in [0, {c.vocab_size}); got range [{lo}, {hi}]. "
+                         "Is the tokenizer's vocabulary larger than the model's vocab_size?")
+
+  def hidden_states(self, tokens_BT, segment_ids=None, positions=None, cache=None):
+    """Final-LayerNorm output h_BTD (float32); with `cache`, returns (h_BTD, new_cache)."""
+    self._check_inputs(tokens_BT, segment_ids, positions)
+    B, T = tokens_BT.shape
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    x_BTD = self.embd_dropout(self.embed_tokens(tokens_BT))
+    x_BTD = sharding.constrain(x_BTD.astype(jnp.float32), ("batch", "seq", "act_embed"))
+    new_layers = []
+    for i, block in enumerate(self.layers):
+      layer_cache = None if cache is None else cache.layer(i)
+      if cache is None and self.config.remat != "none":
+        x_BTD, _ = _remat(self.config.remat)(block, x_BTD, positions, segment_ids)
+      else:
+        x_BTD, layer_cache = block(x_BTD, positions, segment_ids, layer_cache)
+      new_layers.append(layer_cache)
+    h_BTD = self.final_layernorm(x_BTD)
+    if cache is None:
+      return h_BTD
+    return h_BTD, cache.replace_layers(new_layers, advance=T)
+
+  def logits(self, h_BTD):
+    # The LM head may run in bf16/fp16 but accumulates and returns fp32: the loss needs fp32 logits.
+    kernel, bias = self.lm_head.kernel.value, self.lm_head.bias.value
+    dtype = DTYPES[self.config.dtype]
+    logits_BTV = jnp.einsum("btd,dv->btv", h_BTD.astype(dtype), kernel.astype(dtype),
+                            preferred_element_type=jnp.float32) + bias
+    return sharding.constrain(logits_BTV, ("batch", "seq", "act_vocab"))
+
+  def __call__(self, tokens_BT, segment_ids=None, positions=None):
+    return self.logits(self.hidden_states(tokens_BT, segment_ids, positions))
+
+
+def _remat(policy: str):
+  """Recompute a block's activations in the backward pass ("dots" keeps matmul outputs)."""
+  jax_policy = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+  return nnx.remat(lambda block, *args: block(*args), policy=jax_policy[policy])
+
+
+def count_params(config: Phi1Config) -> int:
+  """Exact parameter count without allocating (jax.eval_shape over the constructor)."""
+  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
+  leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
+  return sum(int(jnp.prod(jnp.array(x.shape))) for x in leaves)
