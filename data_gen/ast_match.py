@@ -1,0 +1,225 @@
+"""AST match rate tau: how alike two pieces of Python are once names, literals and prose are gone.
+
+The paper (phi-1, Section 5) prunes training data by "a match rate tau" computed from "the string
+edit distance between the abstract syntax trees" of a training snippet and a HumanEval problem,
+"agnostic to names, comments and docstrings". It gives no exact definition, so ours is:
+
+1. Parse the code with `ast.parse`. Walk the tree depth-first in pre-order (a node, then its
+   children in field order, as `ast.iter_child_nodes` yields them) and write down the *class name*
+   of every node: `FunctionDef`, `arguments`, `arg`, `For`, `Name`, `BinOp`, `Add`, `Constant`, ...
+   This drops, by construction,
+   - identifiers: `Name.id`, `arg.arg`, `FunctionDef.name`, `Attribute.attr`, `alias.name`, ...
+     are fields holding strings, not nodes, so renaming changes nothing;
+   - literal values: a literal is one `Constant` node whatever its value or type;
+   - comments and formatting: they never reach the AST.
+   We also skip docstrings (a string-constant expression that is the first statement of a module,
+   class or function body, with everything under it), and the expression-context nodes
+   `Load`/`Store`/`Del`, which are implied by their parent and would only dilute the sequence.
+2. Each node class becomes one character (a fixed table over the classes of the running Python's
+   `ast` module), so a tree becomes a string `s`.
+3. tau(a, b) = 1 - lev(s_a, s_b) / max(len(s_a), len(s_b)), with lev the Levenshtein distance
+   (unit-cost insert, delete, substitute). tau = 1 means identical trees up to names, literals,
+   comments and docstrings; tau >= 0.9 means at most one edit per ten nodes of the longer tree.
+
+Units compared. A benchmark problem is the concatenation, in source order, of the sequences of its
+solution's top-level function and class definitions (HumanEval: prompt + canonical solution, which
+includes helpers such as `is_palindrome` in HumanEval/10; MBPP: `code`). A corpus record is cut into
+units: every function definition at any depth (methods and nested functions included), and every
+pair of consecutive top-level definitions (so a planted solution with its helper still matches as
+one unit). A record's tau against a problem is the best over its units.
+
+Very short trees (fewer than `min_nodes` nodes, counted on the longer side) are not compared:
+`def f(a, b): return a + b` has ten nodes and matches thousands of unrelated functions exactly, so
+a tau on it is no evidence of contamination. The n-gram and embedding measures still see them.
+
+Speed. All pairs would be (units x problems) edit distances; we prune first, with bounds that never
+drop a pair whose tau could reach the cut-off:
+- length: lev >= |len_a - len_b|, so tau >= t needs min/max length >= t;
+- node-class histogram: lev >= max(sum(h_a - h_b)+, sum(h_b - h_a)+), since every node class a has
+  in excess must be deleted or substituted away;
+- identical unit strings are compared once.
+The survivors go to rapidfuzz's C++ Levenshtein (bit-parallel, with the cut-off) when it is
+installed, else to a numpy row-vectorised dynamic programme.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from typing import Iterable, Sequence
+
+import numpy as np
+
+try:  # C++ edit distance; optional (pip install rapidfuzz), numpy fallback below.
+  from rapidfuzz.distance import Levenshtein as _rf_levenshtein
+except ImportError:  # pragma: no cover - exercised only where rapidfuzz is absent
+  _rf_levenshtein = None
+
+DEFAULT_MIN_NODES = 24
+
+_NODE_CLASSES = sorted(
+    name for name in dir(ast)
+    if isinstance(getattr(ast, name), type) and issubclass(getattr(ast, name), ast.AST))
+# One character per node class; code points from U+0100 keep them printable and distinct.
+_CHAR_OF = {name: chr(0x100 + i) for i, name in enumerate(_NODE_CLASSES)}
+N_NODE_CLASSES = len(_CHAR_OF) + 1  # + one slot for classes unknown to this table
+_SKIPPED = (ast.expr_context, ast.type_ignore)
+_DEF_TYPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+  return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+          and isinstance(stmt.value.value, str))
+
+
+def node_sequence(node: ast.AST) -> str:
+  """The pre-order node-class string of `node` (see the module docstring for what is dropped)."""
+  out: list[str] = []
+  stack = [node]
+  while stack:
+    n = stack.pop()
+    out.append(_CHAR_OF.get(type(n).__name__, "\uffff"))
+    children = list(ast.iter_child_nodes(n))
+    if isinstance(n, (ast.Module, *_DEF_TYPES)) and n.body and _is_docstring(n.body[0]):
+      docstring = n.body[0]
+      children = [c for c in children if c is not docstring]
+    stack.extend(reversed([c for c in children if not isinstance(c, _SKIPPED)]))
+  return "".join(out)
+
+
+def parse(code: str) -> ast.Module | None:
+  """`ast.parse`, or None for code that does not parse (Python 2, templates, fragments)."""
+  try:
+    return ast.parse(code)
+  except (SyntaxError, ValueError, RecursionError, MemoryError):
+    return None
+
+
+def benchmark_sequence(code: str) -> str | None:
+  """A benchmark solution as one unit: its top-level definitions concatenated, or the module."""
+  tree = parse(code)
+  if tree is None:
+    return None
+  defs = [s for s in tree.body if isinstance(s, _DEF_TYPES)]
+  if not defs:
+    return node_sequence(tree)
+  return "".join(node_sequence(d) for d in defs)
+
+
+def corpus_units(code: str) -> list[str] | None:
+  """A corpus record's units: every function (any depth) and consecutive top-level def pairs."""
+  tree = parse(code)
+  if tree is None:
+    return None
+  units = [node_sequence(n) for n in ast.walk(tree)
+           if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+  top = [node_sequence(s) for s in tree.body if isinstance(s, _DEF_TYPES)]
+  units.extend(a + b for a, b in zip(top, top[1:]))
+  return units
+
+
+def match_rate(a: str, b: str) -> float:
+  """tau(a, b) = 1 - lev(a, b) / max(len(a), len(b)); 1.0 for two empty sequences."""
+  longest = max(len(a), len(b))
+  if longest == 0:
+    return 1.0
+  return 1.0 - levenshtein(a, b) / longest
+
+
+def levenshtein(a: str, b: str, max_dist: int | None = None) -> int:
+  """Unit-cost edit distance; with `max_dist`, any value above it may be returned as max_dist + 1."""
+  if _rf_levenshtein is not None:
+    return _rf_levenshtein.distance(a, b, score_cutoff=max_dist)
+  return _levenshtein_numpy(a, b, max_dist)
+
+
+def _levenshtein_numpy(a: str, b: str, max_dist: int | None = None) -> int:
+  """Row-by-row DP; the in-row insertion chain is resolved with a running minimum."""
+  if len(a) < len(b):
+    a, b = b, a
+  if not b:
+    return len(a)
+  b_codes = np.frombuffer(b.encode("utf-32-le"), dtype=np.uint32)
+  cols = np.arange(len(b) + 1, dtype=np.int64)
+  prev = cols.copy()
+  a_codes = np.frombuffer(a.encode("utf-32-le"), dtype=np.uint32)
+  for i, ch in enumerate(a_codes, 1):
+    sub = prev[:-1] + (b_codes != ch)
+    best = np.empty_like(prev)
+    best[0] = i
+    best[1:] = np.minimum(prev[1:] + 1, sub)
+    # cur[j] = min_k<=j (best[k] + j - k): the insertion chain along the row.
+    prev = np.minimum.accumulate(best - cols) + cols
+    if max_dist is not None and prev.min() > max_dist:
+      return max_dist + 1
+  return int(prev[-1])
+
+
+def histogram(seq: str) -> np.ndarray:
+  """Counts of each node class in `seq`, shape [N_NODE_CLASSES]."""
+  codes = np.frombuffer(seq.encode("utf-32-le"), dtype=np.uint32).astype(np.int64) - 0x100
+  codes = np.where((codes >= 0) & (codes < N_NODE_CLASSES - 1), codes, N_NODE_CLASSES - 1)
+  return np.bincount(codes, minlength=N_NODE_CLASSES).astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Match:
+  unit: int        # index into the queried unit sequences
+  problem: int     # index into the index's problems
+  tau: float
+
+
+class AstIndex:
+  """Benchmark problems' sequences, searchable for units with tau >= a cut-off."""
+
+  def __init__(self, problem_sequences: Sequence[str | None], *, min_nodes: int = DEFAULT_MIN_NODES):
+    self.min_nodes = min_nodes
+    self.sequences = list(problem_sequences)
+    self.usable = [i for i, s in enumerate(self.sequences) if s is not None and len(s) >= min_nodes]
+    usable = sorted(self.usable, key=lambda i: len(self.sequences[i]))
+    self._order = np.array(usable, dtype=np.int64)
+    self._lengths = np.array([len(self.sequences[i]) for i in usable], dtype=np.int64)
+    self._hists = (np.stack([histogram(self.sequences[i]) for i in usable])
+                   if usable else np.zeros((0, N_NODE_CLASSES), np.int32))
+    self.pairs_considered = 0
+    self.pairs_after_length = 0
+    self.pairs_after_histogram = 0
+
+  def search(self, units: Iterable[str], tau_min: float) -> list[Match]:
+    """Every (unit, problem) with tau >= tau_min; short units (< min_nodes) are skipped."""
+    units = list(units)
+    by_seq: dict[str, list[int]] = {}
+    for i, u in enumerate(units):
+      by_seq.setdefault(u, []).append(i)
+    matches = []
+    for seq, unit_ids in by_seq.items():
+      for problem, tau in self._search_one(seq, tau_min):
+        matches.extend(Match(u, problem, tau) for u in unit_ids)
+    return matches
+
+  def _search_one(self, seq: str, tau_min: float) -> list[tuple[int, float]]:
+    n = len(seq)
+    self.pairs_considered += len(self._order)
+    # Skip only when the *longer* side is short: a long unit vs a short problem fails on length.
+    lo = int(np.ceil(n * tau_min - 1e-9))
+    hi = int(np.floor(n / tau_min + 1e-9)) if tau_min > 0 else np.iinfo(np.int64).max
+    start = int(np.searchsorted(self._lengths, lo, side="left"))
+    stop = int(np.searchsorted(self._lengths, hi, side="right"))
+    if stop <= start:
+      return []
+    self.pairs_after_length += stop - start
+    h = histogram(seq)
+    h_probs = self._hists[start:stop]
+    diff = h_probs - h[None, :]
+    lower_bound = np.maximum(np.clip(diff, 0, None).sum(1), np.clip(-diff, 0, None).sum(1))
+    longest = np.maximum(self._lengths[start:stop], n)
+    max_dist = np.floor((1.0 - tau_min) * longest + 1e-9).astype(np.int64)
+    keep = np.nonzero((lower_bound <= max_dist) & (longest >= self.min_nodes))[0]
+    self.pairs_after_histogram += len(keep)
+    out = []
+    for k in keep:
+      problem = int(self._order[start + k])
+      d = levenshtein(seq, self.sequences[problem], int(max_dist[k]))
+      if d <= max_dist[k]:
+        out.append((problem, 1.0 - d / int(longest[k])))
+    return out
