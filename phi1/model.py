@@ -119,11 +119,10 @@ class Attention(nnx.Module):
     self.k_proj = _linear(D, D, ("embed", "heads"), config, rngs)
     self.v_proj = _linear(D, D, ("embed", "heads"), config, rngs)
     self.dense = _linear(D, D, ("heads", "embed"), config, rngs)
-    self.rngs = rngs if config.attn_dropout > 0 else None
-    self.deterministic = False
+    self.deterministic = False  # toggled by model.train() / model.eval()
 
-  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None):
-    """`cache` (decoding only) is a `KVCache` layer slot; returns (out_BTD, new_cache)."""
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, rngs=None):
+    """`cache` (decoding only) is a `LayerCache`; returns (out_BTD, new_cache)."""
     c = self.config
     B, T, _ = x_BTD.shape
     split = lambda y: sharding.constrain(y.reshape(B, T, c.n_heads, c.head_dim),
@@ -137,7 +136,7 @@ class Attention(nnx.Module):
       out_BTHK = attention_lib.attention(
           q_BTHK, k_BTHK, v_BTHK, causal=True, segment_ids=segment_ids_BT,
           impl=c.attention_impl, dropout_rate=dropout,
-          dropout_rng=self.rngs.dropout() if dropout > 0 else None)
+          dropout_rng=_dropout_key(rngs) if dropout > 0 else None)
     else:
       cache = cache.update(k_BTHK, v_BTHK, segment_ids_BT)
       out_BTHK = attention_lib.xla_attention(q_BTHK, cache.k_BSHK, cache.v_BSHK, cache.mask_B1TS(T))
@@ -161,19 +160,23 @@ class Block(nnx.Module):
     self.input_layernorm = _layer_norm(config, rngs)
     self.self_attn = Attention(config, rngs)
     self.mlp = MLP(config, rngs)
-    self.resid_dropout = nnx.Dropout(config.resid_dropout, rngs=rngs)
+    self.resid_dropout = nnx.Dropout(config.resid_dropout)
     self.dtype = DTYPES[config.dtype]
 
-  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None):
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, rngs=None):
     h_BTD = self.input_layernorm(x_BTD).astype(self.dtype)
-    attn_BTD, cache = self.self_attn(h_BTD, positions_BT, segment_ids_BT, cache)
+    attn_BTD, cache = self.self_attn(h_BTD, positions_BT, segment_ids_BT, cache, rngs)
     mlp_BTD = self.mlp(h_BTD)
-    x_BTD = x_BTD + self.resid_dropout(attn_BTD) + self.resid_dropout(mlp_BTD)
+    x_BTD = x_BTD + self.resid_dropout(attn_BTD, rngs=rngs) + self.resid_dropout(mlp_BTD, rngs=rngs)
     return sharding.constrain(x_BTD, ("batch", "seq", "act_embed")), cache
 
 
 class Phi1(nnx.Module):
-  """phi-1 decoder: `model(tokens_BT, segment_ids=None, positions=None) -> logits_BTV` (float32)."""
+  """phi-1 decoder: `model(tokens_BT, segment_ids=None, positions=None) -> logits_BTV` (float32).
+
+  Dropout randomness is passed per call (`rngs=nnx.Rngs(dropout=key)`), not stored in the model, so
+  a training step is a pure function of (params, batch, key) and resumes exactly.
+  """
 
   def __init__(self, config: Phi1Config, *, rngs: nnx.Rngs):
     self.config = config
@@ -181,7 +184,7 @@ class Phi1(nnx.Module):
         config.vocab_size, config.d_model, dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
         embedding_init=nnx.initializers.normal(config.init_std), rngs=rngs,
         embedding_metadata={"logical_axes": ("vocab", "embed")})
-    self.embd_dropout = nnx.Dropout(config.embd_dropout, rngs=rngs)
+    self.embd_dropout = nnx.Dropout(config.embd_dropout)
     self.layers = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
     self.final_layernorm = _layer_norm(config, rngs)
     self.lm_head = _linear(config.d_model, config.vocab_size, ("embed", "vocab"), config, rngs)
@@ -203,21 +206,21 @@ class Phi1(nnx.Module):
         raise ValueError(f"token ids must lie in [0, {c.vocab_size}); got range [{lo}, {hi}]. "
                          "Is the tokenizer's vocabulary larger than the model's vocab_size?")
 
-  def hidden_states(self, tokens_BT, segment_ids=None, positions=None, cache=None):
+  def hidden_states(self, tokens_BT, segment_ids=None, positions=None, cache=None, *, rngs=None):
     """Final-LayerNorm output h_BTD (float32); with `cache`, returns (h_BTD, new_cache)."""
     self._check_inputs(tokens_BT, segment_ids, positions)
     B, T = tokens_BT.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    x_BTD = self.embd_dropout(self.embed_tokens(tokens_BT))
+    x_BTD = self.embd_dropout(self.embed_tokens(tokens_BT), rngs=rngs)
     x_BTD = sharding.constrain(x_BTD.astype(jnp.float32), ("batch", "seq", "act_embed"))
     new_layers = []
     for i, block in enumerate(self.layers):
       layer_cache = None if cache is None else cache.layer(i)
       if cache is None and self.config.remat != "none":
-        x_BTD, _ = _remat(self.config.remat)(block, x_BTD, positions, segment_ids)
+        x_BTD, _ = _remat(self.config.remat)(block, x_BTD, positions, segment_ids, None, rngs)
       else:
-        x_BTD, layer_cache = block(x_BTD, positions, segment_ids, layer_cache)
+        x_BTD, layer_cache = block(x_BTD, positions, segment_ids, layer_cache, rngs)
       new_layers.append(layer_cache)
     h_BTD = self.final_layernorm(x_BTD)
     if cache is None:
@@ -232,8 +235,15 @@ class Phi1(nnx.Module):
                             preferred_element_type=jnp.float32) + bias
     return sharding.constrain(logits_BTV, ("batch", "seq", "act_vocab"))
 
-  def __call__(self, tokens_BT, segment_ids=None, positions=None):
-    return self.logits(self.hidden_states(tokens_BT, segment_ids, positions))
+  def __call__(self, tokens_BT, segment_ids=None, positions=None, *, rngs=None):
+    return self.logits(self.hidden_states(tokens_BT, segment_ids, positions, rngs=rngs))
+
+
+def _dropout_key(rngs):
+  if rngs is None:
+    raise ValueError("attention dropout is on: call the model with rngs=nnx.Rngs(dropout=key), "
+                     "or model.eval() to turn dropout off")
+  return rngs.dropout()
 
 
 def _remat(policy: str):

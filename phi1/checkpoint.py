@@ -1,0 +1,132 @@
+"""Checkpoints: the whole training state with orbax, and params-only exports for inference.
+
+A training checkpoint (workdir/checkpoints/<step>/) holds parameters, optimizer state, step, base
+RNG key and loss scale ("state", sharded arrays written by every host) and the grain iterator
+position of each process ("data"), so a rerun continues bit-for-bit where it stopped. Orbax writes
+each step into a temporary directory and renames it only when complete, so a kill mid-save never
+leaves a half-written checkpoint that a resume could pick up.
+
+An export (`export_params`) is what notebooks, `phi1 eval` and finetuning start from: float32
+parameters, the model config and the tokenizer file, in one directory.
+"""
+
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from phi1.model import Phi1, Phi1Config
+
+EXPORT_CONFIG = "phi1_config.json"
+EXPORT_PARAMS = "params"
+
+
+class _IteratorSnapshot:
+  """The data iterator's position frozen at save time (async saves finish after training moves on)."""
+
+  def __init__(self, iterator):
+    self._state = json.dumps(iterator.get_state(), indent=2).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
+def manager(workdir, *, keep_last: int, keep_every: int | None, async_save: bool = True):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep_last, keep_period=keep_every or None, create=True,
+      enable_async_checkpointing=async_save)
+  import grain  # registers grain's orbax handler for iterator state
+  del grain
+  return ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints", options=options,
+                               item_names=("state", "data"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state, data_iterator, *, force=False) -> bool:
+  import grain
+  args = {"state": ocp.args.StandardSave(state)}
+  if data_iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointSave(_IteratorSnapshot(data_iterator))
+  return mngr.save(step, args=ocp.args.Composite(**args), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator, step=None):
+  """Restore onto `abstract_state`'s shapes and shardings; set the data iterator in place."""
+  import grain
+  step = mngr.latest_step() if step is None else step
+  args = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iterator is not None:
+    args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+  except (FileNotFoundError, ValueError) as e:
+    raise RuntimeError(f"checkpoint at step {step} in {mngr.directory} is unreadable ({e}); move "
+                       "that step's directory aside to resume from an earlier one") from e
+  return restored["state"]
+
+
+def export_params(model: Phi1, out_dir, tokenizer_path=None):
+  """Params-only, float32, plus config and tokenizer: what `load_for_inference` reads."""
+  out = pathlib.Path(out_dir).absolute()
+  out.mkdir(parents=True, exist_ok=True)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(out / EXPORT_PARAMS, params, force=True)
+  config = dict(model.config.__dict__)
+  config["dtype"] = "float32"
+  (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
+  if tokenizer_path is not None:
+    tokenizer_path = pathlib.Path(tokenizer_path)
+    shutil.copy(tokenizer_path, out / ("tokenizer" + "".join(tokenizer_path.suffixes)))
+  return out
+
+
+def is_export(path) -> bool:
+  return (pathlib.Path(path) / EXPORT_CONFIG).is_file()
+
+
+def load_model(path, **config_overrides) -> Phi1:
+  """A Phi1 from an export directory, an HF directory, or a training workdir (its latest step)."""
+  path = pathlib.Path(path).absolute()
+  if (path / "config.json").is_file() and not is_export(path):
+    from phi1 import hf
+    return hf.from_hf(path)
+  if not is_export(path) and (path / "export").is_dir():
+    path = path / "export"
+  if not is_export(path):
+    raise FileNotFoundError(
+        f"{path} is neither a params export (with {EXPORT_CONFIG}) nor an HF directory "
+        "(with config.json); export one with `phi1 export --workdir DIR` or point at the "
+        "workdir's export/ folder")
+  config = Phi1Config(**{**json.loads((path / EXPORT_CONFIG).read_text()), **config_overrides})
+  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
+  abstract_params = nnx.state(abstract, nnx.Param)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        nnx.to_pure_dict(abstract_params))
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      params = ckptr.restore(path / EXPORT_PARAMS, target)
+  except Exception as e:  # orbax raises several types for missing/corrupt files
+    raise RuntimeError(f"could not read parameters from {path / EXPORT_PARAMS}: {e}. Re-export "
+                       "the checkpoint; a partial copy is the usual cause") from e
+  model = Phi1(config, rngs=nnx.Rngs(0))
+  nnx.replace_by_pure_dict(abstract_params, params)
+  nnx.update(model, abstract_params)
+  return model
+
+
+def load_for_inference(path):
+  """(model, tokenizer) from an export or HF directory; the tokenizer is the one saved beside it."""
+  from phi1 import tokenizer as tokenizer_lib
+  path = pathlib.Path(path)
+  if not is_export(path) and (path / "export").is_dir():
+    path = path / "export"
+  model = load_model(path)
+  candidates = sorted(path.glob("tokenizer*"))
+  if not candidates:
+    raise FileNotFoundError(f"no tokenizer file (tokenizer.model / tokenizer.json) in {path}")
+  return model, tokenizer_lib.load_tokenizer(candidates[0] if is_export(path) else path)

@@ -1,0 +1,116 @@
+"""Experiment configs: `ml_collections.ConfigDict`s from `experiments/NAME.py:get_config(arg)`.
+
+`base_config()` lists every key the trainer reads, with the paper's defaults (§2.3); an experiment
+file starts from it and changes what it needs. On the command line,
+  phi1 train --config experiments/NAME.py[:ARG] --config.key.sub=value ...
+ARG goes to `get_config(arg)` (e.g. "cpu" for the CPU-size switch, as big_vision's `runlocal`).
+Unknown keys are errors with a suggestion; values are parsed to the type of the existing field.
+"""
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from phi1.model import Phi1Config
+
+
+def model_config(config: Phi1Config) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dataclasses.asdict(config))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  from phi1 import data  # the data pipeline owns its own keys
+  c = ml_collections.ConfigDict()
+  c.model = model_config(Phi1Config.phi1())
+  c.steps = 36_000  # how far this run goes
+  c.batch_size = 1024  # global batch, in sequences (paper: 1024 x 2048 tokens)
+  c.seq_len = 2048
+  c.grad_accum = 1  # micro-batches per optimizer step, accumulated inside the jitted step
+  c.seed = 0
+  c.precision = "fp16"  # the paper's; "bf16" | "fp32"
+  c.mesh = "fsdp"  # "dp" | "fsdp" | "fsdp_tp", sized from the visible devices
+  c.tensor_parallel = 2  # size of the `tensor` axis under fsdp_tp
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.peak_lr = 1e-3
+  c.optimizer.warmup_steps = 750
+  # The schedule's own length: running fewer `steps` does not change the schedule (phi-1-base is
+  # the step-24,000 checkpoint of a 36,000-step schedule).
+  c.optimizer.schedule_steps = 36_000
+  c.optimizer.end_lr = 0.0  # linear decay to this (the paper gives no final LR)
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.b1 = 0.9  # Adam betas/eps: not stated in the paper; common GPT defaults
+  c.optimizer.b2 = 0.95
+  c.optimizer.eps = 1e-8
+  c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables (not stated in the paper)
+
+  c.loss_scale = ml_collections.ConfigDict()
+  c.loss_scale.init = 2.0**15
+  c.loss_scale.period = 1000
+
+  c.log_every = 50
+  c.eval_every = 1000
+  c.eval_batches = 16
+  c.checkpoint_every = 1000
+  c.keep_last = 3  # keep the newest N checkpoints ...
+  c.keep_every = 1000  # ... plus every K-th step forever (the paper keeps every 1000 finetune steps)
+  c.init_from = ""  # params-only export or HF directory to start from (finetuning)
+  c.wandb_project = ""  # set to log to Weights & Biases as well
+
+  c.data = data.default_config()
+  return c
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """Load `path/to/exp.py[:arg]` and call its get_config()."""
+  path, _, arg = spec.partition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise FileNotFoundError(f"config file {path} not found (expected experiments/NAME.py)")
+  module_spec = importlib.util.spec_from_file_location(f"phi1_experiment_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"{path} must define get_config()")
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]):
+  """Set dotted keys (`model.n_layers` -> 4). Values are Python literals or bare strings."""
+  for dotted, raw in overrides.items():
+    node, keys = config, dotted.split(".")
+    for depth, key in enumerate(keys):
+      if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        hint = difflib.get_close_matches(key, known, n=1)
+        where = ".".join(keys[:depth]) or "the top level"
+        raise KeyError(f"unknown config key '{dotted}': '{key}' is not in {where}"
+                       + (f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {known}"))
+      if depth < len(keys) - 1:
+        node = node[key]
+    node[keys[-1]] = _parse(raw, node[keys[-1]])
+  return config
+
+
+def _parse(raw: str, current):
+  try:
+    value = ast.literal_eval(raw)
+  except (ValueError, SyntaxError):
+    value = raw
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(current, str) and not isinstance(value, str):
+    value = raw
+  return value
+
+
+def phi1_config(config: ml_collections.ConfigDict) -> Phi1Config:
+  """The model config, with the compute dtype taken from the precision policy."""
+  from phi1 import precision
+  fields = dict(config.model)
+  fields["dtype"] = precision.compute_dtype(config.precision)
+  return Phi1Config(**fields)
