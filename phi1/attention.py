@@ -8,6 +8,10 @@ implementation ran; an implementation that cannot honour a request raises instea
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from phi1.kernels import flash_attention as flash
 
 IMPLS = ("xla", "cudnn", "pallas")
 # A large finite value, not -inf: fully masked rows must give zeros, never NaN (exp(-inf - -inf)).
@@ -60,4 +64,80 @@ def attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool = True, segment_ids=None, 
     mask = attention_mask(segment_ids, causal, T, T) if (causal or segment_ids is not None) else None
     return xla_attention(q_BTHK, k_BTHK, v_BTHK, mask, dropout_rate=dropout_rate,
                          dropout_rng=dropout_rng)
-  raise NotImplementedError(f"attention impl {impl!r} is not built yet")
+  if impl == "pallas":
+    if dropout_rate > 0.0:
+      raise ValueError(f"attention dropout (rate {dropout_rate}) exists only on impl='xla': the "
+                       "Pallas kernel has none. Use impl='xla' or set attn_dropout=0 (as the "
+                       "released phi-1 config does).")
+    return flash.flash_attention(q_BTHK, k_BTHK, v_BTHK, segment_ids, causal=causal)
+  return cudnn_attention(q_BTHK, k_BTHK, v_BTHK, causal=causal, segment_ids=segment_ids,
+                         dropout_rate=dropout_rate)
+
+
+def cudnn_attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool, segment_ids=None,
+                    dropout_rate: float = 0.0):
+  """cuDNN's fused flash attention through `jax.nn.dot_product_attention`.
+
+  That API takes a causal flag and per-row padding lengths, but neither dropout nor packed
+  documents (its segment layout, offsets per row, is not exposed), and cuDNN's kernel wants
+  fp16/bf16. Anything it cannot honour raises here rather than being dropped.
+  """
+  if dropout_rate > 0.0:
+    raise ValueError("impl='cudnn' cannot apply attention dropout (jax.nn.dot_product_attention "
+                     "has no dropout); use impl='xla' for attention dropout.")
+  if segment_ids is not None:
+    raise ValueError("impl='cudnn' cannot mask packed documents: jax.nn.dot_product_attention's "
+                     "cuDNN path takes padding lengths, not segment ids. Use impl='pallas' (or "
+                     "'xla') for packed sequences.")
+  if q_BTHK.dtype not in (jnp.bfloat16, jnp.float16):
+    raise ValueError(f"impl='cudnn' runs in bf16 or fp16 only, got {q_BTHK.dtype}; cast q, k, v "
+                     "or use impl='pallas'/'xla'.")
+  if jax.default_backend() not in ("gpu", "cuda"):
+    raise RuntimeError(f"impl='cudnn' needs an NVIDIA GPU; the JAX backend here is "
+                       f"{jax.default_backend()!r}. Use impl='xla' or impl='pallas' instead.")
+  return jax.nn.dot_product_attention(q_BTHK, k_BTHK, v_BTHK, is_causal=causal,
+                                      implementation="cudnn")
+
+
+def sharded_attention(mesh, batch_axes=("data", "fsdp"), head_axis="tensor"):
+  """`attention` run per device under `jax.shard_map`, split over batch and heads.
+
+  A Pallas kernel is one opaque call that XLA cannot partition, so inside a sharded jit it must
+  see only its local [B/n, T, H/m, K] block. Attention never mixes batch rows or heads, so no
+  communication is needed. Returns a function with `attention`'s signature; q, k, v must already
+  be laid out as P(batch_axes, None, head_axis, None) (otherwise XLA reshards them first).
+  """
+  qkv_spec = P(batch_axes, None, head_axis, None)
+  seg_spec = P(batch_axes, None)
+  split_axes = [a for a in (*_as_tuple(batch_axes), *_as_tuple(head_axis)) if a is not None]
+
+  def sharded(q_BTHK, k_BTHK, v_BTHK, *, causal=True, segment_ids=None, impl="xla",
+              dropout_rate=0.0, dropout_rng=None):
+    def local(q, k, v, *extras):
+      extras = list(extras)
+      seg = extras.pop(0) if segment_ids is not None else None
+      rng = extras.pop(0) if dropout_rng is not None else None
+      if rng is not None:
+        # Each block of batch rows and heads draws its own dropout mask.
+        for axis in split_axes:
+          rng = jax.random.fold_in(rng, lax.axis_index(axis))
+      return attention(q, k, v, causal=causal, segment_ids=seg, impl=impl,
+                       dropout_rate=dropout_rate, dropout_rng=rng)
+
+    args, specs = [q_BTHK, k_BTHK, v_BTHK], [qkv_spec] * 3
+    if segment_ids is not None:
+      args.append(segment_ids)
+      specs.append(seg_spec)
+    if dropout_rng is not None:
+      args.append(dropout_rng)
+      specs.append(P())
+    # check_vma=False: pallas_call's outputs carry no varying-axes annotation, and the body is
+    # purely per-shard (no collectives), so the check has nothing to verify.
+    return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs), out_specs=qkv_spec,
+                         check_vma=False)(*args)
+
+  return sharded
+
+
+def _as_tuple(axes):
+  return axes if isinstance(axes, tuple) else (axes,)
