@@ -1,0 +1,404 @@
+"""The sandbox's fork server: one per worker, started by `phi1.evals.sandbox.Sandbox`.
+
+Runs as its own Python process (`python -I _worker.py CONFIG_JSON`), imports only the standard
+library, and talks to the host over fds 0 (requests) and 1 (responses), each message a 4-byte
+big-endian length followed by JSON. Per program it forks a child that drops everything it can
+before running untrusted code (see `_child`); the server itself never runs untrusted code.
+
+Isolation is set up once per worker, so the per-program cost is one fork:
+  * bubblewrap (host's choice) or, as root, our own unshare(): new PID, network, mount, IPC and UTS
+    namespaces with this server as PID 1, so `kill(-1, SIGKILL)` ends every process a program left,
+    including ones that called setsid(); without a PID namespace the server is a child subreaper and
+    kills its descendants one generation at a time, which is equally exact.
+  * as root without bubblewrap: every mount remounted read-only in a private mount namespace, a
+    fresh /proc for the PID namespace, and tmpfs on /tmp and /dev/shm.
+"""
+
+import ctypes
+import errno
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import tempfile
+import time
+
+# Modules programs commonly import, loaded once here so each fork gets them for free.
+PREIMPORT = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
+             "typing", "random", "statistics", "fractions", "decimal", "datetime", "copy",
+             "operator", "json", "hashlib", "threading", "io", "traceback", "dataclasses", "enum",
+             "array", "cmath", "numbers", "textwrap", "unicodedata", "abc", "contextlib")
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+REQUEST_FD, RESPONSE_FD = 1021, 1022  # the protocol pipes, moved out of the way of programs
+
+
+def _check(ret, what):
+  if ret != 0:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source, target, fstype, flags, data=None):
+  _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                     ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
+
+
+def _remount_all_read_only():
+  """Read-only view of every mount, made in our private mount namespace (the host's is untouched)."""
+  with open("/proc/self/mountinfo") as f:
+    mounts = [line.split() for line in f]
+  for fields in mounts:
+    target = fields[4].replace("\\040", " ")
+    flags = sum(MOUNT_FLAGS.get(o, 0) for o in fields[5].split(","))
+    try:
+      _mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
+    except OSError:
+      pass  # e.g. a mount shadowed by another one on top: not reachable anyway
+
+
+def _mask(masks):
+  """Hides each directory behind an empty tmpfs and binds the listed paths back inside it."""
+  if not masks:
+    return
+  stage = "/tmp"  # staged through a throw-away tmpfs, since a mask hides the paths it re-shows
+  _mount("tmpfs", stage, "tmpfs", 0, "mode=700")
+  staged = []
+  for i, (_, paths) in enumerate(masks):
+    for j, path in enumerate(paths):
+      os.makedirs(f"{stage}/{i}.{j}")
+      _mount(path, f"{stage}/{i}.{j}", None, MS_BIND | MS_REC)
+      staged.append((f"{stage}/{i}.{j}", path))
+  for mask, _ in masks:
+    _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+  for source, path in staged:
+    os.makedirs(path, exist_ok=True)
+    _mount(source, path, None, MS_MOVE)
+
+
+def _enter_namespaces(cfg, protections):
+  """Own namespaces as root: the caller forks, and its child becomes PID 1 of the new namespace."""
+  try:
+    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS),
+           "unshare")
+  except OSError as e:
+    protections["namespaces"] = f"off ({e})"
+    return
+  pid = os.fork()
+  if pid:  # the outer process only waits, so the host's kill of it tears the namespace down
+    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    _, status = os.waitpid(pid, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+  _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+  _mount("none", "/", None, MS_REC | MS_PRIVATE)
+  _mask(cfg["masks"])
+  if cfg["read_only"]:
+    _remount_all_read_only()
+    protections["read_only_fs"] = "on (remounted read-only in a private mount namespace)"
+  _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  for path in ("/tmp", "/dev/shm"):
+    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=512m")
+  protections["namespaces"] = "on (pid, net, mount, ipc, uts)"
+
+
+def _read_exact(fd, n):
+  chunks = []
+  while n:
+    chunk = os.read(fd, n)
+    if not chunk:
+      raise EOFError
+    chunks.append(chunk)
+    n -= len(chunk)
+  return b"".join(chunks)
+
+
+def _send(msg):
+  data = json.dumps(msg).encode()
+  data = struct.pack(">I", len(data)) + data
+  while data:
+    data = data[os.write(RESPONSE_FD, data):]
+
+
+def _receive():
+  (n,) = struct.unpack(">I", _read_exact(REQUEST_FD, 4))
+  return json.loads(_read_exact(REQUEST_FD, n))
+
+
+def _tasks_of_user(uid):
+  count = 0
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    except OSError:
+      continue
+    if int(fields["Uid"].split()[0]) == uid:
+      count += int(fields["Threads"])
+  return count
+
+
+def _children():
+  pids = []
+  for tid in os.listdir("/proc/self/task"):
+    try:
+      with open(f"/proc/self/task/{tid}/children") as f:
+        pids += [int(p) for p in f.read().split()]
+    except OSError:
+      pass
+  return pids
+
+
+def _kill_everything_but_me(statuses):
+  """SIGKILL every process a program left behind and reap them; records wait statuses by pid."""
+  while True:
+    if os.getpid() == 1:  # PID 1 of our own namespace: -1 means exactly "the others in here"
+      try:
+        os.kill(-1, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+    else:  # a subreaper: orphaned descendants become our children, so kill generation by generation
+      for pid in _children():
+        try:
+          os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+          pass
+    while True:
+      try:
+        pid, status = os.waitpid(-1, os.WNOHANG)
+      except ChildProcessError:
+        return
+      if pid == 0:
+        time.sleep(0.0005)
+        break
+      statuses[pid] = status
+
+
+def _child(program, token, out_w, res_w, workdir, cfg):
+  """The forked child: give everything up, then run the program. Never returns."""
+  import resource
+  os.setsid()
+  os.chdir(workdir)
+  devnull = os.open("/dev/null", os.O_RDONLY)
+  os.dup2(devnull, 0)
+  os.dup2(out_w, 1)
+  os.dup2(out_w, 2)
+  os.dup2(res_w, 3)
+  os.closerange(4, 1 << 16)  # the protocol pipes above all: a program must never reach the host
+  memory = cfg["memory_mb"] << 20
+  cpu = int(program["timeout_s"]) + 1
+  for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
+                       (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
+                       (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),
+                       (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
+  _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
+  if cfg["uid"] is not None:
+    os.setgroups([])
+    os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
+    os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])  # from 0 to non-0: every capability goes too
+  os.environ.clear()
+  os.environ.update(cfg["env"], HOME=workdir, TMPDIR=workdir)
+  sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
+  sys.stderr = sys.stdout
+  sys.stdin = open(0, closefd=False)
+  _run_program(program["code"], program["test"], token)
+
+
+def _run_program(code, test, token, _write=os.write, _exit=os._exit, _exec=exec, _compile=compile,
+                 _frames=sys._current_frames, _AssertionError=AssertionError, _BaseException=BaseException, _type=type,
+                 _str=str, _len=len, _dict=dict, _builtins=__builtins__):
+  """Runs `code`, then `test` in the same namespace; reports through fd 3, with `token` on success.
+
+  Everything used after the program starts is bound here as a default argument, so a program that
+  rebinds builtins or module attributes (os.write, AssertionError, ...) cannot change the verdict.
+  """
+
+  def report(status, exc=None):
+    kind = "" if exc is None else _type(exc).__name__
+    try:
+      message = "" if exc is None else _str(exc)[:500]
+    except _BaseException:
+      message = "<unprintable exception>"
+    record = "\t".join([token, status, kind, message.replace("\n", " ").replace("\t", " ")]) + "\n"
+    _write(3, record.encode("utf-8", "backslashreplace"))
+    _exit(0)
+
+  def audit(event, args):
+    # A trace function could jump past an assert line; no honest solution needs tracing or profiling.
+    if event in ("sys.settrace", "sys.setprofile"):
+      raise RuntimeError(f"{event} is disabled in the sandbox")
+
+  sys.addaudithook(audit)
+  namespace = _dict(__name__="__sandbox__", __builtins__=_builtins)
+  for phase in (code, test):
+    try:
+      _exec(_compile(phase, "<program>", "exec"), namespace)
+    except _BaseException as e:  # SystemExit and KeyboardInterrupt too: they are errors here
+      report("failed" if _type(e) is _AssertionError else "error", e)
+    if _len(_frames()) > 1:  # a thread still running could rewrite the tests while they run
+      report("error", ThreadsAlive("threads still running after the program returned"))
+  report("passed")
+
+
+class ThreadsAlive(Exception):
+  pass
+
+
+def _execute(program, cfg, tmp_root):
+  start = time.monotonic()
+  workdir = tempfile.mkdtemp(dir=tmp_root)
+  if cfg["uid"] is not None:
+    os.chown(workdir, cfg["uid"], cfg["gid"])
+  out_r, out_w = os.pipe()
+  res_r, res_w = os.pipe()
+  token = os.urandom(16).hex()
+  pid = os.fork()
+  if pid == 0:
+    try:
+      os.close(out_r)
+      os.close(res_r)
+      _child(program, token, out_w, res_w, workdir, cfg)
+    finally:
+      os._exit(111)
+  os.close(out_w)
+  os.close(res_w)
+  pidfd = os.pidfd_open(pid)
+  os.set_blocking(out_r, False)
+  os.set_blocking(res_r, False)
+  output, report = bytearray(), bytearray()
+  deadline = start + program["timeout_s"]
+  exited = timed_out = False
+  open_fds = [out_r, res_r]
+
+  def drain(fd):
+    try:
+      data = os.read(fd, 1 << 16)
+    except BlockingIOError:
+      return
+    if not data:
+      open_fds.remove(fd)
+    elif fd == out_r:
+      output.extend(data[:max(0, cfg["max_output_bytes"] - len(output))])
+    else:  # keep a bounded tail: junk a program writes to guessed fds cannot push the record out
+      report.extend(data)
+      del report[:-8192]
+
+  while not exited and token.encode() + b"\t" not in report:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+      timed_out = True
+      break
+    ready, _, _ = select.select(open_fds + [pidfd], [], [], remaining)
+    for fd in ready:
+      if fd == pidfd:
+        exited = True
+      else:
+        drain(fd)
+  for fd in list(open_fds):  # whatever is already written; never wait on a grandchild's pipe end
+    drain(fd)
+  statuses = {}
+  _kill_everything_but_me(statuses)
+  status = statuses.get(pid)
+  if status is None:  # reaped by nobody yet (cannot happen in PID 1 mode, kept for safety)
+    _, status = os.waitpid(pid, 0)
+  for fd in (out_r, res_r, pidfd):
+    os.close(fd)
+  duration = time.monotonic() - start
+  _remove_tree(workdir)
+  result = _verdict(report, token, status, timed_out, program["timeout_s"])
+  result.update(duration_s=duration, output=output.decode("utf-8", "backslashreplace"))
+  return result
+
+
+def _verdict(report, token, status, timed_out, timeout_s):
+  for line in bytes(report).decode("utf-8", "replace").splitlines():
+    fields = line.split("\t", 3)
+    if len(fields) == 4 and fields[0] == token:
+      _, outcome, kind, message = fields
+      return dict(status=outcome, error=f"{kind}: {message}" if kind else None)
+  if timed_out:
+    return dict(status="timeout", error=f"no result within {timeout_s:g} s")
+  if os.WIFSIGNALED(status):
+    sig = os.WTERMSIG(status)
+    if sig == signal.SIGXCPU:
+      return dict(status="timeout", error="CPU time limit")
+    return dict(status="crashed", error=f"killed by {signal.Signals(sig).name}")
+  return dict(status="crashed", error=f"exited with code {os.waitstatus_to_exitcode(status)} "
+                                      "before reporting a result")
+
+
+def _remove_tree(path):
+  # Programs run as another user may leave read-only directories; root removes them regardless.
+  for root, dirs, files in os.walk(path, topdown=False):
+    for name in files:
+      try:
+        os.unlink(os.path.join(root, name))
+      except OSError:
+        pass
+    for name in dirs:
+      full = os.path.join(root, name)
+      try:
+        os.rmdir(full) if not os.path.islink(full) else os.unlink(full)
+      except OSError:
+        pass
+  try:
+    os.rmdir(path)
+  except OSError:
+    pass
+
+
+def main():
+  cfg = json.loads(sys.argv[1])
+  os.dup2(0, REQUEST_FD)
+  os.dup2(1, RESPONSE_FD)
+  null = os.open("/dev/null", os.O_RDWR)
+  os.dup2(null, 0)
+  os.dup2(null, 1)
+  os.close(null)
+  protections = {}
+  if cfg["own_namespaces"]:
+    _enter_namespaces(cfg, protections)
+  if os.getpid() != 1:
+    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+  if os.getuid() != 0 and cfg["uid"] is not None:
+    cfg["uid"] = None
+    protections["unprivileged_user"] = "off (not root)"
+  if cfg["uid"] is None:  # RLIMIT_NPROC counts every task of our own user: leave room above those
+    cfg["nproc"] += _tasks_of_user(os.getuid())
+  for name in PREIMPORT:
+    try:
+      __import__(name)
+    except ImportError:
+      pass
+  tmp_root = tempfile.mkdtemp(prefix="phi1-sandbox-")
+  os.chmod(tmp_root, 0o711)
+  import gc
+  gc.freeze()  # forked children then leave the pre-imported objects' pages shared
+  _send(dict(ready=True, pid=os.getpid(), protections=protections))
+  try:
+    while True:
+      try:
+        program = _receive()
+      except EOFError:
+        break
+      try:
+        result = _execute(program, cfg, tmp_root)
+      except Exception as e:  # a harness fault is reported per program, never fatal to the run
+        result = dict(status="crashed", error=f"sandbox: {type(e).__name__}: {e}", duration_s=0.0,
+                      output="")
+      _send(result)
+  finally:
+    _remove_tree(tmp_root)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,323 @@
+"""Runs untrusted Python (model completions, synthetic exercises) isolated from the operating system.
+
+    from phi1.evals.sandbox import Program, Sandbox, check_program
+
+    with Sandbox(workers=2, timeout_s=3.0) as sandbox:
+      results = sandbox.run([Program(code=prompt + completion, test=test + "\\ncheck(f)"), "x = 1"])
+    results[0].status    # "passed" | "failed" | "error" | "timeout" | "crashed"
+    results[0].error     # "AssertionError: ..." for failed/error, the reason for timeout/crashed
+    check_program("assert 1 + 1 == 2", timeout_s=3.0).passed   # one-off: starts a worker each call
+
+A program is a string (run it; passed = it ran to the end) or a `Program(code, test)`: `code` runs,
+then `test` runs in the same namespace (a HumanEval `check(candidate)` call, MBPP asserts). Statuses:
+  passed   the harness wrote this program's random token after the last line returned;
+  failed   an AssertionError escaped;          error    another exception (its type in `error`);
+  timeout  wall clock or CPU time ran out;     crashed  died without a verdict (os._exit, a signal).
+The verdict never comes from the exit code: `sys.exit(0)` is an error, `os._exit(0)` a crash.
+Results come back in input order; `run` can be called many times on the same warm workers.
+
+How (DESIGN.md section 4; details in docs/sandbox.md): each worker is a fork server (`_worker.py`, stdlib
+only, no JAX) started with a clean environment (nothing of the parent's, e.g. OPENAI_API_KEY), inside
+bubblewrap when installed (read-only view of the filesystem) or, as root, in namespaces of its own; it
+is PID 1 of a new PID namespace with a new network namespace. Per program it forks once; the child
+calls setsid, gets a fresh temp cwd, stdin from /dev/null, stdout/stderr into a pipe of which only
+`max_output_bytes` are kept, rlimits (address space, CPU, file size, open files, processes, no core),
+no_new_privs, and (as root) becomes `nobody`. Afterwards every process it started is killed, setsid'd
+grandchildren included. Protections the machine does not allow are listed once on stderr at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pwd
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+STATUSES = ("passed", "failed", "error", "timeout", "crashed")
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+# All a program sees of an environment: nothing inherited (API keys stay in the parent).
+PROGRAM_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
+               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_warned: set[str] = set()
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  code: str
+  test: str = ""
+  timeout_s: float | None = None  # None: the sandbox's
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  status: str
+  error: str | None
+  duration_s: float
+  output: str = ""
+
+  @property
+  def passed(self) -> bool:
+    return self.status == "passed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Isolation:
+  """What the workers will do, decided once from what the machine allows (and the caller's wishes)."""
+  bwrap: str | None          # path of the bwrap binary used, None when not
+  own_namespaces: bool       # unshare() ourselves (root without bubblewrap)
+  uid: int | None            # user programs run as, None: the caller's
+  gid: int | None
+  off: tuple[str, ...]       # the protections that are off, with the reason
+
+
+def interpreter_masks() -> list[tuple[str, list[str]]]:
+  """Directories to hide behind an empty tmpfs, each with the interpreter paths to show inside it.
+
+  An unprivileged user cannot import from a Python installed under e.g. /root (mode 0700). Rather
+  than run programs with more rights, the sandbox hides that directory (and whatever else it holds,
+  such as credentials) and shows only the interpreter's own tree in it.
+  """
+  needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
+                                          os.path.dirname(os.path.realpath(sys.executable)))}
+  needed |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+  masks: dict[str, set[str]] = {}
+  for path in sorted(needed):
+    ancestor = "/"
+    for part in path.strip("/").split("/"):
+      ancestor = os.path.join(ancestor, part)
+      if ancestor == path:
+        break
+      if not os.stat(ancestor).st_mode & 0o001:  # others may not traverse it
+        masks.setdefault(ancestor, set()).add(path)
+        break
+  # Keep only outermost paths per mask: binding a tree brings its subdirectories with it.
+  return [(mask, [p for p in sorted(paths) if not any(p.startswith(q + "/") for q in paths)])
+          for mask, paths in sorted(masks.items())]
+
+
+def _bwrap_command(bwrap: str) -> list[str]:
+  command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+  for mask, paths in interpreter_masks():
+    command += ["--tmpfs", mask]
+    for path in paths:  # bwrap would create the directories in between as 0700: make them 0755
+      parents = []
+      parent = os.path.dirname(path)
+      while parent != mask:
+        parents.insert(0, parent)
+        parent = os.path.dirname(parent)
+      for parent in parents:
+        command += ["--perms", "0755", "--dir", parent]
+      command += ["--ro-bind", path, path]
+  return command + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+                    "--as-pid-1", "--die-with-parent", "--new-session", "--"]
+
+
+def _bwrap_works(bwrap: str) -> bool:
+  try:
+    return subprocess.run(_bwrap_command(bwrap) + ["true"], capture_output=True, timeout=30,
+                          env={}).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    return False
+
+
+def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = None,
+                     drop_privileges: bool | None = None) -> Isolation:
+  """None means "whenever the machine allows"; False turns a protection off (for tests, debugging)."""
+  root = os.geteuid() == 0
+  off = []
+  bwrap_path = shutil.which("bwrap") if bwrap is not False else None
+  if bwrap is False:
+    off.append("bubblewrap read-only filesystem: off (disabled by the caller)")
+  elif bwrap_path is None:
+    off.append("bubblewrap read-only filesystem: off (bwrap not installed; apt-get install bubblewrap)")
+  elif not _bwrap_works(bwrap_path):
+    off.append(f"bubblewrap read-only filesystem: off ({bwrap_path} cannot create namespaces here)")
+    bwrap_path = None
+  if bwrap_path is None and bwrap is True:
+    raise RuntimeError("bwrap=True but bubblewrap is not installed or cannot run on this machine")
+  own_namespaces = bwrap_path is None and namespaces is not False and root
+  if bwrap_path is None and not own_namespaces:
+    why = "disabled by the caller" if namespaces is False else "not root and no bubblewrap"
+    off.append(f"PID and network namespaces: off ({why}): programs can reach the network and see "
+               "other processes; descendants are still killed (child subreaper)")
+  uid = gid = None
+  if drop_privileges is not False and root:
+    nobody = pwd.getpwnam("nobody")
+    uid, gid = nobody.pw_uid, nobody.pw_gid
+  else:
+    why = "disabled by the caller" if drop_privileges is False else "not root"
+    off.append(f"unprivileged user: off ({why}): programs run as {pwd.getpwuid(os.geteuid()).pw_name}")
+  return Isolation(bwrap_path, own_namespaces, uid, gid, tuple(off))
+
+
+class _Worker:
+  """One fork server process and its pipes."""
+
+  def __init__(self, command: list[str]):
+    self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    env=dict(PROGRAM_ENV), start_new_session=True, close_fds=True)
+    self.busy_with: int | None = None
+    self.sent_at = 0.0
+    self.hello = self.receive()
+
+  def send(self, message: dict):
+    data = json.dumps(message).encode()
+    self.process.stdin.write(struct.pack(">I", len(data)) + data)
+    self.process.stdin.flush()
+
+  def receive(self) -> dict:
+    header = self.process.stdout.read(4)
+    if len(header) < 4:
+      raise EOFError("sandbox worker exited")
+    (n,) = struct.unpack(">I", header)
+    data = self.process.stdout.read(n)
+    if len(data) < n:
+      raise EOFError("sandbox worker exited")
+    return json.loads(data)
+
+  def close(self):
+    for stream in (self.process.stdin, self.process.stdout):
+      try:
+        stream.close()
+      except OSError:
+        pass
+    self.process.kill()
+    self.process.wait()
+
+
+class Sandbox:
+  """A pool of warm fork-server workers. Use as a context manager; `run` as often as you like."""
+
+  def __init__(self, workers: int | None = None, timeout_s: float = 3.0, *, memory_mb: int = 2048,
+               file_size_mb: int = 16, max_processes: int = 256, max_output_bytes: int = 1 << 16,
+               bwrap: bool | None = None, namespaces: bool | None = None,
+               drop_privileges: bool | None = None, read_only: bool = True, quiet: bool = False):
+    if timeout_s <= 0:
+      raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    self.workers = workers or len(os.sched_getaffinity(0))
+    self.timeout_s = timeout_s
+    self.isolation = decide_isolation(bwrap=bwrap, namespaces=namespaces,
+                                      drop_privileges=drop_privileges)
+    config = dict(memory_mb=memory_mb, file_size_mb=file_size_mb, nproc=max_processes,
+                  max_output_bytes=max_output_bytes, uid=self.isolation.uid, gid=self.isolation.gid,
+                  env=PROGRAM_ENV, own_namespaces=self.isolation.own_namespaces,
+                  read_only=read_only, masks=interpreter_masks())
+    self._command = [sys.executable, "-I", _WORKER, json.dumps(config)]
+    if self.isolation.bwrap:
+      self._command = _bwrap_command(self.isolation.bwrap) + self._command
+    self._pool: list[_Worker] = []
+    self.quiet = quiet
+
+  @property
+  def protections_off(self) -> tuple[str, ...]:
+    return self.isolation.off
+
+  def __enter__(self) -> Sandbox:
+    self.start()
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def start(self):
+    for message in self.isolation.off:
+      if message not in _warned and not self.quiet:
+        _warned.add(message)
+        print(f"phi1 sandbox: {message}", file=sys.stderr)
+    while len(self._pool) < self.workers:
+      self._pool.append(self._spawn())
+
+  def _spawn(self) -> _Worker:
+    worker = _Worker(self._command)
+    for name, state in worker.hello["protections"].items():
+      message = f"{name}: {state}"
+      if state.startswith("off") and message not in _warned and not self.quiet:
+        _warned.add(message)
+        print(f"phi1 sandbox: {message}", file=sys.stderr)
+    return worker
+
+  def close(self):
+    for worker in self._pool:
+      worker.close()
+    self._pool = []
+
+  def run(self, programs: Sequence[str | Program], progress: bool = False) -> list[Result]:
+    """Executes every program; results in input order. Never raises for a program's behaviour."""
+    if not self._pool:
+      self.start()
+    jobs = [p if isinstance(p, Program) else Program(code=p) for p in programs]
+    for p in jobs:
+      if not isinstance(p.code, str) or not isinstance(p.test, str):
+        raise TypeError(f"Program code and test must be str, got {type(p.code).__name__}")
+    results: list[Result | None] = [None] * len(jobs)
+    bar = _progress_bar(len(jobs)) if progress else None
+    todo = iter(range(len(jobs)))
+    pending = len(jobs)
+
+    def finish(index, i, result):
+      nonlocal pending
+      results[i] = result
+      pending -= 1
+      if bar is not None:
+        bar.update(1)
+      if result.status == "crashed" and result.error.startswith("sandbox worker"):
+        self._pool[index].close()
+        self._pool[index] = self._spawn()
+
+    def dispatch(index):
+      worker = self._pool[index]
+      worker.busy_with = i = next(todo, None)
+      if i is not None:
+        worker.sent_at = time.monotonic()
+        try:
+          worker.send(dict(code=jobs[i].code, test=jobs[i].test,
+                           timeout_s=jobs[i].timeout_s or self.timeout_s))
+        except OSError as e:
+          worker.busy_with = None
+          finish(index, i, Result("crashed", f"sandbox worker failed: {e}", 0.0))
+          dispatch(index)
+
+    for index in range(len(self._pool)):
+      dispatch(index)
+    while pending:
+      busy = [w for w in self._pool if w.busy_with is not None]
+      ready, _, _ = select.select([w.process.stdout for w in busy], [], [], 1.0)
+      for index, worker in enumerate(list(self._pool)):
+        i = worker.busy_with
+        if i is None:
+          continue
+        # A worker enforces timeouts itself; this only guards against a worker that stopped working.
+        hung = time.monotonic() - worker.sent_at > (jobs[i].timeout_s or self.timeout_s) + 30
+        if worker.process.stdout not in ready and not hung:
+          continue
+        try:
+          if hung:
+            raise EOFError("sandbox worker stopped responding")
+          result = Result(**worker.receive())
+        except (EOFError, OSError, ValueError) as e:
+          result = Result("crashed", f"sandbox worker failed: {e}", 0.0)
+        worker.busy_with = None
+        finish(index, i, result)
+        dispatch(index)
+    if bar is not None:
+      bar.close()
+    return results
+
+
+def _progress_bar(total: int):
+  from tqdm import tqdm
+  return tqdm(total=total, desc="executing", unit="program", file=sys.stderr)
+
+
+def check_program(program: str | Program, timeout_s: float = 3.0, **sandbox_kwargs) -> Result:
+  """Runs one program in a fresh one-worker sandbox (for many programs, use `Sandbox.run`)."""
+  with Sandbox(workers=1, timeout_s=timeout_s, quiet=True, **sandbox_kwargs) as sandbox:
+    return sandbox.run([program])[0]
