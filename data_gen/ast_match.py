@@ -55,7 +55,7 @@ try:  # C++ edit distance; optional (pip install rapidfuzz), numpy fallback belo
 except ImportError:  # pragma: no cover - exercised only where rapidfuzz is absent
   _rf_levenshtein = None
 
-DEFAULT_MIN_NODES = 24
+DEFAULT_MIN_NODES = 16
 
 _NODE_CLASSES = sorted(
     name for name in dir(ast)
@@ -184,6 +184,10 @@ class AstIndex:
     self.pairs_considered = 0
     self.pairs_after_length = 0
     self.pairs_after_histogram = 0
+
+  def pair_counts(self) -> tuple[int, int, int]:
+    """(pairs considered, left after the length bound, left after the histogram bound) so far."""
+    return self.pairs_considered, self.pairs_after_length, self.pairs_after_histogram
 
   def search(self, units: Iterable[str], tau_min: float) -> list[Match]:
     """Every (unit, problem) with tau >= tau_min; short units (< min_nodes) are skipped."""

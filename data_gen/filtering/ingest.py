@@ -65,11 +65,15 @@ def default_roots() -> dict[str, pathlib.Path]:
 
 def iter_records(source: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  workers: int = 1, limit: int | None = None, id_field: str = "id",
-                 assign_ids: bool = False, stats: IngestStats | None = None) -> Iterator[dict]:
-  """Yields records from `source` (see the module docstring); counts into `stats`."""
+                 assign_ids: bool = False, check_python: bool = True,
+                 stats: IngestStats | None = None) -> Iterator[dict]:
+  """Yields records from `source` (see the module docstring); counts into `stats`.
+
+  `check_python=False` skips the parse check (python_ok is then None): callers that parse anyway.
+  """
   stats = stats if stats is not None else IngestStats()
   items = _raw_items(str(source), id_field=id_field, assign_ids=assign_ids)
-  finish = _Finisher(max_bytes)
+  finish = _Finisher(max_bytes, check_python)
   if workers > 1:
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                       else "spawn")
@@ -176,8 +180,9 @@ def python_ok(text: str) -> bool:
 class _Finisher:
   """Reads/validates one raw item in a pool worker -> ("ok", record) or (skip reason, None)."""
 
-  def __init__(self, max_bytes: int):
+  def __init__(self, max_bytes: int, check_python: bool = True):
     self.max_bytes = max_bytes
+    self.check_python = check_python
 
   def __call__(self, item: tuple) -> tuple[str, dict | None]:
     if item[0] == "file":
@@ -201,7 +206,7 @@ class _Finisher:
     if not text.strip():
       return "empty", None
     return "ok", {"id": rid, "text": text, "source": source, "kind": "code",
-                  "python_ok": python_ok(text), "meta": {"path": path}, "_bytes": len(data)}
+                  "python_ok": python_ok(text) if self.check_python else None, "meta": {"path": path}, "_bytes": len(data)}
 
   def _row(self, row: dict[str, Any], rid: str, source: str) -> tuple[str, dict | None]:
     meta = dict(row)
@@ -224,7 +229,8 @@ class _Finisher:
       return "empty", None
     meta.pop("id", None)
     lang = str(row.get("lang", row.get("language", "python"))).lower()
-    checked = python_ok(text) if kind == "code" and lang == "python" else None
+    checked = (python_ok(text) if self.check_python and kind == "code" and lang == "python"
+               else None)
     return "ok", {"id": rid, "text": text, "source": str(meta.pop("source", source)), "kind": kind,
                   "python_ok": checked, "meta": meta, "_bytes": len(data)}
 

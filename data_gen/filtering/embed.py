@@ -1,0 +1,173 @@
+"""Embedders: text -> fixed-size vectors for the quality classifier and the decontamination distance.
+
+The paper embeds code with a pretrained CodeGen model and trains a random forest on the embeddings
+(phi-1 §2.1); decontamination compares L2 distances of normalised CodeGen-Mono-350M embeddings (§5).
+Our default, `Phi1Embedder`, is the same recipe on our own architecture: mean-pool the final
+LayerNorm outputs of a phi1 model (one we trained, or one imported from HF with `phi1.hf.from_hf`)
+over a document's tokens, batched and jitted per length bucket.
+
+Every embedder has `name`, `dim` and `embed(texts) -> float32 [N, dim]`, rows L2-normalised.
+- `Phi1Embedder`  : phi1 checkpoint, mean-pooled hidden states. JAX is imported only here, lazily.
+- `HashingEmbedder`: hashed token uni+bigram counts; deterministic, no model, ~1000x cheaper; for CI
+                     and as a no-GPU baseline.
+- `SentenceTransformerEmbedder`: any sentence-transformers model, if that package is installed.
+`make_embedder(spec)` builds one from a CLI string: "hashing", "hashing:DIM", "phi1-hf:DIR",
+"sentence-transformers:NAME".
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Callable, Protocol, Sequence
+
+import numpy as np
+
+DEFAULT_BUCKETS = (64, 128, 256, 512, 1024, 2048)
+
+
+class Embedder(Protocol):
+  name: str
+  dim: int
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """float32 [len(texts), dim], each row of unit L2 norm (or zero for empty input)."""
+
+
+def l2_normalise(x_ND: np.ndarray) -> np.ndarray:
+  norms = np.linalg.norm(x_ND, axis=1, keepdims=True)
+  return (x_ND / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class HashingEmbedder:
+  """Bag of token unigrams and bigrams hashed into `dim` buckets, sublinear counts, L2-normalised."""
+
+  def __init__(self, dim: int = 1024):
+    from sklearn.feature_extraction.text import HashingVectorizer
+    self.dim = dim
+    self.name = f"hashing:{dim}"
+    self._vectorizer = HashingVectorizer(
+        n_features=dim, token_pattern=r"[A-Za-z_]\w*|\d+|[^\w\s]", ngram_range=(1, 2),
+        lowercase=False, alternate_sign=False, norm=None)
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    counts = self._vectorizer.transform(list(texts)).astype(np.float32)
+    counts.data = np.log1p(counts.data)
+    return l2_normalise(counts.toarray())
+
+
+class Phi1Embedder:
+  """Mean-pooled final hidden states of a phi1 model, jitted once per (batch, length bucket).
+
+  Documents are sorted by token length so each batch pads to the smallest bucket that fits, then
+  results are put back in input order. Right padding under causal attention never changes the real
+  tokens' states, and padding is masked out of the mean. Documents longer than the largest bucket
+  (or the model's context) keep their first tokens, which carry the imports, names and docstring.
+  """
+
+  def __init__(self, model, encode: Callable[[str], list[int]], *, name: str = "phi1",
+               batch_size: int = 16, buckets: Sequence[int] = DEFAULT_BUCKETS, pad_id: int = 0):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    self.encode = encode
+    self.name = name
+    self.dim = model.config.d_model
+    self.batch_size = batch_size
+    self.buckets = tuple(b for b in sorted(buckets) if b <= model.config.max_seq_len) or (
+        model.config.max_seq_len,)
+    self.pad_id = pad_id
+    self.vocab_size = model.config.vocab_size
+    graphdef, state = nnx.split(model)
+    self._state = state
+
+    @jax.jit
+    def pooled(state, tokens_BT, mask_BT):
+      h_BTD = nnx.merge(graphdef, state).hidden_states(tokens_BT)
+      mask_BT1 = mask_BT[..., None].astype(jnp.float32)
+      summed_BD = (h_BTD.astype(jnp.float32) * mask_BT1).sum(axis=1)
+      return summed_BD / jnp.maximum(mask_BT1.sum(axis=1), 1.0)
+
+    self._pooled = pooled
+
+  @classmethod
+  def from_hf(cls, path: str | os.PathLike, **kwargs) -> "Phi1Embedder":
+    """A phi1 model and tokenizer from a `save_pretrained` directory (e.g. phi-1 or CodeGen-style)."""
+    from phi1 import hf  # lazy: pulls JAX
+    model = hf.from_hf(path)
+    return cls(model, _hf_tokenizer_encode(path), name=f"phi1-hf:{path}", **kwargs)
+
+  def _token_ids(self, text: str) -> list[int]:
+    ids = self.encode(text)[: self.buckets[-1]]
+    if ids and (min(ids) < 0 or max(ids) >= self.vocab_size):
+      raise ValueError(f"tokenizer produced ids outside the model's vocabulary [0, {self.vocab_size})")
+    return ids
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    token_lists = [self._token_ids(t) for t in texts]
+    order = np.argsort([len(t) for t in token_lists], kind="stable")
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for start in range(0, len(order), self.batch_size):
+      idx = order[start:start + self.batch_size]
+      longest = max(1, max(len(token_lists[i]) for i in idx))
+      T = next(b for b in self.buckets if b >= longest)
+      # Full batches only: a short last batch is padded with empty rows so shapes stay static.
+      tokens_BT = np.full((self.batch_size, T), self.pad_id, np.int32)
+      mask_BT = np.zeros((self.batch_size, T), np.int32)
+      for row, i in enumerate(idx):
+        ids = token_lists[i]
+        tokens_BT[row, :len(ids)] = ids
+        mask_BT[row, :len(ids)] = 1
+      pooled_BD = np.asarray(self._pooled(self._state, tokens_BT, mask_BT))
+      out[idx] = pooled_BD[:len(idx)]
+    return l2_normalise(out)
+
+
+def _hf_tokenizer_encode(path: str | os.PathLike) -> Callable[[str], list[int]]:
+  tokenizer_file = pathlib.Path(path) / "tokenizer.json"
+  if not tokenizer_file.exists():
+    raise FileNotFoundError(f"{tokenizer_file} not found: the embedder needs the checkpoint's "
+                            f"tokenizer (save it with tokenizer.save_pretrained(DIR))")
+  from tokenizers import Tokenizer
+  tokenizer = Tokenizer.from_file(str(tokenizer_file))
+  return lambda text: tokenizer.encode(text).ids
+
+
+def byte_encoder(vocab_size: int) -> Callable[[str], list[int]]:
+  """UTF-8 bytes folded into [0, vocab_size): for random tiny models in tests, not for real use."""
+  return lambda text: [b % vocab_size for b in text.encode("utf-8")]
+
+
+class SentenceTransformerEmbedder:
+  """Optional extra: `pip install sentence-transformers`."""
+
+  def __init__(self, model_name: str, batch_size: int = 32):
+    try:
+      from sentence_transformers import SentenceTransformer
+    except ImportError as e:
+      raise ImportError("the sentence-transformers embedder needs `pip install "
+                        "sentence-transformers`; or use 'hashing' or 'phi1-hf:DIR'") from e
+    self._model = SentenceTransformer(model_name)
+    self.name = f"sentence-transformers:{model_name}"
+    self.dim = int(self._model.get_sentence_embedding_dimension())
+    self.batch_size = batch_size
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    x = self._model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True)
+    return l2_normalise(np.asarray(x, np.float32))
+
+
+def make_embedder(spec: str) -> Embedder:
+  """'hashing[:DIM]' | 'phi1-hf:DIR' | 'sentence-transformers:NAME'."""
+  kind, _, arg = spec.partition(":")
+  if kind == "hashing":
+    return HashingEmbedder(int(arg) if arg else 1024)
+  if kind == "phi1-hf":
+    if not arg:
+      raise ValueError("phi1-hf embedder needs a directory: 'phi1-hf:DIR'")
+    return Phi1Embedder.from_hf(arg)
+  if kind == "sentence-transformers":
+    return SentenceTransformerEmbedder(arg or "all-MiniLM-L6-v2")
+  raise ValueError(f"unknown embedder {spec!r}; use 'hashing[:DIM]', 'phi1-hf:DIR' or "
+                   f"'sentence-transformers:NAME'")
