@@ -1,0 +1,370 @@
+"""Async LLM client for corpus generation on the official `openai` client (any OpenAI-compatible URL).
+
+    llm = LLM("gpt-3.5-turbo", cache="out/cache.sqlite", concurrency=64)
+    completion = await llm.complete(Request(messages=[{"role": "user", "content": "..."}],
+                                            params={"temperature": 1.0, "max_tokens": 1024}, seed=7))
+
+What a run of millions of requests needs, in the order a request meets it:
+  cache     content-addressed (model, messages, params, seed, revision salt): a hit costs nothing;
+  budget    the worst case (prompt bytes + max_tokens) is reserved before sending, so the budget can
+            never be exceeded, and settled to the real `usage` cost afterwards;
+  limiter   token buckets for requests/min and tokens/min, paused by a 429's Retry-After;
+  semaphore bounded concurrency;
+  retries   exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
+            connections / malformed bodies, honouring Retry-After; other 4xx fail fast;
+  cache     the response is committed before it is returned.
+The API key comes from the argument or OPENAI_API_KEY and is never logged or written anywhere.
+"""
+
+import asyncio
+import dataclasses
+import email.utils
+import hashlib
+import json
+import os
+import random
+import time
+from collections import Counter
+from typing import Any
+
+import httpx2
+import openai
+
+from data_gen.cache import ResponseCache
+from data_gen.pricing import Prices, prices_for
+from data_gen.ratelimit import RateLimiter
+from data_gen.transport import AiohttpTransport
+
+
+class MissingAPIKey(RuntimeError):
+  pass
+
+
+class FatalAPIError(RuntimeError):
+  """The endpoint refused in a way retrying cannot fix (auth, unknown model, bad request)."""
+
+
+class RetriesExhausted(RuntimeError):
+  pass
+
+
+class BudgetExhausted(RuntimeError):
+  """Sending this request could exceed the budget; nothing was sent."""
+
+
+class MalformedResponse(ValueError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One generation request. `messages` for /chat/completions, or `prompt` for /completions."""
+  messages: tuple | list | None = None
+  prompt: str | None = None
+  params: dict = dataclasses.field(default_factory=dict)  # temperature, max_tokens, top_p, stop...
+  seed: int | None = None
+
+  def __post_init__(self):
+    if (self.messages is None) == (self.prompt is None):
+      raise ValueError("a Request needs exactly one of `messages` (chat) or `prompt` (completions)")
+
+
+@dataclasses.dataclass
+class Completion:
+  text: str
+  finish_reason: str | None
+  prompt_tokens: int
+  completion_tokens: int
+  cost_usd: float
+  cached: bool
+  key: str            # cache key (includes the revision salt)
+  request_hash: str   # sha256 of the canonical request body, as sent
+  model: str          # the model the server says answered
+
+
+@dataclasses.dataclass
+class RetryPolicy:
+  max_attempts: int = 8
+  base_s: float = 1.0        # first backoff ceiling; doubles per attempt
+  max_s: float = 60.0        # backoff ceiling
+  max_retry_after_s: float = 600.0
+
+
+@dataclasses.dataclass
+class Budget:
+  """USD limit. `spent + reserved <= limit_usd` always holds, so the limit is never crossed."""
+  limit_usd: float
+  spent_usd: float = 0.0
+  reserved_usd: float = 0.0
+
+  def try_reserve(self, usd: float) -> bool:
+    if self.spent_usd + self.reserved_usd + usd > self.limit_usd:
+      return False
+    self.reserved_usd += usd
+    return True
+
+  def settle(self, reserved: float, actual: float):
+    self.reserved_usd -= reserved
+    self.spent_usd += actual
+
+
+@dataclasses.dataclass
+class Stats:
+  requests: int = 0          # HTTP attempts that got a usable response
+  cache_hits: int = 0
+  retries: int = 0
+  prompt_tokens: int = 0
+  completion_tokens: int = 0
+  cost_usd: float = 0.0
+  errors: Counter = dataclasses.field(default_factory=Counter)   # retried failures by kind
+  started: float = dataclasses.field(default_factory=time.monotonic)
+
+  def rates(self) -> dict:
+    elapsed = max(time.monotonic() - self.started, 1e-9)
+    return {"req/s": self.requests / elapsed,
+            "tok/s": (self.prompt_tokens + self.completion_tokens) / elapsed}
+
+  def as_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d.pop("started")
+    d["errors"] = dict(self.errors)
+    return d
+
+
+def canonical_json(obj: Any) -> str:
+  return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256(text: str) -> str:
+  return hashlib.sha256(text.encode()).hexdigest()
+
+
+def request_body(model: str, request: Request) -> dict:
+  """The exact JSON body sent; its canonical hash is the request's identity (the fake server's too)."""
+  body = {"model": model, **{k: v for k, v in request.params.items() if v is not None}}
+  if request.messages is not None:
+    body["messages"] = [dict(m) for m in request.messages]
+  else:
+    body["prompt"] = request.prompt
+  if request.seed is not None:
+    body["seed"] = request.seed
+  return body
+
+
+def cache_key(body: dict, revision: str) -> str:
+  return sha256(revision + "\x00" + canonical_json(body))
+
+
+def worst_case_tokens(body: dict) -> tuple[int, int]:
+  """Upper bounds on (prompt, completion) tokens: a byte-level BPE token is at least one byte, plus
+  a few tokens of chat framing per message; the completion is capped by max_tokens."""
+  if "messages" in body:
+    prompt = sum(len(m.get("content", "").encode()) + 8 for m in body["messages"]) + 8
+  else:
+    prompt = len(body["prompt"].encode()) + 8
+  completion = body.get("max_tokens") or body.get("max_completion_tokens") or 4096
+  return prompt, int(completion)
+
+
+def parse_response(payload: bytes, chat: bool) -> dict:
+  """Extract what we keep from a (chat) completion body; MalformedResponse on anything unexpected."""
+  try:
+    data = json.loads(payload)
+    choice = data["choices"][0]
+    text = choice["message"]["content"] if chat else choice["text"]
+    usage = data.get("usage") or {}
+    if not isinstance(text, str):
+      raise TypeError(f"content is {type(text).__name__}")
+    return {"text": text, "finish_reason": choice.get("finish_reason"),
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 0),
+            "usage_reported": bool(usage), "model": data.get("model")}
+  except (ValueError, KeyError, IndexError, TypeError) as e:
+    raise MalformedResponse(f"unusable response body ({type(e).__name__}: {e})") from e
+
+
+def retry_after_s(response: httpx2.Response | None) -> float | None:
+  """Seconds from `retry-after-ms` (OpenAI) or `Retry-After` (seconds or an HTTP date)."""
+  if response is None:
+    return None
+  headers = response.headers
+  try:
+    if "retry-after-ms" in headers:
+      return float(headers["retry-after-ms"]) / 1000.0
+    if "retry-after" in headers:
+      value = headers["retry-after"]
+      try:
+        return float(value)
+      except ValueError:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+  except (ValueError, TypeError):
+    return None
+  return None
+
+
+def _fatal_message(e: openai.APIStatusError) -> str:
+  hint = {401: "authentication failed: check OPENAI_API_KEY",
+          403: "permission denied for this key, model or region",
+          404: "not found: check --model and --base-url"}.get(e.status_code, "request rejected")
+  return f"HTTP {e.status_code}: {hint} ({e.message[:300]})"
+
+
+class LLM:
+  """See the module docstring. One instance per event loop; `await llm.aclose()` when done."""
+
+  def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+               concurrency: int = 32, requests_per_min: float | None = None,
+               tokens_per_min: float | None = None, cache: ResponseCache | str | None = None,
+               revision: str = "v1", retry: RetryPolicy | None = None, timeout_s: float = 300.0,
+               prices: Prices | None = None, budget: Budget | None = None,
+               http: str = "aiohttp", pause_on_429: bool = True):
+    api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+      raise MissingAPIKey("OPENAI_API_KEY is not set. Export it before running (for a local "
+                          "OpenAI-compatible server without auth, any non-empty value works).")
+    if concurrency < 1:
+      raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+    self.model = model
+    self.revision = revision
+    self.retry = retry or RetryPolicy()
+    self.prices = prices or prices_for(model)
+    if budget is not None and self.prices is None:
+      raise ValueError(f"no price known for model {model!r}: give prices (--price-in/--price-out) "
+                       "to use a budget")
+    self.budget = budget
+    self.cache = ResponseCache(cache) if isinstance(cache, str) else cache
+    self.limiter = RateLimiter(requests_per_min, tokens_per_min)
+    self.pause_on_429 = pause_on_429
+    self.stats = Stats()
+    self._semaphore = asyncio.Semaphore(concurrency)
+    self._in_flight: dict[str, asyncio.Future] = {}
+    if http == "aiohttp":
+      http_client = httpx2.AsyncClient(transport=AiohttpTransport(max_connections=concurrency),
+                                       timeout=timeout_s)
+    elif http == "httpx":
+      http_client = None
+    else:
+      raise ValueError(f"http must be 'aiohttp' or 'httpx', got {http!r}")
+    # max_retries=0: retries are ours (we count them, share 429 pauses and respect the budget).
+    self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
+                                     timeout=timeout_s, http_client=http_client)
+
+  def key(self, request: Request) -> str:
+    return cache_key(request_body(self.model, request), self.revision)
+
+  def cached(self, request: Request) -> Completion | None:
+    if self.cache is None:
+      return None
+    body = request_body(self.model, request)
+    key = cache_key(body, self.revision)
+    hit = self.cache.get(key)
+    return None if hit is None else self._completion(hit, key, body, cached=True)
+
+  def _completion(self, r: dict, key: str, body: dict, cached: bool) -> Completion:
+    return Completion(text=r["text"], finish_reason=r["finish_reason"],
+                      prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
+                      cost_usd=0.0 if cached else r["cost_usd"], cached=cached, key=key,
+                      request_hash=sha256(canonical_json(body)), model=r.get("model") or self.model)
+
+  def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
+    return 0.0 if self.prices is None else self.prices.cost(prompt_tokens, completion_tokens,
+                                                            batch=batch)
+
+  async def complete(self, request: Request) -> Completion:
+    """The completion for `request`, from the cache or the endpoint (exactly one paid response)."""
+    body = request_body(self.model, request)
+    key = cache_key(body, self.revision)
+    if self.cache is not None:
+      hit = self.cache.get(key)
+      if hit is not None:
+        self.stats.cache_hits += 1
+        return self._completion(hit, key, body, cached=True)
+    if key in self._in_flight:  # the same request already on its way: share its answer
+      return await asyncio.shield(self._in_flight[key])
+    future = asyncio.get_running_loop().create_future()
+    self._in_flight[key] = future
+    try:
+      completion = await self._fetch(body, key)
+      future.set_result(completion)
+      return completion
+    except BaseException as e:
+      future.set_exception(e)
+      future.exception()  # mark retrieved: nobody else may be waiting
+      raise
+    finally:
+      del self._in_flight[key]
+
+  async def _fetch(self, body: dict, key: str) -> Completion:
+    prompt_max, completion_max = worst_case_tokens(body)
+    reserved = self.cost(prompt_max, completion_max)
+    if self.budget is not None and not self.budget.try_reserve(reserved):
+      raise BudgetExhausted(f"budget ${self.budget.limit_usd:.2f} cannot cover another request "
+                            f"(spent ${self.budget.spent_usd:.4f})")
+    paid = 0.0  # stays 0 unless an answer arrived (failed requests are not billed)
+    try:
+      response = await self._send_with_retries(body, prompt_max + completion_max)
+      # Without a `usage` field we cannot know the cost: assume the reserved worst case.
+      paid = (self.cost(response["prompt_tokens"], response["completion_tokens"])
+              if response["usage_reported"] else reserved)
+      response["cost_usd"] = paid
+      self.stats.prompt_tokens += response["prompt_tokens"]
+      self.stats.completion_tokens += response["completion_tokens"]
+      self.stats.cost_usd += paid
+      if self.cache is not None:
+        self.cache.put(key, self.model, response)
+      return self._completion(response, key, body, cached=False)
+    finally:
+      if self.budget is not None:
+        self.budget.settle(reserved, paid)
+
+  async def _send_with_retries(self, body: dict, token_estimate: int) -> dict:
+    chat = "messages" in body
+    path = "/chat/completions" if chat else "/completions"
+    for attempt in range(self.retry.max_attempts):
+      await self.limiter.acquire(token_estimate)
+      wait_hint = None
+      try:
+        async with self._semaphore:
+          raw = await self.client.post(path, body=body, cast_to=httpx2.Response)
+          response = parse_response(raw.content, chat)
+        self.stats.requests += 1
+        self.limiter.settle_tokens(token_estimate,
+                                   response["prompt_tokens"] + response["completion_tokens"])
+        return response
+      except openai.APIStatusError as e:
+        if e.status_code not in (408, 409, 429) and e.status_code < 500:
+          raise FatalAPIError(_fatal_message(e)) from None
+        kind = f"http_{e.status_code}"
+        wait_hint = retry_after_s(e.response)
+        if e.status_code == 429 and self.pause_on_429:
+          self.limiter.pause(min(wait_hint or self.retry.base_s, self.retry.max_retry_after_s))
+      except openai.APITimeoutError:
+        kind = "timeout"
+      except openai.APIConnectionError:
+        kind = "connection"
+      except MalformedResponse:
+        kind = "malformed"
+      self.stats.errors[kind] += 1
+      if attempt + 1 == self.retry.max_attempts:
+        break
+      self.stats.retries += 1
+      await asyncio.sleep(self._backoff(attempt, wait_hint))
+    raise RetriesExhausted(f"{self.retry.max_attempts} attempts failed (last: {kind}); the "
+                           "endpoint looks unavailable, rerun to resume")
+
+  def _backoff(self, attempt: int, retry_after: float | None) -> float:
+    if retry_after is not None:
+      return min(retry_after, self.retry.max_retry_after_s) * random.uniform(1.0, 1.1)
+    ceiling = min(self.retry.max_s, self.retry.base_s * 2 ** attempt)
+    return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter"
+
+  async def aclose(self):
+    await self.client.close()
+    if self.cache is not None:
+      self.cache.close()
+
+  async def __aenter__(self):
+    return self
+
+  async def __aexit__(self, *exc):
+    await self.aclose()
