@@ -1,0 +1,193 @@
+"""Reading raw documents from record files, counting (never raising on) bad records.
+
+A document is `(prompt, text)`: plain records (`text`, the corpus contract in DESIGN.md §3) have an
+empty prompt; exercise records (`prompt` + `completion`, CodeExercises) keep the two apart so the
+loss on the prompt can be masked. Sources:
+  - JSON lines: `*.jsonl`, `*.json`, optionally gzipped (`*.jsonl.gz`, `*.json.gz`);
+  - Parquet: `*.parquet` (columns `text`, or `prompt` + `completion`);
+  - a directory of `.py` files (each file one document; PEP 263 encodings honoured).
+Pre-tokenized ArrayRecord shards are read by `phi1.data.token_docs`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import json
+import os
+import threading
+import tokenize
+from collections.abc import Iterator
+
+Document = tuple[str, str]  # (prompt, text); prompt == "" for plain documents
+
+_JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
+
+
+@dataclasses.dataclass
+class SourceStats:
+  """Counts for one source; every record lands in exactly one of documents or a problem bucket."""
+
+  path: str
+  records: int = 0          # lines, rows, files or ArrayRecord entries looked at
+  documents: int = 0        # usable documents
+  tokens: int = 0           # tokens of usable documents (eos not included)
+  bad_json: int = 0         # a line that is not a JSON object
+  missing_text: int = 0     # no string `text` (nor string `prompt` + `completion`)
+  empty_text: int = 0       # text (prompt + completion) empty or whitespace only
+  undecodable: int = 0      # bytes that are not valid text in their declared encoding
+  corrupt_records: int = 0  # pre-tokenized records failing their checksum or format check
+  corrupt_shards: int = 0   # ArrayRecord shards unreadable or shorter than their metadata says
+
+  @property
+  def problems(self) -> int:
+    return (self.bad_json + self.missing_text + self.empty_text + self.undecodable
+            + self.corrupt_records + self.corrupt_shards)
+
+
+class DataStats:
+  """Per-source counters the trainer logs; thread-safe because grain reads in threads."""
+
+  def __init__(self):
+    self.sources: dict[str, SourceStats] = {}
+    self._lock = threading.Lock()
+
+  def source(self, name: str, path: str) -> SourceStats:
+    with self._lock:
+      if name not in self.sources:
+        self.sources[name] = SourceStats(path=path)
+      return self.sources[name]
+
+  def add(self, name: str, field: str, n: int = 1) -> None:
+    with self._lock:
+      stats = self.sources[name]
+      setattr(stats, field, getattr(stats, field) + n)
+
+  @property
+  def problems(self) -> int:
+    return sum(s.problems for s in self.sources.values())
+
+  def as_dict(self) -> dict[str, int]:
+    """Flat `data/<source>/<counter>` ints, ready for metrics.jsonl or TensorBoard."""
+    out = {}
+    for name, stats in self.sources.items():
+      for field in dataclasses.fields(stats):
+        if field.name != "path":
+          out[f"data/{name}/{field.name}"] = getattr(stats, field.name)
+    return out
+
+  def summary(self) -> str:
+    lines = []
+    for name, s in self.sources.items():
+      problems = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
+                  if f.name not in ("path", "records", "documents", "tokens") and getattr(s, f.name)}
+      lines.append(f"{name} ({s.path}): {s.documents} documents, {s.tokens} tokens"
+                   + (f"; skipped {problems}" if problems else ""))
+    return "\n".join(lines)
+
+
+def _document_from_record(record, stats: SourceStats) -> Document | None:
+  if not isinstance(record, dict):
+    stats.bad_json += 1
+    return None
+  prompt, completion = record.get("prompt"), record.get("completion")
+  if isinstance(prompt, str) and isinstance(completion, str):
+    doc = (prompt, completion)
+  elif isinstance(record.get("text"), str):
+    doc = ("", record["text"])
+  else:
+    stats.missing_text += 1
+    return None
+  if not (doc[0] + doc[1]).strip():
+    stats.empty_text += 1
+    return None
+  stats.documents += 1
+  return doc
+
+
+def _json_lines(path: str, stats: SourceStats) -> Iterator[Document]:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    for line in f:
+      if not line.strip():
+        continue  # blank lines are formatting, not records
+      stats.records += 1
+      try:
+        record = json.loads(line)
+      except UnicodeDecodeError:
+        stats.undecodable += 1
+        continue
+      except ValueError:
+        stats.bad_json += 1
+        continue
+      doc = _document_from_record(record, stats)
+      if doc is not None:
+        yield doc
+
+
+def _parquet_rows(path: str, stats: SourceStats) -> Iterator[Document]:
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+
+  parquet = pq.ParquetFile(path)
+  columns = [c for c in ("text", "prompt", "completion") if c in parquet.schema_arrow.names]
+  if not columns:
+    raise ValueError(f"Parquet file {path} has none of the columns text / prompt + completion "
+                     f"(it has {parquet.schema_arrow.names})")
+  for batch in parquet.iter_batches(columns=columns, batch_size=4096):
+    for record in batch.to_pylist():
+      stats.records += 1
+      doc = _document_from_record({k: v for k, v in record.items() if v is not None}, stats)
+      if doc is not None:
+        yield doc
+
+
+def _decode_source(data: bytes) -> str | None:
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError:
+    pass
+  try:  # PEP 263 coding cookie, as Python itself reads the file
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    return data.decode(encoding)
+  except (SyntaxError, UnicodeDecodeError, LookupError):
+    return None
+
+
+def python_files(directory: str) -> list[str]:
+  """Every `.py` file under `directory`, sorted so document indices are stable across runs."""
+  out = []
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    out.extend(os.path.join(root, f) for f in sorted(files) if f.endswith(".py"))
+  return out
+
+
+def _python_directory(path: str, stats: SourceStats) -> Iterator[Document]:
+  for file in python_files(path):
+    stats.records += 1
+    with open(file, "rb") as f:
+      text = _decode_source(f.read())
+    if text is None:
+      stats.undecodable += 1
+    elif not text.strip():
+      stats.empty_text += 1
+    else:
+      stats.documents += 1
+      yield ("", text)
+
+
+def is_text_source(path: str) -> bool:
+  return path.endswith(_JSON_SUFFIXES) or path.endswith(".parquet") or os.path.isdir(path)
+
+
+def read_documents(path: str, stats: SourceStats) -> Iterator[Document]:
+  """Yields the usable documents of a text source in file order; bad records only bump `stats`."""
+  if os.path.isdir(path):
+    return _python_directory(path, stats)
+  if path.endswith(_JSON_SUFFIXES):
+    return _json_lines(path, stats)
+  if path.endswith(".parquet"):
+    return _parquet_rows(path, stats)
+  raise ValueError(f"cannot read {path}: expected *.jsonl[.gz], *.json[.gz], *.parquet, a directory "
+                   "of .py files, or a pre-tokenized directory (phi1 pretokenize) with metadata.json")
