@@ -68,14 +68,13 @@ class DataStats:
   def problems(self) -> int:
     return sum(s.problems for s in self.sources.values())
 
+  def counters(self, name: str) -> dict[str, int]:
+    stats = self.sources[name]
+    return {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats) if f.name != "path"}
+
   def as_dict(self) -> dict[str, int]:
     """Flat `data/<source>/<counter>` ints, ready for metrics.jsonl or TensorBoard."""
-    out = {}
-    for name, stats in self.sources.items():
-      for field in dataclasses.fields(stats):
-        if field.name != "path":
-          out[f"data/{name}/{field.name}"] = getattr(stats, field.name)
-    return out
+    return {f"data/{name}/{k}": v for name in self.sources for k, v in self.counters(name).items()}
 
   def summary(self) -> str:
     lines = []

@@ -13,10 +13,11 @@ eos id, vocab size) and each shard's record count, so a truncated shard is caugh
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -62,6 +63,22 @@ def decode_record(data: bytes, vocab_size: int) -> tuple[np.ndarray, int]:
   return tokens, int(prompt_len)
 
 
+def encode_documents(docs: Iterable[tuple[str, str]], tokenizer, *, chunk: int = 512
+                     ) -> Iterator[tuple[list[int], int]]:
+  """(prompt, text) documents -> (prompt ids + text ids, prompt_len), batch-encoded in chunks.
+
+  Prompt and completion are encoded separately so the boundary is exact (a BPE merge across it
+  would blur which tokens are prompt).
+  """
+  docs = iter(docs)
+  while part := list(itertools.islice(docs, chunk)):
+    has_prompt = any(prompt for prompt, _ in part)
+    prompts = tokenizer.encode_batch([p for p, _ in part]) if has_prompt else [[]] * len(part)
+    texts = tokenizer.encode_batch([t for _, t in part])
+    for p, t in zip(prompts, texts):
+      yield list(p) + list(t), len(p)
+
+
 class InMemoryDocs:
   """Tokenized documents packed in one flat array (random access, cheap to slice)."""
 
@@ -69,21 +86,14 @@ class InMemoryDocs:
     self.tokens, self.offsets, self.prompt_lens = tokens, offsets, prompt_lens
 
   @classmethod
-  def tokenize(cls, docs: Sequence[tuple[str, str]], tokenizer, *, chunk: int = 512) -> InMemoryDocs:
+  def tokenize(cls, docs: Sequence[tuple[str, str]], tokenizer) -> InMemoryDocs:
     dtype = token_dtype(tokenizer.vocab_size)
-    pieces, lengths, prompt_lens = [], [], []
-    for start in range(0, len(docs), chunk):
-      part = docs[start:start + chunk]
-      has_prompt = any(prompt for prompt, _ in part)
-      prompts = tokenizer.encode_batch([p for p, _ in part]) if has_prompt else [[]] * len(part)
-      texts = tokenizer.encode_batch([t for _, t in part])
-      for p, t in zip(prompts, texts):
-        ids = np.asarray(p + t, dtype=dtype)
-        pieces.append(ids)
-        lengths.append(len(ids))
-        prompt_lens.append(len(p))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+    pieces, prompt_lens = [], []
+    for ids, prompt_len in encode_documents(docs, tokenizer):
+      pieces.append(np.asarray(ids, dtype=dtype))
+      prompt_lens.append(prompt_len)
+    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum([len(p) for p in pieces], out=offsets[1:])
     flat = np.concatenate(pieces) if pieces else np.zeros(0, dtype)
     return cls(flat, offsets, np.asarray(prompt_lens, dtype=np.int32))
 
