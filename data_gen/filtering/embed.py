@@ -11,14 +11,13 @@ Every embedder has `name`, `dim` and `embed(texts) -> float32 [N, dim]`, rows L2
 - `HashingEmbedder`: hashed token uni+bigram counts; deterministic, no model, ~1000x cheaper; for CI
                      and as a no-GPU baseline.
 - `SentenceTransformerEmbedder`: any sentence-transformers model, if that package is installed.
-`make_embedder(spec)` builds one from a CLI string: "hashing", "hashing:DIM", "phi1-hf:DIR",
-"sentence-transformers:NAME".
+`make_embedder(spec)` builds one from a CLI string: "phi1:DIR" (export, workdir or HF directory),
+"hashing[:DIM]", "sentence-transformers:NAME", "phi1-random:PRESET" (throughput only).
 """
 
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -92,11 +91,22 @@ class Phi1Embedder:
     self._pooled = pooled
 
   @classmethod
-  def from_hf(cls, path: str | os.PathLike, **kwargs) -> "Phi1Embedder":
-    """A phi1 model and tokenizer from a `save_pretrained` directory (e.g. phi-1 or CodeGen-style)."""
-    from phi1 import hf  # lazy: pulls JAX
-    model = hf.from_hf(path)
-    return cls(model, _hf_tokenizer_encode(path), name=f"phi1-hf:{path}", **kwargs)
+  def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "Phi1Embedder":
+    """Model + tokenizer from a params export, a training workdir, or an HF `save_pretrained` dir
+    (phi-1 itself, or any PhiForCausalLM), via `phi1.checkpoint.load_for_inference`."""
+    from phi1 import checkpoint  # lazy: pulls JAX
+    model, tokenizer = checkpoint.load_for_inference(path)
+    return cls(model, tokenizer.encode, name=f"phi1:{path}", **kwargs)
+
+  @classmethod
+  def random(cls, preset: str = "tiny", seed: int = 0, **kwargs) -> "Phi1Embedder":
+    """An untrained model of a preset size with a byte encoder: measures embedding throughput
+    (bench/filtering.py) without a checkpoint; its vectors carry no meaning."""
+    from flax import nnx
+    from phi1.model import Phi1, Phi1Config
+    config = getattr(Phi1Config, preset)()
+    model = Phi1(config, rngs=nnx.Rngs(seed))
+    return cls(model, byte_encoder(config.vocab_size), name=f"phi1-random:{preset}", **kwargs)
 
   def _token_ids(self, text: str) -> list[int]:
     ids = self.encode(text)[: self.buckets[-1]]
@@ -124,16 +134,6 @@ class Phi1Embedder:
     return l2_normalise(out)
 
 
-def _hf_tokenizer_encode(path: str | os.PathLike) -> Callable[[str], list[int]]:
-  tokenizer_file = pathlib.Path(path) / "tokenizer.json"
-  if not tokenizer_file.exists():
-    raise FileNotFoundError(f"{tokenizer_file} not found: the embedder needs the checkpoint's "
-                            f"tokenizer (save it with tokenizer.save_pretrained(DIR))")
-  from tokenizers import Tokenizer
-  tokenizer = Tokenizer.from_file(str(tokenizer_file))
-  return lambda text: tokenizer.encode(text).ids
-
-
 def byte_encoder(vocab_size: int) -> Callable[[str], list[int]]:
   """UTF-8 bytes folded into [0, vocab_size): for random tiny models in tests, not for real use."""
   return lambda text: [b % vocab_size for b in text.encode("utf-8")]
@@ -159,15 +159,18 @@ class SentenceTransformerEmbedder:
 
 
 def make_embedder(spec: str) -> Embedder:
-  """'hashing[:DIM]' | 'phi1-hf:DIR' | 'sentence-transformers:NAME'."""
+  """'phi1:DIR' | 'hashing[:DIM]' | 'sentence-transformers:NAME' | 'phi1-random:PRESET'."""
   kind, _, arg = spec.partition(":")
   if kind == "hashing":
     return HashingEmbedder(int(arg) if arg else 1024)
-  if kind == "phi1-hf":
+  if kind in ("phi1", "phi1-hf"):
     if not arg:
-      raise ValueError("phi1-hf embedder needs a directory: 'phi1-hf:DIR'")
-    return Phi1Embedder.from_hf(arg)
+      raise ValueError("the phi1 embedder needs a checkpoint: 'phi1:DIR' (params export, training "
+                       "workdir, or an HF save_pretrained directory)")
+    return Phi1Embedder.from_checkpoint(arg)
+  if kind == "phi1-random":
+    return Phi1Embedder.random(arg or "tiny")
   if kind == "sentence-transformers":
     return SentenceTransformerEmbedder(arg or "all-MiniLM-L6-v2")
-  raise ValueError(f"unknown embedder {spec!r}; use 'hashing[:DIM]', 'phi1-hf:DIR' or "
-                   f"'sentence-transformers:NAME'")
+  raise ValueError(f"unknown embedder {spec!r}; use 'phi1:DIR', 'hashing[:DIM]', "
+                   f"'sentence-transformers:NAME' or 'phi1-random:PRESET'")
