@@ -33,6 +33,7 @@ benchmark's client does not share the GIL with the server); counters then come o
 import asyncio
 import hashlib
 import json
+import keyword
 import math
 import multiprocessing
 import random
@@ -75,8 +76,11 @@ def _sentence(rng: random.Random, n: int) -> str:
   return " ".join(words).capitalize() + "."
 
 
+_NAME_WORDS = [w.replace("-", "_") for w in _WORDS if not keyword.iskeyword(w)]
+
+
 def _identifier(rng: random.Random) -> str:
-  return "_".join(rng.choice(_WORDS).replace("-", "_") for _ in range(2))
+  return "_".join(rng.choice(_NAME_WORDS) for _ in range(2))
 
 
 _BODIES = [
@@ -112,7 +116,7 @@ def textbook_text(topic: str, rng: random.Random) -> str:
   parts = [f"## {topic}\n"]
   for _ in range(rng.randint(2, 4)):
     parts.append(" ".join(_sentence(rng, rng.randint(9, 16)) for _ in range(rng.randint(3, 5))))
-    name, arg, k = _identifier(rng), _identifier(rng).split("_")[0], rng.randint(2, 9)
+    name, arg, k = _identifier(rng), _identifier(rng), rng.randint(2, 9)
     parts.append(f"```python\ndef {name}({arg}):\n    return [x * {k} for x in {arg} if x % {k}]\n\n"
                  f"print({name}([{', '.join(str(rng.randint(0, 99)) for _ in range(4))}]))\n```")
   return "\n\n".join(parts) + "\n"
@@ -121,7 +125,7 @@ def textbook_text(topic: str, rng: random.Random) -> str:
 def default_answer(body: dict) -> str:
   rng = random.Random(body_hash(body))
   if "messages" not in body:  # /v1/completions: continue a function whose signature is given
-    return f"    {_identifier(rng)} = {rng.randint(0, 9)}\n    return {_identifier(rng).split('_')[0]!r}\n"
+    return f"    {_identifier(rng)} = {rng.randint(0, 9)}\n    return {_identifier(rng)!r}\n"
   prompt = "\n".join(str(m.get("content", "")) for m in body["messages"])
   match = re.search(r"function named `([A-Za-z_][A-Za-z0-9_]*)`", prompt)
   if match:

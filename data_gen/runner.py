@@ -1,0 +1,171 @@
+"""The generation loop shared by textbooks and exercises: slots -> LLM -> validation -> shards.
+
+Slot i of a run is a deterministic function of (task seed, i): its constraints, its prompt, its
+request seed, hence its cache key and its record id. A run walks slots 0, 1, 2, ... skipping those
+whose record is already stored, and keeps at most `n - stored` requests in flight, so it stops at
+exactly `n` records and never pays for a record it would not keep (a reject frees its place for the
+next slot). Rerunning with the same arguments therefore tops up; a killed run's paid-but-unstored
+answers come back from the cache for free.
+"""
+
+import asyncio
+import dataclasses
+import errno
+import sys
+import time
+from collections import Counter
+from typing import Protocol
+
+from data_gen.llm import (LLM, BudgetExhausted, Completion, FatalAPIError, Request, RetriesExhausted,
+                          canonical_json, sha256)
+from data_gen.shards import ShardWriter
+
+
+class Task(Protocol):
+  kind: str  # "textbooks" | "exercises"
+
+  def request(self, slot: int) -> tuple[Request, dict]:
+    """The request for this slot and its constraint tuple."""
+
+  async def check(self, completion: Completion, constraints: dict) -> dict | str:
+    """Record fields the task adds (at least `text`) for a valid output, or a reject reason."""
+
+
+@dataclasses.dataclass
+class RunSummary:
+  requested: int
+  stored: int          # valid records in the directory now
+  added: int           # records this run wrote
+  rejects: dict
+  stopped: str         # "done" | "budget" | "error: ..." | "disk full"
+  llm: dict            # the LLM layer's stats (requests, cache hits, retries, tokens, cost)
+
+  @property
+  def ok(self) -> bool:
+    return self.stopped == "done"
+
+
+def record_id(kind: str, key: str) -> str:
+  return f"{kind}-{key[:24]}"
+
+
+class _Progress:
+  """tqdm bar with requests/s, tokens/s, cost so far, cache hits, retries and rejects."""
+
+  def __init__(self, total: int, initial: int, enabled: bool, llm: LLM, rejects: Counter):
+    self.llm, self.rejects, self.last = llm, rejects, 0.0
+    self.bar = None
+    if enabled:
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=initial, unit="rec", file=sys.stderr, dynamic_ncols=True)
+
+  def update(self, added: int = 0, force: bool = False):
+    if self.bar is None:
+      return
+    self.bar.update(added)
+    now = time.monotonic()
+    if force or now - self.last > 0.5:
+      self.last = now
+      s = self.llm.stats
+      rates = s.rates()
+      self.bar.set_postfix_str(
+          f"{rates['req/s']:.1f} req/s {rates['tok/s']:.0f} tok/s ${s.cost_usd:.4f} "
+          f"hits {s.cache_hits} retries {s.retries} rejects {sum(self.rejects.values())}",
+          refresh=False)
+
+  def close(self):
+    if self.bar is not None:
+      self.update(force=True)
+      self.bar.close()
+
+
+async def _attempt(task: Task, llm: LLM, slot: int, request: Request, constraints: dict):
+  completion = await llm.complete(request)
+  fields = await task.check(completion, constraints)
+  if isinstance(fields, str):
+    return fields
+  messages_or_prompt = request.messages if request.messages is not None else request.prompt
+  return {
+      "id": record_id(task.kind, completion.key),
+      **fields,
+      "source": f"synthetic_{task.kind}",
+      "constraints": constraints,
+      "model": completion.model,
+      "prompt_hash": sha256(canonical_json(messages_or_prompt)),
+      "request_hash": completion.request_hash,
+      "seed": request.seed,
+      "slot": slot,
+      "revision": llm.revision,
+      "finish_reason": completion.finish_reason,
+      "usage": {"prompt_tokens": completion.prompt_tokens,
+                "completion_tokens": completion.completion_tokens,
+                "cost_usd": round(completion.cost_usd, 8), "cached": completion.cached},
+  }
+
+
+async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window: int | None = None,
+                   progress: bool = True, max_rejects: int | None = None) -> RunSummary:
+  """Fill `writer`'s directory up to `n` valid records. Stops cleanly on budget, fatal endpoint
+  errors and a full disk (what was stored stays stored); the reason is in `RunSummary.stopped`."""
+  window = window or 2 * llm._semaphore._value
+  start_count = len(writer)
+  rejects: Counter = Counter()
+  bar = _Progress(n, min(start_count, n), progress, llm, rejects)
+  in_flight: dict[asyncio.Task, int] = {}
+  stopped, slot = "done", 0
+  # A prompt or validator that rejects nearly everything should stop the run, not spend forever.
+  max_rejects = max_rejects if max_rejects is not None else 10 * n + 100
+
+  def next_slot():
+    nonlocal slot
+    while True:
+      request, constraints = task.request(slot)
+      slot += 1
+      if record_id(task.kind, llm.key(request)) not in writer.ids:
+        return slot - 1, request, constraints
+
+  try:
+    while True:
+      while (stopped == "done" and len(in_flight) < window and len(writer) + len(in_flight) < n):
+        if sum(rejects.values()) > max_rejects:
+          stopped = f"error: more than {max_rejects} rejects {dict(rejects)}; check the prompts"
+          break
+        item = next_slot()
+        in_flight[asyncio.ensure_future(_attempt(task, llm, *item))] = item[0]
+      if not in_flight:
+        break
+      done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+      for future in done:
+        in_flight.pop(future)
+        try:
+          result = future.result()
+        except BudgetExhausted:
+          stopped = "budget"
+          continue
+        except (FatalAPIError, RetriesExhausted) as e:
+          stopped = f"error: {e}"
+          continue
+        if isinstance(result, str):
+          rejects[result] += 1
+        elif len(writer) < n and stopped in ("done", "budget"):
+          try:
+            writer.append(result)
+            bar.update(1)
+          except OSError as e:
+            if e.errno != errno.ENOSPC:
+              raise
+            stopped = "disk full"
+      bar.update()
+      if stopped.startswith("error") or stopped == "disk full":
+        for future in in_flight:  # answers already paid are in the cache for the next run
+          future.cancel()
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        in_flight.clear()
+  finally:
+    for future in in_flight:
+      future.cancel()
+    bar.close()
+  if stopped == "done" and len(writer) < n:
+    stopped = "error: stopped early"
+  return RunSummary(requested=n, stored=len(writer), added=len(writer) - start_count,
+                    rejects=dict(rejects), stopped=stopped, llm=llm.stats.as_dict())
