@@ -1,0 +1,150 @@
+"""The sandbox's contract: statuses, order, isolation facts seen from inside, degraded modes, recovery."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from phi1.evals import sandbox as sandbox_lib
+from phi1.evals.sandbox import Program, Sandbox, check_program
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs root (setuid, namespaces)")
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+  with Sandbox(workers=2, timeout_s=2.0, memory_mb=512) as sb:
+    yield sb
+
+
+def test_statuses_and_order(sandbox):
+  programs = ["x = 1", "assert 1 == 2, 'nope'", "1 / 0", "raise SystemExit(3)", "import os\nos._exit(7)",
+              "while True:\n  pass", Program("def f(x):\n  return x + 1", "assert f(1) == 2"),
+              Program("def f(x):\n  return x", "assert f(1) == 2"), "def broken(:\n  pass"]
+  got = [(r.status, (r.error or "").split(":")[0]) for r in sandbox.run(programs)]
+  assert got == [("passed", ""), ("failed", "AssertionError"), ("error", "ZeroDivisionError"),
+                 ("error", "SystemExit"), ("crashed", "exited with code 7 before reporting a result"),
+                 ("timeout", "no result within 2 s"), ("passed", ""), ("failed", "AssertionError"),
+                 ("error", "SyntaxError")]
+
+
+def test_output_is_captured_and_bounded():
+  with Sandbox(workers=1, timeout_s=5.0, max_output_bytes=1000) as sb:
+    small, big = sb.run(["print('hello'); import sys; print('oops', file=sys.stderr)",
+                         "print('y' * (8 << 20))"])
+  assert small.passed and small.output == "hello\noops\n"
+  assert big.passed and big.output == "y" * 1000
+
+
+def test_per_program_timeout_overrides_default(sandbox):
+  start = time.monotonic()
+  result, = sandbox.run([Program("import time\ntime.sleep(10)", timeout_s=0.3)])
+  assert result.status == "timeout" and time.monotonic() - start < 1.5
+
+
+def test_cpu_limit_is_a_timeout():
+  with Sandbox(workers=1, timeout_s=1.0) as sb:
+    # The wall clock stops it first; RLIMIT_CPU (ceil + 1 s) is the backstop in the child itself.
+    assert sb.run(["while True:\n  pass"])[0].status == "timeout"
+
+
+def test_workers_run_in_parallel(sandbox):
+  start = time.monotonic()
+  results = sandbox.run(["import time\ntime.sleep(0.5)"] * 4)
+  assert all(r.passed for r in results)
+  assert time.monotonic() - start < 1.9  # 2 workers: about 1 s, serial would be 2 s
+
+
+def test_temp_cwd_is_fresh_and_removed(sandbox):
+  first, second = sandbox.run(["import os\nopen('left.txt', 'w').write('x')\nprint(os.getcwd())",
+                               "import os\nassert os.listdir('.') == [], os.listdir('.')"])
+  assert first.passed and second.passed
+  assert first.output.strip().startswith("/tmp/phi1-sandbox-")
+
+
+@needs_root
+@pytest.mark.parametrize("bwrap", [pytest.param(True, marks=pytest.mark.skipif(
+    not shutil.which("bwrap"), reason="bwrap not installed")), False], ids=["bwrap", "own-namespaces"])
+def test_isolation_seen_from_inside(bwrap):
+  probe = ("import os, socket\n"
+           "print(os.getuid(), os.getgid())\n"
+           "caps = [l.split()[1] for l in open('/proc/self/status') if l.startswith('CapEff')]\n"
+           "print(caps[0])\n"
+           "print(sorted(name for _, name in socket.if_nameindex()))\n"
+           "print(sum(p.isdigit() for p in os.listdir('/proc')))\n"
+           "print(os.getsid(0) == os.getpid())\n"
+           "print(os.read(0, 10))\n")
+  with Sandbox(workers=1, timeout_s=5.0, bwrap=bwrap) as sb:
+    result, = sb.run([probe])
+  assert result.passed, result
+  uid, caps, net, nprocs, leader, stdin = result.output.splitlines()
+  assert uid == "65534 65534" and caps == "0000000000000000"
+  assert net == "['lo']"                 # a network namespace of its own
+  assert int(nprocs) <= 3                # PID namespace: the server, the program (and bwrap's init)
+  assert leader == "True" and stdin == "b''"
+
+
+def test_environment_is_clean(sandbox, monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
+  with Sandbox(workers=1, timeout_s=2.0) as sb:  # workers started after the variable is set
+    result, = sb.run(["import os\nprint(sorted(os.environ))"])
+  assert result.passed and "OPENAI_API_KEY" not in result.output
+  assert "sk-should-not-leak" not in result.output
+
+
+def test_check_program():
+  assert check_program("assert sum(range(4)) == 6").passed
+  assert check_program("assert sum(range(4)) == 7").status == "failed"
+
+
+def test_bad_programs_rejected_early(sandbox):
+  with pytest.raises(TypeError, match="must be str"):
+    sandbox.run([Program(code=b"x = 1")])
+  with pytest.raises(ValueError, match="timeout_s"):
+    Sandbox(timeout_s=0)
+
+
+def test_non_utf8_and_huge_programs(sandbox):
+  surrogate = b"x = '\xff'".decode("utf-8", "surrogateescape")
+  huge = "x = 1\n" + "#" * (10 << 20) + "\n"
+  bad, big = sandbox.run([surrogate, huge])
+  assert bad.status == "error" and "UnicodeEncodeError" in bad.error
+  assert big.passed
+
+
+def test_worker_death_is_a_crash_and_the_pool_recovers(sandbox):
+  worker = sandbox._pool[0]
+  worker.process.kill()
+  worker.process.wait()
+  statuses = [r.status for r in sandbox.run(["x = 1"] * 4)]
+  assert sorted(statuses) == ["crashed", "passed", "passed", "passed"]
+  assert all(r.passed for r in sandbox.run(["x = 1"] * 4))
+
+
+def test_degraded_mode_reports_what_is_off_and_still_kills_descendants(capsys):
+  sandbox_lib._warned.clear()
+  grandchild = ("import os, time\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n"
+                "    time.sleep(30)\n  os._exit(0)\n")
+  with Sandbox(workers=1, timeout_s=2.0, bwrap=False, namespaces=False,
+               drop_privileges=False) as sb:
+    result, = sb.run([grandchild])
+    worker_pid = sb._pool[0].process.pid
+    children = open(f"/proc/{worker_pid}/task/{worker_pid}/children").read().split()
+  assert result.passed
+  assert children == []  # the subreaper killed the setsid'd grandchild
+  err = capsys.readouterr().err
+  assert "read-only filesystem, PID and network namespaces: off" in err
+  assert "unprivileged user: off" in err
+  with Sandbox(workers=1, bwrap=False, namespaces=False, drop_privileges=False):
+    pass
+  assert "off" not in capsys.readouterr().err  # said once per process, not per sandbox
+
+
+def test_no_jax_on_the_execution_path():
+  code = ("import sys\nimport phi1.evals.run, phi1.evals.cli, phi1.evals.sandbox\n"
+          "assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules), 'jax imported'")
+  subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
