@@ -1,0 +1,207 @@
+"""Diversity report for a generated corpus: `python -m data_gen report DIR [--threshold 0.7]`.
+
+Measures what phi-1's recipe is about (diverse, non-repetitive synthetic data):
+  near_duplicates  MinHash (word 5-grams, datasketch LSH): share of records whose estimated Jaccard
+                   with an earlier record reaches the threshold (what a dedup pass would remove);
+  function_names   distinct names defined (`def name`) across records;
+  cells            distribution over constraint cells (coverage of the table, entropy, top cells);
+  openings         the most frequent opening phrases (first five words);
+  tokens           usage-reported and whitespace token counts, cost.
+Writes DIR/report.json and a PNG of coverage (DIR/report.png), prints the JSON, and lists `flags`
+for anything that looks wrong (e.g. a near-duplicate rate above 2%).
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import re
+import sys
+
+import numpy as np
+from datasketch import MinHash, MinHashLSH
+
+from data_gen.shards import read_records
+
+_WORD = re.compile(r"\w+")
+_DEF = re.compile(r"^\s*(?:async\s+)?def\s+([A-Za-z_]\w*)", re.M)
+CELL_KEYS = {"textbooks": ("topic", "subtopic", "audience", "style"),
+             "exercises": ("topic", "difficulty", "function_name")}
+
+
+def _minhash(text: str, ngram: int, num_perm: int) -> MinHash:
+  words = _WORD.findall(text.lower())
+  grams = {" ".join(words[i:i + ngram]).encode() for i in range(max(1, len(words) - ngram + 1))}
+  m = MinHash(num_perm=num_perm, seed=1)
+  m.update_batch(list(grams))
+  return m
+
+
+def near_duplicates(records: list[dict], threshold: float = 0.7, ngram: int = 5,
+                    num_perm: int = 128) -> dict:
+  """Each record whose estimated Jaccard with some earlier record is >= threshold is a duplicate."""
+  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+  kept: dict[str, MinHash] = {}
+  duplicates = []
+  for r in records:
+    m = _minhash(r["text"], ngram, num_perm)
+    best = max(((m.jaccard(kept[c]), c) for c in lsh.query(m)), default=(0.0, None))
+    if best[0] >= threshold:
+      duplicates.append((r["id"], best[1], round(best[0], 3)))
+    else:
+      lsh.insert(r["id"], m)
+      kept[r["id"]] = m
+  n = max(len(records), 1)
+  return {"rate": len(duplicates) / n, "count": len(duplicates), "threshold": threshold,
+          "ngram": ngram, "num_perm": num_perm, "ids": [d[0] for d in duplicates],
+          "examples": duplicates[:10]}
+
+
+def _opening(record: dict) -> str:
+  """First five words of the prose: an exercise's docstring (its code always opens with `def`)."""
+  text = record["text"]
+  if "prompt" in record:
+    docstring = re.search(r'(?:"""|\'\'\')(.*?)(?:"""|\'\'\'|$)', record["prompt"], re.S)
+    text = docstring.group(1) if docstring else text
+  return " ".join(_WORD.findall(text)[:5]).lower()
+
+
+def _cells(records: list[dict], kind: str) -> list[tuple]:
+  keys = CELL_KEYS.get(kind) or tuple(sorted((records[0].get("constraints") or {}).keys()))
+  return [tuple((r.get("constraints") or {}).get(k) for k in keys) for r in records]
+
+
+def _table_cells(kind: str, manifest: dict) -> int | None:
+  """Cells in the packaged table, if this corpus was generated from it."""
+  from data_gen.tables import load_table
+  try:
+    table = load_table(kind)
+  except FileNotFoundError:
+    return None
+  if manifest.get("table_sha256") not in (None, table["_sha256"]):
+    return None
+  if kind == "textbooks":
+    from data_gen.textbooks import textbook_cells
+    return textbook_cells(table)
+  from data_gen.exercises import exercise_cells
+  return exercise_cells(table)
+
+
+def build_report(out_dir: str, threshold: float = 0.7) -> dict:
+  records = read_records(out_dir)
+  if not records:
+    raise ValueError(f"no records in {out_dir} (expected shard-*.jsonl.gz / .parquet files)")
+  manifest_path = os.path.join(out_dir, "manifest.json")
+  manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
+  kind = manifest.get("kind") or records[0].get("source", "").removeprefix("synthetic_")
+  n = len(records)
+
+  dups = near_duplicates(records, threshold)
+  names = collections.Counter(name for r in records for name in set(_DEF.findall(r["text"])))
+  cells = _cells(records, kind)
+  cell_counts = collections.Counter(cells)
+  p = np.array(list(cell_counts.values()), dtype=np.float64) / n
+  entropy = float(-(p * np.log2(p)).sum())
+  table_cells = _table_cells(kind, manifest)
+  keys = CELL_KEYS.get(kind, ())
+  per_dimension = {k: collections.Counter(c[i] for c in cells).most_common(10)
+                   for i, k in enumerate(keys)}
+  openings = collections.Counter(_opening(r) for r in records)
+  usage = [r.get("usage") or {} for r in records]
+  completion_tokens = np.array([u.get("completion_tokens", 0) for u in usage], dtype=np.int64)
+  words = np.array([len(r["text"].split()) for r in records], dtype=np.int64)
+
+  report = {
+      "dir": out_dir, "kind": kind, "records": n, "near_duplicates": dups,
+      "function_names": {"distinct": len(names), "per_record": len(names) / n,
+                         "top": names.most_common(10)},
+      "cells": {"distinct": len(cell_counts), "table_cells": table_cells,
+                "table_coverage": len(cell_counts) / table_cells if table_cells else None,
+                "max_records_per_cell": max(cell_counts.values()),
+                "entropy_bits": entropy,
+                "entropy_ratio": entropy / math.log2(n) if n > 1 else 1.0,
+                "top": [[list(c), k] for c, k in cell_counts.most_common(5)],
+                "per_dimension": per_dimension},
+      "openings": {"distinct": len(openings), "top": [[o, k, k / n] for o, k in
+                                                      openings.most_common(10)]},
+      "tokens": {"completion_tokens_total": int(completion_tokens.sum()),
+                 "completion_tokens_mean": float(completion_tokens.mean()),
+                 "completion_tokens_p50": float(np.percentile(completion_tokens, 50)),
+                 "completion_tokens_p90": float(np.percentile(completion_tokens, 90)),
+                 "words_total": int(words.sum()), "words_mean": float(words.mean()),
+                 "cost_usd": float(sum(u.get("cost_usd", 0.0) for u in usage))},
+  }
+  flags = []
+  if dups["rate"] > 0.02:
+    flags.append(f"near_duplicates: {dups['rate']:.1%} of records (>= {threshold} Jaccard with an "
+                 "earlier record)")
+  if openings.most_common(1)[0][1] / n > 0.2 and n >= 20:
+    flags.append(f"openings: {openings.most_common(1)[0][1] / n:.0%} of records start with "
+                 f"{openings.most_common(1)[0][0]!r}")
+  if kind == "exercises" and len(names) < 0.5 * n:
+    flags.append(f"function_names: only {len(names)} distinct names for {n} exercises")
+  if n >= 100 and report["cells"]["entropy_ratio"] < 0.8:
+    flags.append(f"cells: skewed distribution (entropy ratio {report['cells']['entropy_ratio']:.2f})")
+  report["flags"] = flags
+  return report
+
+
+def plot(report: dict, records: list[dict], path: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  kind = report["kind"]
+  cells = _cells(records, kind)
+  fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+  topics = collections.Counter(c[0] for c in cells).most_common()
+  axes[0, 0].barh([str(t)[:32] for t, _ in topics][::-1], [k for _, k in topics][::-1])
+  axes[0, 0].set_title("records per topic")
+  axes[0, 0].tick_params(axis="y", labelsize=6)
+  seen, curve = set(), []
+  for c in cells:
+    seen.add(c)
+    curve.append(len(seen))
+  axes[0, 1].plot(np.arange(1, len(cells) + 1), curve, label="distinct cells")
+  axes[0, 1].plot([1, len(cells)], [1, len(cells)], "--", color="gray", label="every record new")
+  axes[0, 1].set_xlabel("records")
+  axes[0, 1].set_title(f"constraint-cell coverage ({report['cells']['distinct']} cells"
+                       + (f" of {report['cells']['table_cells']})" if report["cells"]["table_cells"] else ")"))
+  axes[0, 1].legend()
+  counts = list(collections.Counter(cells).values())
+  axes[1, 0].hist(counts, bins=range(1, max(counts) + 2))
+  axes[1, 0].set_xlabel("records in the cell")
+  axes[1, 0].set_ylabel("cells")
+  axes[1, 0].set_title("records per constraint cell")
+  openings = report["openings"]["top"]
+  axes[1, 1].barh([o[:40] for o, _, _ in openings][::-1], [k for _, k, _ in openings][::-1])
+  axes[1, 1].set_title(f"most frequent openings; near-duplicates {report['near_duplicates']['rate']:.1%}")
+  axes[1, 1].tick_params(axis="y", labelsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m data_gen report", description=__doc__.split("\n")[0])
+  parser.add_argument("dir")
+  parser.add_argument("--threshold", type=float, default=0.7, help="MinHash Jaccard for a near-dup")
+  parser.add_argument("--out", default=None, help="where report.json / report.png go (default: DIR)")
+  args = parser.parse_args(argv)
+  if not os.path.isdir(args.dir):
+    print(f"error: {args.dir} is not a directory", file=sys.stderr)
+    return 2
+  try:
+    report = build_report(args.dir, args.threshold)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  out = args.out or args.dir
+  os.makedirs(out, exist_ok=True)
+  report["plot"] = os.path.join(out, "report.png")
+  plot(report, read_records(args.dir), report["plot"])
+  with open(os.path.join(out, "report.json"), "w") as f:
+    json.dump(report, f, indent=1)
+  print(json.dumps(report))
+  return 0
