@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -90,7 +91,9 @@ def node_sequence(node: ast.AST) -> str:
 def parse(code: str) -> ast.Module | None:
   """`ast.parse`, or None for code that does not parse (Python 2, templates, fragments)."""
   try:
-    return ast.parse(code)
+    with warnings.catch_warnings():  # old escapes in strings ("\d") warn; they are not our concern
+      warnings.simplefilter("ignore")
+      return ast.parse(code)
   except (SyntaxError, ValueError, RecursionError, MemoryError):
     return None
 

@@ -136,9 +136,9 @@ def offline_judge(body: dict) -> str:
   checks = [
       ("contains code", bool(re.search(r"^\s*(def|class|import|from|for|if|while)\b|=", text, re.M))),
       ("uses functions or control flow", defs > 0 and bool(re.search(r"\b(for|while|if)\b", text))),
-      ("explained by docstrings/comments", comments / n >= 0.08),
-      ("small and self-contained", n <= 300 and text.count("import ") <= 6),
-      ("teaches by example", ">>>" in text or comments / n >= 0.2),
+      ("explained by docstrings/comments", comments / n >= 0.15),
+      ("small and self-contained", n <= 150 and text.count("import ") <= 3),
+      ("teaches by example", ">>>" in text or comments / n >= 0.3),
   ]
   score = sum(ok for _, ok in checks)
   reasons = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks)
