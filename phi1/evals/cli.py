@@ -85,6 +85,10 @@ def main(argv: list[str]) -> int:
       print("phi1 eval: --n > 1 with --temperature 0 repeats one greedy sample", file=sys.stderr)
     sampling = dict(temperature=args.temperature, top_p=args.top_p,
                     max_new_tokens=args.max_new_tokens, seed=args.seed)
+    if args.chat:  # a chat reply is whole code, taken from its first code block: no cutting
+      args.postprocess, stops = "none (chat: first code block)", ()
+      protocol.update(postprocess=args.postprocess, stops=[],
+                      prompt_instruction=run.CHAT_INSTRUCTION)
     generation_stops = stops if args.postprocess != "none" else ()
     if args.openai_base_url:
       generate = run.openai_generator(
@@ -97,8 +101,8 @@ def main(argv: list[str]) -> int:
                                           batch_size=args.batch_size, **sampling)
       generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint))
     try:
-      samples = run.generate_samples(tasks, generate, n=args.n, mode=args.postprocess,
-                                     stops=stops)
+      samples = run.generate_samples(tasks, generate, n=args.n, stops=stops,
+                                     mode="none" if args.chat else args.postprocess)
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
       print(f"phi1 eval: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
       return 1

@@ -1,0 +1,160 @@
+"""`phi1 eval` end to end: samples on disk (clean and hostile input) and an OpenAI-compatible server."""
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from phi1.evals import cli, humaneval, mbpp
+from phi1.evals.passk import pass_at_k
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = humaneval.load()[:4]
+
+
+def _write(path, rows):
+  with open(path, "wb") as f:
+    for row in rows:
+      f.write(row if isinstance(row, bytes) else json.dumps(row).encode() + b"\n")
+
+
+def _last_json_line(text):
+  return json.loads(text.strip().splitlines()[-1])
+
+
+def test_samples_file_through_the_module_entry_point(tmp_path):
+  rows = []
+  for t in reversed(TASKS):  # out of order on purpose: results come back sorted
+    rows += [dict(task_id=t.task_id, completion="    pass\n", sample_id=1),
+             dict(task_id=t.task_id, completion=t.reference, sample_id=0)]
+  _write(tmp_path / "samples.jsonl", rows)
+  out = tmp_path / "out"
+  proc = subprocess.run(
+      [sys.executable, "-m", "phi1.evals.cli", "--bench", "humaneval", "--samples",
+       str(tmp_path / "samples.jsonl"), "--limit", "4", "--out", str(out), "--workers", "2"],
+      capture_output=True, text=True, cwd=REPO, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  summary = _last_json_line(proc.stdout)
+  assert summary["pass@1"] == pass_at_k(2, 1, 1) and summary["pass@2"] == pass_at_k(2, 1, 2)
+  assert summary["statuses"] == {"passed": 4, "failed": 4}
+  protocol = summary["protocol"]
+  assert protocol["dataset"]["sha256"] and protocol["dataset"]["num_tasks"] == 4
+  assert protocol["timeout_s"] == 3.0 and "executing" in proc.stderr  # the progress bar
+  written = [json.loads(line) for line in open(out / "samples.jsonl")]
+  assert [(r["task_id"], r["sample_id"]) for r in written] == \
+      [(t.task_id, i) for t in TASKS for i in (0, 1)]
+  assert [r["passed"] for r in written] == [True, False] * 4
+  assert set(written[0]) >= {"task_id", "completion", "status", "error", "duration_s"}
+  assert json.load(open(out / "summary.json"))["pass@1"] == summary["pass@1"]
+
+
+def test_bad_samples_are_reported_per_sample_never_fatal(tmp_path, capsys):
+  t0, t1, t2 = TASKS[:3]
+  rows = [dict(task_id="HumanEval/9999", completion="    return 1\n"),
+          dict(task_id=t0.task_id),
+          b"this is not json\n",
+          b'{"task_id": "' + t0.task_id.encode() + b'", "completion": "    return \xff\xfe\\n"}\n',
+          dict(task_id=t0.task_id, completion=["not", "a", "string"]),
+          dict(task_id=t1.task_id, completion=""),
+          dict(task_id=t2.task_id, completion="    # " + "x" * (10 << 20) + "\n" + t2.reference)]
+  _write(tmp_path / "bad.jsonl", rows)
+  rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "bad.jsonl"), "--out",
+                 str(tmp_path / "out"), "--no-progress", "--timeout", "10"])
+  captured = capsys.readouterr()
+  assert rc == 0
+  summary = _last_json_line(captured.out)
+  assert summary["num_rejected"] == 4 and "rejected" in captured.err
+  reasons = [json.loads(line)["reason"] for line in open(tmp_path / "out" / "rejected.jsonl")]
+  assert [r.split(" ")[0] for r in reasons] == ["unknown", "missing", "not", "completion"]
+  by_task = {json.loads(line)["task_id"]: json.loads(line)
+             for line in open(tmp_path / "out" / "samples.jsonl")}
+  assert by_task[t0.task_id]["status"] == "error" and "Unicode" in by_task[t0.task_id]["error"]
+  assert not by_task[t1.task_id]["passed"]  # an empty body: the docstring alone returns None
+  assert by_task[t2.task_id]["passed"]      # 10 MB of comment, then the real solution
+  assert summary["num_tasks_without_samples"] == 164 - 3
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+  """Answers completions with the canonical solution plus trailing junk the stops must cut."""
+  answers = {t.prompt: t.reference for t in TASKS}
+  requests: list = []
+
+  def do_POST(self):
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    _FakeServer.requests.append((self.path, self.headers.get("Authorization"), body))
+    if self.path.endswith("/chat/completions"):
+      prompt = body["messages"][-1]["content"].split("\n\n", 1)[1]
+      text = f"Sure:\n```python\n{prompt}{self.answers[prompt]}```\nDone."
+      choice = dict(index=0, message=dict(role="assistant", content=text), finish_reason="stop")
+    else:
+      text = self.answers[body["prompt"]] + "\n\ndef unrelated():\n    return undefined_name\n"
+      choice = dict(index=0, text=text, finish_reason="stop", logprobs=None)
+    data = json.dumps(dict(id="x", object="text_completion", created=0, model=body["model"],
+                           choices=[choice], usage=dict(prompt_tokens=1, completion_tokens=1,
+                                                        total_tokens=2))).encode()
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(data)))
+    self.end_headers()
+    self.wfile.write(data)
+
+  def log_message(self, *args):
+    pass
+
+
+@pytest.fixture()
+def server():
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  _FakeServer.requests.clear()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+  httpd.shutdown()
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_openai_compatible_server(server, tmp_path, capsys, monkeypatch, chat):
+  monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-key-never-on-disk")
+  out = tmp_path / "out"
+  rc = cli.main(["--bench", "humaneval", "--openai-base-url", server, "--model", "tiny",
+                 "--limit", "4", "--out", str(out), "--no-progress", "--max-new-tokens", "300"]
+                + (["--chat"] if chat else []))
+  captured = capsys.readouterr()
+  assert rc == 0, captured.err
+  summary = _last_json_line(captured.out)
+  assert summary["pass@1"] == 1.0
+  assert summary["protocol"]["generator"]["model"] == "tiny"
+  assert summary["protocol"]["sampling"]["max_new_tokens"] == 300
+  assert len(_FakeServer.requests) == 4
+  path, auth, body = _FakeServer.requests[0]
+  assert path.endswith("/chat/completions" if chat else "/completions")
+  assert auth == "Bearer sk-secret-key-never-on-disk" and body["max_tokens"] == 300
+  for name in os.listdir(out):
+    assert "sk-secret-key" not in (out / name).read_text()
+  assert "sk-secret-key" not in captured.out + captured.err
+
+
+def test_clear_errors_for_bad_arguments(tmp_path, capsys):
+  with pytest.raises(SystemExit):
+    cli.main(["--bench", "humaneval", "--openai-base-url", "http://x/v1"])  # no --model
+  assert "--model" in capsys.readouterr().err
+  rc = cli.main(["--bench", "mbpp", "--samples", "x.jsonl", "--data", str(tmp_path / "none.jsonl")])
+  assert rc == 2 and "not found" in capsys.readouterr().err
+  rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "missing.jsonl")])
+  assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists(mbpp.default_path()), reason="MBPP data not found")
+def test_mbpp_samples_with_integer_task_ids(tmp_path, capsys):
+  tasks = mbpp.load(split="test")[:3]
+  rows = [dict(task_id=int(t.task_id.split("/")[1]), completion=t.reference) for t in tasks]
+  _write(tmp_path / "mbpp.jsonl", rows)
+  rc = cli.main(["--bench", "mbpp", "--samples", str(tmp_path / "mbpp.jsonl"), "--limit", "3",
+                 "--no-progress"])
+  summary = _last_json_line(capsys.readouterr().out)
+  assert rc == 0 and summary["pass@1"] == 1.0
+  assert summary["protocol"]["dataset"]["split"] == "test"
