@@ -94,9 +94,16 @@ def pretokenize(inputs: Sequence[str], output_dir: str, tokenizer: Tokenizer, *,
   }
   with open(os.path.join(tmp_dir, token_docs.METADATA_FILE), "w") as f:
     json.dump(meta, f, indent=2)
-  if os.path.exists(output_dir):
+  if overwrite and os.path.exists(output_dir):
     shutil.rmtree(output_dir)
-  os.replace(tmp_dir, output_dir)
+  try:
+    os.rename(tmp_dir, output_dir)
+  except OSError:
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    if not token_docs.is_pretokenized(output_dir):
+      raise
+    log(f"{output_dir} was written by another process meanwhile; using it")
+    return token_docs.read_metadata(output_dir)
   seconds = time.perf_counter() - start
   log(f"wrote {output_dir}: {doc_index} documents, {meta['tokens']} tokens in {num_shards} shards, "
       f"{seconds:.1f}s ({meta['tokens'] / max(seconds, 1e-9):,.0f} tokens/s)\n{stats.summary()}")

@@ -307,3 +307,39 @@ def test_missing_or_wrong_config_says_what_to_fix(tmp_path, corpus):
   empty = _write_jsonl(tmp_path / "empty.jsonl", ["{oops"])
   with pytest.raises(ValueError, match="no usable documents"):
     _build(_config([empty]))
+
+
+class CountingTokenizer(ByteTokenizer):
+  def __init__(self):
+    self.texts_encoded = 0
+
+  def encode_batch(self, texts):
+    self.texts_encoded += len(texts)
+    return super().encode_batch(texts)
+
+
+def test_cache_dir_tokenizes_each_text_source_once(tmp_path, corpus):
+  texts, path = corpus
+  with open(path, "a") as f:
+    f.write("{bad json\n")
+  cfg = _config([path], eval_sources=[path], cache_dir=str(tmp_path / "cache"))
+
+  def build():
+    tok = CountingTokenizer()
+    pipeline = data.build(cfg, seq_len=32, batch_size=4, tokenizer=tok, process_index=0,
+                          process_count=1)
+    return pipeline, tok.texts_encoded
+
+  first, encoded = build()
+  assert encoded == len(texts)  # the eval source is the same file: one tokenized copy serves both
+  assert len(list((tmp_path / "cache").iterdir())) == 1
+  second, encoded_again = build()
+  assert encoded_again == 0
+  for pipeline in (first, second):
+    held_out = _split_docs(_rows(list(pipeline.eval_batches()), "targets").reshape(-1))
+    assert sorted(held_out) == sorted(texts)
+    assert pipeline.stats.sources["source0"].bad_json == 1  # still reported from the cache
+  with open(path, "a") as f:  # an edited corpus gets a fresh copy
+    f.write(json.dumps({"text": "one more"}) + "\n")
+  third, encoded = build()
+  assert encoded == len(texts) + 1 and len(list((tmp_path / "cache").iterdir())) == 2

@@ -133,7 +133,7 @@ def test_corrupt_shards_and_records_are_counted(tmp_path, corpus):
   docs = _eval_documents(pipeline)  # reads every record of the eval source once
   s = pipeline.stats.sources["eval0"]
   assert s.corrupt_shards == 1 and pipeline.stats.sources["source0"].corrupt_shards == 1
-  assert s.records == len(records)
+  assert s.records == len(records) + 1 and s.bad_json == 1  # the broken line, found at tokenize time
   assert s.corrupt_records > meta["shards"][0]["records"]  # the truncated shard + flipped records
   assert s.documents + s.corrupt_records == len(records) == len(docs) + s.corrupt_records
   next(iter(pipeline.train))

@@ -36,6 +36,10 @@ def default_config() -> ml_collections.ConfigDict:
   # (chosen by a fixed hash of the document index, independent of shuffle_seed), excluded from
   # training. 0 with no eval_sources: no eval split.
   c.eval_fraction = 0.0
+  # Where text sources are tokenized to, once (ArrayRecord, as `phi1 pretokenize` writes), keyed
+  # by the file (path, size, mtime) and the tokenizer; later runs read that copy and skip
+  # tokenizing. Empty: tokenize in memory at every start (each process only its share).
+  c.cache_dir = ""
   # Threads reading and decoding documents (pre-tokenized shards benefit; in-memory text is
   # fastest with 0). Batches are prefetched by one extra thread this deep (0 = no prefetch).
   c.read_threads = 0

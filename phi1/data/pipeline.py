@@ -17,6 +17,8 @@ every source (after the eval split), so processes see disjoint data that covers 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import sys
@@ -27,7 +29,8 @@ import numpy as np
 
 from phi1.data import records
 from phi1.data.packing import PACKINGS, DocumentToExample, PackIterDataset
-from phi1.data.token_docs import ArrayRecordDocs, InMemoryDocs, Subset, is_pretokenized
+from phi1.data.token_docs import (FORMAT_VERSION, ArrayRecordDocs, InMemoryDocs, Subset,
+                                  is_pretokenized)
 
 # The eval split must not move when the training seed changes.
 _EVAL_SPLIT_SEED = 20230620
@@ -71,6 +74,26 @@ def _check_exists(path: str, key: str) -> None:
         f"{key}: {path} does not exist. Point it at a JSON lines / Parquet file, a directory of "
         ".py files or a `phi1 pretokenize` output directory; for the CPU demo corpus run "
         "phi1.demo_corpus.build(cache_dir).")
+
+
+def tokenized_copy(path: str, tokenizer, cache_dir: str) -> str:
+  """`cache_dir/<key>`: `path` pre-tokenized by `tokenizer`, written on first use.
+
+  The key covers the file's (or .py directory's files') path, size and mtime and the tokenizer
+  fingerprint, so an edited corpus or another tokenizer gets a fresh copy.
+  """
+  from phi1 import pretokenize  # pylint: disable=import-outside-toplevel
+
+  path = os.path.abspath(path)
+  files = records.python_files(path) if os.path.isdir(path) else [path]
+  identity = [path, tokenizer.fingerprint, FORMAT_VERSION]
+  identity += [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+  key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+  out = os.path.join(os.path.abspath(cache_dir), f"{os.path.basename(path)}-{key}")
+  if not is_pretokenized(out):
+    logging.info("tokenizing %s once into %s", path, out)
+    pretokenize.pretokenize([path], out, tokenizer, num_shards=4, log=logging.info)
+  return out
 
 
 class EpochShuffle:
@@ -156,9 +179,17 @@ class DataPipeline:
   def _load(self, path: str, name: str, eval_fraction: float):
     """(train docs, eval docs) of one source, this process's share only."""
     p, n_proc = self.process_index, self.process_count
+    if self.config.cache_dir and not is_pretokenized(path):
+      if self.tokenizer is None:
+        raise ValueError(f"{path} is a text source, so data.tokenizer must name a tokenizer")
+      path = tokenized_copy(path, self.tokenizer, self.config.cache_dir)
     if is_pretokenized(path):
       docs = ArrayRecordDocs(path, self.stats, name)
       self._check_tokenizer(docs.meta, path)
+      for problems in docs.meta.get("inputs", {}).values():  # bad records found at tokenize time
+        for field in ("bad_json", "missing_text", "empty_text", "undecodable"):
+          self.stats.add(name, field, problems.get(field, 0))
+          self.stats.add(name, "records", problems.get(field, 0))
       train_idx, eval_idx = _split_indices(len(docs), eval_fraction)
       return Subset(docs, train_idx[p::n_proc]), Subset(docs, eval_idx[p::n_proc])
     if self.tokenizer is None:

@@ -141,7 +141,7 @@ def _parquet_rows(path: str, stats: SourceStats) -> Iterator[Document]:
         yield doc
 
 
-def _decode_source(data: bytes) -> str | None:
+def decode_source(data: bytes) -> str | None:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError:
@@ -166,7 +166,7 @@ def _python_directory(path: str, stats: SourceStats) -> Iterator[Document]:
   for file in python_files(path):
     stats.records += 1
     with open(file, "rb") as f:
-      text = _decode_source(f.read())
+      text = decode_source(f.read())
     if text is None:
       stats.undecodable += 1
     elif not text.strip():

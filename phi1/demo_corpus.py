@@ -1,0 +1,149 @@
+"""The CPU demo's corpus: the installed Python standard library, plus a tokenizer trained on it.
+
+Real code no one here wrote, present on every machine that runs phi1. `build(cache_dir)` writes
+
+    <cache_dir>/stdlib-<python version>-<settings hash>/
+      train.jsonl, eval.jsonl   one record per .py file: {"id", "text", "source"} (DESIGN.md §3)
+      tokenizer.model           SentencePiece BPE, whitespace-exact (phi1.tokenizer)
+      manifest.json             counts and settings; written last, so its presence means complete
+
+or reuses that directory when it exists. Everything is deterministic: files in sorted order, the
+eval split by a hash of each file's path, the tokenizer trained on a fixed hash-ordered sample.
+
+    python -m phi1.demo_corpus ~/.cache/phi1     # prints the paths
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import time
+
+from phi1 import tokenizer as tk
+from phi1.data import records
+
+_FORMAT_VERSION = 1
+# Directories of the standard library that hold tests, not library code (and odd encodings).
+_TEST_DIRS = frozenset({"test", "tests", "idle_test"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoCorpus:
+  directory: str
+  train_path: str
+  eval_path: str
+  tokenizer_path: str
+  manifest: dict
+
+
+def _stdlib_files(stdlib: str, include_tests: bool) -> list[str]:
+  files = []
+  for path in records.python_files(stdlib):
+    parts = os.path.relpath(path, stdlib).split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+      continue  # third-party code installed into this interpreter, not the standard library
+    if not include_tests and _TEST_DIRS.intersection(parts[:-1]):
+      continue
+    files.append(path)
+  return files
+
+
+def _hash_unit(text: str) -> float:
+  """A fixed pseudo-random number in [0, 1) per string, stable across runs and machines."""
+  return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
+def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction: float = 0.02,
+          include_tests: bool = False, tokenizer_sample_chars: int = 4_000_000,
+          log=print) -> DemoCorpus:
+  """Builds (or reuses) the corpus and tokenizer; see the module docstring."""
+  stdlib = sysconfig.get_paths()["stdlib"]
+  version = ".".join(map(str, sys.version_info[:3]))
+  settings = {"format": _FORMAT_VERSION, "python": sys.version, "stdlib": stdlib,
+              "vocab_size": vocab_size, "eval_fraction": eval_fraction,
+              "include_tests": include_tests, "tokenizer_sample_chars": tokenizer_sample_chars}
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  directory = os.path.join(os.path.abspath(os.fspath(cache_dir)), f"stdlib-{version}-{key}")
+  corpus = DemoCorpus(directory, os.path.join(directory, "train.jsonl"),
+                      os.path.join(directory, "eval.jsonl"),
+                      os.path.join(directory, "tokenizer.model"), {})
+  manifest_path = os.path.join(directory, "manifest.json")
+  if os.path.isfile(manifest_path):
+    with open(manifest_path) as f:
+      return dataclasses.replace(corpus, manifest=json.load(f))
+
+  start = time.perf_counter()
+  tmp = f"{directory}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  stats = records.SourceStats(path=stdlib)
+  source = f"python-stdlib-{version}"
+  train, held_out = [], []
+  for path in _stdlib_files(stdlib, include_tests):
+    rel = os.path.relpath(path, stdlib).replace(os.sep, "/")
+    stats.records += 1
+    with open(path, "rb") as f:
+      text = records.decode_source(f.read())
+    if text is None:
+      stats.undecodable += 1
+      continue
+    if not text.strip():
+      stats.empty_text += 1  # e.g. empty __init__.py files
+      continue
+    stats.documents += 1
+    record = {"id": f"stdlib/{rel}", "text": text, "source": source}
+    (held_out if _hash_unit(rel) < eval_fraction else train).append(record)
+  for name, split in (("train.jsonl", train), ("eval.jsonl", held_out)):
+    with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+      for record in split:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+  sample, chars = [], 0
+  for record in sorted(train, key=lambda r: _hash_unit("tokenizer:" + r["id"])):
+    if chars >= tokenizer_sample_chars:
+      break
+    sample.append(record["text"])
+    chars += len(record["text"])
+  tok = tk.train_sentencepiece(sample, os.path.join(tmp, "tokenizer.model"), vocab_size=vocab_size)
+
+  manifest = {"settings": settings, "source": source, "train_documents": len(train),
+              "eval_documents": len(held_out),
+              "train_chars": sum(len(r["text"]) for r in train),
+              "eval_chars": sum(len(r["text"]) for r in held_out),
+              "tokenizer_sample_chars": chars, "tokenizer_fingerprint": tok.fingerprint,
+              "skipped": {"empty": stats.empty_text, "undecodable": stats.undecodable},
+              "build_seconds": round(time.perf_counter() - start, 2)}
+  with open(os.path.join(tmp, "manifest.json"), "w") as f:
+    json.dump(manifest, f, indent=2)
+  try:
+    os.rename(tmp, directory)
+  except OSError:  # another process finished first: use its copy (identical by construction)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if not os.path.isfile(manifest_path):
+      raise
+  log(f"demo corpus: {len(train)} train / {len(held_out)} eval files of the Python {version} "
+      f"standard library, tokenizer vocab {vocab_size}, in {manifest['build_seconds']}s -> "
+      f"{directory}")
+  return build(cache_dir, vocab_size=vocab_size, eval_fraction=eval_fraction,
+               include_tests=include_tests, tokenizer_sample_chars=tokenizer_sample_chars,
+               log=log)
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1:
+    print("usage: python -m phi1.demo_corpus CACHE_DIR", file=sys.stderr)
+    return 2
+  corpus = build(argv[0])
+  print(json.dumps({"train": corpus.train_path, "eval": corpus.eval_path,
+                    "tokenizer": corpus.tokenizer_path}))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
