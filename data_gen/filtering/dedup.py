@@ -2,7 +2,7 @@
 
 Defaults follow datatrove's MinHash dedup, which FineWeb and Stack-Edu used: word 5-gram shingles,
 14 bands x 8 rows = 112 permutations. Two documents with Jaccard similarity s share a band with
-probability 1 - (1 - s^8)^14: ~0.5 at s = 0.72, ~0.97 at s = 0.85, ~0.02 at s = 0.5.
+probability 1 - (1 - s^8)^14: 0.05 at s = 0.5, 0.5 at s = 0.69, 0.93 at s = 0.8, 0.99 at s = 0.85.
 
 Near-duplicate pairs (a shared band) are joined into clusters with union-find; each cluster keeps
 its first record in input order (deterministic, and for sorted inputs the canonical path). Exact
