@@ -160,26 +160,33 @@ def test_fully_masked_rows_are_zero_with_finite_gradients():
 
 
 @pytest.mark.parametrize("causal", [True, False])
-def test_loop_bounds_skip_exactly_the_hidden_blocks(causal):
-  """Visited blocks = blocks with a visible pair; unmasked blocks = blocks with no hidden pair."""
-  T, bq, bk = 256, 32, 16
-  n_q, n_k = T // bq, T // bk
+@pytest.mark.parametrize("block_q,block_k", [(32, 16), (16, 32), (32, 32)])
+def test_loop_bounds_skip_exactly_the_hidden_blocks(causal, block_q, block_k):
+  """Visited blocks = blocks with a visible pair, each once; unmasked blocks hide no pair."""
+  T = 256
+  n_q, n_k = T // block_q, T // block_k
   visible = np.tril(np.ones((T, T), bool)) if causal else np.ones((T, T), bool)
-  block = lambda i, j: visible[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+  tile = lambda i, j: visible[i * block_q:(i + 1) * block_q, j * block_k:(j + 1) * block_k]
+
+  def visits(spans):
+    """{block: on_diagonal} over the spans; a block visited twice is an error."""
+    seen = {}
+    for start, stop, on_diagonal in spans:
+      for b in range(int(start), int(stop)):
+        assert b not in seen, f"block {b} visited twice"
+        seen[b] = on_diagonal
+    return seen
+
   for i in range(n_q):  # forward and dQ: query block i loops over key blocks
-    lo, diag_lo, diag_hi, hi = map(int, flash._kv_range(i, bq, bk, n_k, causal))
+    seen = visits(flash._kv_spans(i, block_q, block_k, n_k, causal))
     for j in range(n_k):
-      visited = lo <= j < hi
-      assert visited == block(i, j).any(), (i, j)
-      if visited and not diag_lo <= j < diag_hi:
-        assert block(i, j).all(), f"block {(i, j)} has hidden pairs but skips the causal mask"
+      assert (j in seen) == tile(i, j).any(), (i, j)
+      assert seen.get(j, True) or tile(i, j).all(), f"block {(i, j)} needs the causal mask"
   for j in range(n_k):  # dK/dV: key block j loops over query blocks
-    lo, diag_lo, diag_hi, hi = map(int, flash._q_range(j, bq, bk, n_q, causal))
+    seen = visits(flash._q_spans(j, block_q, block_k, n_q, causal))
     for i in range(n_q):
-      visited = lo <= i < hi
-      assert visited == block(i, j).any(), (i, j)
-      if visited and not diag_lo <= i < diag_hi:
-        assert block(i, j).all(), f"block {(i, j)} has hidden pairs but skips the causal mask"
+      assert (i in seen) == tile(i, j).any(), (i, j)
+      assert seen.get(i, True) or tile(i, j).all(), f"block {(i, j)} needs the causal mask"
 
 
 @pytest.mark.parametrize("dtype,K,with_segments", [(jnp.bfloat16, 64, False),

@@ -176,35 +176,35 @@ def _dot_tn(a, b):
   return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
 
 
-def _run_loops(body, carry, lo, diag_lo, diag_hi, hi):
-  """Visits blocks [lo, hi); only [diag_lo, diag_hi) straddle the causal diagonal and get masked."""
-  carry = lax.fori_loop(lo, diag_lo, functools.partial(body, on_diagonal=False), carry)
-  carry = lax.fori_loop(diag_lo, diag_hi, functools.partial(body, on_diagonal=True), carry)
-  return lax.fori_loop(diag_hi, hi, functools.partial(body, on_diagonal=False), carry)
+def _run_loops(body, carry, spans):
+  """Runs `body` over each (start, stop, on_diagonal) span of blocks in turn."""
+  for start, stop, on_diagonal in spans:
+    carry = lax.fori_loop(start, stop, functools.partial(body, on_diagonal=on_diagonal), carry)
+  return carry
 
 
-def _kv_range(i_q, block_q, block_k, n_k, causal):
-  """Key blocks a query block needs: (lo, diag_lo, diag_hi, hi) for `_run_loops`.
+def _kv_spans(i_q, block_q, block_k, n_k, causal):
+  """Key blocks query block i_q needs, as (start, stop, on_diagonal) spans.
 
-  Key block j is entirely visible to query block i when its last key precedes the block's first
-  query, and entirely hidden when its first key follows the block's last query.
+  Under a causal mask, key blocks wholly in the future are never visited; the ones before the
+  diagonal band are visible to every query of the block and skip the elementwise mask.
   """
   if not causal:
-    return 0, 0, 0, n_k
+    return [(0, n_k, False)]
   first_q, last_q = i_q * block_q, (i_q + 1) * block_q - 1
-  diag_lo = lax.div(first_q, block_k)
-  hi = jnp.minimum(lax.div(last_q, block_k) + 1, n_k)
-  return 0, diag_lo, hi, hi
+  band_start = lax.div(first_q, block_k)  # the key block holding the block's first query
+  band_stop = lax.div(last_q, block_k) + 1  # one past the block holding its last query
+  return [(0, band_start, False), (band_start, band_stop, True)]
 
 
-def _q_range(i_k, block_q, block_k, n_q, causal):
-  """Query blocks a key block is seen by: (lo, diag_lo, diag_hi, hi) for `_run_loops`."""
+def _q_spans(i_k, block_q, block_k, n_q, causal):
+  """Query blocks that see key block i_k, as (start, stop, on_diagonal) spans."""
   if not causal:
-    return 0, 0, 0, n_q
+    return [(0, n_q, False)]
   first_k, last_k = i_k * block_k, (i_k + 1) * block_k - 1
-  lo = lax.div(first_k, block_q)
-  diag_hi = jnp.minimum(lax.div(last_k, block_q) + 1, n_q)
-  return lo, lo, diag_hi, n_q
+  band_start = lax.div(first_k, block_q)  # earlier query blocks see none of these keys
+  band_stop = lax.div(last_k, block_q) + 1  # later ones see all of them
+  return [(band_start, band_stop, True), (band_stop, n_q, False)]
 
 
 # ------------------------------------------------------------------------------------- forward
@@ -212,7 +212,7 @@ def _q_range(i_k, block_q, block_k, n_q, causal):
 def _forward_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse2_ref, *,
                     causal, sm_scale, block_k):
   block_q, K = q_ref.shape
-  n_q, n_k = pl.num_programs(0), k_ref.shape[0] // block_k
+  n_q, n_k = k_ref.shape[0] // block_q, k_ref.shape[0] // block_k
   i_q = _reversed_block(pl.program_id(0), n_q)
   q = q_ref[...]
   q_pos = i_q * block_q + jnp.arange(block_q)
@@ -237,7 +237,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse2_ref,
   # never computes inf - inf.
   carry = (jnp.zeros((block_q, K), jnp.float32), jnp.full((block_q,), MASK_VALUE, jnp.float32),
            jnp.zeros((block_q,), jnp.float32))
-  acc, m, l = _run_loops(body, carry, *_kv_range(i_q, block_q, block_k, n_k, causal))
+  acc, m, l = _run_loops(body, carry, _kv_spans(i_q, block_q, block_k, n_k, causal))
   # A row that saw no key has m == MASK_VALUE exactly (real scores are far above it); its
   # "probabilities" were exp2(0) = 1 over masked keys, so zero it. Any real key makes the masked
   # ones vanish (exp2(MASK_VALUE - m) == 0), so visible rows need nothing.
@@ -314,7 +314,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, q_seg_ref, kv_
     return dk, dv
 
   zeros = jnp.zeros((block_k, K), jnp.float32)
-  dk, dv = _run_loops(body, (zeros, zeros), *_q_range(i_k, block_q, block_k, n_q, causal))
+  dk, dv = _run_loops(body, (zeros, zeros), _q_spans(i_k, block_q, block_k, n_q, causal))
   dk_ref[...] = (dk * sm_scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -322,7 +322,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, q_seg_ref, kv_
 def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, q_seg_ref, kv_seg_ref,
                dq_ref, *, causal, sm_scale, block_k):
   block_q, K = q_ref.shape
-  n_q, n_k = pl.num_programs(0), k_ref.shape[0] // block_k
+  n_q, n_k = k_ref.shape[0] // block_q, k_ref.shape[0] // block_k
   i_q = _reversed_block(pl.program_id(0), n_q)
   q, do = q_ref[...], do_ref[...]
   lse2, delta = lse2_ref[...], delta_ref[...]
@@ -341,7 +341,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, q_seg_ref, kv_s
     return dq + _dot(ds.astype(k.dtype), k)
 
   dq = _run_loops(body, jnp.zeros((block_q, K), jnp.float32),
-                  *_kv_range(i_q, block_q, block_k, n_k, causal))
+                  _kv_spans(i_q, block_q, block_k, n_k, causal))
   dq_ref[...] = (dq * sm_scale).astype(dq_ref.dtype)
 
 
