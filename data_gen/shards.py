@@ -176,6 +176,7 @@ class ShardWriter:
       index = int(os.path.basename(path)[6:11])
       if records:
         self._finish(index, records)
+        self.ids.update(r["id"] for r in records)
         self.next_index = max(self.next_index, index + 1)
       os.remove(path)
     self._write_manifest()

@@ -1,0 +1,174 @@
+"""data_gen.llm against the real loopback OpenAI-compatible server, through the real openai client."""
+
+import asyncio
+import time
+
+import pytest
+
+from data_gen.llm import (LLM, Budget, BudgetExhausted, FatalAPIError, MissingAPIKey, Request,
+                          RetriesExhausted, RetryPolicy)
+from data_gen.pricing import Prices, prices_for
+from data_gen.ratelimit import TokenBucket
+from data_gen.testing import FakeOpenAI, body_hash
+
+FAST_RETRY = RetryPolicy(max_attempts=12, base_s=0.005, max_s=0.02)
+
+
+def _request(i: int, max_tokens: int = 400) -> Request:
+  return Request(messages=[{"role": "user", "content": f"Write a function named `f_{i}`."}],
+                 params={"temperature": 1.0, "max_tokens": max_tokens}, seed=i)
+
+
+def _llm(server, tmp_path, **kwargs) -> LLM:
+  kwargs.setdefault("retry", FAST_RETRY)
+  kwargs.setdefault("timeout_s", 0.5)
+  return LLM("gpt-4o-mini", base_url=server.base_url, api_key="sk-test",
+             cache=str(tmp_path / "cache.sqlite"), **kwargs)
+
+
+def test_missing_api_key_is_a_clear_error(monkeypatch):
+  monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+  with pytest.raises(MissingAPIKey, match="OPENAI_API_KEY"):
+    LLM("gpt-4o-mini", base_url="http://127.0.0.1:9/v1")
+
+
+def test_faults_are_retried_and_each_request_is_paid_once(tmp_path):
+  with FakeOpenAI(fault_rate=0.3, latency_s=0.002, slow_s=1.0, retry_after_s=0.01) as server:
+
+    async def run():
+      async with _llm(server, tmp_path, concurrency=16) as llm:
+        out = await asyncio.gather(*[llm.complete(_request(i)) for i in range(200)])
+        return out, llm.stats
+
+    completions, stats = asyncio.run(run())
+    served = server.served_counts
+    faults = server.fault_counts
+  assert len(completions) == 200 and all(c.text for c in completions)
+  assert max(served.values()) == 1 and len(served) == 200
+  # Every injected fault except "truncated" (a valid, paid answer) costs exactly one retry.
+  assert stats.retries == sum(faults.values()) - faults["truncated"] > 0
+  assert set(stats.errors) <= {"http_429", "http_500", "timeout", "connection", "malformed"}
+  assert stats.requests == 200
+  truncated = [c for c in completions if c.finish_reason == "length"]
+  assert len(truncated) == faults["truncated"]
+
+
+def test_cache_answers_reruns_and_revision_salt_forces_new_requests(tmp_path):
+  with FakeOpenAI() as server:
+
+    async def run(revision):
+      async with _llm(server, tmp_path, revision=revision) as llm:
+        out = [await llm.complete(_request(i)) for i in range(5)]
+        return out, llm.stats
+
+    first, _ = asyncio.run(run("v1"))
+    again, stats = asyncio.run(run("v1"))
+    assert stats.cache_hits == 5 and stats.requests == 0
+    assert [c.text for c in again] == [c.text for c in first] and all(c.cached for c in again)
+    assert sum(server.request_counts.values()) == 5
+    _, stats = asyncio.run(run("v2"))
+    assert stats.requests == 5 and sum(server.request_counts.values()) == 10
+
+
+def test_request_hash_matches_the_body_the_server_received(tmp_path):
+  with FakeOpenAI() as server:
+
+    async def run():
+      async with _llm(server, tmp_path) as llm:
+        return await llm.complete(_request(3))
+
+    completion = asyncio.run(run())
+    assert server.served_counts == {completion.request_hash: 1}
+  body = {"model": "gpt-4o-mini", "temperature": 1.0, "max_tokens": 400, "seed": 3,
+          "messages": [{"role": "user", "content": "Write a function named `f_3`."}]}
+  assert completion.request_hash == body_hash(body)
+
+
+def test_retry_after_is_honoured(tmp_path):
+  with FakeOpenAI(fault_rate=1.0, faults=("429",), retry_after_s=0.2) as server:
+
+    async def run():
+      async with _llm(server, tmp_path, retry=RetryPolicy(max_attempts=3, base_s=0.001, max_s=0.001),
+                      pause_on_429=False) as llm:
+        start = time.monotonic()
+        with pytest.raises(RetriesExhausted):
+          await llm.complete(_request(0))
+        return time.monotonic() - start, llm.stats
+
+    elapsed, stats = asyncio.run(run())
+  assert stats.retries == 2 and stats.errors["http_429"] == 3
+  assert elapsed >= 2 * 0.2  # two waits of Retry-After, not the 1 ms backoff
+
+
+def test_non_retryable_status_fails_fast(tmp_path):
+  with FakeOpenAI() as server:
+
+    async def run():
+      llm = LLM("gpt-4o-mini", base_url=server.base_url + "/no-such-prefix", api_key="sk-test",
+                retry=FAST_RETRY)
+      try:
+        with pytest.raises(FatalAPIError, match="404"):
+          await llm.complete(_request(0))
+        return llm.stats
+      finally:
+        await llm.aclose()
+
+    stats = asyncio.run(run())
+  assert stats.retries == 0
+
+
+def test_budget_is_never_exceeded(tmp_path):
+  with FakeOpenAI() as server:
+
+    async def run():
+      budget = Budget(limit_usd=0.003)
+      async with _llm(server, tmp_path, budget=budget, concurrency=8) as llm:
+        results = await asyncio.gather(*[llm.complete(_request(i)) for i in range(100)],
+                                       return_exceptions=True)
+        return results, budget, llm.stats
+
+    results, budget, stats = asyncio.run(run())
+  done = [r for r in results if not isinstance(r, Exception)]
+  refused = [r for r in results if isinstance(r, BudgetExhausted)]
+  assert done and refused and len(done) + len(refused) == 100
+  assert budget.spent_usd <= budget.limit_usd and budget.reserved_usd == pytest.approx(0.0)
+  assert budget.spent_usd == pytest.approx(sum(c.cost_usd for c in done))
+  assert stats.cost_usd == pytest.approx(
+      prices_for("gpt-4o-mini").cost(stats.prompt_tokens, stats.completion_tokens))
+
+
+def test_budget_needs_a_price(tmp_path):
+  with pytest.raises(ValueError, match="no price"):
+    LLM("my-local-model", api_key="x", budget=Budget(1.0))
+  LLM("my-local-model", api_key="x", budget=Budget(1.0), prices=Prices(1.0, 2.0))
+
+
+def test_prices_match_dated_snapshots_and_batch_is_half():
+  assert prices_for("gpt-4o-mini-2024-07-18") == prices_for("gpt-4o-mini") != prices_for("gpt-4o")
+  assert prices_for("llama-3-8b") is None
+  p = Prices(1.0, 2.0)
+  assert p.cost(1_000_000, 500_000) == pytest.approx(2.0)
+  assert p.cost(1_000_000, 500_000, batch=True) == pytest.approx(1.0)
+
+
+def test_token_bucket_waits_for_refill():
+  bucket = TokenBucket(rate_per_min=120)  # 2 per second, one minute of burst
+  now = time.monotonic()
+  assert bucket.wait_time(120, now) == 0
+  bucket.take(120)
+  assert bucket.wait_time(1, now) == pytest.approx(0.5, rel=0.01)
+  assert bucket.wait_time(1, now + 0.5) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_rate_limiter_spaces_requests(tmp_path):
+  with FakeOpenAI() as server:
+
+    async def run():
+      # 600 requests/min = one per 0.1 s after the 600-request burst is spent.
+      async with _llm(server, tmp_path, requests_per_min=600) as llm:
+        llm.limiter.requests.take(600)
+        start = time.monotonic()
+        await asyncio.gather(*[llm.complete(_request(i)) for i in range(5)])
+        return time.monotonic() - start
+
+    assert asyncio.run(run()) >= 0.45
