@@ -229,7 +229,7 @@ class Phi1(nnx.Module):
 
   def logits(self, h_BTD):
     # The LM head may run in bf16/fp16 but accumulates and returns fp32: the loss needs fp32 logits.
-    kernel, bias = self.lm_head.kernel.value, self.lm_head.bias.value
+    kernel, bias = self.lm_head.kernel[...], self.lm_head.bias[...]
     dtype = DTYPES[self.config.dtype]
     logits_BTV = jnp.einsum("btd,dv->btv", h_BTD.astype(dtype), kernel.astype(dtype),
                             preferred_element_type=jnp.float32) + bias

@@ -54,9 +54,9 @@ class LossScale:
     if not self.dynamic:
       return self
     grow = grads_finite & (self.good_steps + 1 >= self.period)
-    scale = jnp.where(grads_finite, jnp.where(grow, self.scale * self.factor, self.scale),
-                      self.scale / self.factor)
-    scale = jnp.clip(scale, self.min_scale, self.max_scale)
+    grown = jnp.maximum(jnp.minimum(self.scale * self.factor, self.max_scale), self.scale)
+    shrunk = jnp.maximum(self.scale / self.factor, self.min_scale)
+    scale = jnp.where(grads_finite, jnp.where(grow, grown, self.scale), shrunk)
     good = jnp.where(grads_finite & ~grow, self.good_steps + 1, 0)
     return dataclasses.replace(self, scale=scale, good_steps=good.astype(jnp.int32))
 

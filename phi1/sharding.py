@@ -60,11 +60,11 @@ def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
 
 
 def param_shardings(state, mesh: Mesh, rules):
-  """NamedShardings mirroring an nnx.State, from each Variable's `logical_axes` metadata."""
+  """An nnx.State of NamedShardings (same structure), from each Variable's `logical_axes`."""
   def spec(var):
     names = var.get_metadata().get("logical_axes")
-    _check_divisible(var.shape if hasattr(var, "shape") else var.value.shape, names, mesh, rules)
-    return NamedSharding(mesh, logical_to_spec(names, rules))
+    _check_divisible(var.get_value().shape, names, mesh, rules)
+    return var.replace(NamedSharding(mesh, logical_to_spec(names, rules)))
   return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 

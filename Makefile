@@ -1,0 +1,32 @@
+# Two entry points (README): `make demo` runs the main job, `make test` runs the tests.
+# Each creates .venv and installs what it needs on a fresh machine with Python 3.11 and pip.
+PYTHON ?= python3
+VENV := .venv
+WORKDIR ?= workdir/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system-deps clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e ".[test,hf]"
+	touch $@
+
+# The evaluation sandbox uses bubblewrap for a read-only filesystem view where it can (root only).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) \
+	  || echo "warning: could not install bubblewrap; the sandbox runs without a read-only filesystem"; \
+	fi
+
+install: $(VENV)/.installed system-deps
+
+demo: install
+	$(VENV)/bin/phi1 demo --workdir $(WORKDIR)
+
+test: install
+	$(VENV)/bin/python -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

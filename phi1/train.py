@@ -1,0 +1,330 @@
+"""Training: one jitted, sharded train step and the loop around it.
+
+The step is a pure function `(TrainState, batch) -> (TrainState, metrics)`, jitted once with
+explicit in/out shardings from `phi1/sharding.py` and the state donated. Inside it:
+  * gradient accumulation over `grad_accum` micro-batches with `lax.scan`, so one step is one
+    optimizer update whatever the micro-batch size (MaxText PR #812). The loss is the mean over
+    every target token of the whole batch, so 4 x b accumulated equals one step on 4b exactly;
+  * dynamic loss scaling for fp16 (phi1/precision.py): a step with non-finite gradients leaves
+    parameters and optimizer state untouched and halves the scale;
+  * dropout keys derived from (seed, step, micro-batch), so a resumed run draws the same masks.
+AdamW with linear warmup and linear decay; no weight decay on biases, LayerNorms (paper §2.3 gives
+the peak LR, warmup and weight decay; the rest is in phi1/config.py).
+"""
+
+import dataclasses
+import errno
+import functools
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from phi1 import checkpoint as ckpt_lib
+from phi1 import config as config_lib
+from phi1 import flops, metrics as metrics_lib, precision, sharding
+from phi1.model import Phi1
+
+
+class TrainingDiverged(RuntimeError):
+  pass
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+  step: jax.Array
+  params: Any  # nnx.State of the model's Params (float32 master weights)
+  opt_state: Any
+  loss_scale: precision.LossScale
+  key: jax.Array  # raw uint32 key data of the run's base key
+
+
+def make_schedule(opt: ml_collections.ConfigDict):
+  warmup = max(int(opt.warmup_steps), 1)
+  decay = max(int(opt.schedule_steps) - warmup, 1)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, opt.peak_lr, warmup),
+       optax.linear_schedule(opt.peak_lr, opt.end_lr, decay)], [warmup])
+
+
+def make_optimizer(opt: ml_collections.ConfigDict):
+  schedule = make_schedule(opt)
+  # Decay matrices (linear kernels, embeddings) only: biases and LayerNorm parameters are 1-D.
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
+  parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                           weight_decay=opt.weight_decay, mask=decay_mask))
+  return optax.chain(*parts), schedule
+
+
+def loss_sum(params, graphdef, batch, key):
+  """Sum of next-token cross-entropy over the tokens `loss_mask` keeps (fp32 logits)."""
+  model = nnx.merge(graphdef, params)
+  logits_BTV = model(batch["inputs"], segment_ids=batch.get("segment_ids"),
+                     positions=batch.get("positions"), rngs=nnx.Rngs(dropout=key))
+  nll_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  return jnp.sum(nll_BT * batch["loss_mask"])
+
+
+def _micro_batches(batch, grad_accum: int):
+  """[A*b, ...] -> [A, b, ...], keeping each device's rows on that device (row i*A + a -> [a, i])."""
+  def split(x):
+    x = x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def train_step(state: TrainState, batch, *, graphdef, tx, schedule, grad_accum: int):
+  n_tokens = jnp.maximum(batch["loss_mask"].sum(), 1.0)
+  step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+
+  def accumulate(grads_acc, micro):
+    mb, index = micro
+    def scaled_loss(params):
+      loss = loss_sum(params, graphdef, mb, jax.random.fold_in(step_key, index)) / n_tokens
+      return state.loss_scale.scale_loss(loss), loss
+    (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
+    return jax.tree.map(jnp.add, grads_acc, grads), loss
+
+  zeros = jax.tree.map(jnp.zeros_like, state.params)
+  grads, losses = jax.lax.scan(
+      accumulate, zeros, (_micro_batches(batch, grad_accum), jnp.arange(grad_accum)))
+  grads = state.loss_scale.unscale(grads)
+  finite = precision.all_finite(grads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  if state.loss_scale.dynamic:  # fp16: a non-finite step changes nothing but the scale
+    params = precision.select_tree(finite, params, state.params)
+    opt_state = precision.select_tree(finite, opt_state, state.opt_state)
+  new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                         loss_scale=state.loss_scale.adjust(finite), key=state.key)
+  metrics = {"loss": losses.sum(), "grad_norm": optax.tree.norm(grads),
+             "lr": schedule(state.step), "loss_scale": state.loss_scale.scale,
+             "skipped": (~finite).astype(jnp.int32), "tokens": n_tokens}
+  return new_state, metrics
+
+
+def eval_step(params, batch, *, graphdef):
+  return loss_sum(params, graphdef, batch, jax.random.key(0)), batch["loss_mask"].sum()
+
+
+class Trainer:
+  """Builds the sharded state and the jitted steps for one config; `run(workdir)` trains."""
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+    self.config = config
+    self.model_config = config_lib.phi1_config(config)
+    self.mesh = mesh or sharding.make_mesh(config.mesh, tensor=config.tensor_parallel)
+    self.rules = sharding.RULES[config.mesh]
+    n_batch = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    if config.batch_size % (n_batch * config.grad_accum):
+      raise ValueError(
+          f"batch_size={config.batch_size} must be divisible by the data-parallel device count "
+          f"({n_batch}) times grad_accum={config.grad_accum}; pick a multiple of "
+          f"{n_batch * config.grad_accum}")
+    if config.seq_len > self.model_config.max_seq_len:
+      raise ValueError(f"seq_len={config.seq_len} exceeds model.max_seq_len="
+                       f"{self.model_config.max_seq_len}")
+    self.tx, self.schedule = make_optimizer(config.optimizer)
+
+    abstract_model = nnx.eval_shape(lambda: Phi1(self.model_config, rngs=nnx.Rngs(0)))
+    abstract_model.train()  # dropout on: `deterministic` is static, so each mode has a graphdef
+    self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+    abstract_model.eval()
+    self.eval_graphdef = nnx.split(abstract_model, nnx.Param)[0]
+    self.abstract_state = jax.eval_shape(self._init_state)
+    self.state_shardings = self._state_shardings(abstract_params)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+
+    self._train_step = jax.jit(
+        functools.partial(train_step, graphdef=self.graphdef, tx=self.tx,
+                          schedule=self.schedule, grad_accum=config.grad_accum),
+        in_shardings=(self.state_shardings, self.batch_sharding),
+        out_shardings=(self.state_shardings, self.replicated), donate_argnames=("state",))
+    self._eval_step = jax.jit(
+        functools.partial(eval_step, graphdef=self.eval_graphdef),
+        in_shardings=(self.state_shardings.params, self.batch_sharding),
+        out_shardings=self.replicated)
+
+  def _init_state(self) -> TrainState:
+    model = Phi1(self.model_config, rngs=nnx.Rngs(self.config.seed))
+    params = nnx.state(model, nnx.Param)
+    return TrainState(
+        step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
+        loss_scale=precision.LossScale.create(self.config.precision, self.config.loss_scale.init,
+                                              self.config.loss_scale.period),
+        key=jax.random.key_data(jax.random.key(self.config.seed)))
+
+  def _state_shardings(self, abstract_params) -> TrainState:
+    param_sh = sharding.param_shardings(abstract_params, self.mesh, self.rules)
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+    opt_sh = optax.tree_map_params(
+        self.tx, lambda _, s: s, self.abstract_state.opt_state, param_sh,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, nnx.Variable))
+    everything = jax.tree.map(lambda _: replicated, self.abstract_state)
+    return dataclasses.replace(everything, params=param_sh, opt_state=opt_sh)
+
+  def init_state(self) -> TrainState:
+    """Fresh state, created directly in its sharded layout (no full copy on any one device)."""
+    with sharding.activation_sharding(self.mesh, self.rules):
+      state = jax.jit(self._init_state, out_shardings=self.state_shardings)()
+    if self.config.init_from:
+      state = self._load_init_params(state)
+    return state
+
+  def _load_init_params(self, state: TrainState) -> TrainState:
+    """Start from pretrained weights (finetuning from phi-1-base)."""
+    source = ckpt_lib.load_model(self.config.init_from)
+    if source.config.__dict__ | {"dtype": None} != self.model_config.__dict__ | {"dtype": None}:
+      diff = {k: (v, getattr(self.model_config, k)) for k, v in source.config.__dict__.items()
+              if k != "dtype" and v != getattr(self.model_config, k)}
+      raise ValueError(f"init_from={self.config.init_from} has a different model config: {diff}")
+    params = jax.device_put(nnx.state(source, nnx.Param), self.state_shardings.params)
+    return dataclasses.replace(state, params=params, opt_state=jax.jit(
+        self.tx.init, out_shardings=self.state_shardings.opt_state)(params))
+
+  def step(self, state: TrainState, batch) -> tuple[TrainState, dict]:
+    with sharding.activation_sharding(self.mesh, self.rules):
+      return self._train_step(state, self.global_batch(batch))
+
+  def eval_loss(self, params, batches) -> float:
+    total, count = 0.0, 0.0
+    with sharding.activation_sharding(self.mesh, self.rules):
+      for batch in batches:
+        loss, n = self._eval_step(params, self.global_batch(batch))
+        total, count = total + float(loss), count + float(n)
+    return total / max(count, 1.0)
+
+  def global_batch(self, local_batch: dict) -> dict:
+    """Per-process numpy batch -> global jax.Arrays laid out over the batch axes of the mesh."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in local_batch.items()}
+
+  def model(self, state: TrainState) -> Phi1:
+    return nnx.merge(self.eval_graphdef, state.params)
+
+  def abstract_state_with_shardings(self) -> TrainState:
+    """Restore target: shapes, dtypes and the shardings each array should land in."""
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        self.abstract_state, self.state_shardings)
+
+
+def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
+        mesh=None) -> dict:
+  """Train in `workdir`, resuming from its latest checkpoint; returns the last logged metrics."""
+  from phi1 import data as data_lib
+  workdir = pathlib.Path(workdir).absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  trainer = Trainer(config, mesh=mesh)
+  (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+  pipeline = data_lib.build(config.data, seq_len=config.seq_len, batch_size=config.batch_size)
+  if pipeline.vocab_size is not None and pipeline.vocab_size > trainer.model_config.vocab_size:
+    raise ValueError(f"the tokenizer has {pipeline.vocab_size} tokens but model.vocab_size is "
+                     f"{trainer.model_config.vocab_size}; raise model.vocab_size")
+  train_data = iter(pipeline.train)
+  if jax.process_index() == 0:
+    print(pipeline.stats.summary())
+  manager = ckpt_lib.manager(workdir, keep_last=config.keep_last, keep_every=config.keep_every)
+  last_good = manager.latest_step()
+  if last_good is not None:
+    state = ckpt_lib.restore(manager, trainer.abstract_state_with_shardings(), train_data)
+    print(f"resumed from step {last_good} in {manager.directory}")
+  else:
+    state = trainer.init_state()
+  start = int(state.step)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=start, config=config,
+                                     wandb_project=config.wandb_project)
+  bar = _progress_bar(progress, start, config.steps)
+  last, window_start, window_tokens = {}, time.perf_counter(), 0
+  try:
+    for step in range(start, config.steps):
+      state, step_metrics = trainer.step(state, next(train_data))
+      window_tokens += tokens_per_step(config)
+      done = step + 1
+      if done % config.log_every == 0 or done == config.steps:
+        step_metrics = jax.device_get(step_metrics)
+        elapsed = time.perf_counter() - window_start
+        tokens_per_sec = window_tokens / max(elapsed, 1e-9)
+        last = {k: float(v) for k, v in step_metrics.items()}
+        last.update(tokens_per_sec=tokens_per_sec,
+                    mfu=mfu(config, trainer.model_config, tokens_per_sec),
+                    data_bad_records=float(pipeline.stats.problems))
+        check_finite(last["loss"], done, last_good, workdir)
+        writer.write(done, last)
+        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
+        window_start, window_tokens = time.perf_counter(), 0
+      if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+        eval_loss = trainer.eval_loss(state.params, pipeline.eval_batches(config.eval_batches))
+        writer.write(done, {"eval_loss": eval_loss})
+        last["eval_loss"] = eval_loss
+      if done % config.checkpoint_every == 0 or done == config.steps:
+        loss = float(jax.device_get(step_metrics["loss"]))
+        check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state
+        _save(manager, done, state, train_data, workdir, last_good)
+        last_good = done
+      bar.update(1)
+    manager.wait_until_finished()
+  except OSError as e:
+    if is_disk_full(e):
+      raise OSError(errno.ENOSPC, f"disk full while saving a checkpoint to {workdir}; the last "
+                    f"complete checkpoint is step {manager.latest_step()}. Free space and rerun "
+                    "the same command to resume.") from e
+    raise
+  finally:
+    bar.close()
+    writer.close()
+    manager.close()
+  if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
+    metrics_lib.plot_losses(workdir)
+    ckpt_lib.export_params(trainer.model(state), workdir / "export",
+                           tokenizer_path=config.data.tokenizer or None)
+  return last
+
+
+def _save(manager, step, state, train_data, workdir, last_good):
+  try:
+    ckpt_lib.save(manager, step, state, train_data)
+  except OSError as e:
+    if is_disk_full(e):
+      raise OSError(errno.ENOSPC, f"disk full while saving step {step} to {workdir}; the last "
+                    f"complete checkpoint is step {last_good}. Free space and rerun.") from e
+    raise
+
+
+def _progress_bar(enabled: bool, start: int, total: int):
+  from tqdm.auto import tqdm
+  return tqdm(initial=start, total=total, disable=not enabled or jax.process_index() != 0,
+              desc="train", unit="step", dynamic_ncols=True)
+
+
+def is_disk_full(error: BaseException) -> bool:
+  return isinstance(error, OSError) and error.errno == errno.ENOSPC
+
+
+def check_finite(loss: float, step: int, last_good: int | None, workdir):
+  if not math.isfinite(loss):
+    where = (f"the last good checkpoint is step {last_good} in {workdir}/checkpoints"
+             if last_good is not None else "no checkpoint was written yet")
+    raise TrainingDiverged(f"loss became {loss} at step {step}; training stopped and {where}. "
+                           "Lower optimizer.peak_lr, raise warmup, or use precision=bf16.")
+
+
+def tokens_per_step(config) -> int:
+  return config.batch_size * config.seq_len
+
+
+def mfu(config, model_config, tokens_per_sec: float) -> float:
+  # The fake CPU devices of a test host share one processor: count it once.
+  devices = 1 if jax.default_backend() == "cpu" else jax.device_count()
+  return flops.mfu(tokens_per_sec, model_config, config.seq_len, devices)

@@ -1,0 +1,212 @@
+"""Trainer: sharding parity, exact resume after SIGKILL, precision policies, accumulation, bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from phi1 import config as config_lib, metrics, sharding, train
+from phi1.model import Phi1Config
+from phi1.tokenizer import train_sentencepiece
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """A few hundred real stdlib files as JSON lines, and a 512-piece tokenizer trained on them."""
+  out = tmp_path_factory.mktemp("corpus")
+  files = sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:120]
+  texts = [f.read_text(encoding="utf-8", errors="replace")[:4000] for f in files]
+  with open(out / "train.jsonl", "w") as f:
+    for i, text in enumerate(texts):
+      f.write(json.dumps({"id": str(i), "text": text, "source": "stdlib"}) + "\n")
+  tok = train_sentencepiece(texts, out / "tok.model", vocab_size=512)
+  return {"train": str(out / "train.jsonl"), "tokenizer": str(out / "tok.model"),
+          "vocab": tok.vocab_size}
+
+
+def tiny_config(corpus, **overrides):
+  c = config_lib.base_config()
+  c.model = config_lib.model_config(Phi1Config.tiny(vocab_size=512, n_layers=2))
+  c.steps, c.batch_size, c.seq_len = 10, 8, 64
+  c.precision, c.mesh = "fp32", "dp"
+  c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.schedule_steps = 3e-3, 2, 100
+  c.log_every, c.eval_every, c.checkpoint_every = 1, 0, 5
+  c.data.sources = [{"path": corpus["train"], "weight": 1.0}]
+  c.data.tokenizer = corpus["tokenizer"]
+  c.data.prefetch_batches = 0
+  flat = {k: str(v) for k, v in overrides.items()}
+  return config_lib.apply_overrides(c, flat)
+
+
+def synthetic_batch(seed, batch, seq, vocab=512):
+  tokens = np.random.default_rng(seed).integers(0, vocab, (batch, seq + 1))
+  return {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
+          "loss_mask": np.ones((batch, seq), np.float32)}
+
+
+def run_steps(trainer, n, batch_size=8, seq=64):
+  state, losses = trainer.init_state(), []
+  for i in range(n):
+    state, m = trainer.step(state, synthetic_batch(i, batch_size, seq))
+    losses.append(float(m["loss"]))
+  return state, losses
+
+
+def test_fsdp_tp_on_8_devices_matches_one_device(corpus):
+  assert jax.device_count() == 8
+  cfg = tiny_config(corpus, mesh="fsdp_tp")
+  one = train.Trainer(tiny_config(corpus), mesh=sharding.make_mesh("dp", jax.devices()[:1]))
+  eight = train.Trainer(cfg)  # fsdp=4 x tensor=2
+  assert dict(eight.mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  _, losses_one = run_steps(one, 3)
+  _, losses_eight = run_steps(eight, 3)
+  np.testing.assert_allclose(losses_eight, losses_one, rtol=1e-5, atol=1e-5)
+
+
+def test_pure_fsdp_holds_an_eighth_of_the_parameters_per_device(corpus):
+  trainer = train.Trainer(tiny_config(corpus, mesh="fsdp"))
+  state = trainer.init_state()
+  total = sum(x.nbytes for x in jax.tree.leaves(state.params))
+  per_device = {}
+  for x in jax.tree.leaves(state.params):
+    for shard in x.addressable_shards:
+      per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+  assert len(per_device) == 8
+  # Everything with an `embed` axis is split 8 ways; only LayerNorm vectors and biases without one
+  # are replicated, a few percent of the bytes.
+  for nbytes in per_device.values():
+    assert total / 8 <= nbytes < 1.1 * total / 8
+
+
+def test_grad_accumulation_equals_one_big_batch(corpus):
+  big = train.Trainer(tiny_config(corpus, batch_size=32))
+  accum = train.Trainer(tiny_config(corpus, batch_size=32, grad_accum=4))
+  batch = synthetic_batch(0, 32, 64)
+  batch["loss_mask"][:, :10] = 0.0  # uneven token counts across micro-batches
+  batch["loss_mask"][3, :] = 0.0
+  s_big, m_big = big.step(big.init_state(), batch)
+  s_acc, m_acc = accum.step(accum.init_state(), batch)
+  np.testing.assert_allclose(float(m_acc["loss"]), float(m_big["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(m_acc["grad_norm"]), float(m_big["grad_norm"]), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s_acc.params), jax.tree.leaves(s_big.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["fp32", "bf16"])
+def test_precision_policies_reduce_the_loss(corpus, policy):
+  trainer = train.Trainer(tiny_config(corpus, precision=policy))
+  batch = synthetic_batch(0, 8, 64)
+  state, losses = trainer.init_state(), []
+  for _ in range(12):  # memorise one batch: the loss must fall
+    state, m = trainer.step(state, batch)
+    losses.append(float(m["loss"]))
+  assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_fp16_overflow_is_skipped_and_the_scale_adapts(corpus):
+  # A scale of 2^40 makes the fp16 backward pass overflow for real: those steps must be skipped.
+  trainer = train.Trainer(tiny_config(corpus, precision="fp16", **{"loss_scale.init": 2.0**40}))
+  batch = synthetic_batch(0, 8, 64)
+  state = trainer.init_state()
+  params0 = jax.tree.map(np.asarray, state.params)
+  state, m = trainer.step(state, batch)
+  assert int(m["skipped"]) == 1 and float(m["loss_scale"]) == 2.0**40
+  assert float(state.loss_scale.scale) == 2.0**39
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params0)):
+    np.testing.assert_array_equal(np.asarray(a), b)  # a skipped step leaves the weights alone
+  skipped, losses = 1, []
+  for _ in range(40):
+    state, m = trainer.step(state, batch)
+    skipped += int(m["skipped"])
+    losses.append(float(m["loss"]))
+  assert 1 < skipped < 35
+  assert float(state.loss_scale.scale) < 2.0**30
+  assert losses[-1] < losses[0] - 0.3  # and it keeps training
+
+
+def test_run_writes_metrics_plot_checkpoints_and_export(corpus, tmp_path):
+  cfg = tiny_config(corpus, steps=6, eval_every=3, checkpoint_every=3, **{"data.eval_fraction": 0.1})
+  train.run(cfg, tmp_path, progress=False)
+  records = metrics.read_metrics(tmp_path)
+  steps = [r["step"] for r in records if "loss" in r]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  for key in ("loss", "lr", "grad_norm", "tokens_per_sec", "mfu"):
+    assert all(np.isfinite(r[key]) for r in records if "loss" in r), key
+  assert [r["step"] for r in records if "eval_loss" in r] == [3, 6]
+  assert (tmp_path / "loss.png").stat().st_size > 1000
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
+  assert list((tmp_path / "tensorboard").iterdir())
+  from phi1 import checkpoint
+  model, tok = checkpoint.load_for_inference(tmp_path)
+  assert model.config.n_layers == 2 and tok.vocab_size == corpus["vocab"]
+
+
+def _train_cmd(cfg_path, workdir, extra=()):
+  return [sys.executable, "-m", "phi1.cli", "train", "--config", str(cfg_path),
+          "--workdir", str(workdir), "--no-progress", *extra]
+
+
+def test_resume_after_sigkill_is_exact(corpus, tmp_path):
+  """10 steps straight == 5 steps, SIGKILL, rerun to 10: same losses, same data order."""
+  cfg_file = tmp_path / "exp.py"
+  cfg_file.write_text(
+      "import sys\nsys.path.insert(0, %r)\nfrom test_train import tiny_config\n"
+      "def get_config():\n  return tiny_config(%r, **{'data.shuffle_seed': 3, 'model.resid_dropout': 0.1})\n"
+      % (str(REPO / "tests"), corpus))
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  subprocess.run(_train_cmd(cfg_file, straight), check=True, env=env, capture_output=True)
+  proc = subprocess.Popen(_train_cmd(cfg_file, killed), env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while time.time() < deadline:  # kill once step 5 is checkpointed and step 7 is logged
+    done = (killed / "metrics.jsonl").exists() and any(
+        json.loads(l)["step"] >= 7 for l in (killed / "metrics.jsonl").read_text().splitlines()
+        if l.strip().endswith("}"))
+    if done and (killed / "checkpoints" / "5").is_dir():
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "checkpoints" / "10").exists()
+  subprocess.run(_train_cmd(cfg_file, killed), check=True, env=env, capture_output=True)
+  a = [(r["step"], r["loss"]) for r in metrics.read_metrics(straight) if "loss" in r]
+  b = [(r["step"], r["loss"]) for r in metrics.read_metrics(killed) if "loss" in r]
+  assert [s for s, _ in a] == list(range(1, 11))
+  assert a == b
+
+
+def test_unknown_config_key_suggests_the_right_one(corpus):
+  with pytest.raises(KeyError, match="did you mean 'n_layers'"):
+    tiny_config(corpus, **{"model.n_layer": 3})
+
+
+def test_batch_not_divisible_by_mesh_is_refused(corpus):
+  with pytest.raises(ValueError, match="divisible by the data-parallel device count"):
+    train.Trainer(tiny_config(corpus, batch_size=12))
+
+
+def test_missing_data_path_is_named(corpus, tmp_path):
+  cfg = tiny_config(corpus)
+  cfg.data.sources = [{"path": str(tmp_path / "nope.jsonl"), "weight": 1.0}]
+  with pytest.raises(Exception, match="nope.jsonl"):
+    train.run(cfg, tmp_path / "w", progress=False)
+
+
+def test_nan_loss_stops_and_names_the_last_good_checkpoint(corpus, tmp_path):
+  cfg = tiny_config(corpus, steps=30, checkpoint_every=2, **{"optimizer.peak_lr": 1e5,
+                                                             "optimizer.grad_clip": 0.0})
+  with pytest.raises(train.TrainingDiverged, match=r"last good checkpoint is step \d+"):
+    train.run(cfg, tmp_path, progress=False)
