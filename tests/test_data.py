@@ -304,6 +304,9 @@ def test_missing_or_wrong_config_says_what_to_fix(tmp_path, corpus):
     _build(_config([{"path": path, "wieght": 2}]))
   with pytest.raises(ValueError, match="data.tokenizer must name a tokenizer"):
     data.build(_config([path]), seq_len=8, batch_size=1, process_index=0, process_count=1)
+  with pytest.raises(ValueError, match="set model.vocab_size >= 257"):
+    _build(_config([path]), model_vocab_size=256)
+  assert _build(_config([path]), model_vocab_size=320).vocab_size == 257
   empty = _write_jsonl(tmp_path / "empty.jsonl", ["{oops"])
   with pytest.raises(ValueError, match="no usable documents"):
     _build(_config([empty]))
@@ -343,3 +346,21 @@ def test_cache_dir_tokenizes_each_text_source_once(tmp_path, corpus):
     f.write(json.dumps({"text": "one more"}) + "\n")
   third, encoded = build()
   assert encoded == len(texts) + 1 and len(list((tmp_path / "cache").iterdir())) == 2
+
+
+def test_row_window_shuffle_is_a_resumable_permutation_of_each_window():
+  import grain
+  from phi1.data.shuffle import WindowShuffleIterDataset
+
+  ds = WindowShuffleIterDataset(grain.MapDataset.range(23).to_iter_dataset(), window_size=5, seed=1)
+  out = list(ds)
+  assert out != list(range(23))
+  for start in range(0, 23, 5):
+    assert sorted(out[start:start + 5]) == list(range(start, min(start + 5, 23)))
+  it = iter(ds)
+  for k in range(24):
+    resumed = iter(ds)
+    resumed.set_state(json.loads(json.dumps(it.get_state())))
+    assert list(resumed) == out[k:]
+    if k < 23:
+      assert next(it) == out[k]

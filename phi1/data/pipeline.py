@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Iterator, Mapping
 
 import grain
@@ -29,6 +28,7 @@ import numpy as np
 
 from phi1.data import records
 from phi1.data.packing import PACKINGS, DocumentToExample, PackIterDataset
+from phi1.data.shuffle import EpochShuffle, WindowShuffleIterDataset
 from phi1.data.token_docs import (FORMAT_VERSION, ArrayRecordDocs, InMemoryDocs, Subset,
                                   is_pretokenized)
 
@@ -96,41 +96,12 @@ def tokenized_copy(path: str, tokenizer, cache_dir: str) -> str:
   return out
 
 
-class EpochShuffle:
-  """Endless random-access view of `source`, in a fresh permutation each epoch.
-
-  Epoch e reads `source[perm_e[j]]`, perm_e = a permutation seeded by (seed, e): deterministic,
-  and it only depends on the read index, so grain's index-based iterator state restores it exactly.
-  (grain's own MapDataset.shuffle costs ~1 ms per element on this machine; one numpy permutation
-  per epoch is free by comparison.)
-  """
-
-  def __init__(self, source, seed: int):
-    self.source, self.seed = source, seed
-    self._perms: dict[int, np.ndarray] = {}
-
-  def __len__(self) -> int:
-    return sys.maxsize
-
-  def _perm(self, epoch: int) -> np.ndarray:
-    perm = self._perms.get(epoch)
-    if perm is None:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
-      # Keep the neighbouring epoch: reader threads may straddle an epoch boundary.
-      self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
-      self._perms[epoch] = perm
-    return perm
-
-  def __getitem__(self, index: int):
-    epoch, j = divmod(index, len(self.source))
-    return self.source[int(self._perm(epoch)[j])]
-
-
 class DataPipeline:
   """Everything the trainer needs from the data; see the module docstring."""
 
   def __init__(self, config, *, seq_len: int, batch_size: int, tokenizer=None,
-               process_index: int | None = None, process_count: int | None = None):
+               process_index: int | None = None, process_count: int | None = None,
+               model_vocab_size: int | None = None):
     if process_index is None or process_count is None:
       import jax  # pylint: disable=import-outside-toplevel
       process_index, process_count = jax.process_index(), jax.process_count()
@@ -174,6 +145,11 @@ class DataPipeline:
         self._eval_docs.append(held_out)
     for i, path in enumerate(config.eval_sources):
       self._eval_docs.append(self._load(os.fspath(path), f"eval{i}", 0.0)[0])
+    if model_vocab_size is not None and self.vocab_size > model_vocab_size:
+      raise ValueError(
+          f"model.vocab_size {model_vocab_size} is smaller than the tokenizer's {self.vocab_size} "
+          f"ids: set model.vocab_size >= {self.vocab_size} (phi-1 pads 50295 to 51200, a multiple "
+          "of 64, for fast matmuls)")
     self.train = self._train_dataset()
 
   def _load(self, path: str, name: str, eval_fraction: float):
@@ -242,8 +218,8 @@ class DataPipeline:
       total = sum(self._weights.values())
       rows = grain.IterDataset.mix(packed, {k: w / total for k, w in self._weights.items()})
     if self.config.row_shuffle_window > 1:
-      rows = grain.experimental.WindowShuffleIterDataset(
-          rows, window_size=int(self.config.row_shuffle_window), seed=(seed + 1) % 2**32)
+      rows = WindowShuffleIterDataset(rows, window_size=int(self.config.row_shuffle_window),
+                                      seed=seed)
     batches = rows.batch(self.local_batch_size, drop_remainder=True)
     if self.config.prefetch_batches > 0:
       batches = grain.experimental.ThreadPrefetchIterDataset(
@@ -287,10 +263,16 @@ class DataPipeline:
 
 
 def build(config, *, seq_len: int, batch_size: int, tokenizer=None,
-          process_index: int | None = None, process_count: int | None = None) -> DataPipeline:
-  """`batch_size` is global; process `process_index` (default: jax's) loads its share of rows."""
+          process_index: int | None = None, process_count: int | None = None,
+          model_vocab_size: int | None = None) -> DataPipeline:
+  """`batch_size` is global; process `process_index` (default: jax's) loads its share of rows.
+
+  `tokenizer` overrides `config.tokenizer`; `model_vocab_size`, when given, is checked to cover
+  every id the data can hold.
+  """
   return DataPipeline(config, seq_len=seq_len, batch_size=batch_size, tokenizer=tokenizer,
-                      process_index=process_index, process_count=process_count)
+                      process_index=process_index, process_count=process_count,
+                      model_vocab_size=model_vocab_size)
 
 
 def checkpoint_save_args(iterator: grain.DatasetIterator):
