@@ -14,7 +14,7 @@ from phi1.evals.sandbox import Program, Sandbox
 ROOT = os.geteuid() == 0
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "sk-test-secret-do-not-leak-0123456789"
-TIMEOUT_S = 1.0
+TIMEOUT_S = 2.0
 MODES = [pytest.param(dict(bwrap=True), id="bwrap",
                       marks=pytest.mark.skipif(not shutil.which("bwrap"), reason="bwrap not installed")),
          pytest.param(dict(bwrap=False), id="own-namespaces")]
@@ -30,7 +30,7 @@ def attacks(victim_dir, victim, port):
       ("fork bomb", "import os\nwhile True:\n  try:\n    os.fork()\n  except OSError:\n    pass",
        "timeout", None),
       ("memory bomb, one block", "x = bytearray(1 << 40)", "error", "MemoryError"),
-      ("memory bomb, growing", "a = []\nwhile True:\n  a.append(bytearray(1 << 24))", "error",
+      ("memory bomb, growing", "a = []\nwhile True:\n  a.append(bytearray(1 << 26))", "error",
        "MemoryError"),
       ("infinite loop", "while True:\n  pass", "timeout", None),
       ("sleep", "import time\ntime.sleep(60)", "timeout", None),
@@ -150,7 +150,7 @@ def test_attacks(mode, monkeypatch):
       listener.accept()
     assert _nobody_processes() <= nobody_before
     assert elapsed < 60, f"the batch took {elapsed:.0f} s"
-    assert all(r.duration_s < TIMEOUT_S + 2 for r in results)
+    assert all(r.duration_s < TIMEOUT_S + 5 for r in results), [r.duration_s for r in results]
     assert len(results[cases.index(next(c for c in cases if c[0] == "endless output"))].output) \
         <= 1 << 16
   finally:

