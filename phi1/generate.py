@@ -50,7 +50,10 @@ def bucket(n: int) -> int:
   return max(MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _sample(logits_BV, keys_B, step, temperature, top_p, *, greedy: bool, use_top_p: bool):
+def _sample(logits_BV, keys_B, step, temperature, top_p, vocab_limit, *, greedy: bool,
+            use_top_p: bool):
+  # Ids past the tokenizer's vocabulary (the embedding table is padded, paper §2.3) cannot decode.
+  logits_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_limit, logits_BV, -jnp.inf)
   if greedy:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
   # A row's randomness depends only on its key and the step, not on its batch neighbours.
@@ -77,7 +80,8 @@ def _model(graphdef, params):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "n_out", "greedy",
                                              "use_top_p"))
-def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p, eos_id, *,
+def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p, vocab_limit,
+             eos_id, *,
              cache_len, n_out, greedy, use_top_p):
   TRACE_COUNTS["prefill"] += 1
   model = _model(graphdef, params)
@@ -87,7 +91,8 @@ def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p,
   cache = KVCache.init(model.config, B, cache_len, DTYPES[model.config.dtype])
   h_BPD, cache = model.hidden_states(tokens_BP, segment_ids_BP, positions_BP, cache=cache)
   logits_BV = model.logits(h_BPD[:, -1:])[:, 0]  # only the last position predicts a new token
-  first_B = _sample(logits_BV, keys_B, 0, temperature, top_p, greedy=greedy, use_top_p=use_top_p)
+  first_B = _sample(logits_BV, keys_B, 0, temperature, top_p, vocab_limit, greedy=greedy,
+                    use_top_p=use_top_p)
   return DecodeState(
       cache=cache, last_B=first_B, position_B=lengths_B.astype(jnp.int32),
       step=jnp.ones((), jnp.int32), done_B=first_B == eos_id,
@@ -96,8 +101,8 @@ def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p,
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "use_top_p"),
                    donate_argnames=("state",))
-def _decode(graphdef, params, state: DecodeState, limit, keys_B, temperature, top_p, eos_id, *,
-            greedy, use_top_p):
+def _decode(graphdef, params, state: DecodeState, limit, keys_B, temperature, top_p, vocab_limit,
+            eos_id, *, greedy, use_top_p):
   TRACE_COUNTS["decode"] += 1
   model = _model(graphdef, params)
   B = state.last_B.shape[0]
@@ -110,7 +115,7 @@ def _decode(graphdef, params, state: DecodeState, limit, keys_B, temperature, to
     h_B1D, cache = model.hidden_states(s.last_B[:, None], ones_B1, s.position_B[:, None],
                                        cache=s.cache)
     logits_BV = model.logits(h_B1D)[:, 0]
-    next_B = _sample(logits_BV, keys_B, s.step, temperature, top_p, greedy=greedy,
+    next_B = _sample(logits_BV, keys_B, s.step, temperature, top_p, vocab_limit, greedy=greedy,
                      use_top_p=use_top_p)
     next_B = jnp.where(s.done_B, jnp.maximum(eos_id, 0), next_B)  # finished rows emit padding
     return DecodeState(
@@ -148,12 +153,13 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
                     max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                     eos_id: int | None = None, seed: int = 0, batch_size: int | None = None,
                     should_stop: Callable[[list[int]], bool] | None = None,
-                    check_every: int = 16) -> list[list[int]]:
+                    check_every: int = 16, vocab_limit: int | None = None) -> list[list[int]]:
   """Generate up to `max_new_tokens` after each prompt; returns the new tokens only.
 
   A row ends at `eos_id` (excluded from the output) or when `should_stop(tokens_so_far)` is true;
   `should_stop` is checked every `check_every` tokens, so such a row may run a few tokens past the
-  point where it became true (callers cut, as `generate` does with stop strings). Prompts are
+  point where it became true (callers cut, as `generate` does with stop strings). Only ids below
+  `vocab_limit` (default: the model's vocab_size) are generated. Prompts are
   sorted by length and run `batch_size` at a time (default: all at once); the last batch is padded
   to the same size so it reuses the compiled functions.
   """
@@ -164,6 +170,7 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   use_top_p = not greedy and top_p < 1.0
   eos = jnp.int32(-1 if eos_id is None else eos_id)
   temperature, top_p = jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p)
+  vocab_limit = jnp.int32(c.vocab_size if vocab_limit is None else min(vocab_limit, c.vocab_size))
   order = sorted(range(len(prompt_tokens)), key=lambda i: len(prompt_tokens[i]))
   B = batch_size or len(order)
   base_key = jax.random.key(seed)
@@ -173,8 +180,9 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
     rows = [list(prompt_tokens[i]) for i in ids]
     rows += [rows[0]] * (B - len(rows))  # filler rows; their output is dropped
     longest = max(map(len, rows))
-    cache_len = min(bucket(longest + max_new_tokens), c.max_seq_len)
-    P = min(bucket(longest), cache_len - max_new_tokens)
+    P = bucket(longest)
+    cache_len = min(bucket(P + max_new_tokens), c.max_seq_len)
+    P = min(P, cache_len - max_new_tokens)  # unbucketed only near the context limit
     tokens_BP = np.zeros((B, P), np.int32)
     for r, row in enumerate(rows):
       tokens_BP[r, P - len(row):] = row  # left padding: every row's last prompt token is at P - 1
@@ -183,12 +191,12 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
         jnp.asarray(ids + [ids[0]] * (B - len(ids)), jnp.int32))
     sampling = dict(greedy=greedy, use_top_p=use_top_p)
     state = _prefill(graphdef, params, jnp.asarray(tokens_BP), lengths_B, keys_B, temperature,
-                     top_p, eos, cache_len=cache_len, n_out=cache_len - P, **sampling)
+                     top_p, vocab_limit, eos, cache_len=cache_len, n_out=cache_len - P, **sampling)
     while True:
       limit = max_new_tokens if should_stop is None else min(
           int(state.step) + check_every, max_new_tokens)
-      state = _decode(graphdef, params, state, jnp.int32(limit), keys_B, temperature, top_p, eos,
-                      **sampling)
+      state = _decode(graphdef, params, state, jnp.int32(limit), keys_B, temperature, top_p,
+                      vocab_limit, eos, **sampling)
       step, done_B, tokens_BN = jax.device_get((state.step, state.done_B, state.tokens_BN))
       rows_out = [_cut_at_eos(tokens_BN[r, :step].tolist(), eos_id) for r in range(B)]
       if should_stop is None or step >= max_new_tokens or done_B.all():
@@ -219,7 +227,8 @@ def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int 
              seed: int = 0, batch_size: int | None = None) -> list[str]:
   """Completions of `prompts` (text), cut before the first stop string; sampling is seeded.
 
-  `tokenizer` has `encode(text) -> list[int]`, `decode(ids) -> str` and `eos_id` (phi1/tokenizer.py).
+  `tokenizer` has `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id` and `vocab_size`
+  (phi1/tokenizer.py); ids the tokenizer does not know are never generated.
   """
   if isinstance(prompts, str):
     raise ValueError("prompts must be a list of strings, not one string")
@@ -230,5 +239,5 @@ def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int 
   tokens = generate_tokens(
       model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens,
       temperature=temperature, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed,
-      batch_size=batch_size, should_stop=should_stop)
+      batch_size=batch_size, should_stop=should_stop, vocab_limit=tokenizer.vocab_size)
   return [cut_at_stop(tokenizer.decode(t), stop) for t in tokens]
