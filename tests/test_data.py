@@ -307,6 +307,10 @@ def test_missing_or_wrong_config_says_what_to_fix(tmp_path, corpus):
   with pytest.raises(ValueError, match="set model.vocab_size >= 257"):
     _build(_config([path]), model_vocab_size=256)
   assert _build(_config([path]), model_vocab_size=320).vocab_size == 257
+  array = tmp_path / "array.json"
+  array.write_text(json.dumps([{"text": "a"}, {"text": "b"}], indent=1))
+  with pytest.raises(ValueError, match="JSON array"):
+    _build(_config([str(array)]))
   empty = _write_jsonl(tmp_path / "empty.jsonl", ["{oops"])
   with pytest.raises(ValueError, match="no usable documents"):
     _build(_config([empty]))

@@ -2,7 +2,7 @@
 
     data = phi1.data.build(config.data, seq_len=512, batch_size=8)
     it = iter(data.train)             # infinite, checkpointable grain DatasetIterator
-    batch = next(it)                  # dict of numpy arrays, see `Batch`
+    batch = next(it)                  # dict of numpy arrays, below
     for batch in data.eval_batches(num_batches=4): ...
     log(data.stats.as_dict())         # bad / empty records per source
 

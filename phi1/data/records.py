@@ -111,6 +111,9 @@ def _json_lines(path: str, stats: SourceStats) -> Iterator[Document]:
     for line in f:
       if not line.strip():
         continue  # blank lines are formatting, not records
+      if stats.records == 0 and line.lstrip().startswith(b"["):
+        raise ValueError(f"{path} looks like one JSON array; phi1 reads JSON lines (one object "
+                         "per line): convert it, e.g. with `jq -c '.[]'`")
       stats.records += 1
       try:
         record = json.loads(line)
