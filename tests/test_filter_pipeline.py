@@ -1,0 +1,85 @@
+"""The filter pipeline end to end on the embedded default corpus (a bounded stdlib subset), with a
+loopback OpenAI-compatible server standing in for GPT-4; resume, skip and bad-input behaviour."""
+
+import json
+
+import pytest
+
+from data_gen.filtering import annotate, cli, pipeline
+from data_gen.testing import FakeOpenAI
+
+
+@pytest.fixture(scope="module")
+def server():
+  with FakeOpenAI(responder=annotate.offline_judge) as s:
+    yield s
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+
+
+def _args(workdir, server, *extra):
+  return ["--input", "stdlib", "--limit", "240", "--workdir", str(workdir), "--base-url",
+          server.base_url, "--sample-size", "200", "--n-estimators", "60", "--workers", "2",
+          *extra]
+
+
+def test_end_to_end_then_resume(tmp_path, server, capsys):
+  assert cli.main(_args(tmp_path, server)) == 0
+  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  stages = out["stages"]
+  assert list(stages) == list(pipeline.STAGES)
+  assert all(s["status"] == "ran" and s["seconds"] > 0 for s in stages.values())
+  assert stages["ingest"]["docs_out"] == 240
+  assert stages["dedup"]["docs_out"] <= 240 and stages["annotate"]["docs_out"] == 200
+  assert stages["score"]["docs_in"] == stages["dedup"]["docs_out"]
+  for kind in ("random_forest", "logistic_regression"):
+    m = out["classifier_metrics"][kind]
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["f1"] <= 1
+    assert m["roc_auc"] > 0.6, (kind, m)  # the judge's signal is learnable from embeddings
+  labels = [json.loads(l) for l in (tmp_path / "annotate" / "labels.jsonl").read_text().splitlines()]
+  assert len(labels) == 200 and all(0 <= l["label"] <= 5 for l in labels)
+  metrics = json.loads((tmp_path / "classify" / "metrics.json").read_text())
+  assert len(metrics["models"]["random_forest"]["sweep"]) == 19
+  report = json.loads((tmp_path / "select" / "report.json").read_text())
+  selected = (tmp_path / "select" / "selected.jsonl").read_text().splitlines()
+  assert report["kept"] == len(selected) and report["classifier_metrics"]
+  assert (tmp_path / "select" / "score_distribution.png").exists()
+  dedup_summary = json.loads((tmp_path / "dedup" / "summary.json").read_text())
+  assert {"docs_per_s", "mb_per_s", "clusters", "exact_duplicates"} <= set(dedup_summary)
+
+  # Same command: everything resumes. A new token budget reruns select only.
+  assert cli.main(_args(tmp_path, server)) == 0
+  again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
+  assert all(s["status"] == "resumed" for s in again.values())
+  assert cli.main(_args(tmp_path, server, "--token-budget", "50000")) == 0
+  budget = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
+  assert [n for n, s in budget.items() if s["status"] == "ran"] == ["select"]
+  report = json.loads((tmp_path / "select" / "report.json").read_text())
+  assert report["tokens_kept"] <= 50000 and report["selected_by"] == "token_budget"
+
+
+def test_skip_dedup_and_reuse_labels(tmp_path, server, capsys):
+  first = tmp_path / "a"
+  assert cli.main(_args(first, server, "--skip", "dedup", "--limit", "120", "--sample-size",
+                        "100")) == 0
+  stages = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
+  assert stages["dedup"]["status"] == "skipped" and stages["score"]["docs_in"] == 120
+  # Labels made elsewhere feed a run that skips annotation (no LLM calls).
+  second = tmp_path / "b"
+  assert cli.main(_args(second, server, "--limit", "120", "--labels",
+                        str(first / "annotate" / "labels.jsonl"), "--base-url",
+                        "http://127.0.0.1:9/v1")) == 0
+  stages = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
+  assert stages["annotate"]["docs_out"] == 100
+
+
+def test_clear_errors(tmp_path, server, capsys):
+  assert cli.main(_args(tmp_path, server, "--skip", "annotate", "--limit", "30")) == 2
+  assert "labels" in capsys.readouterr().err
+  assert cli.main(_args(tmp_path / "x", server, "--skip", "bogus")) == 2
+  assert "unknown stages" in capsys.readouterr().err
+  assert cli.main(["--input", str(tmp_path / "missing"), "--workdir", str(tmp_path / "y")]) == 2
+  assert "does not exist" in capsys.readouterr().err
