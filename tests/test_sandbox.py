@@ -96,6 +96,20 @@ def test_environment_is_clean(sandbox, monkeypatch):
   assert "sk-should-not-leak" not in result.output
 
 
+def test_cgroup_bounds_a_forking_memory_bomb():
+  # Each child stays under its own 512 MiB address-space limit; together they exceed the worker's
+  # cgroup (512 + 256 tmp + 256 MiB), so the kernel kills one of them and never the host's processes.
+  bomb = ("import os, time\nkids = []\nfor _ in range(4):\n  pid = os.fork()\n  if pid == 0:\n"
+          "    b = bytearray(300 << 20)\n    time.sleep(1)\n    os._exit(0)\n  kids.append(pid)\n"
+          "print(sorted(os.waitpid(k, 0)[1] for k in kids))")
+  with Sandbox(workers=1, timeout_s=30.0, memory_mb=512, quiet=True) as sb:
+    if sb._pool[0].cgroup is None:
+      pytest.skip("no writable memory cgroup on this machine")
+    result, = sb.run([bomb])
+  assert result.passed, result
+  assert "9" in result.output, result.output  # a child ended by SIGKILL (the cgroup's OOM killer)
+
+
 def test_check_program():
   assert check_program("assert sum(range(4)) == 6").passed
   assert check_program("assert sum(range(4)) == 7").status == "failed"

@@ -46,6 +46,11 @@ def attacks(victim_dir, victim, port):
        "Error"),
       ("create in the repo", f"open({REPO + '/pwned'!r}, 'w')", "error", "Error"),
       ("big file", "open('big', 'wb').write(b'x' * (64 << 20))", "error", "File too large"),
+      ("disk bomb", "for i in range(1000):\n  open('f%d' % i, 'wb').write(b'x' * (15 << 20))",
+       "error", "No space left"),
+      ("leave files for the next program", "open('/tmp/leftover', 'w')", "error", "PermissionError"),
+      ("leave shared memory for the next program", "open('/dev/shm/leftover', 'w')", "error",
+       "Error"),
       ("many files", "fs = [open('f%d' % i, 'w') for i in range(1000)]", "error", "Too many open"),
       ("grandchild that outlives the sample",
        failing("import os, time\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n"

@@ -105,9 +105,18 @@ def _enter_namespaces(cfg, protections):
     _remount_all_read_only()
     protections["read_only_fs"] = "on (remounted read-only in a private mount namespace)"
   _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  # Root-owned 0755: a program writes only in its own working directory, which is removed after it.
   for path in ("/tmp", "/dev/shm"):
-    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=512m")
+    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={cfg['tmp_mb']}m")
   protections["namespaces"] = "on (pid, net, mount, ipc, uts)"
+
+
+def _set_oom_score(score):
+  try:
+    with open("/proc/self/oom_score_adj", "w") as f:
+      f.write(str(score))
+  except OSError:
+    pass  # lowering needs root; then the kernel's default choice stands
 
 
 def _read_exact(fd, n):
@@ -205,6 +214,7 @@ def _child(program, token, out_w, res_w, workdir, cfg):
                        (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
   _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
+  _set_oom_score(1000)
   if cfg["uid"] is not None:
     os.setgroups([])
     os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
@@ -367,10 +377,17 @@ def main():
   os.dup2(null, 1)
   os.close(null)
   protections = {}
+  _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")  # the host went: so do we
   if cfg["own_namespaces"]:
     _enter_namespaces(cfg, protections)
+  elif os.getuid() == 0 and os.getpid() == 1:  # in bubblewrap's namespaces: bound /tmp's size
+    try:
+      _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={cfg['tmp_mb']}m")
+    except OSError as e:
+      protections["tmp_size_limit"] = f"off ({e})"
   if os.getpid() != 1:
     _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
+  _set_oom_score(-1000)  # in a cgroup OOM, the program goes, never its server
   if os.getuid() != 0 and cfg["uid"] is not None:
     cfg["uid"] = None
     protections["unprivileged_user"] = "off (not root)"

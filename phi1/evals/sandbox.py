@@ -40,6 +40,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from phi1.evals._cgroup import WorkerCgroup
+
 STATUSES = ("passed", "failed", "error", "timeout", "crashed")
 _WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 # All a program sees of an environment: nothing inherited (API keys stay in the parent).
@@ -161,10 +163,17 @@ def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = Non
   return Isolation(bwrap_path, own_namespaces, uid, gid, tuple(off))
 
 
-class _Worker:
-  """One fork server process and its pipes."""
+# Joins the cgroups named before "--" (writing its own pid), then becomes the worker command.
+_JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 97; shift; done; shift; exec "$@"'
 
-  def __init__(self, command: list[str]):
+
+class _Worker:
+  """One fork server process and its pipes (and its cgroup, when there is one)."""
+
+  def __init__(self, command: list[str], cgroup: WorkerCgroup | None = None):
+    self.cgroup = cgroup
+    if cgroup is not None:
+      command = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *cgroup.procs_files, "--", *command]
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     env=dict(PROGRAM_ENV), start_new_session=True, close_fds=True)
     self.busy_with: int | None = None
@@ -194,6 +203,8 @@ class _Worker:
         pass
     self.process.kill()
     self.process.wait()
+    if self.cgroup is not None:
+      self.cgroup.remove()
 
 
 class Sandbox:
@@ -202,14 +213,19 @@ class Sandbox:
   def __init__(self, workers: int | None = None, timeout_s: float = 3.0, *, memory_mb: int = 2048,
                file_size_mb: int = 16, max_processes: int = 256, max_output_bytes: int = 1 << 16,
                bwrap: bool | None = None, namespaces: bool | None = None,
-               drop_privileges: bool | None = None, read_only: bool = True, quiet: bool = False):
+               drop_privileges: bool | None = None, read_only: bool = True,
+               cgroup: bool | None = None, tmp_mb: int = 256, quiet: bool = False):
     if timeout_s <= 0:
       raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     self.workers = workers or len(os.sched_getaffinity(0))
     self.timeout_s = timeout_s
     self.isolation = decide_isolation(bwrap=bwrap, namespaces=namespaces,
                                       drop_privileges=drop_privileges)
-    config = dict(memory_mb=memory_mb, file_size_mb=file_size_mb, nproc=max_processes,
+    # One cgroup per worker bounds the program, all its descendants and its /tmp together.
+    self._cgroup_limits = ((memory_mb + tmp_mb + 256) << 20, max_processes + 16)
+    self._cgroup = cgroup
+    self._cgroups_made = 0
+    config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb, nproc=max_processes,
                   max_output_bytes=max_output_bytes, uid=self.isolation.uid, gid=self.isolation.gid,
                   env=PROGRAM_ENV, own_namespaces=self.isolation.own_namespaces,
                   read_only=read_only, masks=interpreter_masks())
@@ -232,20 +248,36 @@ class Sandbox:
 
   def start(self):
     for message in self.isolation.off:
-      if message not in _warned and not self.quiet:
-        _warned.add(message)
-        print(f"phi1 sandbox: {message}", file=sys.stderr)
+      self._warn(message)
     while len(self._pool) < self.workers:
       self._pool.append(self._spawn())
 
   def _spawn(self) -> _Worker:
-    worker = _Worker(self._command)
+    worker = _Worker(self._command, self._make_cgroup())
     for name, state in worker.hello["protections"].items():
-      message = f"{name}: {state}"
-      if state.startswith("off") and message not in _warned and not self.quiet:
-        _warned.add(message)
-        print(f"phi1 sandbox: {message}", file=sys.stderr)
+      if state.startswith("off"):
+        self._warn(f"{name}: {state}")
     return worker
+
+  def _make_cgroup(self) -> WorkerCgroup | None:
+    if self._cgroup is False:
+      self._warn("memory and process cgroup: off (disabled by the caller)")
+      return None
+    self._cgroups_made += 1
+    try:
+      return WorkerCgroup(f"phi1-sandbox-{os.getpid()}-{id(self):x}-{self._cgroups_made}",
+                          *self._cgroup_limits)
+    except OSError as e:
+      if self._cgroup:
+        raise RuntimeError(f"cgroup=True but no cgroup could be made: {e}") from e
+      self._warn(f"memory and process cgroup: off ({e}): a program that forks can use up to "
+                 "max_processes x memory_mb")
+      return None
+
+  def _warn(self, message: str):
+    if message not in _warned and not self.quiet:
+      _warned.add(message)
+      print(f"phi1 sandbox: {message}", file=sys.stderr)
 
   def close(self):
     for worker in self._pool:
