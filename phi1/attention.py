@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from phi1 import sharding
 from phi1.kernels import flash_attention as flash
 
 IMPLS = ("xla", "cudnn", "pallas")
@@ -64,11 +65,18 @@ def attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool = True, segment_ids=None, 
     mask = attention_mask(segment_ids, causal, T, T) if (causal or segment_ids is not None) else None
     return xla_attention(q_BTHK, k_BTHK, v_BTHK, mask, dropout_rate=dropout_rate,
                          dropout_rng=dropout_rng)
+  if impl == "pallas" and dropout_rate > 0.0:
+    raise ValueError(f"attention dropout (rate {dropout_rate}) exists only on impl='xla': the "
+                     "Pallas kernel has none. Use impl='xla' or set attn_dropout=0 (as the "
+                     "released phi-1 config does).")
+  # A kernel is one opaque call XLA cannot partition: under the trainer's mesh it runs per shard.
+  active = sharding._ACTIVE.get()  # (mesh, rules) while the trainer traces, else None
+  if active is not None and not jax.sharding.get_abstract_mesh().manual_axes:
+    mesh, rules = active
+    sharded = sharded_attention(mesh, rules.get("batch"), rules.get("act_heads"))
+    return sharded(q_BTHK, k_BTHK, v_BTHK, causal=causal, segment_ids=segment_ids, impl=impl,
+                   dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   if impl == "pallas":
-    if dropout_rate > 0.0:
-      raise ValueError(f"attention dropout (rate {dropout_rate}) exists only on impl='xla': the "
-                       "Pallas kernel has none. Use impl='xla' or set attn_dropout=0 (as the "
-                       "released phi-1 config does).")
     return flash.flash_attention(q_BTHK, k_BTHK, v_BTHK, segment_ids, causal=causal)
   return cudnn_attention(q_BTHK, k_BTHK, v_BTHK, causal=causal, segment_ids=segment_ids,
                          dropout_rate=dropout_rate)
@@ -106,6 +114,8 @@ def sharded_attention(mesh, batch_axes=("data", "fsdp"), head_axis="tensor"):
   see only its local [B/n, T, H/m, K] block. Attention never mixes batch rows or heads, so no
   communication is needed. Returns a function with `attention`'s signature; q, k, v must already
   be laid out as P(batch_axes, None, head_axis, None) (otherwise XLA reshards them first).
+  `attention` does this by itself for the kernel impls inside `sharding.activation_sharding`,
+  taking the axes of the logical names "batch" and "act_heads".
   """
   qkv_spec = P(batch_axes, None, head_axis, None)
   seg_spec = P(batch_axes, None)

@@ -156,3 +156,21 @@ def test_gpu_impls_match_xla(impl):
   want = attention_lib.attention(q, k, v, impl="xla")
   np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
                              atol=2e-2, rtol=2e-2)
+
+
+def test_kernel_impls_run_per_shard_under_the_trainer_mesh():
+  """Inside sharding.activation_sharding (as the trainer traces), impl="pallas" goes through
+  shard_map over batch and heads by itself, and still equals the XLA path."""
+  mesh, rules = sharding.make_mesh("fsdp_tp"), sharding.RULES["fsdp_tp"]
+  q, k, v = random_qkv(6, (4, 24, 4, 16))
+  seg = packed_segments(4, 24)
+
+  def attend(impl):
+    def run(q, k, v):
+      with sharding.activation_sharding(mesh, rules):
+        return attention_lib.attention(q, k, v, segment_ids=seg, impl=impl)
+    return jax.jit(run)
+
+  assert "sdy.manual_computation" in attend("pallas").lower(q, k, v).as_text()
+  np.testing.assert_allclose(attend("pallas")(q, k, v), attend("xla")(q, k, v), atol=1e-5,
+                             rtol=1e-5)
