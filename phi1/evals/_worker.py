@@ -14,8 +14,6 @@ Isolation is set up once per worker, so the per-program cost is one fork:
     fresh /proc for the PID namespace, and tmpfs on /tmp and /dev/shm.
 """
 
-import ctypes
-import errno
 import json
 import os
 import select
@@ -25,98 +23,17 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves the script's dir out
+import _namespaces as ns  # noqa: E402
+del sys.path[0]
+
 # Modules programs commonly import, loaded once here so each fork gets them for free.
 PREIMPORT = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
              "typing", "random", "statistics", "fractions", "decimal", "datetime", "copy",
              "operator", "json", "hashlib", "threading", "io", "traceback", "dataclasses", "enum",
              "array", "cmath", "numbers", "textwrap", "unicodedata", "abc", "contextlib")
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
-MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
-
-_libc = ctypes.CDLL(None, use_errno=True)
 REQUEST_FD, RESPONSE_FD = 1021, 1022  # the protocol pipes, moved out of the way of programs
-
-
-def _check(ret, what):
-  if ret != 0:
-    err = ctypes.get_errno()
-    raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(source, target, fstype, flags, data=None):
-  _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                     ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
-
-
-def _remount_all_read_only():
-  """Read-only view of every mount, made in our private mount namespace (the host's is untouched)."""
-  with open("/proc/self/mountinfo") as f:
-    mounts = [line.split() for line in f]
-  for fields in mounts:
-    target = fields[4].replace("\\040", " ")
-    flags = sum(MOUNT_FLAGS.get(o, 0) for o in fields[5].split(","))
-    try:
-      _mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
-    except OSError:
-      pass  # e.g. a mount shadowed by another one on top: not reachable anyway
-
-
-def _mask(masks):
-  """Hides each directory behind an empty tmpfs and binds the listed paths back inside it."""
-  if not masks:
-    return
-  stage = "/tmp"  # staged through a throw-away tmpfs, since a mask hides the paths it re-shows
-  _mount("tmpfs", stage, "tmpfs", 0, "mode=700")
-  staged = []
-  for i, (_, paths) in enumerate(masks):
-    for j, path in enumerate(paths):
-      os.makedirs(f"{stage}/{i}.{j}")
-      _mount(path, f"{stage}/{i}.{j}", None, MS_BIND | MS_REC)
-      staged.append((f"{stage}/{i}.{j}", path))
-  for mask, _ in masks:
-    _mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
-  for source, path in staged:
-    os.makedirs(path, exist_ok=True)
-    _mount(source, path, None, MS_MOVE)
-
-
-def _enter_namespaces(cfg, protections):
-  """Own namespaces as root: the caller forks, and its child becomes PID 1 of the new namespace."""
-  try:
-    _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS),
-           "unshare")
-  except OSError as e:
-    protections["namespaces"] = f"off ({e})"
-    return
-  pid = os.fork()
-  if pid:  # the outer process only waits, so the host's kill of it tears the namespace down
-    _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
-    _, status = os.waitpid(pid, 0)
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-  _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
-  _mount("none", "/", None, MS_REC | MS_PRIVATE)
-  _mask(cfg["masks"])
-  if cfg["read_only"]:
-    _remount_all_read_only()
-    protections["read_only_fs"] = "on (remounted read-only in a private mount namespace)"
-  _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  # Root-owned 0755: a program writes only in its own working directory, which is removed after it.
-  for path in ("/tmp", "/dev/shm"):
-    _mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={cfg['tmp_mb']}m")
-  protections["namespaces"] = "on (pid, net, mount, ipc, uts)"
-
-
-def _set_oom_score(score):
-  try:
-    with open("/proc/self/oom_score_adj", "w") as f:
-      f.write(str(score))
-  except OSError:
-    pass  # lowering needs root; then the kernel's default choice stands
 
 
 def _read_exact(fd, n):
@@ -213,8 +130,8 @@ def _child(program, token, out_w, res_w, workdir, cfg):
                        (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),
                        (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
-  _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl")
-  _set_oom_score(1000)
+  ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
+  ns.set_oom_score(1000)
   if cfg["uid"] is not None:
     os.setgroups([])
     os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
@@ -377,17 +294,18 @@ def main():
   os.dup2(null, 1)
   os.close(null)
   protections = {}
-  _check(_libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")  # the host went: so do we
+  ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)  # the host went: so do we
   if cfg["own_namespaces"]:
-    _enter_namespaces(cfg, protections)
+    ns.enter_namespaces(cfg, protections)
   elif os.getuid() == 0 and os.getpid() == 1:  # in bubblewrap's namespaces: bound /tmp's size
     try:
-      _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={cfg['tmp_mb']}m")
+      ns.mount("tmpfs", "/tmp", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
+               f"mode=755,size={cfg['tmp_mb']}m")
     except OSError as e:
       protections["tmp_size_limit"] = f"off ({e})"
   if os.getpid() != 1:
-    _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl")
-  _set_oom_score(-1000)  # in a cgroup OOM, the program goes, never its server
+    ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
+  ns.set_oom_score(-1000)  # in a cgroup OOM, the program goes, never its server
   if os.getuid() != 0 and cfg["uid"] is not None:
     cfg["uid"] = None
     protections["unprivileged_user"] = "off (not root)"
