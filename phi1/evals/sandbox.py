@@ -15,20 +15,26 @@ then `test` runs in the same namespace (a HumanEval `check(candidate)` call, MBP
   timeout  wall clock or CPU time ran out;     crashed  died without a verdict (os._exit, a signal).
 The verdict never comes from the exit code: `sys.exit(0)` is an error, `os._exit(0)` a crash.
 Results come back in input order; `run` can be called many times on the same warm workers.
+For data generation: `Sandbox(workers=N).run(exercises)` and keep those with `.passed` (a program
+with asserts that raise is "failed"; one that only defines functions passes if it runs cleanly).
+Programs run as `nobody` with a read-only filesystem: they can write only in their working directory.
 
-How (DESIGN.md section 4; details in docs/sandbox.md): each worker is a fork server (`_worker.py`, stdlib
-only, no JAX) started with a clean environment (nothing of the parent's, e.g. OPENAI_API_KEY), inside
-bubblewrap when installed (read-only view of the filesystem) or, as root, in namespaces of its own; it
-is PID 1 of a new PID namespace with a new network namespace. Per program it forks once; the child
-calls setsid, gets a fresh temp cwd, stdin from /dev/null, stdout/stderr into a pipe of which only
-`max_output_bytes` are kept, rlimits (address space, CPU, file size, open files, processes, no core),
-no_new_privs, and (as root) becomes `nobody`. Afterwards every process it started is killed, setsid'd
-grandchildren included. Protections the machine does not allow are listed once on stderr at start.
+How (DESIGN.md section 4; details and what is out of scope in docs/sandbox.md): each worker is a
+fork server (`_worker.py`, stdlib only, no JAX) started with a clean environment (nothing of the
+parent's, e.g. OPENAI_API_KEY), in its own memory+pids cgroup, inside bubblewrap when installed
+(read-only view of the filesystem) or, as root, in namespaces of its own: PID 1 of a new PID
+namespace, with a new network namespace. Per program it forks once; the child calls setsid, gets a
+fresh temp cwd, stdin from /dev/null, stdout/stderr into a pipe of which only `max_output_bytes` are
+kept, rlimits (address space, CPU, file size, open files, processes, no core), no_new_privs, and (as
+root) becomes `nobody`. Afterwards every process it started is killed, setsid'd grandchildren
+included. Protections the machine does not allow are listed once on stderr at start, and in
+`Sandbox.protections_off`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pwd
@@ -122,6 +128,7 @@ def _bwrap_command(bwrap: str) -> list[str]:
                     "--as-pid-1", "--die-with-parent", "--new-session", "--"]
 
 
+@functools.lru_cache(maxsize=None)
 def _bwrap_works(bwrap: str) -> bool:
   try:
     return subprocess.run(_bwrap_command(bwrap) + ["true"], capture_output=True, timeout=30,
@@ -234,10 +241,12 @@ class Sandbox:
       self._command = _bwrap_command(self.isolation.bwrap) + self._command
     self._pool: list[_Worker] = []
     self.quiet = quiet
+    self._off: list[str] = []
 
   @property
   def protections_off(self) -> tuple[str, ...]:
-    return self.isolation.off
+    """Every protection that is off in this sandbox, with the reason (also said once on stderr)."""
+    return tuple(self._off)
 
   def __enter__(self) -> Sandbox:
     self.start()
@@ -275,6 +284,8 @@ class Sandbox:
       return None
 
   def _warn(self, message: str):
+    if message not in self._off:
+      self._off.append(message)
     if message not in _warned and not self.quiet:
       _warned.add(message)
       print(f"phi1 sandbox: {message}", file=sys.stderr)
