@@ -162,18 +162,23 @@ def _visible(q_pos, k_pos, q_seg, k_seg, *, causal: bool):
 
 def _scores2(q, k, sm_scale, mask):
   """Scaled scores in base 2, fp32 [bq, bk]; masked pairs get MASK_VALUE."""
-  s = lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-  s = s * (sm_scale * LOG2_E)
+  s = _dot_nt(q, k) * (sm_scale * LOG2_E)
   return s if mask is None else jnp.where(mask, s, MASK_VALUE)
 
 
 def _dot(a, b):
+  """a @ b with fp32 accumulation (fp16 inputs would otherwise accumulate in fp16 on Triton)."""
   return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
 def _dot_tn(a, b):
-  """a^T @ b without materialising the transpose."""
+  """a^T @ b, fp32 accumulation, without materialising the transpose."""
   return lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _dot_nt(a, b):
+  """a @ b^T, fp32 accumulation, without materialising the transpose."""
+  return lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
 
 
 def _run_loops(body, carry, spans):
@@ -308,7 +313,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, q_seg_ref, kv_
     q, do = q_ref[queries, :], do_ref[queries, :]
     p = jnp.exp2(_scores2(q, k, sm_scale, mask) - lse2_ref[queries][:, None])
     dv = dv + _dot_tn(p.astype(do.dtype), do)
-    dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dp = _dot_nt(do, v)
     ds = p * (dp - delta_ref[queries][:, None])
     dk = dk + _dot_tn(ds.astype(q.dtype), q)
     return dk, dv
@@ -336,7 +341,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse2_ref, delta_ref, q_seg_ref, kv_s
                     causal=causal and on_diagonal)
     k, v = k_ref[keys, :], v_ref[keys, :]
     p = jnp.exp2(_scores2(q, k, sm_scale, mask) - lse2[:, None])
-    dp = lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    dp = _dot_nt(do, v)
     ds = p * (dp - delta[:, None])
     return dq + _dot(ds.astype(k.dtype), k)
 
