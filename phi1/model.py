@@ -201,7 +201,9 @@ class Phi1(nnx.Module):
       if arr is not None and arr.shape != tokens_BT.shape:
         raise ValueError(f"{name} shape {arr.shape} must equal tokens shape {tokens_BT.shape}")
     if not isinstance(tokens_BT, jax.core.Tracer):
-      lo, hi = int(tokens_BT.min()), int(tokens_BT.max())
+      # Concrete tokens closed over inside a jit would otherwise be staged into tracers here.
+      with jax.ensure_compile_time_eval():
+        lo, hi = int(tokens_BT.min()), int(tokens_BT.max())
       if lo < 0 or hi >= c.vocab_size:
         raise ValueError(f"token ids must lie in [0, {c.vocab_size}); got range [{lo}, {hi}]. "
                          "Is the tokenizer's vocabulary larger than the model's vocab_size?")
