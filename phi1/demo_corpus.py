@@ -4,6 +4,11 @@ Real code no one here wrote, present on every machine that runs phi1. `build(cac
 
     <cache_dir>/stdlib-<python version>-<settings hash>/
       train.jsonl, eval.jsonl   one record per .py file: {"id", "text", "source"} (DESIGN.md §3)
+      exercises_train.jsonl, exercises_eval.jsonl
+                                CodeExercises-shaped finetuning records (paper §2.2: a function
+                                signature + docstring to complete): every top-level documented
+                                function of those files, {"id", "prompt", "completion", "text",
+                                "source"} with prompt = signature + docstring, text = both
       tokenizer.model           SentencePiece BPE, whitespace-exact (phi1.tokenizer)
       manifest.json             counts and settings; written last, so its presence means complete
 
@@ -15,6 +20,7 @@ eval split by a hash of each file's path, the tokenizer trained on a fixed hash-
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
@@ -27,7 +33,10 @@ import time
 from phi1 import tokenizer as tk
 from phi1.data import records
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+# Exercises longer than this (prompt + completion, characters) are left out: the demo's sequences
+# are short, and a 300-line function is not an exercise.
+_MAX_EXERCISE_CHARS = 3000
 # Directories of the standard library that hold tests, not library code (and odd encodings).
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 
@@ -38,6 +47,8 @@ class DemoCorpus:
   train_path: str
   eval_path: str
   tokenizer_path: str
+  exercises_train_path: str
+  exercises_eval_path: str
   manifest: dict
 
 
@@ -58,20 +69,65 @@ def _hash_unit(text: str) -> float:
   return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
+def exercises_from_source(text: str) -> list[tuple[str, str, str]]:
+  """(function name, prompt, completion) for each top-level, undecorated, documented function.
+
+  prompt = the `def` line(s) through the end of the docstring, completion = the rest of the body,
+  both exact slices of the file, so prompt + completion is the function's source.
+  """
+  try:
+    tree = ast.parse(text)
+  except (SyntaxError, ValueError):
+    return []
+  lines = text.splitlines(keepends=True)
+  out = []
+  for node in tree.body:
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.decorator_list:
+      continue
+    if ast.get_docstring(node) is None or len(node.body) < 2:
+      continue
+    doc = node.body[0]
+    doc_end = doc.end_lineno
+    if lines[doc_end - 1].encode()[doc.end_col_offset:].strip():  # offsets count UTF-8 bytes
+      continue  # code after the docstring on its closing line: no clean cut
+    prompt = "".join(lines[node.lineno - 1:doc_end])
+    completion = "".join(lines[doc_end:node.end_lineno])
+    if completion.strip() and len(prompt) + len(completion) <= _MAX_EXERCISE_CHARS:
+      out.append((node.name, prompt, completion))
+  return out
+
+
+def _settings(vocab_size, eval_fraction, include_tests, tokenizer_sample_chars) -> dict:
+  return {"format": _FORMAT_VERSION, "python": sys.version,
+          "stdlib": sysconfig.get_paths()["stdlib"], "vocab_size": vocab_size,
+          "eval_fraction": eval_fraction, "include_tests": include_tests,
+          "tokenizer_sample_chars": tokenizer_sample_chars}
+
+
+def locate(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction: float = 0.02,
+           include_tests: bool = False, tokenizer_sample_chars: int = 4_000_000) -> DemoCorpus:
+  """Where `build` with these settings puts (or finds) the corpus; builds nothing."""
+  settings = _settings(vocab_size, eval_fraction, include_tests, tokenizer_sample_chars)
+  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+  version = ".".join(map(str, sys.version_info[:3]))
+  directory = os.path.join(os.path.abspath(os.fspath(cache_dir)), f"stdlib-{version}-{key}")
+  return DemoCorpus(
+      directory=directory, train_path=os.path.join(directory, "train.jsonl"),
+      eval_path=os.path.join(directory, "eval.jsonl"),
+      tokenizer_path=os.path.join(directory, "tokenizer.model"),
+      exercises_train_path=os.path.join(directory, "exercises_train.jsonl"),
+      exercises_eval_path=os.path.join(directory, "exercises_eval.jsonl"), manifest={})
+
+
 def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction: float = 0.02,
           include_tests: bool = False, tokenizer_sample_chars: int = 4_000_000,
           log=print) -> DemoCorpus:
   """Builds (or reuses) the corpus and tokenizer; see the module docstring."""
-  stdlib = sysconfig.get_paths()["stdlib"]
+  corpus = locate(cache_dir, vocab_size=vocab_size, eval_fraction=eval_fraction,
+                  include_tests=include_tests, tokenizer_sample_chars=tokenizer_sample_chars)
+  settings = _settings(vocab_size, eval_fraction, include_tests, tokenizer_sample_chars)
+  directory, stdlib = corpus.directory, settings["stdlib"]
   version = ".".join(map(str, sys.version_info[:3]))
-  settings = {"format": _FORMAT_VERSION, "python": sys.version, "stdlib": stdlib,
-              "vocab_size": vocab_size, "eval_fraction": eval_fraction,
-              "include_tests": include_tests, "tokenizer_sample_chars": tokenizer_sample_chars}
-  key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
-  directory = os.path.join(os.path.abspath(os.fspath(cache_dir)), f"stdlib-{version}-{key}")
-  corpus = DemoCorpus(directory, os.path.join(directory, "train.jsonl"),
-                      os.path.join(directory, "eval.jsonl"),
-                      os.path.join(directory, "tokenizer.model"), {})
   manifest_path = os.path.join(directory, "manifest.json")
   if os.path.isfile(manifest_path):
     with open(manifest_path) as f:
@@ -80,7 +136,7 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
   start = time.perf_counter()
   tmp = f"{directory}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
+  os.makedirs(tmp)  # makes cache_dir too
   stats = records.SourceStats(path=stdlib)
   source = f"python-stdlib-{version}"
   train, held_out = [], []
@@ -98,7 +154,13 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
     stats.documents += 1
     record = {"id": f"stdlib/{rel}", "text": text, "source": source}
     (held_out if _hash_unit(rel) < eval_fraction else train).append(record)
-  for name, split in (("train.jsonl", train), ("eval.jsonl", held_out)):
+  exercises = {}
+  for name, split in (("exercises_train.jsonl", train), ("exercises_eval.jsonl", held_out)):
+    exercises[name] = [
+        {"id": f"{r['id']}::{fn}", "prompt": prompt, "completion": completion,
+         "text": prompt + completion, "source": source}
+        for r in split for fn, prompt, completion in exercises_from_source(r["text"])]
+  for name, split in (("train.jsonl", train), ("eval.jsonl", held_out), *exercises.items()):
     with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
       for record in split:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -113,6 +175,8 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
 
   manifest = {"settings": settings, "source": source, "train_documents": len(train),
               "eval_documents": len(held_out),
+              "train_exercises": len(exercises["exercises_train.jsonl"]),
+              "eval_exercises": len(exercises["exercises_eval.jsonl"]),
               "train_chars": sum(len(r["text"]) for r in train),
               "eval_chars": sum(len(r["text"]) for r in held_out),
               "tokenizer_sample_chars": chars, "tokenizer_fingerprint": tok.fingerprint,
@@ -127,8 +191,8 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
     if not os.path.isfile(manifest_path):
       raise
   log(f"demo corpus: {len(train)} train / {len(held_out)} eval files of the Python {version} "
-      f"standard library, tokenizer vocab {vocab_size}, in {manifest['build_seconds']}s -> "
-      f"{directory}")
+      f"standard library, {manifest['train_exercises']} / {manifest['eval_exercises']} "
+      f"exercises, tokenizer vocab {vocab_size}, in {manifest['build_seconds']}s -> {directory}")
   return build(cache_dir, vocab_size=vocab_size, eval_fraction=eval_fraction,
                include_tests=include_tests, tokenizer_sample_chars=tokenizer_sample_chars,
                log=log)
@@ -141,7 +205,9 @@ def main(argv=None) -> int:
     return 2
   corpus = build(argv[0])
   print(json.dumps({"train": corpus.train_path, "eval": corpus.eval_path,
-                    "tokenizer": corpus.tokenizer_path}))
+                    "tokenizer": corpus.tokenizer_path,
+                    "exercises_train": corpus.exercises_train_path,
+                    "exercises_eval": corpus.exercises_eval_path}))
   return 0
 
 
