@@ -32,14 +32,16 @@ Very short trees (fewer than `min_nodes` nodes, counted on the longer side) are 
 `def f(a, b): return a + b` has ten nodes and matches thousands of unrelated functions exactly, so
 a tau on it is no evidence of contamination. The n-gram and embedding measures still see them.
 
-Speed. All pairs would be (units x problems) edit distances; we prune first, with bounds that never
-drop a pair whose tau could reach the cut-off:
-- length: lev >= |len_a - len_b|, so tau >= t needs min/max length >= t;
-- node-class histogram: lev >= max(sum(h_a - h_b)+, sum(h_b - h_a)+), since every node class a has
-  in excess must be deleted or substituted away;
-- identical unit strings are compared once.
-The survivors go to rapidfuzz's C++ Levenshtein (bit-parallel, with the cut-off) when it is
-installed, else to a numpy row-vectorised dynamic programme.
+Speed. All pairs would be (units x problems) edit distances; we prune with bounds that never drop
+a pair whose tau could reach the cut-off, and compare identical unit strings once:
+- length: lev >= |len_a - len_b|, so tau >= t needs min/max length >= t. Units are sorted by length
+  and cut into buckets (lengths within 10%); each bucket meets only the problems whose length can
+  reach the cut-off against some unit of the bucket, in one call of rapidfuzz's multi-threaded C++
+  `process.cdist` (bit-parallel Levenshtein with the cut-off); exact tau is then recomputed for the
+  few pairs that pass.
+- without rapidfuzz (numpy dynamic programme, ~100x slower per pair), a per-unit length bound plus a
+  node-class histogram bound, lev >= max(sum(h_a - h_b)+, sum(h_b - h_a)+) (every node class one
+  side has in excess must be deleted or substituted away), keep the edit distances to a handful.
 """
 
 from __future__ import annotations
@@ -52,9 +54,10 @@ from typing import Iterable, Sequence
 import numpy as np
 
 try:  # C++ edit distance; optional (pip install rapidfuzz), numpy fallback below.
+  from rapidfuzz import process as _rf_process
   from rapidfuzz.distance import Levenshtein as _rf_levenshtein
 except ImportError:  # pragma: no cover - exercised only where rapidfuzz is absent
-  _rf_levenshtein = None
+  _rf_process = _rf_levenshtein = None
 
 DEFAULT_MIN_NODES = 16
 
@@ -63,6 +66,7 @@ _NODE_CLASSES = sorted(
     if isinstance(getattr(ast, name), type) and issubclass(getattr(ast, name), ast.AST))
 # One character per node class; code points from U+0100 keep them printable and distinct.
 _CHAR_OF = {name: chr(0x100 + i) for i, name in enumerate(_NODE_CLASSES)}
+_CHAR_BY_TYPE = {getattr(ast, name): char for name, char in _CHAR_OF.items()}
 N_NODE_CLASSES = len(_CHAR_OF) + 1  # + one slot for classes unknown to this table
 _SKIPPED = (ast.expr_context, ast.type_ignore)
 _DEF_TYPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
@@ -73,19 +77,38 @@ def _is_docstring(stmt: ast.stmt) -> bool:
           and isinstance(stmt.value.value, str))
 
 
-def node_sequence(node: ast.AST) -> str:
-  """The pre-order node-class string of `node` (see the module docstring for what is dropped)."""
-  out: list[str] = []
-  stack = [node]
+def _traverse(root: ast.AST) -> tuple[list[str], dict[ast.AST, tuple[int, int]]]:
+  """One pre-order walk: the node-class characters, and the [start, end) span of every function
+  and class definition (a subtree is contiguous in pre-order, so its sequence is a slice)."""
+  chars: list[str] = []
+  spans: dict[ast.AST, tuple[int, int]] = {}
+  stack: list = [root]
   while stack:
     n = stack.pop()
-    out.append(_CHAR_OF.get(type(n).__name__, "\uffff"))
-    children = list(ast.iter_child_nodes(n))
+    if type(n) is tuple:  # (definition, start): its subtree is done
+      spans[n[0]] = (n[1], len(chars))
+      continue
+    chars.append(_CHAR_BY_TYPE.get(type(n), "\uffff"))
+    children = []
+    for field in n._fields:
+      value = getattr(n, field, None)
+      if isinstance(value, ast.AST):
+        if not isinstance(value, _SKIPPED):
+          children.append(value)
+      elif isinstance(value, list):
+        children.extend(v for v in value if isinstance(v, ast.AST) and not isinstance(v, _SKIPPED))
     if isinstance(n, (ast.Module, *_DEF_TYPES)) and n.body and _is_docstring(n.body[0]):
       docstring = n.body[0]
       children = [c for c in children if c is not docstring]
-    stack.extend(reversed([c for c in children if not isinstance(c, _SKIPPED)]))
-  return "".join(out)
+    if isinstance(n, _DEF_TYPES):
+      stack.append((n, len(chars) - 1))
+    stack.extend(reversed(children))
+  return chars, spans
+
+
+def node_sequence(node: ast.AST) -> str:
+  """The pre-order node-class string of `node` (see the module docstring for what is dropped)."""
+  return "".join(_traverse(node)[0])
 
 
 def parse(code: str) -> ast.Module | None:
@@ -103,10 +126,11 @@ def benchmark_sequence(code: str) -> str | None:
   tree = parse(code)
   if tree is None:
     return None
-  defs = [s for s in tree.body if isinstance(s, _DEF_TYPES)]
-  if not defs:
-    return node_sequence(tree)
-  return "".join(node_sequence(d) for d in defs)
+  chars, spans = _traverse(tree)
+  top = [spans[s] for s in tree.body if isinstance(s, _DEF_TYPES)]
+  if not top:
+    return "".join(chars)
+  return "".join("".join(chars[a:b]) for a, b in top)
 
 
 def corpus_units(code: str) -> list[str] | None:
@@ -114,9 +138,10 @@ def corpus_units(code: str) -> list[str] | None:
   tree = parse(code)
   if tree is None:
     return None
-  units = [node_sequence(n) for n in ast.walk(tree)
-           if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-  top = [node_sequence(s) for s in tree.body if isinstance(s, _DEF_TYPES)]
+  chars, spans = _traverse(tree)
+  units = ["".join(chars[a:b]) for node, (a, b) in spans.items()
+           if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+  top = ["".join(chars[slice(*spans[s])]) for s in tree.body if isinstance(s, _DEF_TYPES)]
   units.extend(a + b for a, b in zip(top, top[1:]))
   return units
 
@@ -175,58 +200,89 @@ class Match:
 class AstIndex:
   """Benchmark problems' sequences, searchable for units with tau >= a cut-off."""
 
-  def __init__(self, problem_sequences: Sequence[str | None], *, min_nodes: int = DEFAULT_MIN_NODES):
+  def __init__(self, problem_sequences: Sequence[str | None], *, min_nodes: int = DEFAULT_MIN_NODES,
+               use_rapidfuzz: bool = True, workers: int = 1):
     self.min_nodes = min_nodes
+    self.workers = workers
+    self.use_rapidfuzz = use_rapidfuzz and _rf_process is not None
     self.sequences = list(problem_sequences)
     self.usable = [i for i, s in enumerate(self.sequences) if s is not None and len(s) >= min_nodes]
     usable = sorted(self.usable, key=lambda i: len(self.sequences[i]))
     self._order = np.array(usable, dtype=np.int64)
-    self._lengths = np.array([len(self.sequences[i]) for i in usable], dtype=np.int64)
-    self._hists = (np.stack([histogram(self.sequences[i]) for i in usable])
+    self._sorted = [self.sequences[i] for i in usable]
+    self._lengths = np.array([len(s) for s in self._sorted], dtype=np.int64)
+    self._hists = (np.stack([histogram(s) for s in self._sorted])
                    if usable else np.zeros((0, N_NODE_CLASSES), np.int32))
-    self.pairs_considered = 0
-    self.pairs_after_length = 0
-    self.pairs_after_histogram = 0
+    self.pairs_considered = 0     # units x usable problems
+    self.pairs_after_length = 0   # left by the length bound
+    self.pairs_edit_distance = 0  # edit distances actually computed (with a cut-off)
 
   def pair_counts(self) -> tuple[int, int, int]:
-    """(pairs considered, left after the length bound, left after the histogram bound) so far."""
-    return self.pairs_considered, self.pairs_after_length, self.pairs_after_histogram
+    return self.pairs_considered, self.pairs_after_length, self.pairs_edit_distance
+
+  def _length_window(self, lo_len: int, hi_len: int, tau_min: float) -> tuple[int, int]:
+    """Problems (sorted positions) whose length can reach tau_min against a length in [lo, hi]."""
+    lo = int(np.ceil(lo_len * tau_min - 1e-9))
+    hi = int(np.floor(hi_len / tau_min + 1e-9)) if tau_min > 0 else np.iinfo(np.int64).max
+    return (int(np.searchsorted(self._lengths, lo, side="left")),
+            int(np.searchsorted(self._lengths, hi, side="right")))
 
   def search(self, units: Iterable[str], tau_min: float) -> list[Match]:
-    """Every (unit, problem) with tau >= tau_min; short units (< min_nodes) are skipped."""
+    """Every (unit, problem) with tau >= tau_min, the longer side having >= min_nodes nodes."""
     units = list(units)
     by_seq: dict[str, list[int]] = {}
     for i, u in enumerate(units):
       by_seq.setdefault(u, []).append(i)
+    distinct = list(by_seq)
+    self.pairs_considered += len(distinct) * len(self._order)
+    search = self._search_rapidfuzz if self.use_rapidfuzz else self._search_numpy
     matches = []
-    for seq, unit_ids in by_seq.items():
-      for problem, tau in self._search_one(seq, tau_min):
-        matches.extend(Match(u, problem, tau) for u in unit_ids)
+    for k, problem, tau in search(distinct, tau_min):
+      matches.extend(Match(u, problem, tau) for u in by_seq[distinct[k]])
     return matches
 
-  def _search_one(self, seq: str, tau_min: float) -> list[tuple[int, float]]:
-    n = len(seq)
-    self.pairs_considered += len(self._order)
-    # Skip only when the *longer* side is short: a long unit vs a short problem fails on length.
-    lo = int(np.ceil(n * tau_min - 1e-9))
-    hi = int(np.floor(n / tau_min + 1e-9)) if tau_min > 0 else np.iinfo(np.int64).max
-    start = int(np.searchsorted(self._lengths, lo, side="left"))
-    stop = int(np.searchsorted(self._lengths, hi, side="right"))
-    if stop <= start:
-      return []
-    self.pairs_after_length += stop - start
-    h = histogram(seq)
-    h_probs = self._hists[start:stop]
-    diff = h_probs - h[None, :]
-    lower_bound = np.maximum(np.clip(diff, 0, None).sum(1), np.clip(-diff, 0, None).sum(1))
-    longest = np.maximum(self._lengths[start:stop], n)
-    max_dist = np.floor((1.0 - tau_min) * longest + 1e-9).astype(np.int64)
-    keep = np.nonzero((lower_bound <= max_dist) & (longest >= self.min_nodes))[0]
-    self.pairs_after_histogram += len(keep)
-    out = []
-    for k in keep:
-      problem = int(self._order[start + k])
-      d = levenshtein(seq, self.sequences[problem], int(max_dist[k]))
-      if d <= max_dist[k]:
-        out.append((problem, 1.0 - d / int(longest[k])))
-    return out
+  def _search_rapidfuzz(self, seqs: list[str], tau_min: float):
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+    start = 0
+    while start < len(order):
+      first = len(seqs[order[start]])
+      stop = start
+      while stop < len(order) and len(seqs[order[stop]]) <= max(first * 1.1, first + 2):
+        stop += 1
+      bucket = order[start:stop]
+      start = stop
+      lo, hi = self._length_window(first, len(seqs[bucket[-1]]), tau_min)
+      if hi <= lo:
+        continue
+      self.pairs_after_length += len(bucket) * (hi - lo)
+      self.pairs_edit_distance += len(bucket) * (hi - lo)
+      similarity = _rf_process.cdist(
+          [seqs[k] for k in bucket], self._sorted[lo:hi],
+          scorer=_rf_levenshtein.normalized_similarity, score_cutoff=max(tau_min - 1e-6, 0.0),
+          workers=self.workers, dtype=np.float64)
+      for row, col in zip(*np.nonzero(similarity > 0)):
+        seq, problem_seq = seqs[bucket[row]], self._sorted[lo + col]
+        longest = max(len(seq), len(problem_seq))
+        if longest < self.min_nodes:
+          continue
+        tau = 1.0 - _rf_levenshtein.distance(seq, problem_seq) / longest  # exact, not float32
+        if tau >= tau_min:
+          yield bucket[row], int(self._order[lo + col]), tau
+
+  def _search_numpy(self, seqs: list[str], tau_min: float):
+    for k, seq in enumerate(seqs):
+      n = len(seq)
+      lo, hi = self._length_window(n, n, tau_min)
+      if hi <= lo:
+        continue
+      self.pairs_after_length += hi - lo
+      diff = self._hists[lo:hi] - histogram(seq)[None, :]
+      lower_bound = np.maximum(np.clip(diff, 0, None).sum(1), np.clip(-diff, 0, None).sum(1))
+      longest = np.maximum(self._lengths[lo:hi], n)
+      max_dist = np.floor((1.0 - tau_min) * longest + 1e-9).astype(np.int64)
+      keep = np.nonzero((lower_bound <= max_dist) & (longest >= self.min_nodes))[0]
+      self.pairs_edit_distance += len(keep)
+      for j in keep:
+        d = levenshtein(seq, self._sorted[lo + j], int(max_dist[j]))
+        if d <= max_dist[j]:
+          yield k, int(self._order[lo + j]), 1.0 - d / int(longest[j])

@@ -237,7 +237,7 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
     if pool is not None:
       pool.terminate()
   stats["seconds"] = time.time() - t0
-  stats["ast_pairs"] = dict(zip(("all", "after_length_bound", "after_histogram_bound"),
+  stats["ast_pairs"] = dict(zip(("all", "after_length_bound", "edit_distances"),
                                 map(int, ast_pairs)))
   return {"pairs": pairs, "stats": stats}
 

@@ -102,10 +102,12 @@ def test_numpy_levenshtein_matches_reference():
 def test_pruned_search_equals_brute_force(problems):
   sequences = [p.ast_sequence for p in problems]
   index = ast_match.AstIndex(sequences, min_nodes=16)
+  numpy_index = ast_match.AstIndex(sequences, min_nodes=16, use_rapidfuzz=False)
   files = sorted((ingest.default_roots()["stdlib"] / "json").glob("*.py"))
   units = [u for f in files for u in ast_match.corpus_units(f.read_text())]
   units += [sequences[i][:-2] for i in range(0, 160, 7)]  # near-copies of problems
   found = {(m.unit, m.problem): m.tau for m in index.search(units, 0.8)}
+  found_numpy = {(m.unit, m.problem): m.tau for m in numpy_index.search(units, 0.8)}
   brute = {}
   for ui, u in enumerate(units):
     for pi, s in enumerate(sequences):
@@ -113,9 +115,10 @@ def test_pruned_search_equals_brute_force(problems):
         tau = ast_match.match_rate(u, s)
         if tau >= 0.8:
           brute[(ui, pi)] = tau
-  assert found.keys() == brute.keys()
-  assert all(found[k] == pytest.approx(brute[k]) for k in found)
-  assert index.pairs_after_histogram < index.pairs_considered / 20  # the bounds do prune
+  assert found.keys() == brute.keys() == found_numpy.keys()
+  assert all(found[k] == found_numpy[k] == pytest.approx(brute[k]) for k in found)
+  assert index.pairs_edit_distance < index.pairs_considered / 4  # the bounds do prune
+  assert numpy_index.pairs_edit_distance < numpy_index.pairs_considered / 100
 
 
 # ------------------------------------------------------------------------------ acceptance checks
