@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -163,6 +164,7 @@ class ArrayRecordDocs:
         source_stats.tokens += shard["tokens"]
     self._records = grain.sources.ArrayRecordDataSource(good) if good else []
     self._seen_bad: set[int] = set()
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
     return len(self._records)
@@ -171,8 +173,10 @@ class ArrayRecordDocs:
     try:
       return decode_record(self._records[index], self.vocab_size)
     except (RuntimeError, CorruptRecord):
-      if index not in self._seen_bad:  # count a bad entry once however many epochs read it
+      with self._lock:  # reader threads; count a bad entry once however many epochs read it
+        first_time = index not in self._seen_bad
         self._seen_bad.add(index)
+      if first_time:
         self._stats.add(self._name, "corrupt_records")
         self._stats.add(self._name, "documents", -1)
       return None
