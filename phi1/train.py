@@ -252,6 +252,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
       state, step_metrics = trainer.step(state, next(train_data))
       window_tokens += tokens_per_step(config)
       done = step + 1
+      if step == start:  # keep compilation out of the throughput numbers
+        jax.block_until_ready(step_metrics)
+        window_start, window_tokens = time.perf_counter(), 0
       if done % config.log_every == 0 or done == config.steps:
         step_metrics = jax.device_get(step_metrics)
         elapsed = time.perf_counter() - window_start

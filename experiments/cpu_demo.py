@@ -1,0 +1,52 @@
+"""CPU demo: a tiny phi-1 pretrained on the installed standard library, then finetuned on
+exercise-shaped functions of it (signature + docstring -> body), as paper §2.3 in miniature.
+
+  phi1 train --config experiments/cpu_demo.py --workdir workdir/cpu_demo            # pretrain
+  phi1 train --config experiments/cpu_demo.py:finetune --workdir workdir/cpu_demo_ft \
+      --config.init_from=workdir/cpu_demo/export                                     # finetune
+  phi1 demo --workdir workdir/demo                                                   # all of it
+
+Works on a fresh machine with no preparation: the corpus and its SentencePiece tokenizer are built
+from the local standard library (or reused from the cache, $PHI1_CACHE or ~/.cache/phi1).
+"""
+
+import os
+
+from phi1 import config as config_lib, demo_corpus
+from phi1.model import Phi1Config
+
+
+def cache_dir() -> str:
+  return os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))
+
+
+def get_config(arg: str = "pretrain"):
+  if arg not in ("pretrain", "finetune"):
+    raise ValueError(f"cpu_demo takes 'pretrain' or 'finetune', got {arg!r}")
+  corpus = demo_corpus.build(cache_dir(), log=lambda *_: None)
+  c = config_lib.base_config()
+  c.model = config_lib.model_config(Phi1Config.tiny(
+      vocab_size=4096, d_model=256, n_layers=4, n_heads=8, d_ff=1024, rotary_dim=16,
+      max_seq_len=1024))  # trained at seq_len 256; room for HumanEval prompts at inference
+  c.precision = "fp32"  # CPUs have no fast bf16/fp16 matmuls
+  c.mesh = "dp"
+  c.seq_len = 256
+  c.batch_size = 16
+  c.log_every, c.checkpoint_every, c.eval_every, c.eval_batches = 10, 100, 100, 4
+  c.keep_last, c.keep_every = 2, 0
+  c.data.tokenizer = corpus.tokenizer_path
+  c.data.cache_dir = os.path.join(cache_dir(), "tokenized")
+  if arg == "pretrain":
+    c.steps = 300
+    c.optimizer.peak_lr, c.optimizer.warmup_steps = 3e-3, 30
+    c.optimizer.schedule_steps, c.optimizer.weight_decay = 300, 0.1
+    c.data.sources = [{"path": corpus.train_path, "weight": 1.0, "name": "stdlib"}]
+    c.data.eval_sources = [corpus.eval_path]
+  else:
+    c.steps = 100
+    c.optimizer.peak_lr, c.optimizer.warmup_steps = 5e-4, 10  # paper: 10x lower LR to finetune
+    c.optimizer.schedule_steps, c.optimizer.weight_decay = 100, 0.01
+    c.data.sources = [{"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}]
+    c.data.eval_sources = [corpus.exercises_eval_path]
+    c.data.packing = "document"  # exercises are short: keep each one to itself
+  return c

@@ -1,0 +1,71 @@
+"""The main job on one CPU: corpus -> tokenizer -> pretrain -> finetune -> generate -> HumanEval.
+
+`phi1 demo --workdir DIR` (or `make demo`) runs experiments/cpu_demo.py twice (pretrain, then
+finetune from the pretrained export), completes a few HumanEval prompts, scores HumanEval on a
+subset with the sandboxed harness, and writes everything under DIR. Rerunning resumes or reuses.
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import pathlib
+import time
+
+EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "cpu_demo.py"
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="phi1 demo", description=__doc__)
+  parser.add_argument("--workdir", default="workdir/demo")
+  parser.add_argument("--pretrain-steps", type=int, default=None)
+  parser.add_argument("--finetune-steps", type=int, default=None)
+  parser.add_argument("--humaneval-limit", type=int, default=20,
+                      help="HumanEval problems to score (0 skips the evaluation)")
+  parser.add_argument("--no-progress", action="store_true")
+  args = parser.parse_args(argv)
+  from phi1 import checkpoint, config as config_lib, generate, metrics, train
+  from phi1.evals import cli as eval_cli, humaneval
+
+  workdir = pathlib.Path(args.workdir).absolute()
+  start = time.perf_counter()
+  runs = {}
+  for stage, steps in (("pretrain", args.pretrain_steps), ("finetune", args.finetune_steps)):
+    config = config_lib.load(f"{EXPERIMENT}:{stage}")
+    if steps:
+      config.steps = steps
+    if stage == "finetune":
+      config.init_from = str(workdir / "pretrain" / "export")
+    print(f"== {stage}: {config.steps} steps of batch {config.batch_size} x {config.seq_len} ==")
+    last = train.run(config, workdir / stage, progress=not args.no_progress)
+    runs[stage] = {k: last[k] for k in ("loss", "eval_loss", "tokens_per_sec", "mfu") if k in last}
+
+  model, tokenizer = checkpoint.load_for_inference(workdir / "finetune")
+  tasks = humaneval.load()[:3]
+  completions = generate.generate(model, tokenizer, [t.prompt for t in tasks], max_new_tokens=96,
+                                  stop=["\ndef ", "\nclass ", "\nif __name__", "\n#"])
+  examples = [{"task_id": t.task_id, "prompt": t.prompt, "completion": c}
+              for t, c in zip(tasks, completions)]
+  (workdir / "completions.json").write_text(json.dumps(examples, indent=2))
+  for ex in examples:
+    print(f"--- {ex['task_id']} ---\n{ex['prompt'][-200:]}\033[1m{ex['completion']}\033[0m")
+
+  summary = {"runs": runs}
+  if args.humaneval_limit:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+      eval_cli.main(["--bench", "humaneval", "--checkpoint", str(workdir / "finetune"),
+                     "--limit", str(args.humaneval_limit), "--max-new-tokens", "128",
+                     "--out", str(workdir / "humaneval"), "--no-progress"])
+    summary["humaneval"] = json.loads(out.getvalue().strip().splitlines()[-1])
+  summary["wall_s"] = round(time.perf_counter() - start, 1)
+  (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  metrics.plot_losses(workdir / "pretrain")
+  print(f"""
+== done in {summary['wall_s']} s ==
+pretrain    {workdir / 'pretrain'}  (metrics.jsonl, loss.png, tensorboard/, checkpoints/, export/)
+finetune    {workdir / 'finetune'}
+completions {workdir / 'completions.json'}
+humaneval   {workdir / 'humaneval'}  pass@1 = {summary.get('humaneval', {}).get('pass@1')}
+summary     {workdir / 'summary.json'}""")
+  return 0
