@@ -16,6 +16,7 @@ Isolation is set up once per worker, so the per-program cost is one fork:
 
 import json
 import os
+import resource
 import select
 import signal
 import struct
@@ -114,7 +115,6 @@ def _kill_everything_but_me(child, statuses):
 
 def _child(program, token, out_w, res_w, workdir, cfg):
   """The forked child: give everything up, then run the program. Never returns."""
-  import resource
   os.setsid()
   os.chdir(workdir)
   devnull = os.open("/dev/null", os.O_RDONLY)

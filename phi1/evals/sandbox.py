@@ -96,6 +96,7 @@ def interpreter_masks() -> list[tuple[str, list[str]]]:
   needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
                                           os.path.dirname(os.path.realpath(sys.executable)))}
   needed |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+  needed.add(os.path.dirname(os.path.realpath(_WORKER)))  # the server's own code
   masks: dict[str, set[str]] = {}
   for path in sorted(needed):
     ancestor = "/"
@@ -185,7 +186,7 @@ class _Worker:
                                     env=dict(PROGRAM_ENV), start_new_session=True, close_fds=True)
     self.busy_with: int | None = None
     self.sent_at = 0.0
-    self.hello = self.receive()
+    self.hello: dict | None = None  # the server's first message, once it is ready
 
   def send(self, message: dict):
     data = json.dumps(message).encode()
@@ -258,11 +259,22 @@ class Sandbox:
   def start(self):
     for message in self.isolation.off:
       self._warn(message)
-    while len(self._pool) < self.workers:
-      self._pool.append(self._spawn())
+    new = [_Worker(self._command, self._make_cgroup())
+           for _ in range(self.workers - len(self._pool))]
+    for worker in new:  # all started before waiting on any: start-up costs one worker's time
+      self._ready(worker)
+    self._pool += new
 
   def _spawn(self) -> _Worker:
-    worker = _Worker(self._command, self._make_cgroup())
+    return self._ready(_Worker(self._command, self._make_cgroup()))
+
+  def _ready(self, worker: _Worker) -> _Worker:
+    try:
+      worker.hello = worker.receive()
+    except EOFError:
+      worker.close()
+      raise RuntimeError(f"the sandbox worker did not start (command: {self._command[:3]}...); "
+                         "its error is above on stderr") from None
     for name, state in worker.hello["protections"].items():
       if state.startswith("off"):
         self._warn(f"{name}: {state}")
