@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import importlib.util
 import pathlib
+import sys
 
 import ml_collections
 
@@ -71,6 +72,10 @@ def load(spec: str) -> ml_collections.ConfigDict:
   file = pathlib.Path(path)
   if not file.is_file():
     raise FileNotFoundError(f"config file {path} not found (expected experiments/NAME.py)")
+  # Experiment files import their siblings as `experiments.<name>`: make the folder above importable.
+  root = str(file.resolve().parent.parent)
+  if root not in sys.path:
+    sys.path.insert(0, root)
   module_spec = importlib.util.spec_from_file_location(f"phi1_experiment_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

@@ -1,0 +1,75 @@
+"""The paper's two recipes (§2.3), shared by the experiment files, plus their CPU-size variants.
+
+Data paths default to `data/...` under the working directory; point them at your corpora with
+`--config.data.sources='[{"path": "...", "weight": 1.0}]'` or edit the experiment file.
+"""
+
+from phi1 import config as config_lib
+from phi1.model import Phi1Config
+
+# CodeTextbook = filtered code-language data (~6B tokens) + synthetic textbooks (<1B tokens);
+# mixed in proportion to their sizes, so every token is seen equally often (paper §2).
+CODETEXTBOOK = [
+    {"path": "data/filtered_code", "weight": 6.0, "name": "filtered_code"},
+    {"path": "data/textbooks", "weight": 1.0, "name": "textbooks"},
+]
+CODEEXERCISES = [{"path": "data/exercises", "weight": 1.0, "name": "exercises"}]
+TOKENIZER = "data/tokenizer.json"  # CodeGen-350M-mono BPE, as phi-1 (HF microsoft/phi-1)
+
+
+def pretrain(model: Phi1Config):
+  """Pretraining on CodeTextbook: 1024 x 2048 tokens per step, peak LR 1e-3, warmup 750, wd 0.1,
+  36,000-step schedule (phi-1-base is its step-24,000 checkpoint), fp16, dropout 0.1."""
+  c = config_lib.base_config()
+  c.model = config_lib.model_config(model)
+  c.model.attn_dropout = c.model.resid_dropout = 0.1  # paper §2.3 (released config: 0)
+  c.model.attention_impl = "pallas"
+  c.steps, c.batch_size, c.seq_len = 24_000, 1024, 2048
+  c.precision, c.mesh = "fp16", "fsdp"
+  c.grad_accum = 16  # 1024 sequences = 8 GPUs x 8 sequences x 16 micro-batches
+  c.model.remat = "dots"
+  c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-3, 750, 0.1
+  c.optimizer.schedule_steps = 36_000
+  c.checkpoint_every, c.keep_every = 1000, 1000
+  c.data.sources = [dict(s) for s in CODETEXTBOOK]
+  c.data.tokenizer = TOKENIZER
+  c.data.eval_fraction = 0.001
+  return c
+
+
+def finetune(model: Phi1Config, init_from: str):
+  """Finetuning on CodeExercises: batch 256, peak LR 1e-4, warmup 50, wd 0.01, 6,000 steps, keep
+  a checkpoint every 1,000 steps and pick the best (paper §2.3)."""
+  c = pretrain(model)
+  c.steps, c.batch_size, c.grad_accum = 6_000, 256, 4
+  c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-4, 50, 0.01
+  c.optimizer.schedule_steps = 6_000
+  c.checkpoint_every, c.keep_every = 1000, 1000
+  c.data.sources = [dict(s) for s in CODEEXERCISES]
+  c.init_from = init_from
+  return c
+
+
+def cpu_size(c, stage: str = "pretrain"):
+  """Shrink a paper config to a few CPU minutes on the demo corpus; keeps the recipe's shape."""
+  import os
+  from phi1 import demo_corpus
+  cache = os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))
+  corpus = demo_corpus.build(cache, log=lambda *_: None)
+  c.model = config_lib.model_config(Phi1Config.tiny(vocab_size=4096, max_seq_len=1024))
+  c.steps, c.batch_size, c.seq_len, c.grad_accum = 50, 8, 256, 1
+  c.optimizer.schedule_steps = 50
+  c.optimizer.warmup_steps = 5
+  c.precision, c.mesh = "fp32", "dp"
+  c.log_every, c.eval_every, c.checkpoint_every, c.keep_every = 10, 25, 25, 0
+  c.data.tokenizer = corpus.tokenizer_path
+  c.data.cache_dir = os.path.join(cache, "tokenized")
+  if stage == "pretrain":
+    c.data.sources = [{"path": corpus.train_path, "weight": 1.0, "name": "stdlib"}]
+    c.data.eval_sources = [corpus.eval_path]
+  else:
+    c.data.sources = [{"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}]
+    c.data.eval_sources = [corpus.exercises_eval_path]
+  c.data.eval_fraction = 0.0
+  c.model.attention_impl = "xla"  # the Pallas kernel runs in interpret mode on CPU: slow
+  return c
