@@ -26,6 +26,8 @@ DATA_GEN = [
     "datasketch>=2.0,<3",
     "scikit-learn>=1.9,<2",
     "aiohttp>=3.14,<4",
+    "rapidfuzz>=3.14,<4",
+    "httpx2>=2.16,<3",  # the transport under openai; data_gen plugs aiohttp into it
 ]
 TEST = ["pytest>=9,<10", "pytest-timeout>=2.4,<3", "nbclient>=0.11,<0.12", "nbformat>=5.11,<6",
         "ipykernel>=7,<8"]
