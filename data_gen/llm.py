@@ -152,7 +152,13 @@ def request_body(model: str, request: Request) -> dict:
 
 
 def cache_key(body: dict, revision: str) -> str:
-  return sha256(revision + "\x00" + canonical_json(body))
+  return _identity(body, revision)[0]
+
+
+def _identity(body: dict, revision: str) -> tuple[str, str]:
+  """(cache key, request hash) from one canonical serialisation."""
+  canonical = canonical_json(body)
+  return sha256(revision + "\x00" + canonical), sha256(canonical)
 
 
 def worst_case_tokens(body: dict) -> tuple[int, int]:
@@ -255,16 +261,15 @@ class LLM:
   def cached(self, request: Request) -> Completion | None:
     if self.cache is None:
       return None
-    body = request_body(self.model, request)
-    key = cache_key(body, self.revision)
+    key, request_hash = _identity(request_body(self.model, request), self.revision)
     hit = self.cache.get(key)
-    return None if hit is None else self._completion(hit, key, body, cached=True)
+    return None if hit is None else self._completion(hit, key, request_hash, cached=True)
 
-  def _completion(self, r: dict, key: str, body: dict, cached: bool) -> Completion:
+  def _completion(self, r: dict, key: str, request_hash: str, cached: bool) -> Completion:
     return Completion(text=r["text"], finish_reason=r["finish_reason"],
                       prompt_tokens=r["prompt_tokens"], completion_tokens=r["completion_tokens"],
                       cost_usd=0.0 if cached else r["cost_usd"], cached=cached, key=key,
-                      request_hash=sha256(canonical_json(body)), model=r.get("model") or self.model)
+                      request_hash=request_hash, model=r.get("model") or self.model)
 
   def cost(self, prompt_tokens: int, completion_tokens: int, *, batch: bool = False) -> float:
     return 0.0 if self.prices is None else self.prices.cost(prompt_tokens, completion_tokens,
@@ -273,18 +278,18 @@ class LLM:
   async def complete(self, request: Request) -> Completion:
     """The completion for `request`, from the cache or the endpoint (exactly one paid response)."""
     body = request_body(self.model, request)
-    key = cache_key(body, self.revision)
+    key, request_hash = _identity(body, self.revision)
     if self.cache is not None:
       hit = self.cache.get(key)
       if hit is not None:
         self.stats.cache_hits += 1
-        return self._completion(hit, key, body, cached=True)
+        return self._completion(hit, key, request_hash, cached=True)
     if key in self._in_flight:  # the same request already on its way: share its answer
       return await asyncio.shield(self._in_flight[key])
     future = asyncio.get_running_loop().create_future()
     self._in_flight[key] = future
     try:
-      completion = await self._fetch(body, key)
+      completion = await self._fetch(body, key, request_hash)
       future.set_result(completion)
       return completion
     except BaseException as e:
@@ -294,7 +299,7 @@ class LLM:
     finally:
       del self._in_flight[key]
 
-  async def _fetch(self, body: dict, key: str) -> Completion:
+  async def _fetch(self, body: dict, key: str, request_hash: str) -> Completion:
     prompt_max, completion_max = worst_case_tokens(body)
     reserved = self.cost(prompt_max, completion_max)
     if self.budget is not None and not self.budget.try_reserve(reserved):
@@ -312,7 +317,9 @@ class LLM:
       self.stats.cost_usd += paid
       if self.cache is not None:
         self.cache.put(key, self.model, response)
-      return self._completion(response, key, body, cached=False)
+        if self.cache.pending == 1:  # commit this group even if no further answer arrives
+          asyncio.get_running_loop().call_later(self.cache.commit_interval_s, self.cache.flush)
+      return self._completion(response, key, request_hash, cached=False)
     finally:
       if self.budget is not None:
         self.budget.settle(reserved, paid)
@@ -320,12 +327,15 @@ class LLM:
   async def _send_with_retries(self, body: dict, token_estimate: int) -> dict:
     chat = "messages" in body
     path = "/chat/completions" if chat else "/completions"
+    # Serialised once: the client then neither deep-copies nor re-encodes the body per attempt.
+    payload = json.dumps(body, ensure_ascii=False).encode()
     for attempt in range(self.retry.max_attempts):
       await self.limiter.acquire(token_estimate)
       wait_hint = None
       try:
         async with self._semaphore:
-          raw = await self.client.post(path, body=body, cast_to=httpx2.Response)
+          raw = await self.client.post(path, content=payload, cast_to=httpx2.Response,
+                                       options={"headers": {"Content-Type": "application/json"}})
           response = parse_response(raw.content, chat)
         self.stats.requests += 1
         self.limiter.settle_tokens(token_estimate,

@@ -40,8 +40,10 @@ def _minhash(text: str, ngram: int, num_perm: int) -> MinHash:
 
 def near_duplicates(records: list[dict], threshold: float = 0.7, ngram: int = 5,
                     num_perm: int = 128) -> dict:
-  """Each record whose estimated Jaccard with some earlier record is >= threshold is a duplicate."""
-  lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+  """Each record whose estimated Jaccard with some earlier record is >= threshold is a duplicate.
+  LSH only proposes candidates, tuned well below the threshold so that pairs just above it are
+  rarely missed; every candidate is then checked against the threshold on the full signature."""
+  lsh = MinHashLSH(threshold=max(0.05, threshold - 0.25), num_perm=num_perm)
   kept: dict[str, MinHash] = {}
   duplicates = []
   for r in records:

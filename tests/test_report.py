@@ -48,7 +48,7 @@ def test_clean_corpus_is_not_flagged(corpus):
 
 def test_injected_ten_percent_near_duplicates_are_flagged(corpus, tmp_path):
   rng = random.Random(0)
-  records = read_records(str(corpus / "clean"))
+  records = sorted(read_records(str(corpus / "clean")), key=lambda r: r["id"])
   copies = [_near_copy(r, rng) for r in rng.sample(records, 30)]  # 30 / 300 = 10%
   mixed = records + copies
   rng.shuffle(mixed)

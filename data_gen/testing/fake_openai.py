@@ -35,10 +35,11 @@ import hashlib
 import json
 import keyword
 import math
-import multiprocessing
 import random
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -137,8 +138,8 @@ def default_answer(body: dict) -> str:
 class _Server:
   """The aiohttp application and its counters; lives on one event loop (thread or process)."""
 
-  def __init__(self, fault_rate, faults, latency_s, retry_after_s, slow_s, seed, responder,
-               batch_delay_s):
+  def __init__(self, fault_rate=0.0, faults=FAULTS, latency_s=0.0, retry_after_s=0.05, slow_s=5.0,
+               seed=0, responder=None, batch_delay_s=0.0):
     unknown = set(faults) - set(FAULTS)
     if unknown:
       raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
@@ -289,15 +290,20 @@ async def _serve(server: _Server, sock: socket.socket) -> web.AppRunner:
   return runner
 
 
-def _process_main(kwargs: dict, sock: socket.socket, ready):
+def _serve_forever(kwargs: dict):
+  """The child process of `subprocess=True`: prints its port, then serves until terminated."""
   try:
     import uvloop
     uvloop.install()
   except ImportError:
     pass
+  sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+  sock.bind(("127.0.0.1", 0))
+  sock.listen(1024)
   loop = asyncio.new_event_loop()
   loop.run_until_complete(_serve(_Server(**kwargs), sock))
-  ready.set()
+  print(sock.getsockname()[1], flush=True)
   loop.run_forever()
 
 
@@ -321,21 +327,23 @@ class FakeOpenAI:
     self.base_url = None
 
   def start(self) -> "FakeOpenAI":
+    if self._subprocess:  # a plain child process: no multiprocessing re-import of __main__
+      kwargs = {k: v for k, v in self._kwargs.items() if k != "responder"}
+      self._process = subprocess.Popen(
+          [sys.executable, "-c", "import sys, json; from data_gen.testing.fake_openai import "
+           "_serve_forever; _serve_forever(json.loads(sys.argv[1]))", json.dumps(kwargs)],
+          stdout=subprocess.PIPE, text=True)
+      port = self._process.stdout.readline().strip()
+      if not port.isdigit():
+        self._process.kill()
+        raise RuntimeError("fake OpenAI server process did not start")
+      self.base_url = f"http://127.0.0.1:{port}/v1"
+      return self
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1024)
     self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    if self._subprocess:
-      context = multiprocessing.get_context("spawn")
-      ready = context.Event()
-      self._process = context.Process(target=_process_main, args=(self._kwargs, sock, ready),
-                                      daemon=True)
-      self._process.start()
-      if not ready.wait(60):
-        raise RuntimeError("fake OpenAI server process did not start")
-      sock.close()
-      return self
     self._server = _Server(**self._kwargs)
     self._loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -354,7 +362,7 @@ class FakeOpenAI:
   def stop(self):
     if self._process is not None:
       self._process.terminate()
-      self._process.join(10)
+      self._process.wait(10)
       self._process = None
     if self._thread is not None:
       asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
@@ -391,3 +399,4 @@ class FakeOpenAI:
   @property
   def fault_counts(self) -> Counter:
     return Counter(self.stats()["fault_counts"])
+
