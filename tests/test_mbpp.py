@@ -1,4 +1,4 @@
-"""MBPP from ../shared/data/mbpp.jsonl: splits, both prompt styles, reference solutions in the sandbox."""
+"""MBPP from ../shared/data/mbpp.jsonl: splits, both prompt styles, reference solutions executed."""
 
 import json
 import os

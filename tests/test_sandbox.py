@@ -1,4 +1,4 @@
-"""The sandbox's contract: statuses, order, isolation facts seen from inside, degraded modes, recovery."""
+"""The sandbox's contract: statuses, order, isolation seen from inside, degraded modes, recovery."""
 
 import os
 import shutil
@@ -22,12 +22,14 @@ def sandbox():
 
 
 def test_statuses_and_order(sandbox):
-  programs = ["x = 1", "assert 1 == 2, 'nope'", "1 / 0", "raise SystemExit(3)", "import os\nos._exit(7)",
-              "while True:\n  pass", Program("def f(x):\n  return x + 1", "assert f(1) == 2"),
+  programs = ["x = 1", "assert 1 == 2, 'nope'", "1 / 0", "raise SystemExit(3)",
+              "import os\nos._exit(7)", "while True:\n  pass",
+              Program("def f(x):\n  return x + 1", "assert f(1) == 2"),
               Program("def f(x):\n  return x", "assert f(1) == 2"), "def broken(:\n  pass"]
   got = [(r.status, (r.error or "").split(":")[0]) for r in sandbox.run(programs)]
   assert got == [("passed", ""), ("failed", "AssertionError"), ("error", "ZeroDivisionError"),
-                 ("error", "SystemExit"), ("crashed", "exited with code 7 before reporting a result"),
+                 ("error", "SystemExit"),
+                 ("crashed", "exited with code 7 before reporting a result"),
                  ("timeout", "no result within 2 s"), ("passed", ""), ("failed", "AssertionError"),
                  ("error", "SyntaxError")]
 
@@ -67,8 +69,9 @@ def test_temp_cwd_is_fresh_and_removed(sandbox):
 
 
 @needs_root
-@pytest.mark.parametrize("bwrap", [pytest.param(True, marks=pytest.mark.skipif(
-    not shutil.which("bwrap"), reason="bwrap not installed")), False], ids=["bwrap", "own-namespaces"])
+@pytest.mark.parametrize("bwrap", [
+    pytest.param(True, marks=pytest.mark.skipif(not shutil.which("bwrap"), reason="no bwrap")),
+    False], ids=["bwrap", "own-namespaces"])
 def test_isolation_seen_from_inside(bwrap):
   probe = ("import os, socket\n"
            "print(os.getuid(), os.getgid())\n"

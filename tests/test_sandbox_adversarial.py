@@ -16,7 +16,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "sk-test-secret-do-not-leak-0123456789"
 TIMEOUT_S = 2.0
 MODES = [pytest.param(dict(bwrap=True), id="bwrap",
-                      marks=pytest.mark.skipif(not shutil.which("bwrap"), reason="bwrap not installed")),
+                      marks=pytest.mark.skipif(not shutil.which("bwrap"), reason="no bwrap")),
          pytest.param(dict(bwrap=False), id="own-namespaces")]
 
 

@@ -30,7 +30,7 @@ def mount(source, target, fstype, flags, data=None):
 
 
 def remount_all_read_only():
-  """Read-only view of every mount, made in our private mount namespace (the host's is untouched)."""
+  """Read-only view of every mount, made in our private mount namespace (the host's untouched)."""
   with open("/proc/self/mountinfo") as f:
     mounts = [line.split() for line in f]
   for fields in mounts:

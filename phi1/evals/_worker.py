@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # python -I leaves the script's dir out
+# python -I leaves the script's directory off sys.path: add it for our one sibling module only.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _namespaces as ns  # noqa: E402
 del sys.path[0]
 
@@ -126,7 +127,8 @@ def _child(program, token, out_w, res_w, workdir, cfg):
   memory = cfg["memory_mb"] << 20
   cpu = int(program["timeout_s"]) + 1
   for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
-                       (resource.RLIMIT_CPU, cpu), (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
+                       (resource.RLIMIT_CPU, cpu),
+                       (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
                        (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),
                        (resource.RLIMIT_CORE, 0)):
     resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
@@ -145,7 +147,8 @@ def _child(program, token, out_w, res_w, workdir, cfg):
 
 
 def _run_program(code, test, token, _write=os.write, _exit=os._exit, _exec=exec, _compile=compile,
-                 _frames=sys._current_frames, _AssertionError=AssertionError, _BaseException=BaseException, _type=type,
+                 _frames=sys._current_frames, _AssertionError=AssertionError,
+                 _BaseException=BaseException, _type=type,
                  _str=str, _len=len, _dict=dict, _builtins=__builtins__):
   """Runs `code`, then `test` in the same namespace; reports through fd 3, with `token` on success.
 
@@ -164,7 +167,8 @@ def _run_program(code, test, token, _write=os.write, _exit=os._exit, _exec=exec,
     _exit(0)
 
   def audit(event, args):
-    # A trace function could jump past an assert line; no honest solution needs tracing or profiling.
+    # A trace function could jump past an assert line; honest solutions need neither tracing nor
+    # profiling.
     if event in ("sys.settrace", "sys.setprofile"):
       raise RuntimeError(f"{event} is disabled in the sandbox")
 

