@@ -158,3 +158,31 @@ def test_mbpp_samples_with_integer_task_ids(tmp_path, capsys):
   summary = _last_json_line(capsys.readouterr().out)
   assert rc == 0 and summary["pass@1"] == 1.0
   assert summary["protocol"]["dataset"]["split"] == "test"
+
+
+def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monkeypatch):
+  """Wiring only (no JAX here): load_for_inference(dir), then one batched generate call."""
+  import types
+  calls = {}
+  answers = {t.prompt: t.reference + "\ndef junk():\n    return undefined\n" for t in TASKS}
+
+  def load_for_inference(path):
+    calls["path"] = path
+    return "model", "tokenizer"
+
+  def generate(model, tokenizer, prompts, **kwargs):
+    calls.update(kwargs, n_prompts=len(prompts))
+    return [answers[p] for p in prompts]
+
+  monkeypatch.setitem(sys.modules, "phi1.checkpoint",
+                      types.SimpleNamespace(load_for_inference=load_for_inference))
+  monkeypatch.setitem(sys.modules, "phi1.generate", types.SimpleNamespace(generate=generate))
+  rc = cli.main(["--bench", "humaneval", "--checkpoint", str(tmp_path), "--limit", "4", "--n", "2",
+                 "--temperature", "0.8", "--top-p", "0.95", "--max-new-tokens", "64",
+                 "--no-progress"])
+  summary = _last_json_line(capsys.readouterr().out)
+  assert rc == 0 and summary["pass@1"] == 1.0 and summary["pass@2"] == 1.0
+  assert calls["path"] == str(tmp_path) and calls["n_prompts"] == 8
+  assert (calls["max_new_tokens"], calls["temperature"], calls["top_p"]) == (64, 0.8, 0.95)
+  assert calls["stop"] == list(summary["protocol"]["stops"]) and "\ndef" in calls["stop"]
+  assert summary["protocol"]["generator"]["kind"] == "checkpoint"

@@ -165,3 +165,13 @@ def test_no_jax_on_the_execution_path():
   code = ("import sys\nimport phi1.evals.run, phi1.evals.cli, phi1.evals.sandbox\n"
           "assert not any(m == 'jax' or m.startswith('jax.') for m in sys.modules), 'jax imported'")
   subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+@needs_root
+def test_without_bubblewrap_installed_own_namespaces_take_over(monkeypatch):
+  monkeypatch.setattr(sandbox_lib.shutil, "which", lambda name: None)
+  isolation = sandbox_lib.decide_isolation()
+  assert isolation.bwrap is None and isolation.own_namespaces and isolation.uid == 65534
+  assert any("bwrap not installed" in m for m in isolation.off)
+  with pytest.raises(RuntimeError, match="bubblewrap cannot be used"):
+    sandbox_lib.decide_isolation(bwrap=True)
