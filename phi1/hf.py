@@ -181,20 +181,19 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
   tensors = _read_tensors(_weight_files(path))
   abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(seed)))
   graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
-  flat, used, problems = [], set(), []
+  flat, problems = [], []
   for key, var in nnx.to_flat_state(params):
     name, transpose = _hf_name(key)
     if name not in tensors:
       problems.append(f"missing tensor {name}")
       continue
-    array = tensors[name].T if transpose else tensors[name]
-    if array.shape != var.shape:
-      problems.append(f"{name} has shape {tuple(tensors[name].shape)}, config.json implies "
+    array = tensors.pop(name)  # pop: host copies are freed as device copies appear
+    if (array.T if transpose else array).shape != var.shape:
+      problems.append(f"{name} has shape {tuple(array.shape)}, config.json implies "
                       f"{tuple(var.shape)[::-1] if transpose else tuple(var.shape)}")
       continue
-    used.add(name)
-    flat.append((key, var.replace(jnp.asarray(array, dtype=var.dtype))))
-  unexpected = sorted(n for n in tensors if n not in used and not n.endswith(_IGNORED_SUFFIXES))
+    flat.append((key, var.replace(jnp.asarray(array.T if transpose else array, dtype=var.dtype))))
+  unexpected = sorted(n for n in tensors if not n.endswith(_IGNORED_SUFFIXES))
   if unexpected and not problems:
     problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
   if problems:
