@@ -1,4 +1,4 @@
-"""`phi1 pretokenize`: tokenize text corpora once into ArrayRecord shards the trainer reads directly.
+"""`phi1 pretokenize`: tokenize text corpora once, into ArrayRecord shards the trainer reads.
 
     phi1 pretokenize --tokenizer tokenizer.json --output data/code_tok data/code.jsonl.gz
     # then in the experiment config: data.sources = [{"path": "data/code_tok", "weight": 1.0}]

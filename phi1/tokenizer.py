@@ -13,7 +13,7 @@ the string cannot inject a document boundary.
     tok = load_tokenizer("tok.model")          # or "tokenizer.json", or a directory holding one
     ids = tok.encode("def f():\\n\\treturn 1\\n")
     assert tok.decode(ids) == "def f():\\n\\treturn 1\\n"
-    model_vocab = max(config.vocab_size, tok.vocab_size)   # the model's table may be larger
+    assert model_config.vocab_size >= tok.vocab_size     # the embedding may have spare rows
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 class HFTokenizer(Tokenizer):
-  """An HF `tokenizer.json` (for phi-1: the CodeGen byte-level BPE), via the `tokenizers` package."""
+  """An HF `tokenizer.json` (phi-1: the CodeGen byte-level BPE) via the `tokenizers` package."""
 
   def __init__(self, path: str):
     from tokenizers import Tokenizer as _HFTok  # pylint: disable=import-outside-toplevel

@@ -93,7 +93,8 @@ def _epoch_docs(it):
 @pytest.fixture
 def corpus(tmp_path):
   texts = _docs(40)
-  return texts, _write_jsonl(tmp_path / "a.jsonl", [{"id": i, "text": t} for i, t in enumerate(texts)])
+  records = [{"id": i, "text": t} for i, t in enumerate(texts)]
+  return texts, _write_jsonl(tmp_path / "a.jsonl", records)
 
 
 def test_concat_stream_holds_every_token_once_in_order(corpus):
@@ -125,7 +126,8 @@ def test_document_mode_same_rows_with_segments_that_never_cross_documents(corpus
   seg, pos = _rows(doc, "segment_ids"), _rows(doc, "positions")
   assert seg.dtype == np.int32 and pos.dtype == np.int32
   # Document index of every target in the global stream: it increases after each eos target.
-  doc_of_target = np.concatenate([[0], np.cumsum(targets.reshape(-1) == EOS)[:-1]]).reshape(seg.shape)
+  ends = np.cumsum(targets.reshape(-1) == EOS)
+  doc_of_target = np.concatenate([[0], ends[:-1]]).reshape(seg.shape)
   for r in range(seg.shape[0]):
     assert seg[r, 0] == 1 and np.all(seg[r] >= 1)  # no padding in a training row
     assert np.all(np.diff(seg[r]) >= 0) and np.all(np.diff(seg[r]) <= 1)

@@ -152,7 +152,8 @@ def test_pipeline_throughput_on_demo_corpus(built):
   it.close()
   assert batch["inputs"].shape == (8, 512)
   assert pipeline.stats.sources["source0"].tokens > 1_000_000
-  print(f"\nbuild (tokenize {pipeline.stats.sources['source0'].tokens:,} tokens) {build_seconds:.1f}s; "
+  tokens = pipeline.stats.sources["source0"].tokens
+  print(f"\nbuild (tokenize {tokens:,} tokens) {build_seconds:.1f}s; "
         f"{rate:.0f} batches/s = {rate * 8 * 512 / 1e6:.2f}M tokens/s at B=8, T=512")
   # A tiny model on 2 CPU cores trains at well under 0.1M tokens/s.
   assert rate * 8 * 512 > 200_000

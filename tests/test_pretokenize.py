@@ -1,4 +1,4 @@
-"""`phi1 pretokenize`: ArrayRecord shards that read back as the same documents, corruption counted."""
+"""`phi1 pretokenize`: shards that read back as the same documents; corruption is counted."""
 
 import json
 import os
@@ -64,15 +64,17 @@ def _eval_documents(pipeline):
 def test_shards_hold_the_same_documents_as_the_text_source(tmp_path, corpus):
   records, path = corpus
   out = tmp_path / "tok"
-  meta = pretokenize.pretokenize([path], str(out), ByteTokenizer(), num_shards=3, log=lambda _: None)
+  meta = pretokenize.pretokenize([path], str(out), ByteTokenizer(), num_shards=3,
+                                 log=lambda _: None)
   assert sorted(os.listdir(out)) == ["metadata.json"] + [
       f"tokens-{i:05d}-of-00003.array_record" for i in range(3)]
   assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
   assert token_docs.read_metadata(str(out))["shards"] == meta["shards"]
-  assert meta["documents"] == len(records) and [s["records"] for s in meta["shards"]] == [14, 13, 13]
+  assert meta["documents"] == len(records)
+  assert [s["records"] for s in meta["shards"]] == [14, 13, 13]
   assert meta["inputs"]["input0"]["bad_json"] == 1
-  assert meta["tokens"] == sum(len((r.get("prompt", "") + r.get("completion", r.get("text", ""))).encode())
-                               for r in records)
+  texts = [r.get("prompt", "") + r.get("completion", r.get("text", "")) for r in records]
+  assert meta["tokens"] == sum(len(t.encode()) for t in texts)
   from_text = data.build(_config([path]), seq_len=16, batch_size=2, tokenizer=ByteTokenizer(),
                          process_index=0, process_count=1)
   # No tokenizer needed: eos and vocab come from metadata.json.
@@ -133,7 +135,7 @@ def test_corrupt_shards_and_records_are_counted(tmp_path, corpus):
   docs = _eval_documents(pipeline)  # reads every record of the eval source once
   s = pipeline.stats.sources["eval0"]
   assert s.corrupt_shards == 1 and pipeline.stats.sources["source0"].corrupt_shards == 1
-  assert s.records == len(records) + 1 and s.bad_json == 1  # the broken line, found at tokenize time
+  assert s.records == len(records) + 1 and s.bad_json == 1  # the broken line, seen at tokenizing
   assert s.corrupt_records > meta["shards"][0]["records"]  # the truncated shard + flipped records
   assert s.documents + s.corrupt_records == len(records) == len(docs) + s.corrupt_records
   next(iter(pipeline.train))

@@ -195,7 +195,7 @@ class DataPipeline:
       self.eos_id, self.vocab_size = int(meta["eos_id"]), int(meta["vocab_size"])
     elif (self.eos_id, self.vocab_size) != (meta["eos_id"], meta["vocab_size"]):
       raise ValueError(f"{path} uses eos {meta['eos_id']} / vocab {meta['vocab_size']}, other "
-                       f"sources {self.eos_id} / {self.vocab_size}: tokenize all with one tokenizer")
+                       f"sources {self.eos_id} / {self.vocab_size}: use one tokenizer for all")
 
   def _to_example(self):
     return DocumentToExample(self.eos_id, bool(self.config.loss_on_prompt))

@@ -32,7 +32,7 @@ class SourceStats:
   path: str
   records: int = 0          # lines, rows, files or ArrayRecord entries looked at
   documents: int = 0        # usable documents
-  tokens: int = 0           # tokens of usable documents (eos not included)
+  tokens: int = 0           # tokens (no eos) this process tokenized; all, if pre-tokenized
   bad_json: int = 0         # a line that is not a JSON object
   missing_text: int = 0     # no string `text` (nor string `prompt` + `completion`)
   empty_text: int = 0       # text (prompt + completion) empty or whitespace only
@@ -79,8 +79,8 @@ class DataStats:
   def summary(self) -> str:
     lines = []
     for name, s in self.sources.items():
-      problems = {f.name: getattr(s, f.name) for f in dataclasses.fields(s)
-                  if f.name not in ("path", "records", "documents", "tokens") and getattr(s, f.name)}
+      problems = {k: v for k, v in self.counters(name).items()
+                  if k not in ("records", "documents", "tokens") and v}
       lines.append(f"{name} ({s.path}): {s.documents} documents, {s.tokens} tokens"
                    + (f"; skipped {problems}" if problems else ""))
     return "\n".join(lines)
@@ -191,5 +191,5 @@ def read_documents(path: str, stats: SourceStats) -> Iterator[Document]:
     return _json_lines(path, stats)
   if path.endswith(".parquet"):
     return _parquet_rows(path, stats)
-  raise ValueError(f"cannot read {path}: expected *.jsonl[.gz], *.json[.gz], *.parquet, a directory "
-                   "of .py files, or a pre-tokenized directory (phi1 pretokenize) with metadata.json")
+  raise ValueError(f"cannot read {path}: expected *.jsonl[.gz], *.json[.gz], *.parquet, a "
+                   "directory of .py files, or a `phi1 pretokenize` directory (metadata.json)")
