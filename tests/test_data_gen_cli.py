@@ -116,3 +116,20 @@ def test_dispatches_to_the_other_data_gen_clis(command, capsys):
     main([command, "--help"])
   assert exit_info.value.code == 0
   assert "usage" in capsys.readouterr().out.lower()
+
+
+def test_batch_backend_generates_and_tops_up(tmp_path):
+  out = tmp_path / "tb"
+  with FakeOpenAI(batch_delay_s=0.1) as server:
+    for n in (40, 60):
+      r = subprocess.run(_command("textbooks", n, out, server, "--backend", "batch",
+                                  "--batch-poll-s", "0.05"),
+                         env=_env(OPENAI_API_KEY=KEY), capture_output=True, text=True, timeout=120)
+      assert r.returncode == 0, r.stderr[-2000:]
+      assert json.loads(r.stdout.strip().splitlines()[-1])["stored"] == n
+    stats = server.stats()
+  records = read_records(str(out))
+  assert len(records) == 60 and len({r["id"] for r in records}) == 60
+  assert stats["batches"] >= 2 and max(stats["served_counts"].values()) == 1
+  for r in records:
+    assert stats["served_counts"][r["request_hash"]] == 1

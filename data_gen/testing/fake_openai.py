@@ -161,7 +161,7 @@ class _Server:
 
   def stats(self) -> dict:
     return {"request_counts": dict(self.request_counts), "served_counts": dict(self.served_counts),
-            "fault_counts": dict(self.fault_counts)}
+            "fault_counts": dict(self.fault_counts), "batches": len(self.batches)}
 
   async def stats_handler(self, request):
     return web.json_response(self.stats())
@@ -378,7 +378,8 @@ class FakeOpenAI:
     self.stop()
 
   def stats(self) -> dict:
-    """{"request_counts", "served_counts", "fault_counts"} as plain dicts (a snapshot)."""
+    """{"request_counts", "served_counts", "fault_counts", "batches"} (a snapshot; batch lines
+    count in request/served counts like online requests)."""
     if self._server is not None:  # snapshot on the server's loop: the counters change there
 
       async def snapshot():
