@@ -146,7 +146,7 @@ class _CacheOnly:
 
   def __init__(self, llm: LLM):
     self._llm = llm
-    self.revision, self.stats, self._semaphore = llm.revision, llm.stats, llm._semaphore
+    self.revision, self.stats, self.concurrency = llm.revision, llm.stats, llm.concurrency
 
   def key(self, request):
     return self._llm.key(request)

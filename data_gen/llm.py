@@ -231,6 +231,7 @@ class LLM:
     if concurrency < 1:
       raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     self.model = model
+    self.concurrency = concurrency
     self.revision = revision
     self.retry = retry or RetryPolicy()
     self.prices = prices or prices_for(model)

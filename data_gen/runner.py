@@ -11,6 +11,7 @@ answers come back from the cache for free.
 import asyncio
 import dataclasses
 import errno
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -107,7 +108,7 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
                    progress: bool = True, max_rejects: int | None = None) -> RunSummary:
   """Fill `writer`'s directory up to `n` valid records. Stops cleanly on budget, fatal endpoint
   errors and a full disk (what was stored stays stored); the reason is in `RunSummary.stopped`."""
-  window = window or 2 * llm._semaphore._value
+  window = window or 2 * llm.concurrency
   start_count = len(writer)
   rejects: Counter = Counter()
   bar = _Progress(n, min(start_count, n), progress, llm, rejects)
@@ -144,6 +145,9 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
           continue
         except (FatalAPIError, RetriesExhausted) as e:
           stopped = f"error: {e}"
+          continue
+        except sqlite3.OperationalError as e:  # the cache could not be written (disk full?)
+          stopped = f"error: response cache: {e}"
           continue
         if isinstance(result, str):
           rejects[result] += 1

@@ -133,3 +133,16 @@ def test_2000_requests_with_20_percent_faults_give_exactly_n_records(tmp_path):
     assert served[r["request_hash"]] >= 1
     assert r["text"] == r["prompt"] + r["completion"]
     assert f"def {r['constraints']['function_name']}(" in r["prompt"]
+
+
+def test_trainer_reads_exercise_shards_as_prompt_and_completion(tmp_path):
+  records = [{"id": "e1", "text": "def f():\n    \"\"\"D.\"\"\"\n    return 1\n",
+              "prompt": "def f():\n    \"\"\"D.\"\"\"\n", "completion": "    return 1\n",
+              "source": "synthetic_exercises"}]
+  with ShardWriter(str(tmp_path), kind="exercises") as writer:
+    writer.append(records[0])
+  records_module = pytest.importorskip("phi1.data.records")
+  from data_gen.shards import shard_files
+  path = shard_files(str(tmp_path))[0]
+  docs = list(records_module.read_documents(path, records_module.SourceStats(path)))
+  assert docs == [(records[0]["prompt"], records[0]["completion"])]
