@@ -4,8 +4,8 @@ Each stage writes its outputs and a `summary.json` under `workdir/<stage>/`. A s
 (not rerun) when its summary exists and its fingerprint, a hash of its settings and of every
 upstream stage's fingerprint, is unchanged; change a setting and that stage and everything after it
 run again. A stage named in `skip` does not run: its previous outputs are used if present (for
-`dedup`, the ingested records pass straight through; for `annotate`, `labels=FILE` can supply
-labels made elsewhere).
+`dedup`, the ingested records pass straight through). `labels=FILE` (`--labels`) makes the annotate
+stage copy labels made elsewhere instead of calling the LLM.
 
   workdir/ingest/records.jsonl       every record (id, text, source, kind, python_ok, meta)
   workdir/dedup/records.jsonl        kept records; clusters.jsonl: the duplicate clusters
@@ -215,8 +215,8 @@ class Pipeline:
   def _labels(self) -> list[dict]:
     path = self.workdir / "annotate" / "labels.jsonl"
     if not path.exists():
-      raise FileNotFoundError(f"{path} does not exist: run the annotate stage, or skip it and "
-                              f"pass labels=FILE (--labels FILE)")
+      raise FileNotFoundError(f"{path} does not exist: run the annotate stage (it calls the LLM, "
+                              f"or with --labels FILE copies labels made elsewhere)")
     return list(ingest_lib.read_jsonl(path))
 
   def _embed(self) -> dict:
