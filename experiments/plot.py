@@ -1,0 +1,280 @@
+"""Scaling curves from registries: loss vs compute and vs tokens, a fitted power law, pass@1.
+
+  python -m experiments.plot runs/cpu_sweep/registry.csv [more registries or sweep roots ...]
+      --out DIR [--offset] [--fit-on frontier|final] [--loss eval|train]
+
+Each registry (a CSV/Parquet written by experiments/registry.py, or a sweep root, read on the fly)
+is one sweep; its runs are grouped into families by the `family` column (experiments/sweep.py sets
+it per run), and every family of every sweep shares one set of axes, so sweeps compare on one plot.
+Per family the plot fits
+    L(C) = a * (C / C0)^-b  (+ c with --offset)          C = training FLOPs (phi1/flops.py)
+by least squares on log L (relative errors: the losses of a scaling curve span a decade), with
+C0 the geometric mean of the points' compute so a and b are weakly correlated; A = a * C0^b is the
+coefficient for C in FLOPs. Uncertainties are one standard deviation from the covariance
+scipy.optimize.curve_fit returns. Points: `--fit-on frontier` (default) takes every logged eval of
+every run in the family (from metrics.jsonl; compute at step s is s/steps of the run's) and keeps
+the compute-efficient frontier, the lowest loss reached at each compute (Kaplan et al. 2020,
+Hoffmann et al. 2022); `--fit-on final` takes one point per run (its final loss).
+Writes loss_vs_compute, loss_vs_tokens and (when any run has one) pass_at_1_vs_compute as PNG and
+SVG, and fits.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from experiments import registry  # noqa: E402
+
+
+@dataclasses.dataclass
+class PowerLawFit:
+  """L(C) = a * (C / c_ref)^-b + c, with one-sigma errors."""
+  a: float
+  b: float
+  c: float
+  a_err: float
+  b_err: float
+  c_err: float
+  c_ref: float
+  n_points: int
+  offset: bool
+
+  def __call__(self, compute):
+    return self.a * (np.asarray(compute, float) / self.c_ref) ** -self.b + self.c
+
+  @property
+  def coefficient(self) -> float:
+    """A in L = A * C^-b (+ c), C in FLOPs."""
+    return self.a * self.c_ref ** self.b
+
+  def describe(self) -> str:
+    text = (f"L = {self.a:.4g}(±{self.a_err:.2g}) * (C/{self.c_ref:.3g})^-{self.b:.4g}"
+            f"(±{self.b_err:.2g})")
+    return text + (f" + {self.c:.4g}(±{self.c_err:.2g})" if self.offset else "")
+
+
+def fit_power_law(compute, loss, *, offset: bool = False) -> PowerLawFit:
+  """Least-squares fit of log L; needs more points than parameters (for the covariance)."""
+  from scipy.optimize import curve_fit
+  C, L = np.asarray(compute, float), np.asarray(loss, float)
+  keep = np.isfinite(C) & np.isfinite(L) & (C > 0) & (L > 0)
+  C, L = C[keep], L[keep]
+  n_params = 3 if offset else 2
+  if len(C) <= n_params:
+    raise ValueError(f"a power law{' with offset' if offset else ''} needs more than {n_params} "
+                     f"points with positive compute and loss to give uncertainties; got {len(C)}")
+  c_ref = float(np.exp(np.mean(np.log(C))))
+  logx, logL = np.log(C / c_ref), np.log(L)
+  (log_a, b), cov = curve_fit(lambda x, log_a, b: log_a - b * x, logx, logL, p0=(logL.mean(), 0.1))
+  a, (log_a_err, b_err) = math.exp(log_a), np.sqrt(np.diag(cov))
+  if not offset:
+    return PowerLawFit(a, b, 0.0, a * log_a_err, b_err, 0.0, c_ref, len(C), False)
+
+  def model(x, a, b, c):
+    return np.log(a * np.exp(-b * x) + c)
+
+  # Start from the offset-free fit above a floor at half the smallest loss.
+  c0 = 0.5 * L.min()
+  (log_a0, b0), _ = curve_fit(lambda x, la, bb: la - bb * x, logx, np.log(L - c0),
+                              p0=(log_a, max(b, 1e-3)))
+  params, cov = curve_fit(model, logx, logL, p0=(math.exp(log_a0), max(b0, 1e-3), c0),
+                          bounds=([0.0, 0.0, 0.0], [np.inf, 10.0, L.min()]), max_nfev=20000)
+  errors = np.sqrt(np.diag(cov))
+  return PowerLawFit(*map(float, params), *map(float, errors), c_ref, len(C), True)
+
+
+def frontier(points) -> list[tuple[float, float]]:
+  """The lowest-loss envelope: points whose loss beats every point of smaller or equal compute."""
+  out, best = [], math.inf
+  for compute, loss in sorted(points):
+    if loss < best:
+      out.append((compute, loss))
+      best = loss
+  return out
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def load(sources) -> list[dict]:
+  """Rows of every registry (file, or sweep root read on the fly), tagged with `sweep_label`."""
+  rows = []
+  for source in map(pathlib.Path, sources):
+    if source.is_dir():
+      found = registry.collect([source])
+      label = source.name
+    else:
+      found = registry.read(source)
+      label = source.parent.name if source.stem == "registry" else source.stem
+    for row in found:
+      row["sweep_label"] = label
+    rows += found
+  if not rows:
+    raise ValueError(f"no runs in {list(map(str, sources))}")
+  return rows
+
+
+def curve(row: dict, loss: str) -> list[tuple[float, float, float]]:
+  """(tokens, FLOPs, loss) at every logged step of a run, from its metrics.jsonl; [] if gone."""
+  path = pathlib.Path(row.get("workdir") or "") / "metrics.jsonl"
+  if not row.get("tokens") or not path.is_file():
+    return []
+  key = "eval_loss" if loss == "eval" else "loss"
+  flops_per_token = row["flops"] / row["tokens"]
+  tokens_per_step = row["tokens"] / row["steps"]
+  out = []
+  for record in registry._read_jsonl(path):
+    if key in record and record["step"] <= row["steps"]:
+      tokens = record["step"] * tokens_per_step
+      out.append((tokens, tokens * flops_per_token, float(record[key])))
+  return out
+
+
+def final_loss(row: dict, loss: str):
+  if loss == "train":
+    return row.get("final_loss")
+  return row.get("final_eval_loss")
+
+
+def families(rows) -> dict[str, list[dict]]:
+  groups = {}
+  several = len({r["sweep_label"] for r in rows}) > 1
+  for row in rows:
+    family = row.get("family") or row["sweep_label"]
+    label = f"{row['sweep_label']}/{family}" if several and family != row["sweep_label"] else family
+    groups.setdefault(label, []).append(row)
+  return groups
+
+
+# ------------------------------------------------------------------------------------------- plots
+def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
+         fit_on: str = "frontier") -> dict:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  if loss not in ("eval", "train") or fit_on not in ("frontier", "final"):
+    raise ValueError(f"loss must be eval|train and fit_on frontier|final; got {loss}, {fit_on}")
+  rows = load(sources)
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  groups = families(rows)
+  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  markers = "osD^vP*X"
+  sweep_marker = {s: markers[i % len(markers)]
+                  for i, s in enumerate(dict.fromkeys(r["sweep_label"] for r in rows))}
+  fits, written = {}, []
+  ylabel = f"{loss} loss (nats/token)"
+
+  fig_c, ax_c = plt.subplots(figsize=(7, 5))
+  fig_t, ax_t = plt.subplots(figsize=(7, 5))
+  for i, (label, members) in enumerate(groups.items()):
+    color = colors[i % len(colors)]
+    curve_points = []
+    for row in members:
+      points = curve(row, loss)
+      curve_points += [(c, l) for _, c, l in points]
+      if points:
+        tokens, compute, losses = zip(*points)
+        ax_c.plot(compute, losses, color=color, alpha=0.35, lw=1)
+        ax_t.plot(tokens, losses, color=color, alpha=0.35, lw=1)
+      final = final_loss(row, loss)
+      if final is not None and row.get("flops"):
+        marker = sweep_marker[row["sweep_label"]]
+        ax_c.scatter(row["flops"], final, color=color, marker=marker, zorder=3)
+        ax_t.scatter(row["tokens"], final, color=color, marker=marker, zorder=3)
+        ax_t.annotate(row["name"], (row["tokens"], final), fontsize=7, alpha=0.7,
+                      xytext=(3, 3), textcoords="offset points")
+    finals = [(r["flops"], final_loss(r, loss)) for r in members
+              if r.get("flops") and final_loss(r, loss) is not None]
+    fit_points = frontier(curve_points) if fit_on == "frontier" and curve_points else finals
+    ax_c.scatter([], [], color=color, label=label)
+    try:
+      fit = fit_power_law(*zip(*fit_points), offset=offset) if fit_points else None
+    except (ValueError, RuntimeError) as e:  # too few points, or no convergence: plot, say why
+      print(f"plot: no fit for {label}: {e}", file=sys.stderr)
+      fit = None
+    if fit is not None:
+      grid = np.geomspace(min(c for c, _ in fit_points), max(c for c, _ in fit_points) * 1.5, 100)
+      ax_c.plot(grid, fit(grid), "--", color=color,
+                label=f"{label} fit: b = {fit.b:.3f} ± {fit.b_err:.3f}")
+      fits[label] = {**dataclasses.asdict(fit), "A (C in FLOPs)": fit.coefficient,
+                     "formula": fit.describe(), "fit_on": fit_on, "loss": loss,
+                     "points": [list(p) for p in fit_points]}
+  for ax, xlabel in ((ax_c, "training compute C (FLOPs, 6N + attention)"),
+                     (ax_t, "training tokens")):
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+  ax_c.set_title(f"loss vs compute; fit L = a (C/C0)^-b{' + c' if offset else ''} on the "
+                 f"{'compute frontier' if fit_on == 'frontier' else 'final points'}", fontsize=9)
+  ax_t.set_title("loss vs tokens (lines: logged evals; markers: final)", fontsize=9)
+  ax_c.legend(fontsize=8)
+  for fig, name in ((fig_c, "loss_vs_compute"), (fig_t, "loss_vs_tokens")):
+    written += _save(fig, out / name)
+
+  scored = [(b, r) for r in rows for b in registry.BENCHES
+            if r.get(f"{b}_pass@1") is not None and r.get("flops")]
+  if scored:
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (label, members) in enumerate(groups.items()):
+      for j, bench in enumerate(registry.BENCHES):
+        points = sorted((r["flops"], r[f"{bench}_pass@1"]) for r in members
+                        if r.get(f"{bench}_pass@1") is not None and r.get("flops"))
+        if points:
+          ax.plot(*zip(*points), marker=markers[j], ls="-" if j == 0 else ":",
+                  color=colors[i % len(colors)], label=f"{label} {bench}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("pass@1 (protocol in the registry)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    written += _save(fig, out / "pass_at_1_vs_compute")
+  (out / "fits.json").write_text(json.dumps(fits, indent=2))
+  written.append(out / "fits.json")
+  plt.close("all")
+  return {"fits": fits, "files": [str(p) for p in written]}
+
+
+def _save(fig, stem: pathlib.Path) -> list[pathlib.Path]:
+  fig.tight_layout()
+  paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+  for path in paths:
+    fig.savefig(path, dpi=130)
+  return paths
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m experiments.plot", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("registries", nargs="+", help="registry .csv/.parquet files or sweep roots")
+  p.add_argument("--out", required=True, help="directory for the PNG/SVG plots and fits.json")
+  p.add_argument("--loss", default="eval", choices=("eval", "train"))
+  p.add_argument("--offset", action="store_true", help="fit an irreducible loss c as well")
+  p.add_argument("--fit-on", default="frontier", choices=("frontier", "final"))
+  args = p.parse_args(argv)
+  try:
+    result = plot(args.registries, args.out, loss=args.loss, offset=args.offset,
+                  fit_on=args.fit_on)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"plot: {e}", file=sys.stderr)
+    return 2
+  for label, fit in result["fits"].items():
+    print(f"{label}: {fit['formula']}  ({fit['n_points']} points, {fit['fit_on']})")
+  print("wrote " + ", ".join(result["files"]))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
