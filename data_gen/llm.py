@@ -9,7 +9,7 @@ What a run of millions of requests needs, in the order a request meets it:
   budget    the worst case (prompt bytes + max_tokens) is reserved before sending, so the budget can
             never be exceeded, and settled to the real `usage` cost afterwards;
   limiter   token buckets for requests/min and tokens/min, paused by a 429's Retry-After;
-  semaphore bounded concurrency;
+  semaphore bounded concurrency (the SDK's aiohttp transport: see `http`);
   retries   exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
             connections / malformed bodies, honouring Retry-After; other 4xx fail fast;
   cache     the response is committed before it is returned.
@@ -33,7 +33,6 @@ import openai
 from data_gen.cache import ResponseCache
 from data_gen.pricing import Prices, prices_for
 from data_gen.ratelimit import RateLimiter
-from data_gen.transport import AiohttpTransport
 
 
 class MissingAPIKey(RuntimeError):
@@ -232,6 +231,7 @@ class LLM:
       raise ValueError(f"concurrency must be >= 1, got {concurrency}")
     self.model = model
     self.concurrency = concurrency
+    self.timeout_s = timeout_s
     self.revision = revision
     self.retry = retry or RetryPolicy()
     self.prices = prices or prices_for(model)
@@ -245,9 +245,14 @@ class LLM:
     self.stats = Stats()
     self._semaphore = asyncio.Semaphore(concurrency)
     self._in_flight: dict[str, asyncio.Future] = {}
+    # The SDK's aiohttp client: at high concurrency httpx's connection pool scans every connection
+    # on each request and the client tops out near 560 requests/s on a 2-core machine against a
+    # 50 ms server (vs ~1,100 with aiohttp). The openai client still builds each request, adds
+    # auth and maps errors to its exceptions.
     if http == "aiohttp":
-      http_client = httpx2.AsyncClient(transport=AiohttpTransport(max_connections=concurrency),
-                                       timeout=timeout_s)
+      http_client = openai.DefaultAioHttpClient(
+          timeout=timeout_s, limits=httpx2.Limits(max_connections=concurrency,
+                                                  max_keepalive_connections=concurrency))
     elif http == "httpx":
       http_client = None
     else:
@@ -335,8 +340,10 @@ class LLM:
       wait_hint = None
       try:
         async with self._semaphore:
-          raw = await self.client.post(path, content=payload, cast_to=httpx2.Response,
-                                       options={"headers": {"Content-Type": "application/json"}})
+          # One deadline for the whole attempt: socket timeouts alone miss a server that trickles.
+          async with asyncio.timeout(self.timeout_s):
+            raw = await self.client.post(path, content=payload, cast_to=httpx2.Response,
+                                         options={"headers": {"Content-Type": "application/json"}})
           response = parse_response(raw.content, chat)
         self.stats.requests += 1
         self.limiter.settle_tokens(token_estimate,
@@ -349,7 +356,7 @@ class LLM:
         wait_hint = retry_after_s(e.response)
         if e.status_code == 429 and self.pause_on_429:
           self.limiter.pause(min(wait_hint or self.retry.base_s, self.retry.max_retry_after_s))
-      except openai.APITimeoutError:
+      except (openai.APITimeoutError, TimeoutError):
         kind = "timeout"
       except openai.APIConnectionError:
         kind = "connection"

@@ -21,6 +21,8 @@ class TokenBucket:
     self.updated = time.monotonic()
 
   def _refill(self, now: float):
+    if now <= self.updated:
+      return
     self.level = min(self.capacity, self.level + (now - self.updated) * self.rate_per_s)
     self.updated = now
 
@@ -31,6 +33,7 @@ class TokenBucket:
     return 0.0 if self.level >= amount else (amount - self.level) / self.rate_per_s
 
   def take(self, amount: float):
+    self._refill(time.monotonic())
     self.level -= min(amount, self.capacity)
 
   def give_back(self, amount: float):

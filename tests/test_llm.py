@@ -157,7 +157,8 @@ def test_token_bucket_waits_for_refill():
   assert bucket.wait_time(120, now) == 0
   bucket.take(120)
   assert bucket.wait_time(1, now) == pytest.approx(0.5, rel=0.01)
-  assert bucket.wait_time(1, now + 0.5) == pytest.approx(0.0, abs=1e-6)
+  assert bucket.wait_time(1, now + 0.51) == 0.0
+  assert bucket.wait_time(120, now + 60.5) == 0.0 and bucket.level == 120  # capped at capacity
 
 
 def test_rate_limiter_spaces_requests(tmp_path):
