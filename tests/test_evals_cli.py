@@ -186,3 +186,14 @@ def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monk
   assert (calls["max_new_tokens"], calls["temperature"], calls["top_p"]) == (64, 0.8, 0.95)
   assert calls["stop"] == list(summary["protocol"]["stops"]) and "\ndef" in calls["stop"]
   assert summary["protocol"]["generator"]["kind"] == "checkpoint"
+
+
+def test_limit_skips_other_problems_quietly(tmp_path, capsys):
+  everything = humaneval.load()
+  _write(tmp_path / "all.jsonl", [dict(task_id=t.task_id, completion=t.reference) for t in everything])
+  rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "all.jsonl"), "--limit", "3",
+                 "--no-progress"])
+  captured = capsys.readouterr()
+  summary = _last_json_line(captured.out)
+  assert rc == 0 and summary["num_samples"] == 3 and summary["num_rejected"] == 0
+  assert summary["protocol"]["dataset"]["limit"] == 3 and "rejected" not in captured.err

