@@ -92,11 +92,11 @@ def is_export(path) -> bool:
 def load_model(path, **config_overrides) -> Phi1:
   """A Phi1 from an export directory, an HF directory, or a training workdir (its latest step)."""
   path = pathlib.Path(path).absolute()
+  if not is_export(path) and (path / "export").is_dir():
+    path = path / "export"
   if (path / "config.json").is_file() and not is_export(path):
     from phi1 import hf
     return hf.from_hf(path)
-  if not is_export(path) and (path / "export").is_dir():
-    path = path / "export"
   if not is_export(path):
     raise FileNotFoundError(
         f"{path} is neither a params export (with {EXPORT_CONFIG}) nor an HF directory "
