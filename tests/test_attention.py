@@ -12,6 +12,16 @@ from phi1 import sharding
 on_gpu = pytest.mark.skipif(jax.default_backend() not in ("gpu", "cuda"), reason="needs a GPU")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def quick_compiles():
+  """Interpret-mode kernels are compiled by XLA:CPU to run a few times: optimising that code costs
+  more than it saves (about half of this file's time)."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
+
+
 def random_qkv(seed, shape, dtype=jnp.float32):
   keys = jax.random.split(jax.random.key(seed), 3)
   return tuple(jax.random.normal(key, shape, jnp.float32).astype(dtype) for key in keys)
@@ -24,6 +34,15 @@ def packed_segments(B, T):
     first, used = T // 3 + b, T - 2 - b
     ids[b, :first], ids[b, first:used] = 1, 2
   return jnp.asarray(ids)
+
+
+def assert_matches(got, want, tol=1e-5):
+  """max |got - want| <= tol * max(1, max |want|): fp32 rounding, scaled to the values (a gradient
+  that is 0 in theory, like dQ of a document's first token, is met up to that rounding)."""
+  got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
+  assert np.all(np.isfinite(got))
+  err = np.max(np.abs(got - want))
+  assert err <= tol * max(1.0, np.max(np.abs(want))), f"max error {err:.2e}"
 
 
 def loop_attention(q, k, v, segment_ids, causal):
@@ -67,7 +86,7 @@ def test_pallas_impl_matches_xla():
     return run("pallas"), run("xla")
 
   for got, want in zip(*out_and_grads(q, k, v)):
-    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert_matches(got, want)
 
 
 def test_xla_dropout_drops_at_the_rate_and_rescales():
@@ -130,11 +149,11 @@ def test_sharded_attention_matches_unsharded(impl):
   out = jax.jit(lambda q, k, v: attend(q, k, v, segment_ids=seg, impl=impl))(q, k, v)
   assert out.sharding.is_equivalent_to(layout, 4)
   want = jax.jit(lambda q, k, v: attention_lib.attention(q, k, v, segment_ids=seg))(q, k, v)
-  np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+  assert_matches(out, want)
   grad_of = lambda fn: jax.jit(jax.grad(lambda *a: loss(fn, *a), argnums=(0, 1, 2)))(q, k, v)
   grads, want_grads = grad_of(attend), grad_of(attention_lib.attention)
   for g, w in zip(grads, want_grads):
-    np.testing.assert_allclose(g, w, atol=1e-5, rtol=1e-5)
+    assert_matches(g, w)
 
 
 def test_sharded_dropout_differs_across_shards():
@@ -172,5 +191,4 @@ def test_kernel_impls_run_per_shard_under_the_trainer_mesh():
     return jax.jit(run)
 
   assert "sdy.manual_computation" in attend("pallas").lower(q, k, v).as_text()
-  np.testing.assert_allclose(attend("pallas")(q, k, v), attend("xla")(q, k, v), atol=1e-5,
-                             rtol=1e-5)
+  assert_matches(attend("pallas")(q, k, v), attend("xla")(q, k, v))
