@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from phi1.evals import cli, humaneval, mbpp
+from phi1.evals import run as run_lib
 from phi1.evals.passk import pass_at_k
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,3 +198,16 @@ def test_limit_skips_other_problems_quietly(tmp_path, capsys):
   summary = _last_json_line(captured.out)
   assert rc == 0 and summary["num_samples"] == 3 and summary["num_rejected"] == 0
   assert summary["protocol"]["dataset"]["limit"] == 3 and "rejected" not in captured.err
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(run_lib, "openai_generator", _failing_generator)
+  rc = cli.main(["--bench", "humaneval", "--openai-base-url", "http://127.0.0.1:9/v1", "--model",
+                 "m", "--limit", "2", "--no-progress"])
+  assert rc == 1 and "generation failed: ConnectionError" in capsys.readouterr().err
+
+
+def _failing_generator(*args, **kwargs):
+  def generate(prompts):
+    raise ConnectionError("connection refused")
+  return generate

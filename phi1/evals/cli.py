@@ -95,17 +95,17 @@ def main(argv: list[str]) -> int:
       protocol.update(postprocess=args.postprocess, stops=[],
                       prompt_instruction=run.CHAT_INSTRUCTION)
     generation_stops = stops if args.postprocess != "none" else ()
-    if args.openai_base_url:
-      generate = run.openai_generator(
-          args.openai_base_url, args.model, stops=generation_stops, chat=args.chat,
-          concurrency=args.concurrency, progress=progress, **sampling)
-      generator = dict(kind="openai-chat" if args.chat else "openai-completions",
-                       base_url=args.openai_base_url, model=args.model)
-    else:
-      generate = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
-                                          batch_size=args.batch_size, **sampling)
-      generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint))
     try:
+      if args.openai_base_url:
+        generate = run.openai_generator(
+            args.openai_base_url, args.model, stops=generation_stops, chat=args.chat,
+            concurrency=args.concurrency, progress=progress, **sampling)
+        generator = dict(kind="openai-chat" if args.chat else "openai-completions",
+                         base_url=args.openai_base_url, model=args.model)
+      else:
+        generate = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
+                                            batch_size=args.batch_size, **sampling)
+        generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint))
       samples = run.generate_samples(tasks, generate, n=args.n, stops=stops,
                                      mode="none" if args.chat else args.postprocess)
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
