@@ -27,7 +27,8 @@ def _generation_parser(kind: str) -> argparse.ArgumentParser:
   p.add_argument("--model", required=True)
   p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (default: OpenAI)")
   p.add_argument("--concurrency", type=int, default=32)
-  p.add_argument("--budget-usd", type=float, default=None, help="stop before spending more than this")
+  p.add_argument("--budget-usd", type=float, default=None,
+                 help="stop before DIR's total spend (all runs, manifest usage.cost_usd) exceeds this")
   p.add_argument("--seed", type=int, default=0, help="selects the constraint sequence")
   p.add_argument("--revision", default="v1", help="cache salt: change it to regenerate everything")
   p.add_argument("--temperature", type=float, default=1.0)
@@ -86,6 +87,10 @@ def _generate(kind: str, argv: list[str]) -> int:
     task = ExerciseTask(table, seed=args.seed, temperature=args.temperature,
                         max_tokens=args.max_tokens, checker=checker)
   prices = Prices(args.price_in, args.price_out) if args.price_in is not None else None
+  spent_before = 0.0  # the budget covers the directory, not one invocation
+  if os.path.exists(os.path.join(args.out, "manifest.json")):
+    with open(os.path.join(args.out, "manifest.json")) as f:
+      spent_before = json.load(f).get("usage", {}).get("cost_usd", 0.0)
   meta = {"model": args.model, "seed": args.seed, "revision": args.revision,
           "table_sha256": table["_sha256"]}
 
@@ -96,7 +101,8 @@ def _generate(kind: str, argv: list[str]) -> int:
                 cache=args.cache or os.path.join(args.out, "cache.sqlite"), revision=args.revision,
                 retry=RetryPolicy(args.max_attempts, args.backoff_base, args.backoff_max),
                 timeout_s=args.timeout, prices=prices,
-                budget=Budget(args.budget_usd) if args.budget_usd is not None else None)
+                budget=(Budget(args.budget_usd, spent_usd=spent_before)
+                        if args.budget_usd is not None else None))
     except ValueError as e:
       raise SystemExit(f"error: {e}")
     try:
@@ -112,7 +118,7 @@ def _generate(kind: str, argv: list[str]) -> int:
         usage = writer.meta.get("usage", {})
         for field in ("requests", "cache_hits", "retries", "prompt_tokens", "completion_tokens"):
           usage[field] = usage.get(field, 0) + summary.llm[field]
-        usage["cost_usd"] = round(usage.get("cost_usd", 0.0) + summary.llm["cost_usd"], 6)
+        usage["cost_usd"] = usage.get("cost_usd", 0.0) + summary.llm["cost_usd"]  # unrounded: budget
         runs = writer.meta.get("runs", [])[-99:] + [{
             "finished": time.time(), "added": summary.added, "stopped": summary.stopped,
             "rejects": summary.rejects, "cost_usd": round(summary.llm["cost_usd"], 6)}]
@@ -135,8 +141,9 @@ def _generate(kind: str, argv: list[str]) -> int:
                     "added": summary.added, "stopped": summary.stopped,
                     "rejects": summary.rejects, **summary.llm}))
   if summary.stopped == "budget":
-    print(f"stopped before exceeding the budget (${args.budget_usd}); {summary.stored} of "
-          f"{args.n} records stored. Raise --budget-usd and rerun to continue.", file=sys.stderr)
+    print(f"stopped before exceeding the budget (${args.budget_usd} for {args.out}, all runs); "
+          f"{summary.stored} of {args.n} records stored. Raise --budget-usd and rerun to "
+          "continue.", file=sys.stderr)
     return 0
   if not summary.ok:
     print(f"error: stopped ({summary.stopped}); {summary.stored} of {args.n} records stored. "

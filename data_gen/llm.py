@@ -298,6 +298,9 @@ class LLM:
       completion = await self._fetch(body, key, request_hash)
       future.set_result(completion)
       return completion
+    except asyncio.CancelledError:
+      future.cancel()
+      raise
     except BaseException as e:
       future.set_exception(e)
       future.exception()  # mark retrieved: nobody else may be waiting

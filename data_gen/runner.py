@@ -112,13 +112,19 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
   start_count = len(writer)
   rejects: Counter = Counter()
   bar = _Progress(n, min(start_count, n), progress, llm, rejects)
-  in_flight: dict[asyncio.Task, int] = {}
+  in_flight: dict[asyncio.Task, tuple] = {}
   stopped, slot = "done", 0
+  # Slots refused by the budget while other requests held reservations: retried once those
+  # settle (they usually cost far less than their worst case); only a refusal with nothing in
+  # flight means the budget is really spent.
+  budget_refused: list[tuple] = []
   # A prompt or validator that rejects nearly everything should stop the run, not spend forever.
   max_rejects = max_rejects if max_rejects is not None else 10 * n + 100
 
   def next_slot():
     nonlocal slot
+    if budget_refused:
+      return budget_refused.pop()
     while True:
       request, constraints = task.request(slot)
       slot += 1
@@ -127,21 +133,24 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
 
   try:
     while True:
-      while (stopped == "done" and len(in_flight) < window and len(writer) + len(in_flight) < n):
+      while (stopped == "done" and not (budget_refused and in_flight) and len(in_flight) < window
+             and len(writer) + len(in_flight) < n):
         if sum(rejects.values()) > max_rejects:
           stopped = f"error: more than {max_rejects} rejects {dict(rejects)}; check the prompts"
           break
         item = next_slot()
-        in_flight[asyncio.ensure_future(_attempt(task, llm, *item))] = item[0]
+        in_flight[asyncio.ensure_future(_attempt(task, llm, *item))] = item
       if not in_flight:
         break
       done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
       for future in done:
-        in_flight.pop(future)
+        item = in_flight.pop(future)
         try:
           result = future.result()
         except BudgetExhausted:
-          stopped = "budget"
+          budget_refused.append(item)
+          if not in_flight:
+            stopped = "budget"
           continue
         except (FatalAPIError, RetriesExhausted) as e:
           stopped = f"error: {e}"
@@ -151,6 +160,8 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
           continue
         if isinstance(result, str):
           rejects[result] += 1
+        elif result["id"] in writer.ids:  # two slots drew the same request: keep one record
+          rejects["duplicate_request"] += 1
         elif len(writer) < n and stopped in ("done", "budget"):
           try:
             writer.append(result)

@@ -95,6 +95,13 @@ def test_budget_stops_cleanly_before_it_is_exceeded(tmp_path):
   manifest = json.load(open(out / "manifest.json"))
   assert manifest["records"] == summary["stored"] and manifest["usage"]["cost_usd"] <= budget
   assert len(read_records(str(out))) == summary["stored"]
+  # The budget covers the directory: the same command again adds nothing and spends nothing.
+  with FakeOpenAI() as server:
+    r = subprocess.run(_command("exercises", 500, out, server, "--budget-usd", str(budget)),
+                       env=_env(OPENAI_API_KEY=KEY), capture_output=True, text=True, timeout=120)
+  again = json.loads(r.stdout.strip().splitlines()[-1])
+  assert r.returncode == 0 and again["stopped"] == "budget" and again["added"] == 0
+  assert json.load(open(out / "manifest.json"))["usage"]["cost_usd"] <= budget
 
 
 def test_missing_api_key_fails_before_any_work(tmp_path):
