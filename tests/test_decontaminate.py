@@ -199,3 +199,14 @@ def test_bad_inputs(tmp_path, capsys):
   assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--bench", "mbpp",
                   "--mbpp-path", str(tmp_path / "nope.jsonl"), "--assign-ids"]) == 2
   assert "--mbpp-path" in capsys.readouterr().err
+
+
+def test_code_inside_prose_is_checked(problems):
+  """Synthetic textbooks and Q/A records hold code in fenced blocks inside prose."""
+  he = next(p for p in problems if p.task_id == "HumanEval/12")
+  disguised = disguise(he.code, random.Random(1))
+  text = f"## Longest string\n\nWe walk the list once.\n\n```python\n{disguised}```\n\nDone.\n"
+  assert ast_match.corpus_units(text) is None  # the whole record is not Python
+  result = dc.decontaminate([{"id": "book", "text": text}], problems, dc.Config(workers=1))
+  taus = {p["task_id"]: p["ast_match"] for p in result["pairs"]}
+  assert taus.get("HumanEval/12") == 1.0

@@ -1,6 +1,7 @@
 """The filter pipeline end to end on the embedded default corpus (a bounded stdlib subset), with a
 loopback OpenAI-compatible server standing in for GPT-4; resume, skip and bad-input behaviour."""
 
+import dataclasses
 import json
 
 import pytest
@@ -83,3 +84,22 @@ def test_clear_errors(tmp_path, server, capsys):
   assert "unknown stages" in capsys.readouterr().err
   assert cli.main(["--input", str(tmp_path / "missing"), "--workdir", str(tmp_path / "y")]) == 2
   assert "does not exist" in capsys.readouterr().err
+
+
+def test_pipeline_with_phi1_embedder(tmp_path, server):
+  """The paper's recipe end to end: a (tiny, untrained) phi1 model embeds for the classifier."""
+  from data_gen.filtering.embed import Phi1Embedder
+  embedder = Phi1Embedder.random("tiny", batch_size=16, buckets=(256,))
+  config = pipeline.FilterConfig(input="stdlib", limit=60, workdir=str(tmp_path), workers=1,
+                                 base_url=server.base_url, sample_size=60, n_estimators=20,
+                                 embed_batch=64)
+  summaries = pipeline.Pipeline(config, embedder=embedder, log=lambda m: None).run()
+  assert summaries["embed"]["dim"] == 128 and summaries["embed"]["embedder"] == "phi1-random:tiny"
+  assert set(summaries["classify"]["metrics"]) == {"random_forest", "logistic_regression"}
+  assert summaries["score"]["docs_out"] == summaries["dedup"]["docs_out"]
+  # The classifier remembers its embedder: scoring with another one is refused.
+  other = pipeline.Pipeline(dataclasses.replace(config, classifier="logistic_regression"),
+                            log=lambda m: None)
+  assert other.fingerprint("dedup") == pipeline.Pipeline(config, embedder).fingerprint("dedup")
+  with pytest.raises(ValueError, match="trained on 'phi1-random:tiny'"):
+    other.run(stages=("score",))

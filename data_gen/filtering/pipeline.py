@@ -116,7 +116,7 @@ class Pipeline:
     upto = STAGES[:STAGES.index(stage) + 1]
     settings = {s: {k: getattr(self.config, k) for k in _STAGE_KEYS[s]} for s in upto}
     settings["skipped"] = sorted(set(self.config.skip) & set(upto))
-    if self._embedder_given is not None:
+    if self._embedder_given is not None and "embed" in upto:
       settings["embedder_object"] = self._embedder_given
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
