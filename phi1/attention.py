@@ -52,7 +52,12 @@ def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, d
 
 def attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool = True, segment_ids=None, impl: str = "xla",
               dropout_rate: float = 0.0, dropout_rng=None):
-  """Self-attention over equal-length q and k. Returns [B, T, H, K] in q's dtype."""
+  """Self-attention over equal-length q and k. Returns [B, T, H, K] in q's dtype.
+
+  impl: "xla" (reference; the only one with attention dropout), "pallas" (our flash kernel,
+  phi1/kernels/flash_attention.py; interpreted on CPU), "cudnn" (GPU only, bf16/fp16, no packed
+  segment ids). Inside `sharding.activation_sharding` the kernel impls run under shard_map.
+  """
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
   if q_BTHK.shape != k_BTHK.shape or k_BTHK.shape != v_BTHK.shape:
