@@ -140,3 +140,13 @@ def test_batch_backend_generates_and_tops_up(tmp_path):
   assert stats["batches"] >= 2 and max(stats["served_counts"].values()) == 1
   for r in records:
     assert stats["served_counts"][r["request_hash"]] == 1
+
+
+def test_generation_stack_does_not_import_jax():
+  code = ("import sys, data_gen.__main__, data_gen.llm, data_gen.runner, data_gen.textbooks, "
+          "data_gen.exercises, data_gen.batch, data_gen.report, data_gen.shards, data_gen.testing; "
+          "from data_gen.exercises import make_checker; make_checker().close(); "
+          "print('jax' in sys.modules)")
+  r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == "False"
