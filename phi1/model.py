@@ -139,7 +139,7 @@ class Attention(nnx.Module):
           dropout_rng=_dropout_key(rngs) if dropout > 0 else None)
     else:
       cache = cache.update(k_BTHK, v_BTHK, segment_ids_BT)
-      out_BTHK = attention_lib.xla_attention(q_BTHK, cache.k_BSHK, cache.v_BSHK, cache.mask_B1TS(T))
+      out_BTHK = cache.attend(q_BTHK)
     return self.dense(out_BTHK.reshape(B, T, c.d_model)), cache
 
 
