@@ -76,11 +76,14 @@ def test_rerun_with_larger_n_tops_up_and_smaller_n_never_shrinks(tmp_path):
   out = tmp_path / "tb"
   with FakeOpenAI() as server:
     for n in (30, 50, 20):
-      r = subprocess.run(_command("textbooks", n, out, server), env=_env(OPENAI_API_KEY=KEY),
+      r = subprocess.run(_command("textbooks", n, out, server, "--format", "parquet"),
+                         env=_env(OPENAI_API_KEY=KEY),
                          capture_output=True, text=True, timeout=120)
       assert r.returncode == 0, r.stderr[-2000:]
     served = server.served_counts
   assert len(read_records(str(out))) == 50 and sum(served.values()) == 50
+  assert sorted(p.name for p in out.glob("shard-*.parquet")) == [
+      "shard-00000.parquet", "shard-00001.parquet"]
 
 
 def test_budget_stops_cleanly_before_it_is_exceeded(tmp_path):

@@ -70,3 +70,33 @@ def test_generated_records_carry_their_metadata(tmp_path):
     assert r["constraints"]["topic"].lower() in r["text"].lower()  # the fake echoes the topic
     assert len(r["prompt_hash"]) == 64 and r["usage"]["completion_tokens"] > 0
     assert check_textbook(r["text"], "stop", 400) is None
+
+
+def test_full_disk_stops_cleanly_and_a_rerun_completes_without_repaying(tmp_path, monkeypatch):
+  import errno
+  with FakeOpenAI() as server:
+
+    async def run(n, fail_after=None):
+      async with LLM("gpt-4o-mini", base_url=server.base_url, api_key="sk-test",
+                     cache=str(tmp_path / "cache.sqlite")) as llm:
+        with ShardWriter(str(tmp_path / "out"), kind="textbooks", shard_size=7) as writer:
+          if fail_after is not None:
+            append = writer.append
+
+            def append_until_full(record):
+              if len(writer) >= fail_after:
+                raise OSError(errno.ENOSPC, "No space left on device")
+              append(record)
+
+            monkeypatch.setattr(writer, "append", append_until_full)
+          return await generate(TextbookTask(seed=5), llm, writer, n, progress=False)
+
+    first = asyncio.run(run(30, fail_after=12))
+    assert first.stopped == "disk full" and first.stored == 12
+    monkeypatch.undo()
+    second = asyncio.run(run(30))
+    served = server.served_counts
+  assert second.ok and second.stored == 30
+  records = read_records(str(tmp_path / "out"))
+  assert len(records) == 30 and len({r["id"] for r in records}) == 30
+  assert max(served.values()) == 1  # the answer that hit the full disk came from the cache
