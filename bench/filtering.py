@@ -152,8 +152,9 @@ def main() -> None:
       total_h += hours
     r.update(docs_per_s=round(rate, 1), mb_per_s=round(mbs, 2), projected_hours=round(hours, 1))
     print(f"{name:34s} {r['docs_in']:7d} {r['seconds']:8.2f} {rate:9.1f} {mbs:7.2f} {hours:10.1f} {note}")
-  score_split = {"embed_s": score.get("seconds_embed"), "classify_s": score.get("seconds_classify")}
-  print(f"score stage split: {score_split}")
+  score_split = {"embed_s": score.get("worker_seconds_embed"),
+                 "classify_s": score.get("worker_seconds_classify")}
+  print(f"score stage split (seconds summed over workers): {score_split}")
   phi1 = rows[f"embed ({args.phi1_preset} phi1, CPU)"]
   print(f"total projected for 35M files with the '{args.embedder}' embedder: {total_h:.0f} h on this "
         f"machine; a phi1 embedder instead of it adds {phi1['projected_hours']:.0f} h at the "

@@ -41,6 +41,8 @@ def l2_normalise(x_ND: np.ndarray) -> np.ndarray:
 class HashingEmbedder:
   """Bag of token unigrams and bigrams hashed into `dim` buckets, sublinear counts, L2-normalised."""
 
+  parallel_safe = True  # pure CPU and picklable: the score stage may fan it out over cores
+
   def __init__(self, dim: int = 1024):
     from sklearn.feature_extraction.text import HashingVectorizer
     self.dim = dim

@@ -262,24 +262,34 @@ class Pipeline:
     seconds_embed = seconds_classify = 0.0
     out = self.dir("score") / "scores.jsonl"
     tmp = out.with_suffix(".jsonl.tmp")
-    with open(tmp, "w") as f:
-      for batch in _batches(_progress(ingest_lib.read_jsonl(self.records_file()), c.progress,
-                                      "score"), c.embed_batch):
-        texts = [r["text"] for r in batch]
-        t = time.time()
-        x_ND = self.embedder.embed(texts)
-        seconds_embed += time.time() - t
-        t = time.time()
-        scores = classifier.score(x_ND)
-        seconds_classify += time.time() - t
-        for r, s in zip(batch, scores):
-          f.write(json.dumps({"id": r["id"], "score": round(float(s), 5),
-                              "tokens": select_lib.approx_tokens(r["text"])}) + "\n")
-        n += len(batch)
-        n_bytes += sum(len(t.encode("utf-8", "replace")) for t in texts)
+    scorer = _BatchScorer(self.embedder, classifier)
+    batches = _batches(_progress(ingest_lib.read_jsonl(self.records_file()), c.progress, "score"),
+                       c.embed_batch)
+    pool = None
+    # CPU embedders (hashing) fan out over cores; a model embedder keeps its one accelerator.
+    if getattr(self.embedder, "parallel_safe", False) and c.workers > 1:
+      classifier.model.set_params(**({"n_jobs": 1} if classifier.kind == "random_forest" else {}))
+      pool = _pool(c.workers)
+      results = pool.imap(scorer, ([r["text"] for r in b] for b in batches), chunksize=1)
+      pairs = zip(_batches(ingest_lib.read_jsonl(self.records_file()), c.embed_batch), results)
+    else:
+      pairs = ((b, scorer([r["text"] for r in b])) for b in batches)
+    try:
+      with open(tmp, "w") as f:
+        for batch, (scores, tokens, t_embed, t_classify) in pairs:
+          seconds_embed += t_embed
+          seconds_classify += t_classify
+          for r, s, k in zip(batch, scores, tokens):
+            f.write(json.dumps({"id": r["id"], "score": round(float(s), 5), "tokens": k}) + "\n")
+          n += len(batch)
+          n_bytes += sum(len(r["text"].encode("utf-8", "replace")) for r in batch)
+    finally:
+      if pool is not None:
+        pool.terminate()
     os.replace(tmp, out)
     return {"docs_in": n, "docs_out": n, "bytes_in": n_bytes, "classifier": c.classifier,
-            "seconds_embed": round(seconds_embed, 3), "seconds_classify": round(seconds_classify, 3)}
+            "worker_seconds_embed": round(seconds_embed, 3),
+            "worker_seconds_classify": round(seconds_classify, 3)}  # summed over workers
 
   def _select(self) -> dict:
     c = self.config
@@ -318,6 +328,27 @@ class Pipeline:
     return {"docs_in": len(ids), "docs_out": n, "bytes_in": n_bytes,
             "tokens_kept": report["tokens_kept"], "tokens_total": report["tokens_total"],
             "effective_threshold": threshold}
+
+
+class _BatchScorer:
+  """texts -> (scores, token counts, embed seconds, classify seconds); picklable for a pool."""
+
+  def __init__(self, embedder, classifier):
+    self.embedder, self.classifier = embedder, classifier
+
+  def __call__(self, texts):
+    t = time.time()
+    x_ND = self.embedder.embed(texts)
+    t_embed = time.time() - t
+    t = time.time()
+    scores = self.classifier.score(x_ND)
+    return scores, [select_lib.approx_tokens(x) for x in texts], t_embed, time.time() - t
+
+
+def _pool(workers: int):
+  import multiprocessing
+  methods = multiprocessing.get_all_start_methods()
+  return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
 
 
 def _embed_batched(embedder, texts, batch: int) -> np.ndarray:
