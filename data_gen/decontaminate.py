@@ -7,6 +7,8 @@ phi-1 §5 checks its training data three ways; we run all three per (record, ben
   prompt + solution (the paper used CodeGen-Mono-350M; we use a configured `Embedder`, see
   data_gen/filtering/embed.py). Flags when distance <= `embed_threshold` (default 0.16, the distance
   of the flagged pair shown in the paper). Off, and reported as off, when no embedder is configured.
+  The whole record is embedded (the embedder truncates long ones): right for exercise-sized records,
+  the paper's case; inside long files the AST measure is the function-level check.
 - AST match rate tau (data_gen/ast_match.py documents the exact definition): flags the pair at each
   tau in {0.95, 0.9, 0.85, 0.8} that the record's best unit reaches.
 
