@@ -67,6 +67,8 @@ def test_select_by_threshold_and_budget(tmp_path):
   keep, thr = select.select(scores, tokens, token_budget=350)  # 0.95 (200) + 0.9 (100) fit
   assert keep.tolist() == [True, False, False, False, True] and thr == pytest.approx(0.9)
   assert tokens[keep].sum() <= 350
+  nothing, none_thr = select.select(scores, tokens, token_budget=5)  # nothing fits
+  assert not nothing.any() and none_thr is None
   with pytest.raises(ValueError, match="exactly one"):
     select.select(scores, tokens)
   ids = [f"r{i}" for i in range(5)]

@@ -26,8 +26,8 @@ def approx_tokens(text: str) -> int:
 
 
 def select(scores: np.ndarray, tokens: np.ndarray, *, threshold: float | None = None,
-           token_budget: int | None = None) -> tuple[np.ndarray, float]:
-  """(keep mask [N], effective threshold): exactly one of threshold / token_budget."""
+           token_budget: int | None = None) -> tuple[np.ndarray, float | None]:
+  """(keep mask [N], effective threshold, None if nothing fits): one of threshold / token_budget."""
   if (threshold is None) == (token_budget is None):
     raise ValueError("select by exactly one of threshold=... or token_budget=...")
   scores = np.asarray(scores, np.float64)
@@ -37,7 +37,7 @@ def select(scores: np.ndarray, tokens: np.ndarray, *, threshold: float | None = 
   within = np.cumsum(np.asarray(tokens, np.int64)[order]) <= token_budget
   keep = np.zeros(len(scores), bool)
   keep[order[within]] = True
-  effective = float(scores[keep].min()) if keep.any() else float("inf")
+  effective = float(scores[keep].min()) if keep.any() else None
   return keep, effective
 
 
@@ -57,7 +57,7 @@ def example_indices(scores: np.ndarray, keep: np.ndarray, n: int = 5) -> dict[st
 
 
 def write_report(out_dir: str | pathlib.Path, ids: Sequence[str], scores: np.ndarray,
-                 tokens: np.ndarray, keep: np.ndarray, effective_threshold: float,
+                 tokens: np.ndarray, keep: np.ndarray, effective_threshold: float | None,
                  texts: dict[str, str], *, n_examples: int = 5, extra: dict | None = None) -> dict:
   """report.json + score_distribution.png in `out_dir`; `texts` holds at least the example ids
   (see `example_indices`). Returns the report dict."""
@@ -81,7 +81,7 @@ def write_report(out_dir: str | pathlib.Path, ids: Sequence[str], scores: np.nda
   return report
 
 
-def _plot(path: pathlib.Path, scores: np.ndarray, keep: np.ndarray, threshold: float) -> None:
+def _plot(path: pathlib.Path, scores: np.ndarray, keep: np.ndarray, threshold: float | None) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -89,7 +89,7 @@ def _plot(path: pathlib.Path, scores: np.ndarray, keep: np.ndarray, threshold: f
   bins = np.linspace(0, 1, 41)
   ax.hist(scores[keep], bins=bins, color="tab:green", label=f"kept ({int(keep.sum())})")
   ax.hist(scores[~keep], bins=bins, color="tab:gray", label=f"dropped ({int((~keep).sum())})")
-  if np.isfinite(threshold):
+  if threshold is not None:
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
   ax.set_xlabel("classifier P(educational)")
   ax.set_ylabel("records")
