@@ -131,7 +131,7 @@ def _generate(kind: str, argv: list[str]) -> int:
 
   try:
     summary = asyncio.run(run())
-  except OutputLocked as e:
+  except (OutputLocked, ValueError) as e:  # a busy or incompatible --out, a bad table
     print(f"error: {e}", file=sys.stderr)
     return 2
   except FatalAPIError as e:

@@ -107,6 +107,17 @@ def test_budget_stops_cleanly_before_it_is_exceeded(tmp_path):
   assert json.load(open(out / "manifest.json"))["usage"]["cost_usd"] <= budget
 
 
+def test_output_of_another_kind_is_a_clear_error(tmp_path):
+  out = tmp_path / "tb"
+  with FakeOpenAI() as server:
+    first = subprocess.run(_command("textbooks", 3, out, server), env=_env(OPENAI_API_KEY=KEY),
+                           capture_output=True, text=True, timeout=120)
+    second = subprocess.run(_command("exercises", 3, out, server), env=_env(OPENAI_API_KEY=KEY),
+                            capture_output=True, text=True, timeout=120)
+  assert first.returncode == 0 and second.returncode == 2
+  assert "holds textbooks records" in second.stderr and "Traceback" not in second.stderr
+
+
 def test_missing_api_key_fails_before_any_work(tmp_path):
   out = tmp_path / "never"
   r = subprocess.run([sys.executable, "-m", "data_gen", "textbooks", "--n", "5", "--out", str(out),
