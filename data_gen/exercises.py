@@ -18,7 +18,7 @@ import tempfile
 from data_gen.llm import Completion, Request
 from data_gen.tables import load_table, name_of, require, weighted
 from data_gen.textbooks import slot_seed
-from data_gen.validate import check_exercise
+from data_gen.validate import check_exercise, run_hooks
 
 SYSTEM = "You are an expert Python programmer who writes precise, well-tested programming exercises."
 
@@ -125,6 +125,7 @@ class ExerciseTask:
   max_tokens: int = 1024
   min_completion_chars: int = 20
   checker: object = None  # async callable program -> reject reason | None (see make_checker)
+  hooks: tuple = ()  # extra validation hooks: fields dict -> reject reason | None
   kind: str = "exercises"
 
   def __post_init__(self):
@@ -158,4 +159,5 @@ class ExerciseTask:
       reason = await self.checker(prompt + completion_text)
       if reason:
         return reason
-    return {"text": prompt + completion_text, "prompt": prompt, "completion": completion_text}
+    fields = {"text": prompt + completion_text, "prompt": prompt, "completion": completion_text}
+    return run_hooks(self.hooks, fields) or fields

@@ -171,8 +171,10 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
               raise
             stopped = "disk full"
       bar.update()
-      if stopped.startswith("error") or stopped == "disk full":
-        for future in in_flight:  # answers already paid are in the cache for the next run
+      # On a full disk (or a spent budget) requests in flight are let finish: they are paid for and
+      # their answers reach the cache for the next run. After an endpoint error they are dropped.
+      if stopped.startswith("error"):
+        for future in in_flight:
           future.cancel()
         await asyncio.gather(*in_flight, return_exceptions=True)
         in_flight.clear()

@@ -12,7 +12,7 @@ import random
 
 from data_gen.llm import Completion, Request
 from data_gen.tables import load_table, name_of, require, weighted
-from data_gen.validate import check_textbook
+from data_gen.validate import check_textbook, run_hooks
 
 SYSTEM = ("You are an expert computer science educator who writes clear, correct and engaging "
           "textbook material for learning to program in Python.")
@@ -49,6 +49,7 @@ class TextbookTask:
   temperature: float = 1.0
   max_tokens: int = 2048
   min_chars: int = 400
+  hooks: tuple = ()  # extra validation hooks: fields dict -> reject reason | None
   kind: str = "textbooks"
 
   def __post_init__(self):
@@ -71,4 +72,7 @@ class TextbookTask:
 
   async def check(self, completion: Completion, constraints: dict) -> dict | str:
     reason = check_textbook(completion.text, completion.finish_reason, self.min_chars)
-    return reason or {"text": completion.text.strip() + "\n"}
+    if reason:
+      return reason
+    fields = {"text": completion.text.strip() + "\n"}
+    return run_hooks(self.hooks, fields) or fields

@@ -86,3 +86,12 @@ def check_exercise(text: str, finish_reason: str | None, name: str,
   if len(split[1].strip()) < min_completion_chars:
     return "too_short"
   return split
+
+
+def run_hooks(hooks, fields: dict) -> str | None:
+  """Your own checks after the built-in ones: each maps the record's fields to a reason or None."""
+  for hook in hooks:
+    reason = hook(fields)
+    if reason:
+      return str(reason)
+  return None

@@ -49,6 +49,8 @@ def test_validation_reasons():
   assert check_textbook(bad, "stop", 400) == "code_syntax_error"
   result = asyncio.run(TextbookTask().check(_completion(good), {}))
   assert result["text"].startswith("Some explanation.")
+  no_print = TextbookTask(hooks=(lambda f: "uses_print" if "print(" in f["text"] else None,))
+  assert asyncio.run(no_print.check(_completion(good), {})) == "uses_print"
 
 
 def test_generated_records_carry_their_metadata(tmp_path):
