@@ -69,13 +69,18 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator, step=Non
 
 
 def export_params(model: Phi1, out_dir, tokenizer_path=None):
-  """Params-only, float32, plus config and tokenizer: what `load_for_inference` reads."""
+  """Params-only, float32, plus config and tokenizer: what `load_for_inference` reads.
+
+  Every process calls this (orbax writes each host's shards); process 0 writes the rest.
+  """
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  params = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+  params = jax.tree.map(lambda x: x.astype(np.float32), params)
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(out / EXPORT_PARAMS, params, force=True)
+  if jax.process_index() != 0:
+    return out
   config = dict(model.config.__dict__)
   config["dtype"] = "float32"
   (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
@@ -105,7 +110,9 @@ def load_model(path, **config_overrides) -> Phi1:
   config = Phi1Config(**{**json.loads((path / EXPORT_CONFIG).read_text()), **config_overrides})
   abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
   abstract_params = nnx.state(abstract, nnx.Param)
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+  # Onto one local device, whatever mesh wrote it (a multi-host run reads back on a laptop).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         nnx.to_pure_dict(abstract_params))
   try:
     with ocp.StandardCheckpointer() as ckptr:

@@ -27,9 +27,21 @@ def _split_overrides(argv):
 
 
 def _maybe_init_distributed():
-  """Multi-host: one process per host, started by SLURM or with the JAX_* variables set."""
+  """Multi-host: one process per host, started by SLURM (auto-detected) or with
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID set."""
   import jax
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not address and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    return
+  # CPU hosts (tests, CPU clusters) need a collectives backend; GPUs use NCCL regardless.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if address:
+    try:
+      n, i = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except KeyError as e:
+      raise SystemExit(f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not") from e
+    jax.distributed.initialize(address, num_processes=n, process_id=i)
+  else:
     jax.distributed.initialize()
 
 

@@ -202,7 +202,7 @@ class Trainer:
     with sharding.activation_sharding(self.mesh, self.rules):
       for batch in batches:
         loss, n = self._eval_step(params, self.global_batch(batch))
-        total, count = total + float(loss), count + float(n)
+        total, count = total + float(local_value(loss)), count + float(local_value(n))
     return total / max(count, 1.0)
 
   def global_batch(self, local_batch: dict) -> dict:
@@ -242,7 +242,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
     print(f"resumed from step {last_good} in {manager.directory}")
   else:
     state = trainer.init_state()
-  start = int(state.step)
+  start = int(local_value(state.step))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start, config=config,
                                      wandb_project=config.wandb_project)
   bar = _progress_bar(progress, start, config.steps)
@@ -256,7 +256,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
         jax.block_until_ready(step_metrics)
         window_start, window_tokens = time.perf_counter(), 0
       if done % config.log_every == 0 or done == config.steps:
-        step_metrics = jax.device_get(step_metrics)
+        step_metrics = jax.tree.map(local_value, step_metrics)
         elapsed = time.perf_counter() - window_start
         tokens_per_sec = window_tokens / max(elapsed, 1e-9)
         last = {k: float(v) for k, v in step_metrics.items()}
@@ -272,7 +272,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
         writer.write(done, {"eval_loss": eval_loss})
         last["eval_loss"] = eval_loss
       if done % config.checkpoint_every == 0 or done == config.steps:
-        loss = float(jax.device_get(step_metrics["loss"]))
+        loss = float(local_value(step_metrics["loss"]))
         check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state
         _save(manager, done, state, train_data, workdir, last_good)
         last_good = done
@@ -288,10 +288,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
     bar.close()
     writer.close()
     manager.close()
+  ckpt_lib.export_params(trainer.model(state), workdir / "export",
+                         tokenizer_path=config.data.tokenizer or None)
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
     metrics_lib.plot_losses(workdir)
-    ckpt_lib.export_params(trainer.model(state), workdir / "export",
-                           tokenizer_path=config.data.tokenizer or None)
   return last
 
 
@@ -309,6 +309,11 @@ def _progress_bar(enabled: bool, start: int, total: int):
   from tqdm.auto import tqdm
   return tqdm(initial=start, total=total, disable=not enabled or jax.process_index() != 0,
               desc="train", unit="step", dynamic_ncols=True)
+
+
+def local_value(x) -> np.ndarray:
+  """A replicated jax.Array's value from this process's own copy (works across hosts)."""
+  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
 def is_disk_full(error: BaseException) -> bool:
