@@ -161,6 +161,7 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
 
   if loss not in ("eval", "train") or fit_on not in ("frontier", "final"):
     raise ValueError(f"loss must be eval|train and fit_on frontier|final; got {loss}, {fit_on}")
@@ -216,6 +217,9 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 6.5, not 6.5 x 10^0
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.grid(alpha=0.3, which="both")
   ax_c.set_title(f"loss vs compute; fit L = a (C/C0)^-b{' + c' if offset else ''} on the "
                  f"{'compute frontier' if fit_on == 'frontier' else 'final points'}", fontsize=9)

@@ -457,6 +457,9 @@ def main(argv=None) -> int:
   p.add_argument("--partition")
   p.add_argument("--account")
   p.add_argument("--time", help="SLURM time limit (default: from the estimate, +25%%)")
+  p.add_argument("--compile-cache", default=os.path.join(
+      os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1")), "jax_compilation"),
+                 help="JAX persistent compilation cache: runs of one shape compile once ('' = off)")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
 
@@ -492,6 +495,9 @@ def main(argv=None) -> int:
                 partition=args.partition, account=args.account, time=args.time,
                 extra_args=sets, eval_args=eval_args)
     return 0
+  if args.compile_cache:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", args.compile_cache)
   from phi1 import cli
   cli._maybe_init_distributed()  # one process per host under SLURM (see write_slurm)
   start = time.perf_counter()

@@ -1,0 +1,149 @@
+"""experiments/sweep.py: run expansion, dry-run arithmetic, SLURM scripts, and a real CPU sweep."""
+
+import contextlib
+import io
+import json
+import pathlib
+import re
+import textwrap
+
+import pytest
+
+from experiments import plot, registry, sweep
+from phi1 import flops
+from phi1.model import Phi1Config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_main(*argv) -> tuple[int, str]:
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    code = sweep.main([str(a) for a in argv])
+  return code, out.getvalue()
+
+
+@pytest.fixture
+def experiment(tmp_path):
+  """A tiny experiment file with a grid, a dependent run and a family."""
+  path = tmp_path / "exp" / "toy.py"
+  path.parent.mkdir()
+  path.write_text(textwrap.dedent('''
+      from phi1 import config as config_lib
+      from phi1.model import Phi1Config
+      from experiments import sweep
+
+      def get_config(arg=""):
+        c = config_lib.base_config()
+        c.model = config_lib.model_config(Phi1Config.tiny())
+        c.steps, c.batch_size, c.seq_len = 10, 8, 64
+        return c
+
+      def get_sweep(arg=""):
+        runs = sweep.grid({"family": "grid"}, model__n_layers=[1, 2], optimizer__peak_lr=[1e-3, 3e-3])
+        runs.append({"name": "ft", "init_from": "{run:n_layers-2_peak_lr-0.001}/export", "steps": 5})
+        return runs
+  '''))
+  return path
+
+
+def test_expand_names_workdirs_overrides_and_dependencies(experiment, tmp_path):
+  runs = sweep.expand(str(experiment), tmp_path / "root", {"seed": "7"})
+  assert [r.name for r in runs] == ["n_layers-1_peak_lr-0.001", "n_layers-1_peak_lr-0.003",
+                                    "n_layers-2_peak_lr-0.001", "n_layers-2_peak_lr-0.003", "ft"]
+  assert [r.config.model.n_layers for r in runs[:4]] == [1, 1, 2, 2]
+  assert [r.config.optimizer.peak_lr for r in runs[:4]] == [1e-3, 3e-3, 1e-3, 3e-3]
+  assert all(r.config.seed == 7 for r in runs)  # --set applies to every run
+  assert runs[0].family == "grid" and runs[-1].family == "toy"
+  assert runs[0].workdir == (tmp_path / "root" / runs[0].name).absolute()
+  ft = runs[-1]
+  assert ft.needs == ["n_layers-2_peak_lr-0.001"]
+  assert ft.config.init_from == str((tmp_path / "root" / ft.needs[0]).absolute()) + "/export"
+  assert ft.config.steps == 5
+  assert len({r.config_hash for r in runs}) == 5
+
+
+def test_bad_sweeps_fail_with_a_reason(tmp_path):
+  def write(body):
+    path = tmp_path / "bad.py"
+    path.write_text("from phi1 import config as config_lib\n"
+                    "def get_config(arg=''):\n  return config_lib.base_config()\n" + body)
+    return str(path)
+  with pytest.raises(ValueError, match="did you mean 'n_layers'"):
+    sweep.expand(write("def get_sweep(arg=''):\n  return [{'model.n_layayers': 2}]\n"), tmp_path)
+  with pytest.raises(ValueError, match="unique"):
+    sweep.expand(write("def get_sweep(arg=''):\n  return [{'name': 'a'}, {'name': 'a'}]\n"), tmp_path)
+  with pytest.raises(ValueError, match="not a run listed before it"):
+    sweep.expand(write("def get_sweep(arg=''):\n  return [{'name': 'a', 'init_from': '{run:b}'},"
+                       " {'name': 'b'}]\n"), tmp_path)
+  with pytest.raises(ValueError, match="divisible"):
+    sweep.expand(write("def get_sweep(arg=''):\n  return [{'model.n_heads': 7}]\n"), tmp_path)
+  assert run_main(tmp_path / "missing.py", "--dry-run")[0] == 2
+
+
+def test_dry_run_of_phi1_pretrain_shows_50B_tokens_and_the_gpu_hour_arithmetic():
+  code, out = run_main(REPO / "experiments" / "phi1_pretrain.py", "--dry-run",
+                       "--reference-gpu-hours", "770")
+  assert code == 0
+  # 24,000 steps x 1024 sequences x 2048 tokens (paper §2.3: phi-1-base, ~50B tokens).
+  assert "24,000 steps x 1,024 seq x 2,048 tokens = 50,331,648,000" in out
+  # The FLOPs from first principles (paper §2.3 shapes), not from phi1/flops.py.
+  L, d, ff, V, T = 24, 2048, 8192, 51200, 2048
+  per_token = 6 * (L * (4 * d * d + 2 * d * ff) + d * V) + 6 * L * T * d
+  total = 24_000 * 1024 * 2048 * per_token
+  hours = total / (312e12 * 0.4) / 3600
+  shown = float(re.search(r"A100-hours .* = ([\d,.]+)  \(", out).group(1).replace(",", ""))
+  assert shown == pytest.approx(hours, rel=1e-3)
+  assert 500 < hours < 1500  # same order as the paper's 770 A100-hours
+  implied = float(re.search(r"means MFU = .* = ([\d.]+)", out).group(1))
+  assert implied == pytest.approx(total / (770 * 3600 * 312e12), rel=1e-2)
+  assert "6 x N + 6 x L x T x d" in out
+
+
+def test_slurm_scripts_use_one_task_per_node_and_dependencies(experiment, tmp_path):
+  code, _ = run_main(experiment, "--root", tmp_path / "root", "--slurm", tmp_path / "slurm",
+                     "--nodes", "4", "--eval", "humaneval", "--set", "seed=3")
+  assert code == 0
+  script = (tmp_path / "slurm" / "ft.sbatch").read_text()
+  assert "#SBATCH --nodes=4" in script and "#SBATCH --ntasks-per-node=1" in script
+  assert re.search(r"srun .*-m experiments.sweep .* --only ft", script)
+  assert "--set seed=3" in script and "--eval humaneval" in script
+  submit = (tmp_path / "slurm" / "submit.sh").read_text()
+  assert "afterok" in submit and "JOB[n_layers-2_peak_lr-0.001]" in submit
+  assert submit.index("JOB[n_layers-2_peak_lr-0.001]=") < submit.index("JOB[ft]=")
+
+
+def test_cpu_sweep_trains_fills_the_registry_plots_a_fit_and_skips_finished_runs(tmp_path):
+  """4 tiny runs (2 sizes x 2 data mixtures) x 10 steps, from one command."""
+  root = tmp_path / "cpu_sweep"
+  args = [REPO / "experiments" / "cpu_sweep.py", "--root", root, "--no-progress",
+          "--compile-cache", tmp_path / "jax_cache", "--set", "steps=10", "--set", "seq_len=64",
+          "--set", "eval_every=2", "--set", "log_every=2", "--set", "checkpoint_every=10"]
+  code, out = run_main(*args)
+  assert code == 0, out
+  rows = registry.read(root / "registry.csv")
+  assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+  assert {r["family"] for r in rows} == {"stdlib", "stdlib+exercises"}
+  for row in rows:
+    assert row["steps"] == 10 and row["tokens"] == 10 * 8 * 64
+    assert row["flops"] == pytest.approx(
+        row["tokens"] * flops.train_flops_per_token(
+            Phi1Config(**json.loads((pathlib.Path(row["workdir"]) / "config.json").read_text())
+                       ["model"]), 64))
+    assert 0 < row["best_eval_loss"] <= row["final_eval_loss"] < 9.0  # ln(4096) = 8.3 at init
+    assert row["wall_s"] > 0 and row["config_hash"]
+  params = {r["d_model"]: r["params"] for r in rows}
+  assert params[128] > params[64]
+
+  result = plot.plot([root / "registry.csv"], tmp_path / "plots")
+  assert set(result["fits"]) == {"stdlib", "stdlib+exercises"}
+  for fit in result["fits"].values():
+    assert fit["b"] > 0 and fit["n_points"] >= 3  # loss falls with compute
+  for name in ("loss_vs_compute", "loss_vs_tokens"):
+    assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 0
+    assert (tmp_path / "plots" / f"{name}.svg").stat().st_size > 0
+
+  markers = {p: p.stat().st_mtime_ns for p in root.glob("*/DONE")}
+  code, out = run_main(*args)  # a rerun finds every run finished
+  assert code == 0 and out.count("skipped") == 4
+  assert markers == {p: p.stat().st_mtime_ns for p in root.glob("*/DONE")}
