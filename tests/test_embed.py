@@ -81,5 +81,6 @@ def test_data_gen_does_not_import_jax():
           "import data_gen.decontaminate, data_gen.filtering.cli, data_gen.filtering.pipeline\n"
           "import data_gen.filtering.embed\n"
           "data_gen.filtering.embed.HashingEmbedder().embed(['x = 1'])\n"
+          "data_gen.decontaminate.load_problems(['humaneval', 'mbpp'])\n"
           "assert 'jax' not in sys.modules, 'data_gen imported jax'\n")
   subprocess.run([sys.executable, "-c", code], check=True)
