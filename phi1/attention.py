@@ -75,7 +75,7 @@ def attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool = True, segment_ids=None, 
                      "Pallas kernel has none. Use impl='xla' or set attn_dropout=0 (as the "
                      "released phi-1 config does).")
   # A kernel is one opaque call XLA cannot partition: under the trainer's mesh it runs per shard.
-  active = sharding._ACTIVE.get()  # (mesh, rules) while the trainer traces, else None
+  active = sharding.active()  # (mesh, rules) while the trainer traces, else None
   if active is not None and not jax.sharding.get_abstract_mesh().manual_axes:
     mesh, rules = active
     sharded = sharded_attention(mesh, rules.get("batch"), rules.get("act_heads"))

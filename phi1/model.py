@@ -37,6 +37,7 @@ class Phi1Config:
   max_seq_len: int = 2048
   layer_norm_eps: float = 1e-5
   # The paper trains with attention and residual dropout 0.1 (§2.3); the released config uses 0.
+  # Attention dropout runs on the "xla" attention path only (the kernels have none).
   embd_dropout: float = 0.0
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
@@ -78,6 +79,10 @@ class Phi1Config:
     if self.attention_impl not in attention_lib.IMPLS:
       raise ValueError(f"attention_impl must be one of {attention_lib.IMPLS}, "
                        f"got {self.attention_impl!r}")
+    if self.attn_dropout > 0 and self.attention_impl != "xla":
+      raise ValueError(f"attn_dropout={self.attn_dropout} exists only with attention_impl='xla' "
+                       f"(the {self.attention_impl} kernel has no dropout); set attn_dropout=0 "
+                       "or attention_impl='xla'")
 
 
 def _linear(d_in, d_out, axes, config, rngs):

@@ -89,6 +89,11 @@ def activation_sharding(mesh: Mesh, rules):
     _ACTIVE.reset(token)
 
 
+def active():
+  """(mesh, rules) while tracing inside `activation_sharding`, else None."""
+  return _ACTIVE.get()
+
+
 def constrain(x, names):
   """Pin activation `x` to the sharding its logical `names` map to; a no-op outside a mesh."""
   active = _ACTIVE.get()
