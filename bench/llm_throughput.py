@@ -5,9 +5,11 @@
 The server (data_gen.testing.FakeOpenAI, in its own process) answers every request after a fixed
 latency, so the ideal rate is concurrency / latency (64 / 0.05 s = 1280 requests/s); the layer under
 test pays full price for everything a real run does per request: cache lookup and commit, budget,
-limiter, retry wrapper, the `openai` client, response parsing. Also measured in the same run, for
-context: the stock `openai` client (httpx transport, typed `chat.completions.create`) with only a
-semaphore. Prints measured and ideal, then the JSON line (ratio = ours / ideal).
+limiter, retry wrapper, the `openai` client, response parsing. Also measured, for context: the
+stock `openai` client (default httpx transport, typed `chat.completions.create`) with only a
+semaphore. The two alternate in rounds so that both see the same machine load (this is a shared
+machine). Prints measured and ideal, client CPU per request, then the JSON line
+(ratio = ours / ideal).
 """
 
 import argparse
@@ -32,34 +34,41 @@ def _request(i: int) -> Request:
                  params={"temperature": 1.0, "max_tokens": 512}, seed=i)
 
 
-async def ours(base_url: str, concurrency: int, n: int, cache_dir: str) -> float:
-  async with LLM("gpt-4o-mini", base_url=base_url, api_key="bench", concurrency=concurrency,
-                 cache=os.path.join(cache_dir, "cache.sqlite"), budget=Budget(1e9)) as llm:
-    await asyncio.gather(*[llm.complete(_request(-1 - i)) for i in range(2 * concurrency)])  # warm
-    start = time.perf_counter()
-    await asyncio.gather(*[llm.complete(_request(i)) for i in range(n)])
-    elapsed = time.perf_counter() - start
-    assert llm.stats.requests == n + 2 * concurrency and llm.stats.cache_hits == 0
-    return n / elapsed
+async def _timed(coroutines) -> tuple[float, float]:
+  start, cpu = time.perf_counter(), time.process_time()
+  await asyncio.gather(*coroutines)
+  return time.perf_counter() - start, time.process_time() - cpu
 
 
-async def stock_client(base_url: str, concurrency: int, n: int) -> float:
-  client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
+async def measure(base_url: str, concurrency: int, n: int, rounds: int, cache_dir: str) -> dict:
+  stock = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
   semaphore = asyncio.Semaphore(concurrency)
 
-  async def one(i):
+  async def stock_one(i):
     async with semaphore:
       r = _request(i)
-      response = await client.chat.completions.create(model="gpt-4o-mini", messages=r.messages,
-                                                      seed=r.seed, **r.params)
+      response = await stock.chat.completions.create(model="gpt-4o-mini", messages=r.messages,
+                                                     seed=r.seed, **r.params)
       return response.choices[0].message.content
 
-  await asyncio.gather(*[one(-1 - i) for i in range(2 * concurrency)])
-  start = time.perf_counter()
-  await asyncio.gather(*[one(i) for i in range(n)])
-  elapsed = time.perf_counter() - start
-  await client.close()
-  return n / elapsed
+  totals = {"ours_s": 0.0, "ours_cpu_s": 0.0, "stock_s": 0.0}
+  async with LLM("gpt-4o-mini", base_url=base_url, api_key="bench", concurrency=concurrency,
+                 cache=os.path.join(cache_dir, "cache.sqlite"), budget=Budget(1e9)) as llm:
+    warm = 2 * concurrency  # connections opened, code paths warm
+    await asyncio.gather(*[llm.complete(_request(-1 - i)) for i in range(warm)],
+                         *[stock_one(-1 - i) for i in range(warm)])
+    per_round = n // rounds
+    for r in range(rounds):
+      ids = range(r * per_round, (r + 1) * per_round)
+      elapsed, cpu = await _timed([llm.complete(_request(i)) for i in ids])
+      totals["ours_s"] += elapsed
+      totals["ours_cpu_s"] += cpu
+      totals["stock_s"] += (await _timed([stock_one(i) for i in ids]))[0]
+    assert llm.stats.requests == warm + rounds * per_round and llm.stats.cache_hits == 0
+  await stock.close()
+  done = rounds * per_round
+  return {"ours": done / totals["ours_s"], "stock": done / totals["stock_s"],
+          "cpu_us": totals["ours_cpu_s"] / done * 1e6}
 
 
 def main():
@@ -67,21 +76,28 @@ def main():
   parser.add_argument("--concurrency", type=int, default=64)
   parser.add_argument("--latency", type=float, default=0.05)
   parser.add_argument("--requests", type=int, default=4000)
+  parser.add_argument("--rounds", type=int, default=4)
   args = parser.parse_args()
   ideal = args.concurrency / args.latency
+  load_before = os.getloadavg()[0]
   with FakeOpenAI(latency_s=args.latency, subprocess=True) as server, \
       tempfile.TemporaryDirectory() as cache_dir:
-    measured = asyncio.run(ours(server.base_url, args.concurrency, args.requests, cache_dir))
-    stock = asyncio.run(stock_client(server.base_url, args.concurrency, args.requests))
+    m = asyncio.run(measure(server.base_url, args.concurrency, args.requests, args.rounds,
+                            cache_dir))
+  load = max(load_before, os.getloadavg()[0])
   machine = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU"
-  print(f"data_gen.llm: {measured:.0f} requests/s at concurrency {args.concurrency}, "
+  print(f"data_gen.llm: {m['ours']:.0f} requests/s at concurrency {args.concurrency}, "
         f"{args.latency * 1000:.0f} ms latency; ideal {ideal:.0f} requests/s "
-        f"({measured / ideal:.0%} of ideal; >= 80% required)")
-  print(f"stock openai client + semaphore (context): {stock:.0f} requests/s ({stock / ideal:.0%})")
-  print(json.dumps({"name": "llm_throughput", "ours": round(measured, 1), "peer": round(ideal, 1),
-                    "ratio": round(measured / ideal, 3), "unit": "requests/s",
-                    "machine": machine, "peer_is": "ideal (concurrency / latency)",
-                    "stock_openai_client": round(stock, 1)}))
+        f"({m['ours'] / ideal:.0%} of ideal; target >= 80%)")
+  print(f"client CPU {m['cpu_us']:.0f} us/request (one free core: ~{1e6 / m['cpu_us']:.0f} "
+        f"requests/s); load average {load:.1f} on {os.cpu_count()} cores")
+  print(f"stock openai client + semaphore, same rounds (context): {m['stock']:.0f} requests/s "
+        f"({m['stock'] / ideal:.0%}); ours is {m['ours'] / m['stock']:.1f}x")
+  print(json.dumps({"name": "llm_throughput", "ours": round(m["ours"], 1), "peer": round(ideal, 1),
+                    "ratio": round(m["ours"] / ideal, 3), "unit": "requests/s", "machine": machine,
+                    "peer_is": "ideal (concurrency / latency)",
+                    "stock_openai_client": round(m["stock"], 1),
+                    "client_cpu_us_per_request": round(m["cpu_us"]), "load_average": round(load, 1)}))
 
 
 if __name__ == "__main__":
