@@ -21,7 +21,6 @@ cut-off and the same worker count, on the same units; both must find the same ma
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -143,7 +142,7 @@ def main() -> None:
     rate = r["docs_in"] / max(r["seconds"], 1e-9)
     mbs = r["bytes_in"] / 1e6 / max(r["seconds"], 1e-9)
     if name == "annotate":
-      hours, note = PAPER_LABELS / rate / 3600, f"(100K labels, floor)"
+      hours, note = PAPER_LABELS / rate / 3600, "(100K labels, floor)"
     elif name in ("embed", "classify"):
       hours, note = 0.0, "(sample only)"
     else:

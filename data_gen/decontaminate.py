@@ -197,7 +197,6 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
   else:
     _init_worker(*init)
   pairs: list[dict] = []
-  flags: dict[str, dict] = {}  # id -> {"ngram": bool, "embedding": bool, "ast": best tau}
   stats = dict(records=0, bytes=0, unparsable=0, seconds_embedding=0.0)
   ast_pairs = np.zeros(3, np.int64)
   bar = _progress(progress)

@@ -5,9 +5,7 @@ import ast
 import builtins
 import json
 import random
-import re
 
-import numpy as np
 import pytest
 
 from data_gen import ast_match

@@ -70,7 +70,7 @@ def test_make_embedder_specs():
   with pytest.raises(ValueError, match="needs a checkpoint"):
     embed.make_embedder("phi1")
   try:
-    import sentence_transformers  # noqa: F401
+    import sentence_transformers  # noqa: F401  (only whether it is installed)
   except ImportError:
     with pytest.raises(ImportError, match="pip install sentence-transformers"):
       embed.make_embedder("sentence-transformers:all-MiniLM-L6-v2")
