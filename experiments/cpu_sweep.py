@@ -35,10 +35,10 @@ def get_config(arg: str = ""):
   del arg  # CPU-sized already: "" and "cpu" are the same
   c = recipes.cpu_size(recipes.pretrain(Phi1Config.phi1_small()), "pretrain")
   c.model.max_seq_len = 128
-  c.steps, c.batch_size, c.seq_len = 40, 8, 128
-  c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.schedule_steps = 3e-3, 4, 40
+  c.steps, c.batch_size, c.seq_len = 80, 8, 128
+  c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.schedule_steps = 3e-3, 8, 80
   c.log_every, c.eval_every, c.eval_batches = 5, 10, 4
-  c.checkpoint_every, c.keep_last, c.keep_every = 40, 1, 0
+  c.checkpoint_every, c.keep_last, c.keep_every = 80, 1, 0
   c.model.attn_dropout = c.model.resid_dropout = 0.0  # too few steps for dropout to matter
   return c
 

@@ -220,6 +220,7 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 6.5, not 6.5 x 10^0
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
     ax.grid(alpha=0.3, which="both")
   ax_c.set_title(f"loss vs compute; fit L = a (C/C0)^-b{' + c' if offset else ''} on the "
                  f"{'compute frontier' if fit_on == 'frontier' else 'final points'}", fontsize=9)

@@ -89,11 +89,8 @@ def grid(base: dict | None = None, **axes) -> list[dict]:
 
 def config_diff(base: ml_collections.ConfigDict, target: ml_collections.ConfigDict) -> dict:
   """Dotted overrides that turn `base` into `target` (e.g. a finetune recipe as a sweep run)."""
-  out = {}
-  for key, value in _flatten(target.to_dict()).items():
-    if _flatten(base.to_dict()).get(key, object()) != value:
-      out[key] = value
-  return out
+  before = _flatten(base.to_dict())
+  return {k: v for k, v in _flatten(target.to_dict()).items() if before.get(k, object()) != v}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

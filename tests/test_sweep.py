@@ -118,7 +118,8 @@ def test_cpu_sweep_trains_fills_the_registry_plots_a_fit_and_skips_finished_runs
   root = tmp_path / "cpu_sweep"
   args = [REPO / "experiments" / "cpu_sweep.py", "--root", root, "--no-progress",
           "--compile-cache", tmp_path / "jax_cache", "--set", "steps=10", "--set", "seq_len=64",
-          "--set", "eval_every=2", "--set", "log_every=2", "--set", "checkpoint_every=10"]
+          "--set", "eval_every=2", "--set", "log_every=2", "--set", "checkpoint_every=10",
+          "--set", "optimizer.warmup_steps=2", "--set", "optimizer.schedule_steps=10"]
   code, out = run_main(*args)
   assert code == 0, out
   rows = registry.read(root / "registry.csv")
