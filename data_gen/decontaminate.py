@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import multiprocessing
 import os
 import pathlib
 import re
@@ -191,9 +190,7 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
   init = (problems, ngram_index, ast_index, tau_min)
   pool = None
   if config.workers > 1:
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    pool = ctx.Pool(config.workers, initializer=_init_worker, initargs=init)
+    pool = ingest.process_pool(config.workers, initializer=_init_worker, initargs=init)
   else:
     _init_worker(*init)
   pairs: list[dict] = []

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing
 import re
 from typing import Iterable, Sequence
 
 from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from data_gen.filtering import ingest
 
 _WORD = re.compile(r"\w+")
 _TRAILING_WS = re.compile(r"[ \t]+$", re.M)
@@ -104,9 +105,7 @@ def dedup(records: Iterable[dict], config: DedupConfig = DedupConfig()) -> Dedup
   signer = _Signer(config)
   distinct_texts = [texts[i] for i in firsts]
   if config.workers > 1 and len(distinct_texts) > 64:
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    with ctx.Pool(config.workers) as pool:
+    with ingest.process_pool(config.workers) as pool:
       signatures = pool.map(signer, distinct_texts, chunksize=32)
   else:
     signatures = [signer(t) for t in distinct_texts]

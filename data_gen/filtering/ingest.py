@@ -28,6 +28,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import sys
 import sysconfig
 import warnings
 from typing import Any, Iterable, Iterator
@@ -75,9 +76,7 @@ def iter_records(source: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTE
   items = _raw_items(str(source), id_field=id_field, assign_ids=assign_ids)
   finish = _Finisher(max_bytes, check_python)
   if workers > 1:
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    pool = ctx.Pool(workers)
+    pool = process_pool(workers)
     results = pool.imap(finish, items, chunksize=16)
   else:
     pool, results = None, map(finish, items)
@@ -96,6 +95,19 @@ def iter_records(source: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTE
   finally:
     if pool is not None:
       pool.terminate()
+
+
+def process_pool(workers: int, initializer=None, initargs=()):
+  """A process pool for the filtering stages. `fork` where it is safe (fast start, nothing
+  pickled); `forkserver` once JAX is loaded, because forking a multithreaded process can deadlock
+  the child (JAX warns as much); `spawn` where neither exists."""
+  methods = multiprocessing.get_all_start_methods()
+  if "jax" in sys.modules and "forkserver" in methods:
+    method = "forkserver"
+  else:
+    method = "fork" if "fork" in methods else "spawn"
+  return multiprocessing.get_context(method).Pool(workers, initializer=initializer,
+                                                  initargs=initargs)
 
 
 def _raw_items(source: str, *, id_field: str, assign_ids: bool) -> Iterator[tuple]:

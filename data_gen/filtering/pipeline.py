@@ -269,7 +269,7 @@ class Pipeline:
     # CPU embedders (hashing) fan out over cores; a model embedder keeps its one accelerator.
     if getattr(self.embedder, "parallel_safe", False) and c.workers > 1:
       classifier.model.set_params(**({"n_jobs": 1} if classifier.kind == "random_forest" else {}))
-      pool = _pool(c.workers)
+      pool = ingest_lib.process_pool(c.workers)
       results = pool.imap(scorer, ([r["text"] for r in b] for b in batches), chunksize=1)
       pairs = zip(_batches(ingest_lib.read_jsonl(self.records_file()), c.embed_batch), results)
     else:
@@ -343,12 +343,6 @@ class _BatchScorer:
     t = time.time()
     scores = self.classifier.score(x_ND)
     return scores, [select_lib.approx_tokens(x) for x in texts], t_embed, time.time() - t
-
-
-def _pool(workers: int):
-  import multiprocessing
-  methods = multiprocessing.get_all_start_methods()
-  return multiprocessing.get_context("fork" if "fork" in methods else "spawn").Pool(workers)
 
 
 def _embed_batched(embedder, texts, batch: int) -> np.ndarray:
