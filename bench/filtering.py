@@ -112,7 +112,8 @@ def ast_search_peer(records_path: str, n_records: int, workers: int, tau: float 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--input", default="default")
-  ap.add_argument("--limit", type=int, default=3000)
+  ap.add_argument("--limit", type=int, default=3000, help="files; 0 = the whole default corpus "
+                                                          "(~20K files, ~315 MB here)")
   ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
   ap.add_argument("--sample-size", type=int, default=600)
   ap.add_argument("--n-estimators", type=int, default=200)
@@ -121,6 +122,7 @@ def main() -> None:
   ap.add_argument("--phi1-docs", type=int, default=128)
   ap.add_argument("--peer-records", type=int, default=400)
   args = ap.parse_args()
+  args.limit = args.limit or None
 
   rows = {}
   with tempfile.TemporaryDirectory() as workdir:
