@@ -50,14 +50,16 @@ def bucket(n: int) -> int:
   return max(MIN_BUCKET, 1 << (n - 1).bit_length())
 
 
-def _sample(logits_BV, keys_B, step, temperature, top_p, vocab_limit, *, greedy: bool,
+def _sample(logits_BV, seed, row_ids_B, step, temperature, top_p, vocab_limit, *, greedy: bool,
             use_top_p: bool):
   # Ids past the tokenizer's vocabulary (the embedding table is padded, paper §2.3) cannot decode.
   logits_BV = jnp.where(jnp.arange(logits_BV.shape[-1]) < vocab_limit, logits_BV, -jnp.inf)
   if greedy:
     return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
-  # A row's randomness depends only on its key and the step, not on its batch neighbours.
-  step_keys_B = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys_B)
+  # A row's randomness depends only on (seed, its prompt's index, step), not on its batch
+  # neighbours or on batch_size.
+  row_key = lambda i: jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), i), step)
+  step_keys_B = jax.vmap(row_key)(row_ids_B)
   logits_BV = logits_BV / temperature
   if not use_top_p:
     return jax.vmap(jax.random.categorical)(step_keys_B, logits_BV).astype(jnp.int32)
@@ -80,7 +82,8 @@ def _model(graphdef, params):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "n_out", "greedy",
                                              "use_top_p"))
-def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p, vocab_limit,
+def _prefill(graphdef, params, tokens_BP, lengths_B, seed, row_ids_B, temperature, top_p,
+             vocab_limit,
              eos_id, *,
              cache_len, n_out, greedy, use_top_p):
   TRACE_COUNTS["prefill"] += 1
@@ -91,7 +94,7 @@ def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p,
   cache = KVCache.init(model.config, B, cache_len, DTYPES[model.config.dtype])
   h_BPD, cache = model.hidden_states(tokens_BP, segment_ids_BP, positions_BP, cache=cache)
   logits_BV = model.logits(h_BPD[:, -1:])[:, 0]  # only the last position predicts a new token
-  first_B = _sample(logits_BV, keys_B, 0, temperature, top_p, vocab_limit, greedy=greedy,
+  first_B = _sample(logits_BV, seed, row_ids_B, 0, temperature, top_p, vocab_limit, greedy=greedy,
                     use_top_p=use_top_p)
   return DecodeState(
       cache=cache, last_B=first_B, position_B=lengths_B.astype(jnp.int32),
@@ -101,8 +104,8 @@ def _prefill(graphdef, params, tokens_BP, lengths_B, keys_B, temperature, top_p,
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "greedy", "use_top_p"),
                    donate_argnames=("state",))
-def _decode(graphdef, params, state: DecodeState, limit, keys_B, temperature, top_p, vocab_limit,
-            eos_id, *, greedy, use_top_p):
+def _decode(graphdef, params, state: DecodeState, limit, seed, row_ids_B, temperature, top_p,
+            vocab_limit, eos_id, *, greedy, use_top_p):
   TRACE_COUNTS["decode"] += 1
   model = _model(graphdef, params)
   B = state.last_B.shape[0]
@@ -115,7 +118,7 @@ def _decode(graphdef, params, state: DecodeState, limit, keys_B, temperature, to
     h_B1D, cache = model.hidden_states(s.last_B[:, None], ones_B1, s.position_B[:, None],
                                        cache=s.cache)
     logits_BV = model.logits(h_B1D)[:, 0]
-    next_B = _sample(logits_BV, keys_B, s.step, temperature, top_p, vocab_limit, greedy=greedy,
+    next_B = _sample(logits_BV, seed, row_ids_B, s.step, temperature, top_p, vocab_limit, greedy=greedy,
                      use_top_p=use_top_p)
     next_B = jnp.where(s.done_B, jnp.maximum(eos_id, 0), next_B)  # finished rows emit padding
     return DecodeState(
@@ -168,12 +171,13 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   graphdef, params = nnx.split(model)
   greedy = temperature == 0.0
   use_top_p = not greedy and top_p < 1.0
-  eos = jnp.int32(-1 if eos_id is None else eos_id)
-  temperature, top_p = jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p)
-  vocab_limit = jnp.int32(c.vocab_size if vocab_limit is None else min(vocab_limit, c.vocab_size))
+  # Scalars go in as numpy values: jit's C++ fast path transfers them far quicker than jnp arrays.
+  eos = np.int32(-1 if eos_id is None else eos_id)
+  temperature, top_p = np.float32(max(temperature, 1e-6)), np.float32(top_p)
+  vocab_limit = np.int32(c.vocab_size if vocab_limit is None else min(vocab_limit, c.vocab_size))
+  seed = np.uint32(seed)
   order = sorted(range(len(prompt_tokens)), key=lambda i: len(prompt_tokens[i]))
   B = batch_size or len(order)
-  base_key = jax.random.key(seed)
   results: list[list[int] | None] = [None] * len(order)
   for start in range(0, len(order), B):
     ids = order[start:start + B]
@@ -186,16 +190,15 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
     tokens_BP = np.zeros((B, P), np.int32)
     for r, row in enumerate(rows):
       tokens_BP[r, P - len(row):] = row  # left padding: every row's last prompt token is at P - 1
-    lengths_B = jnp.asarray([len(row) for row in rows], jnp.int32)
-    keys_B = jax.vmap(lambda i: jax.random.fold_in(base_key, i))(
-        jnp.asarray(ids + [ids[0]] * (B - len(ids)), jnp.int32))
+    lengths_B = np.asarray([len(row) for row in rows], np.int32)
+    row_ids_B = np.asarray(ids + [ids[0]] * (B - len(ids)), np.int32)
     sampling = dict(greedy=greedy, use_top_p=use_top_p)
-    state = _prefill(graphdef, params, jnp.asarray(tokens_BP), lengths_B, keys_B, temperature,
+    state = _prefill(graphdef, params, tokens_BP, lengths_B, seed, row_ids_B, temperature,
                      top_p, vocab_limit, eos, cache_len=cache_len, n_out=cache_len - P, **sampling)
     while True:
       limit = max_new_tokens if should_stop is None else min(
           int(state.step) + check_every, max_new_tokens)
-      state = _decode(graphdef, params, state, jnp.int32(limit), keys_B, temperature, top_p,
+      state = _decode(graphdef, params, state, np.int32(limit), seed, row_ids_B, temperature, top_p,
                       vocab_limit, eos, **sampling)
       step, done_B, tokens_BN = jax.device_get((state.step, state.done_B, state.tokens_BN))
       rows_out = [_cut_at_eos(tokens_BN[r, :step].tolist(), eos_id) for r in range(B)]
