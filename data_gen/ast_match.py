@@ -28,9 +28,11 @@ units: every function definition at any depth (methods and nested functions incl
 pair of consecutive top-level definitions (so a planted solution with its helper still matches as
 one unit). A record's tau against a problem is the best over its units.
 
-Very short trees (fewer than `min_nodes` nodes, counted on the longer side) are not compared:
-`def f(a, b): return a + b` has ten nodes and matches thousands of unrelated functions exactly, so
-a tau on it is no evidence of contamination. The n-gram and embedding measures still see them.
+Very short problems (fewer than `min_nodes` = 16 nodes) get no tau: `def f(a, b): return a + b`
+has ten nodes and matches thousands of unrelated functions exactly, so a tau on it is no evidence of
+contamination. That leaves out 13 of HumanEval's 164 problems and 164 of MBPP's 974 (measured on
+the standard library, 16 keeps false positives at tau = 0.9 under 1% of files; 12 gives 2.6%).
+The n-gram and embedding measures still see them.
 
 Speed. All pairs would be (units x problems) edit distances; we prune with bounds that never drop
 a pair whose tau could reach the cut-off, and compare identical unit strings once:
@@ -228,7 +230,7 @@ class AstIndex:
             int(np.searchsorted(self._lengths, hi, side="right")))
 
   def search(self, units: Iterable[str], tau_min: float) -> list[Match]:
-    """Every (unit, problem) with tau >= tau_min, the longer side having >= min_nodes nodes."""
+    """Every (unit, problem) with tau >= tau_min, over problems of at least min_nodes nodes."""
     units = list(units)
     by_seq: dict[str, list[int]] = {}
     for i, u in enumerate(units):

@@ -160,11 +160,9 @@ def _scan(text: str) -> RecordScan:
 
 
 def best_tau(units: Iterable[str], problem_sequence: str | None, min_nodes: int) -> float | None:
-  if not problem_sequence:
-    return None
-  taus = [ast_match.match_rate(u, problem_sequence) for u in units
-          if max(len(u), len(problem_sequence)) >= min_nodes]
-  return max(taus) if taus else None
+  if not problem_sequence or len(problem_sequence) < min_nodes:
+    return None  # too short to be evidence (see data_gen/ast_match.py)
+  return max((ast_match.match_rate(u, problem_sequence) for u in units), default=None)
 
 
 # ------------------------------------------------------------------------------------------- driver
