@@ -78,6 +78,20 @@ def test_sampling_is_reproducible_with_a_seed(model):
   assert a != gen.generate_tokens(model, PROMPTS, max_new_tokens=16)  # it really samples
 
 
+def test_a_prompt_samples_the_same_alone_or_in_a_batch(model):
+  kw = dict(max_new_tokens=12, temperature=1.0, seed=5)
+  together = gen.generate_tokens(model, PROMPTS, **kw)
+  assert together == [gen.generate_tokens(model, PROMPTS, batch_size=1, **kw)[i]
+                      for i in range(len(PROMPTS))]
+
+
+def test_generation_up_to_the_context_limit(model):
+  prompt = list(range(1, 101))  # 100 + 28 new tokens = max_seq_len 128: the cache is not bucketed
+  out = gen.generate_tokens(model, [prompt], max_new_tokens=28)[0]
+  assert len(out) == 28
+  assert out[:4] == _greedy_by_full_forward(model, prompt, 4, width=128)
+
+
 def test_tiny_top_p_is_greedy(model):
   sampled = gen.generate_tokens(model, PROMPTS, max_new_tokens=12, temperature=1.5, top_p=1e-6)
   assert sampled == gen.generate_tokens(model, PROMPTS, max_new_tokens=12)

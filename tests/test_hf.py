@@ -61,6 +61,15 @@ def test_logits_match_transformers(saved):
   np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
+def test_compute_dtype_and_config_overrides(saved):
+  path, _ = saved
+  model = hf.from_hf(path, dtype="bfloat16", max_seq_len=64)
+  assert (model.config.dtype, model.config.max_seq_len) == ("bfloat16", 64)
+  assert model.lm_head.kernel[...].dtype == jnp.float32  # parameters stay fp32
+  with pytest.raises(TypeError):
+    hf.from_hf(path, not_a_field=1)
+
+
 def test_greedy_generation_matches_transformers_generate(saved):
   path, reference = saved
   prompts = [TOKENS[0, :5].tolist(), TOKENS[1].tolist()]
