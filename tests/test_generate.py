@@ -78,6 +78,12 @@ def test_sampling_is_reproducible_with_a_seed(model):
   assert a != gen.generate_tokens(model, PROMPTS, max_new_tokens=16)  # it really samples
 
 
+def test_repeated_prompts_get_independent_samples(model):
+  # pass@k draws n samples of a task by repeating its prompt in one call (phi1/evals/run.py).
+  out = gen.generate_tokens(model, [PROMPTS[0]] * 4, max_new_tokens=12, temperature=1.0)
+  assert len({tuple(row) for row in out}) == 4
+
+
 def test_a_prompt_samples_the_same_alone_or_in_a_batch(model):
   kw = dict(max_new_tokens=12, temperature=1.0, seed=5)
   together = gen.generate_tokens(model, PROMPTS, **kw)
