@@ -206,3 +206,15 @@ def test_batch_api_fills_the_same_cache_and_a_killed_run_resumes_its_batch(tmp_p
   # Batch answers are billed at half price and count against the budget.
   full = prices_for("gpt-4o-mini").cost(stats.prompt_tokens, stats.completion_tokens)
   assert stats.cost_usd == pytest.approx(full / 2) and budget.spent_usd == pytest.approx(full / 2)
+
+
+def test_fake_server_speaks_openai_for_other_clients():
+  import openai
+  with FakeOpenAI(responder=lambda body: "pass  # " + body["model"]) as server:
+    client = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    chat = client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "x"}])
+    text = client.completions.create(model="m2", prompt="def f():\n", max_tokens=2)
+    assert chat.choices[0].message.content == "pass  # m1" and chat.usage.completion_tokens > 0
+    assert text.choices[0].text == "pass  # " and text.choices[0].finish_reason == "length"
+    assert [m.id for m in client.models.list()] == ["fake"]
+    assert sum(server.served_counts.values()) == 2

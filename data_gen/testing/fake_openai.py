@@ -8,8 +8,9 @@
       server.request_counts  # Counter: body_hash(request body) -> all attempts (faulted too)
       server.fault_counts    # Counter: fault kind -> times injected
 
-Endpoints: POST /v1/chat/completions, POST /v1/completions, and the Batch API's POST /v1/files,
-GET /v1/files/{id}/content, POST /v1/batches, GET /v1/batches/{id}. Any API key is accepted.
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, and the Batch API's
+POST /v1/files, GET /v1/files/{id}/content, POST /v1/batches, GET /v1/batches/{id}. Any API key
+and any model name are accepted.
 
 Faults (each attempt is faulted with probability `fault_rate`, kind drawn uniformly from `faults`):
   "429"        HTTP 429 with `Retry-After` and `retry-after-ms` of `retry_after_s`
@@ -157,11 +158,16 @@ class _Server:
     self.app.router.add_get("/v1/files/{file_id}/content", self.file_content)
     self.app.router.add_post("/v1/batches", self.create_batch)
     self.app.router.add_get("/v1/batches/{batch_id}", self.get_batch)
+    self.app.router.add_get("/v1/models", self.models)
     self.app.router.add_get("/_fake/stats", self.stats_handler)
 
   def stats(self) -> dict:
     return {"request_counts": dict(self.request_counts), "served_counts": dict(self.served_counts),
             "fault_counts": dict(self.fault_counts), "batches": len(self.batches)}
+
+  async def models(self, request):
+    return web.json_response({"object": "list", "data": [
+        {"id": "fake", "object": "model", "created": 0, "owned_by": "data_gen.testing"}]})
 
   async def stats_handler(self, request):
     return web.json_response(self.stats())
