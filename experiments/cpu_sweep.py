@@ -34,7 +34,6 @@ def mixtures() -> dict:
 def get_config(arg: str = ""):
   del arg  # CPU-sized already: "" and "cpu" are the same
   c = recipes.cpu_size(recipes.pretrain(Phi1Config.phi1_small()), "pretrain")
-  c.model.max_seq_len = 128
   c.steps, c.batch_size, c.seq_len = 80, 8, 128
   c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.schedule_steps = 3e-3, 8, 80
   c.log_every, c.eval_every, c.eval_batches = 5, 10, 4

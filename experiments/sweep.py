@@ -373,6 +373,8 @@ def write_slurm(runs: list[Run], out_dir, *, spec: str, root: pathlib.Path, node
   """One sbatch script per run, and submit.sh that queues them with afterok dependencies."""
   out = pathlib.Path(out_dir).absolute()
   out.mkdir(parents=True, exist_ok=True)
+  path, colon, arg = spec.partition(":")  # the job starts in the repository: absolute paths
+  spec = str(pathlib.Path(path).absolute()) + colon + arg
   command = [sys.executable, "-m", "experiments.sweep", spec, "--root", str(root), *extra_args]
   submit = ["#!/bin/bash", "# Queues the sweep; runs already done are left out.", "set -euo pipefail",
             f"cd {shlex.quote(str(out))}", "declare -A JOB"]
@@ -498,8 +500,12 @@ def main(argv=None) -> int:
   from phi1 import cli
   cli._maybe_init_distributed()  # one process per host under SLURM (see write_slurm)
   start = time.perf_counter()
-  run_local(runs, benches=benches, eval_limit=args.eval_limit,
-            max_new_tokens=args.eval_max_new_tokens, progress=not args.no_progress)
+  try:
+    run_local(runs, benches=benches, eval_limit=args.eval_limit,
+              max_new_tokens=args.eval_max_new_tokens, progress=not args.no_progress)
+  except RuntimeError as e:  # a failed eval or a missing dependency: say which, no traceback
+    print(f"sweep: {e}", file=sys.stderr)
+    return 1
   print(f"sweep: {len(runs)} run(s) in {root} ({time.perf_counter() - start:.0f} s); "
         f"registry: {root / 'registry.csv'}")
   return 0
