@@ -1,7 +1,6 @@
 """notebooks/quickstart.ipynb runs top to bottom in this virtual environment's Python (nbclient)."""
 
 import json
-import os
 import pathlib
 import sys
 
