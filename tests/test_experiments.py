@@ -1,5 +1,6 @@
 """Every experiment file: get_config() and its CPU switch load, keys are the trainer's, sweeps expand."""
 
+import json
 import pathlib
 
 import pytest
@@ -84,3 +85,21 @@ def test_paper_ablation_grids():
   assert knobs["packing_document"].data.packing == "document"
   assert knobs["finetune_loss_on_prompt_false"].data.loss_on_prompt is False
   assert knobs["rotary_0"].model.rotary_dim == 0
+
+
+def test_table3_splits_pass_at_1_into_similar_and_non_similar(tmp_path):
+  module, _ = sweep.load_experiment(str(REPO / "experiments/ablation_pruning.py"))
+  split = {"similar": ["HumanEval/0"], "non_similar": ["HumanEval/1", "HumanEval/2"]}
+  report = {"taus": {str(t): {"removed": 7, "split": {"humaneval": split}}
+                     for t in module.TAUS}}
+  (tmp_path / "report.json").write_text(json.dumps(report))
+  for run, results in (("tau_0.9", (True, False, True)), ("unpruned", (False, False, True))):
+    out = tmp_path / "runs" / run / "eval_humaneval"
+    out.mkdir(parents=True)
+    out.joinpath("samples.jsonl").write_text("".join(
+        json.dumps({"task_id": f"HumanEval/{i}", "passed": p}) + "\n" for i, p in enumerate(results)))
+  rows = {r["run"]: r for r in module.table3(tmp_path / "runs", tmp_path)}
+  assert rows["tau_0.9"]["tau"] == "0.9" and rows["unpruned"]["tau"] == "0.8"
+  assert (rows["tau_0.9"]["similar"], rows["tau_0.9"]["non_similar"]) == (1.0, 0.5)
+  assert (rows["unpruned"]["similar"], rows["unpruned"]["non_similar"]) == (0.0, 0.5)
+  assert rows["tau_0.9"]["pass@1"] == pytest.approx(2 / 3)
