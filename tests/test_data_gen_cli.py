@@ -15,7 +15,7 @@ from data_gen.shards import read_records
 from data_gen.testing import FakeOpenAI
 
 KEY = "sk-test-secret-0123456789"
-FAST = ["--timeout", "1", "--backoff-base", "0.005", "--backoff-max", "0.02", "--no-progress",
+FAST = ["--timeout", "2", "--backoff-base", "0.005", "--backoff-max", "0.02", "--no-progress",
         "--max-attempts", "12"]
 
 
@@ -31,7 +31,7 @@ def _env(**extra):
 
 def test_sigkill_halfway_then_rerun_finishes_without_paying_twice(tmp_path):
   n, out = 1000, tmp_path / "ex"
-  with FakeOpenAI(fault_rate=0.2, latency_s=0.01, slow_s=1.5, retry_after_s=0.005) as server:
+  with FakeOpenAI(fault_rate=0.2, latency_s=0.01, slow_s=3.0, retry_after_s=0.005) as server:
     process = subprocess.Popen(_command("exercises", n, out, server, "--shard-size", "150"),
                                env=_env(OPENAI_API_KEY=KEY), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
