@@ -498,7 +498,7 @@ def main(argv=None) -> int:
     import jax
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
   from phi1 import cli
-  cli._maybe_init_distributed()  # one process per host under SLURM (see write_slurm)
+  cli.maybe_init_distributed()  # one process per host under SLURM (see write_slurm)
   start = time.perf_counter()
   try:
     run_local(runs, benches=benches, eval_limit=args.eval_limit,

@@ -26,7 +26,7 @@ def _split_overrides(argv):
   return rest, overrides
 
 
-def _maybe_init_distributed():
+def maybe_init_distributed():
   """Multi-host: one process per host, started by SLURM (auto-detected) or with
   JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID set."""
   import jax
@@ -52,7 +52,7 @@ def train_main(argv) -> int:
   parser.add_argument("--workdir", required=True, help="metrics, checkpoints and plots go here")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
-  _maybe_init_distributed()
+  maybe_init_distributed()
   from phi1 import config as config_lib, train
   config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
   last = train.run(config, args.workdir, progress=not args.no_progress)

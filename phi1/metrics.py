@@ -78,11 +78,10 @@ def read_metrics(workdir) -> list[dict]:
 
 def plot_losses(workdir, out_name: str = "loss.png"):
   """Train (and eval, where logged) loss against step, as a PNG in the workdir."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  from matplotlib.figure import Figure  # no pyplot: leaves a notebook's backend alone
   records = read_metrics(workdir)
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  ax = fig.subplots()
   for key, label in (("loss", "train"), ("eval_loss", "eval")):
     points = [(r["step"], r[key]) for r in records if key in r]
     if points:
@@ -95,5 +94,4 @@ def plot_losses(workdir, out_name: str = "loss.png"):
   out = pathlib.Path(workdir) / out_name
   fig.tight_layout()
   fig.savefig(out, dpi=120)
-  plt.close(fig)
   return out

@@ -21,7 +21,7 @@ import json, os, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
 from phi1 import cli
-cli._maybe_init_distributed()
+cli.maybe_init_distributed()
 sys.path.insert(0, sys.argv[1])
 from test_train import synthetic_batch, tiny_config
 from phi1 import train
