@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def machine() -> str:
   import jax
   devices = jax.devices()
-  return f"{os.cpu_count()}-core {platform.machine()} CPU; jax on {devices[0].platform} x{len(devices)}"
+  return (f"{os.cpu_count()}-core {platform.machine()} CPU; "
+          f"jax on {devices[0].platform} x{len(devices)}")
 
 
 def make_prompts(batch: int, vocab: int, rng) -> list[list[int]]:
@@ -59,7 +60,6 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 
-  import jax
   import torch
   from flax import nnx
   from transformers import PhiForCausalLM
@@ -113,7 +113,8 @@ def main():
     results.append((tps_ours / tps_peer, tps_ours, tps_peer))
     print(f"batch {batch:3d}: ours {tps_ours:10.1f} tok/s   transformers {tps_peer:9.1f} tok/s "
           f"({best_threads} torch thread{'s' if best_threads > 1 else ''})   ratio "
-          f"{tps_ours / tps_peer:6.1f}x   rows with identical greedy tokens {agree:.0%}", flush=True)
+          f"{tps_ours / tps_peer:6.1f}x   rows with identical greedy tokens {agree:.0%}",
+          flush=True)
   torch.set_num_threads(default_threads)
   ratio, tps_ours, tps_peer = min(results)
   print(json.dumps({"name": "generate_decode_tokens_per_sec", "ours": round(tps_ours, 1),

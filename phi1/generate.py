@@ -1,9 +1,10 @@
-"""KV-cache decoding under `jax.jit`: batched prompts, greedy / temperature / top-p, EOS, stop strings.
+"""KV-cache decoding under `jax.jit`: batched prompts, greedy / temperature / top-p, EOS, stops.
 
 How a batch runs:
-  1. prefill (one jitted call): prompts are left-padded to a length bucket P; padding gets segment id
-     0 (never attended to) and each row's positions restart at 0 on its first real token, so a row
-     decodes exactly as it would alone. The cache (`phi1/kv_cache.py`) is preallocated for S slots.
+  1. prefill (one jitted call): prompts are left-padded to a length bucket P; padding gets segment
+     id 0 (never attended to) and each row's positions restart at 0 on its first real token, so a
+     row decodes exactly as it would alone. The cache (`phi1/kv_cache.py`) is preallocated for S
+     slots.
   2. decode (one jitted call per chunk): a `lax.while_loop` feeds one token per step through the
      cache, sampling on device, and exits once every row has hit EOS or the step limit. Nothing
      returns to Python per token.
@@ -83,9 +84,7 @@ def _model(graphdef, params):
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "n_out", "greedy",
                                              "use_top_p"))
 def _prefill(graphdef, params, tokens_BP, lengths_B, seed, row_ids_B, temperature, top_p,
-             vocab_limit,
-             eos_id, *,
-             cache_len, n_out, greedy, use_top_p):
+             vocab_limit, eos_id, *, cache_len, n_out, greedy, use_top_p):
   TRACE_COUNTS["prefill"] += 1
   model = _model(graphdef, params)
   B, P = tokens_BP.shape
@@ -118,8 +117,8 @@ def _decode(graphdef, params, state: DecodeState, limit, seed, row_ids_B, temper
     h_B1D, cache = model.hidden_states(s.last_B[:, None], ones_B1, s.position_B[:, None],
                                        cache=s.cache)
     logits_BV = model.logits(h_B1D)[:, 0]
-    next_B = _sample(logits_BV, seed, row_ids_B, s.step, temperature, top_p, vocab_limit, greedy=greedy,
-                     use_top_p=use_top_p)
+    next_B = _sample(logits_BV, seed, row_ids_B, s.step, temperature, top_p, vocab_limit,
+                     greedy=greedy, use_top_p=use_top_p)
     next_B = jnp.where(s.done_B, jnp.maximum(eos_id, 0), next_B)  # finished rows emit padding
     return DecodeState(
         cache=cache, last_B=next_B, position_B=s.position_B + 1, step=s.step + 1,
@@ -175,7 +174,7 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   eos = np.int32(-1 if eos_id is None else eos_id)
   temperature, top_p = np.float32(max(temperature, 1e-6)), np.float32(top_p)
   vocab_limit = np.int32(c.vocab_size if vocab_limit is None else min(vocab_limit, c.vocab_size))
-  seed = np.uint32(seed)
+  seed = np.uint32(seed % 2**32)
   order = sorted(range(len(prompt_tokens)), key=lambda i: len(prompt_tokens[i]))
   B = batch_size or len(order)
   results: list[list[int] | None] = [None] * len(order)

@@ -42,8 +42,9 @@ class CheckpointError(ValueError):
 def config_from_hf(hf: dict, **overrides) -> Phi1Config:
   """`Phi1Config` from a transformers `PhiConfig` dict (config.json); refuses what we cannot run."""
   if hf.get("model_type", "phi") != "phi":
-    raise ValueError(f"config.json model_type={hf['model_type']!r}: only 'phi' (PhiForCausalLM) is "
-                     "supported; old 'phi-msft' checkpoints must first be converted by transformers")
+    raise ValueError(f"config.json model_type={hf['model_type']!r}: only 'phi' (PhiForCausalLM) "
+                     "is supported; old 'phi-msft' checkpoints must first be converted by "
+                     "transformers")
   # transformers >= 5 nests rotary settings in `rope_parameters`; 4.x (and the released phi-1
   # config.json) keeps them at the top level with `rope_scaling`.
   rope = dict(hf.get("rope_parameters") or {})
@@ -57,13 +58,16 @@ def config_from_hf(hf: dict, **overrides) -> Phi1Config:
   n_heads = hf["num_attention_heads"]
   kv_heads = hf.get("num_key_value_heads")
   if kv_heads is not None and kv_heads != n_heads:
-    raise ValueError(f"num_key_value_heads={kv_heads} != num_attention_heads={n_heads}: grouped-query "
-                     "attention is not supported (phi-1 uses full multi-head attention)")
+    raise ValueError(f"num_key_value_heads={kv_heads} != num_attention_heads={n_heads}: "
+                     "grouped-query attention is not supported (phi-1 uses full multi-head "
+                     "attention)")
   act = hf.get("hidden_act", "gelu_new")
   if act not in SUPPORTED_ACTIVATIONS:
-    raise ValueError(f"hidden_act={act!r} is not supported; phi-1 uses one of {SUPPORTED_ACTIVATIONS}")
+    raise ValueError(f"hidden_act={act!r} is not supported; phi-1 uses one of "
+                     f"{SUPPORTED_ACTIVATIONS}")
   if hf.get("tie_word_embeddings", False):
-    raise ValueError("tie_word_embeddings=true is not supported: phi-1's LM head is untied (with bias)")
+    raise ValueError("tie_word_embeddings=true is not supported: phi-1's LM head is untied "
+                     "(with a bias)")
   d_model = hf["hidden_size"]
   factor = rope.get("partial_rotary_factor", hf.get("partial_rotary_factor", 0.5))
   fields = dict(
@@ -203,7 +207,7 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
 
 
 def to_hf(model: Phi1, path: str) -> None:
-  """Write `model` as config.json + model.safetensors that `PhiForCausalLM.from_pretrained` loads."""
+  """Write `model` as config.json + model.safetensors for `PhiForCausalLM.from_pretrained`."""
   os.makedirs(path, exist_ok=True)
   tensors = {}
   for key, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

@@ -1,4 +1,4 @@
-"""Generation: cached decoding equals full recomputation; sampling, stops, EOS and compile counts."""
+"""Generation: cached decoding equals full recomputation; sampling, stops, EOS, compile counts."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""phi-1 model: exact parameter counts, causality (plain and packed), precision, dropout, remat, errors."""
+"""phi-1 model: exact parameter counts, causality (plain and packed), dtypes, dropout, remat."""
 
 import jax
 import jax.numpy as jnp
