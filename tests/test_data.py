@@ -370,3 +370,20 @@ def test_row_window_shuffle_is_a_resumable_permutation_of_each_window():
     assert list(resumed) == out[k:]
     if k < 23:
       assert next(it) == out[k]
+
+
+def test_data_gen_output_directory_is_a_source(tmp_path):
+  """A `python -m data_gen exercises --out DIR` folder reads as one source: finished shards only."""
+  from data_gen.shards import ShardWriter
+  from phi1.data import records
+  rows = [{"id": f"e{i}", "prompt": f"def f{i}():\n", "completion": f"    return {i}\n",
+           "text": f"def f{i}():\n    return {i}\n", "source": "synthetic_exercises"}
+          for i in range(5)]
+  with ShardWriter(str(tmp_path), kind="exercises", shard_size=2) as writer:
+    for row in rows:
+      writer.append(row)
+  stats = records.SourceStats(str(tmp_path))
+  docs = list(records.read_documents(str(tmp_path), stats))
+  assert len(records.source_files(str(tmp_path))) == 3  # shards of 2, 2 and 1 rows
+  assert docs == [(r["prompt"], r["completion"]) for r in rows]
+  assert stats.documents == len(docs) and stats.problems == 0

@@ -85,7 +85,7 @@ def tokenized_copy(path: str, tokenizer, cache_dir: str) -> str:
   from phi1 import pretokenize  # pylint: disable=import-outside-toplevel
 
   path = os.path.abspath(path)
-  files = records.python_files(path) if os.path.isdir(path) else [path]
+  files = records.source_files(path)
   identity = [path, tokenizer.fingerprint, FORMAT_VERSION]
   identity += [(f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
   key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]

@@ -179,12 +179,33 @@ def _python_directory(path: str, stats: SourceStats) -> Iterator[Document]:
       yield ("", text)
 
 
+def is_shard_directory(path: str) -> bool:
+  """A `python -m data_gen textbooks|exercises` output: manifest.json + finished shards."""
+  return os.path.isdir(path) and os.path.isfile(os.path.join(path, "manifest.json"))
+
+
+def source_files(path: str) -> list[str]:
+  """The files a source reads: finished data_gen shards, .py files of a directory, or itself."""
+  if is_shard_directory(path):
+    from data_gen.shards import shard_files  # pylint: disable=import-outside-toplevel
+    return shard_files(path)
+  return python_files(path) if os.path.isdir(path) else [path]
+
+
+def _shard_directory(path: str, stats: SourceStats) -> Iterator[Document]:
+  # Only shards with a completion marker: a run still writing (or killed) adds nothing half-done.
+  for file in source_files(path):
+    yield from (_parquet_rows if file.endswith(".parquet") else _json_lines)(file, stats)
+
+
 def is_text_source(path: str) -> bool:
   return path.endswith(_JSON_SUFFIXES) or path.endswith(".parquet") or os.path.isdir(path)
 
 
 def read_documents(path: str, stats: SourceStats) -> Iterator[Document]:
   """Yields the usable documents of a text source in file order; bad records only bump `stats`."""
+  if is_shard_directory(path):
+    return _shard_directory(path, stats)
   if os.path.isdir(path):
     return _python_directory(path, stats)
   if path.endswith(_JSON_SUFFIXES):
@@ -192,4 +213,5 @@ def read_documents(path: str, stats: SourceStats) -> Iterator[Document]:
   if path.endswith(".parquet"):
     return _parquet_rows(path, stats)
   raise ValueError(f"cannot read {path}: expected *.jsonl[.gz], *.json[.gz], *.parquet, a "
-                   "directory of .py files, or a `phi1 pretokenize` directory (metadata.json)")
+                   "directory of .py files, a data_gen output directory (manifest.json), or a `phi1 pretokenize` "
+                   "directory (metadata.json)")
