@@ -84,10 +84,16 @@ def config_from_hf(hf: dict, **overrides) -> Phi1Config:
   return Phi1Config(**{**fields, **overrides})
 
 
-def config_to_hf(config: Phi1Config) -> dict:
-  """The config.json transformers needs to build the same `PhiForCausalLM`."""
+def config_to_hf(config: Phi1Config, eos_id: int | None = None) -> dict:
+  """The config.json transformers needs to build the same `PhiForCausalLM`.
+
+  The end-of-text id belongs to the tokenizer, not the model: without `eos_id` it is written as
+  null, because PhiConfig's default (2) would make transformers' `generate` stop on token 2.
+  """
   factor = config.rotary_dim / config.head_dim
   return {
+      # CodeGen's tokenizer (phi-1's) uses <|endoftext|> as both BOS and EOS.
+      "bos_token_id": eos_id, "eos_token_id": eos_id, "pad_token_id": None,
       "architectures": ["PhiForCausalLM"], "model_type": "phi",
       "vocab_size": config.vocab_size, "hidden_size": config.d_model,
       "intermediate_size": config.d_ff, "num_hidden_layers": config.n_layers,
@@ -206,8 +212,11 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
   return nnx.merge(graphdef, nnx.from_flat_state(flat), _non_param_state(config, seed))
 
 
-def to_hf(model: Phi1, path: str) -> None:
-  """Write `model` as config.json + model.safetensors for `PhiForCausalLM.from_pretrained`."""
+def to_hf(model: Phi1, path: str, *, eos_id: int | None = None) -> None:
+  """Write `model` as config.json + model.safetensors for `PhiForCausalLM.from_pretrained`.
+
+  Pass the tokenizer's `eos_id` so transformers' `generate` stops where ours does.
+  """
   os.makedirs(path, exist_ok=True)
   tensors = {}
   for key, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
@@ -217,7 +226,7 @@ def to_hf(model: Phi1, path: str) -> None:
   # Write to temporary names and rename, so an interrupted export never leaves a half-written file
   # that looks like a checkpoint.
   for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"})),
-                      (CONFIG_FILE, lambda p: _write_json(config_to_hf(model.config), p))):
+                      (CONFIG_FILE, lambda p: _write_json(config_to_hf(model.config, eos_id), p))):
     fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
     os.close(fd)
     write(tmp)

@@ -84,9 +84,10 @@ def test_greedy_generation_matches_transformers_generate(saved):
 
 def test_round_trip_to_hf_gives_the_same_logits(saved, tmp_path):
   path, reference = saved
-  hf.to_hf(hf.from_hf(path), str(tmp_path))
+  hf.to_hf(hf.from_hf(path), str(tmp_path), eos_id=7)
   reloaded = transformers.PhiForCausalLM.from_pretrained(str(tmp_path),
                                                          attn_implementation="eager").eval()
+  assert reloaded.config.eos_token_id == 7
   np.testing.assert_allclose(_hf_logits(reloaded, TOKENS), _hf_logits(reference, TOKENS),
                              atol=1e-5, rtol=0)
 
