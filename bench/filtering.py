@@ -130,6 +130,7 @@ def main() -> None:
     for name, s in summaries.items():
       rows[name] = {"docs_in": s["docs_in"], "bytes_in": s.get("bytes_in", 0), "seconds": s["seconds"]}
     score = summaries["score"]
+    summaries = dict(summaries)
     records_path = os.path.join(workdir, "dedup", "records.jsonl")
     rows["decontaminate"] = time_decontaminate(records_path, args.workers)
     rows[f"embed ({args.phi1_preset} phi1, CPU)"] = time_phi1_embedder(
@@ -156,6 +157,8 @@ def main() -> None:
   score_split = {"embed_s": score.get("worker_seconds_embed"),
                  "classify_s": score.get("worker_seconds_classify")}
   print(f"score stage split (seconds summed over workers): {score_split}")
+  print(f"classifier (held-out offline-judge labels, {summaries['classify']['held_out']} docs): "
+        + json.dumps(summaries["classify"]["metrics"]))
   phi1 = rows[f"embed ({args.phi1_preset} phi1, CPU)"]
   print(f"total projected for 35M files with the '{args.embedder}' embedder: {total_h:.0f} h on this "
         f"machine; a phi1 embedder instead of it adds {phi1['projected_hours']:.0f} h at the "
