@@ -130,7 +130,6 @@ def main() -> None:
     for name, s in summaries.items():
       rows[name] = {"docs_in": s["docs_in"], "bytes_in": s.get("bytes_in", 0), "seconds": s["seconds"]}
     score = summaries["score"]
-    summaries = dict(summaries)
     records_path = os.path.join(workdir, "dedup", "records.jsonl")
     rows["decontaminate"] = time_decontaminate(records_path, args.workers)
     rows[f"embed ({args.phi1_preset} phi1, CPU)"] = time_phi1_embedder(
