@@ -94,7 +94,12 @@ def convert_main(argv) -> int:
     tokenizer = os.path.join(args.from_hf, "tokenizer.json")
     checkpoint.export_params(model, args.out, tokenizer if os.path.exists(tokenizer) else None)
   else:
-    hf.to_hf(checkpoint.load_model(args.to_hf), args.out)
+    try:  # the tokenizer saved beside an export gives transformers its eos token
+      model, tokenizer = checkpoint.load_for_inference(args.to_hf)
+      eos_id = tokenizer.eos_id
+    except FileNotFoundError:
+      model, eos_id = checkpoint.load_model(args.to_hf), None
+    hf.to_hf(model, args.out, eos_id=eos_id)
   print(f"wrote {os.path.abspath(args.out)}")
   return 0
 
