@@ -32,20 +32,20 @@ def get_config(arg: str = "pretrain"):
   c.mesh = "dp"
   c.seq_len = 256
   c.batch_size = 16
-  c.log_every, c.checkpoint_every, c.eval_every, c.eval_batches = 10, 100, 100, 4
+  c.log_every, c.checkpoint_every, c.eval_every, c.eval_batches = 10, 50, 50, 4
   c.keep_last, c.keep_every = 2, 0
   c.data.tokenizer = corpus.tokenizer_path
   c.data.cache_dir = os.path.join(cache_dir(), "tokenized")
   if arg == "pretrain":
-    c.steps = 300
-    c.optimizer.peak_lr, c.optimizer.warmup_steps = 3e-3, 30
-    c.optimizer.schedule_steps, c.optimizer.weight_decay = 300, 0.1
+    c.steps = 200  # ~820K tokens: about 5 minutes on 2 cores
+    c.optimizer.peak_lr, c.optimizer.warmup_steps = 3e-3, 20
+    c.optimizer.schedule_steps, c.optimizer.weight_decay = 200, 0.1
     c.data.sources = [{"path": corpus.train_path, "weight": 1.0, "name": "stdlib"}]
     c.data.eval_sources = [corpus.eval_path]
   else:
-    c.steps = 100
-    c.optimizer.peak_lr, c.optimizer.warmup_steps = 5e-4, 10  # paper: 10x lower LR to finetune
-    c.optimizer.schedule_steps, c.optimizer.weight_decay = 100, 0.01
+    c.steps = 60
+    c.optimizer.peak_lr, c.optimizer.warmup_steps = 5e-4, 6  # paper: 10x lower LR to finetune
+    c.optimizer.schedule_steps, c.optimizer.weight_decay = 60, 0.01
     c.data.sources = [{"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}]
     c.data.eval_sources = [corpus.exercises_eval_path]
     c.data.packing = "document"  # exercises are short: keep each one to itself

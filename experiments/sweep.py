@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import io
 import itertools
 import json
@@ -109,20 +108,8 @@ def _short(value) -> str:
 
 
 def load_experiment(spec: str):
-  """The module of `path/to/NAME.py[:ARG]` and ARG (config.load does the same for get_config)."""
-  path, _, arg = spec.partition(":")
-  file = pathlib.Path(path)
-  if not file.is_file():
-    raise FileNotFoundError(f"experiment file {path} not found (expected experiments/NAME.py)")
-  root = str(file.resolve().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)
-  module_spec = importlib.util.spec_from_file_location(f"phi1_experiment_{file.stem}", file)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"{path} must define get_config()")
-  return module, arg
+  """The module of `path/to/NAME.py[:ARG]` and ARG."""
+  return config_lib.load_module(spec)
 
 
 def expand(spec: str, root=None, extra: dict | None = None) -> list[Run]:

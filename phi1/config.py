@@ -68,6 +68,12 @@ def base_config() -> ml_collections.ConfigDict:
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Load `path/to/exp.py[:arg]` and call its get_config()."""
+  module, arg = load_module(spec)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def load_module(spec: str):
+  """(the experiment module of `path/to/NAME.py[:ARG]`, ARG)."""
   path, _, arg = spec.partition(":")
   file = pathlib.Path(path)
   if not file.is_file():
@@ -81,7 +87,7 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} must define get_config()")
-  return module.get_config(arg) if arg else module.get_config()
+  return module, arg
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]):
