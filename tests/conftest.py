@@ -11,3 +11,17 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests must never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pytest  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture(scope="module")
+def quick_compiles():
+  """Compile without XLA optimisations for a module whose programs run only a few times (Pallas
+  interpret-mode kernels): optimising that code costs more time than it saves."""
+  import jax
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)

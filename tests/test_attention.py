@@ -12,14 +12,8 @@ from phi1 import sharding
 on_gpu = pytest.mark.skipif(jax.default_backend() not in ("gpu", "cuda"), reason="needs a GPU")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quick_compiles():
-  """Interpret-mode kernels are compiled by XLA:CPU to run a few times: optimising that code costs
-  more than it saves (about half of this file's time)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# Interpret-mode kernels: skip XLA:CPU optimisation of code that runs a few times (conftest).
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def random_qkv(seed, shape, dtype=jnp.float32):

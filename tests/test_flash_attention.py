@@ -25,14 +25,8 @@ TEST_BLOCKS = flash.BlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_d
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2, jnp.float16: 2e-3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quick_compiles():
-  """Interpret-mode kernels are compiled by XLA:CPU to run a few times: optimising that code costs
-  more than it saves (about half of this file's time)."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+# Interpret-mode kernels: skip XLA:CPU optimisation of code that runs a few times (conftest).
+pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
 def reference(q, k, v, segment_ids, causal):
