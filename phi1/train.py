@@ -29,7 +29,8 @@ from flax import nnx
 
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
-from phi1 import flops, metrics as metrics_lib, precision, sharding
+from phi1 import flops, losses, metrics as metrics_lib, precision, sharding
+from phi1 import model as model_lib
 from phi1.model import Phi1
 
 
@@ -66,12 +67,16 @@ def make_optimizer(opt: ml_collections.ConfigDict):
 
 
 def loss_sum(params, graphdef, batch, key):
-  """Sum of next-token cross-entropy over the tokens `loss_mask` keeps (fp32 logits)."""
+  """Sum of next-token cross-entropy over the tokens `loss_mask` keeps (fp32 logits).
+
+  The LM head and the loss run fused, a chunk of positions at a time (phi1/losses.py): the full
+  [B, T, 51200] logits never exist."""
   model = nnx.merge(graphdef, params)
-  logits_BTV = model(batch["inputs"], segment_ids=batch.get("segment_ids"),
-                     positions=batch.get("positions"), rngs=nnx.Rngs(dropout=key))
-  nll_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-  return jnp.sum(nll_BT * batch["loss_mask"])
+  h_BTD = model.hidden_states(batch["inputs"], segment_ids=batch.get("segment_ids"),
+                              positions=batch.get("positions"), rngs=nnx.Rngs(dropout=key))
+  return losses.lm_head_cross_entropy(
+      h_BTD, model.lm_head.kernel[...], model.lm_head.bias[...], batch["targets"],
+      batch["loss_mask"], dtype=model_lib.DTYPES[model.config.dtype])
 
 
 def _micro_batches(batch, grad_accum: int):
