@@ -89,6 +89,32 @@ class Isolation:
   off: tuple[str, ...]       # the protections that are off, with the reason
 
 
+def interpreter_paths() -> list[str]:
+  """The directories the worker needs to start: the interpreter, its sys.path, the server's code."""
+  needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
+                                          os.path.dirname(os.path.realpath(sys.executable)))}
+  needed |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+  needed.add(os.path.dirname(os.path.realpath(_WORKER)))  # the server's own code
+  return sorted(needed)
+
+
+def _rebind_under(root: str, paths) -> list[str]:
+  """bwrap arguments showing `paths` that live under `root` again, after a tmpfs covered it (a
+  checkout or virtual environment under /tmp, as CI clones often are)."""
+  inside = [p for p in paths if p.startswith(root + "/")]
+  outermost = [p for p in inside if not any(p.startswith(q + "/") for q in inside)]
+  args = []
+  for path in outermost:
+    parents, parent = [], os.path.dirname(path)
+    while parent != root:
+      parents.insert(0, parent)
+      parent = os.path.dirname(parent)
+    for parent in parents:  # bwrap would create them 0700, closed to the unprivileged user
+      args += ["--perms", "0755", "--dir", parent]
+    args += ["--ro-bind", path, path]
+  return args
+
+
 def interpreter_masks() -> list[tuple[str, list[str]]]:
   """Directories to hide behind an empty tmpfs, each with the interpreter paths to show inside it.
 
@@ -96,12 +122,8 @@ def interpreter_masks() -> list[tuple[str, list[str]]]:
   than run programs with more rights, the sandbox hides that directory (and whatever else it holds,
   such as credentials) and shows only the interpreter's own tree in it.
   """
-  needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
-                                          os.path.dirname(os.path.realpath(sys.executable)))}
-  needed |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-  needed.add(os.path.dirname(os.path.realpath(_WORKER)))  # the server's own code
   masks: dict[str, set[str]] = {}
-  for path in sorted(needed):
+  for path in interpreter_paths():
     ancestor = "/"
     for part in path.strip("/").split("/"):
       ancestor = os.path.join(ancestor, part)
@@ -117,6 +139,7 @@ def interpreter_masks() -> list[tuple[str, list[str]]]:
 
 def _bwrap_command(bwrap: str) -> list[str]:
   command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
+  command += _rebind_under("/tmp", interpreter_paths() + [os.path.abspath(sys.executable)])
   for mask, paths in interpreter_masks():
     command += ["--tmpfs", mask]
     for path in paths:  # bwrap would create the directories in between as 0700: make them 0755
