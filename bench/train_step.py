@@ -2,7 +2,7 @@
 
 Same model (d_model 256, 4 layers, 4 heads x 64, MLP 1024, rotary 32, vocab 51200 as phi-1), same
 batch (8 x 512 tokens), same optimizer (AdamW, fp32), same loss; PyTorch uses sdpa attention and
-all CPU threads. Prints tokens/s and MFU of both against this machine's measured fp32 matmul peak,
+all CPU threads. Timed rounds alternate between the two (medians reported). Prints tokens/s and MFU of both against this machine's measured fp32 matmul peak,
 then the JSON result line (ratio = ours / transformers tokens per second).
 
   .venv/bin/python bench/train_step.py [--steps 10]
@@ -19,7 +19,7 @@ import numpy as np
 D, LAYERS, HEADS, FF, VOCAB, SEQ, BATCH = 256, 4, 4, 1024, 51200, 512, 8
 
 
-def ours(steps: int) -> float:
+def ours(steps: int):
   import jax
   from phi1 import config as config_lib, sharding, train
   from phi1.model import Phi1Config
@@ -32,17 +32,18 @@ def ours(steps: int) -> float:
   trainer = train.Trainer(c, mesh=sharding.make_mesh("dp", jax.devices()[:1]))
   state = trainer.init_state()
   batches = [_batch(i) for i in range(steps + 2)]
-  for b in batches[:2]:  # compile + one warm step
-    state, m = trainer.step(state, b)
-  jax.block_until_ready(m)
-  start = time.perf_counter()
-  for b in batches[2:]:
-    state, m = trainer.step(state, b)
-  jax.block_until_ready(m)
-  return steps * BATCH * SEQ / (time.perf_counter() - start)
+  holder = {"state": state}
+
+  def run(bs):
+    for b in bs:
+      holder["state"], m = trainer.step(holder["state"], b)
+    jax.block_until_ready(m)
+
+  run(batches[:2])  # compile + one warm step
+  return lambda: _timed(run, batches[2:])
 
 
-def peer(steps: int) -> float:
+def peer(steps: int):
   import torch
   from transformers import PhiConfig, PhiForCausalLM
   torch.manual_seed(0)
@@ -64,10 +65,13 @@ def peer(steps: int) -> float:
 
   for b in batches[:2]:
     step(b)
+  return lambda: _timed(lambda bs: [step(b) for b in bs], batches[2:])
+
+
+def _timed(run, batches) -> float:
   start = time.perf_counter()
-  for b in batches[2:]:
-    step(b)
-  return steps * BATCH * SEQ / (time.perf_counter() - start)
+  run(batches)
+  return len(batches) * BATCH * SEQ / (time.perf_counter() - start)
 
 
 def _batch(seed):
@@ -79,6 +83,8 @@ def _batch(seed):
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="alternating timed rounds of each; the median counts (shared machines)")
   args = parser.parse_args()
   from phi1 import flops
   from phi1.model import Phi1Config
@@ -86,7 +92,10 @@ def main():
                             rotary_dim=32, max_seq_len=SEQ)
   peak = flops.measured_matmul_flops()
   per_token = flops.train_flops_per_token(model_config, SEQ)
-  ours_tps, peer_tps = ours(args.steps), peer(args.steps)
+  ours_round, peer_round = ours(args.steps), peer(args.steps)
+  rounds = [(ours_round(), peer_round()) for _ in range(args.rounds)]
+  ours_tps = float(np.median([o for o, _ in rounds]))
+  peer_tps = float(np.median([p for _, p in rounds]))
   machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU"
   print(f"machine: {machine}; measured fp32 matmul peak {peak / 1e9:.1f} GFLOP/s")
   print(f"FLOPs/token (6N + 6LTD): {per_token / 1e6:.1f} M")

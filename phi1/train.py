@@ -91,17 +91,23 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, grad_accum: 
   n_tokens = jnp.maximum(batch["loss_mask"].sum(), 1.0)
   step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
-  def accumulate(grads_acc, micro):
-    mb, index = micro
+  def micro_grads(mb, index):
     def scaled_loss(params):
       loss = loss_sum(params, graphdef, mb, jax.random.fold_in(step_key, index)) / n_tokens
       return state.loss_scale.scale_loss(loss), loss
     (_, loss), grads = jax.value_and_grad(scaled_loss, has_aux=True)(state.params)
-    return jax.tree.map(jnp.add, grads_acc, grads), loss
+    return grads, loss
 
-  zeros = jax.tree.map(jnp.zeros_like, state.params)
-  grads, losses = jax.lax.scan(
-      accumulate, zeros, (_micro_batches(batch, grad_accum), jnp.arange(grad_accum)))
+  if grad_accum == 1:  # no loop, no zero-filled accumulator
+    grads, loss = micro_grads(batch, 0)
+  else:
+    def accumulate(grads_acc, micro):
+      grads, loss = micro_grads(*micro)
+      return jax.tree.map(jnp.add, grads_acc, grads), loss
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    grads, losses = jax.lax.scan(
+        accumulate, zeros, (_micro_batches(batch, grad_accum), jnp.arange(grad_accum)))
+    loss = losses.sum()
   grads = state.loss_scale.unscale(grads)
   finite = precision.all_finite(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -111,7 +117,7 @@ def train_step(state: TrainState, batch, *, graphdef, tx, schedule, grad_accum: 
     opt_state = precision.select_tree(finite, opt_state, state.opt_state)
   new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
                          loss_scale=state.loss_scale.adjust(finite), key=state.key)
-  metrics = {"loss": losses.sum(), "grad_norm": optax.tree.norm(grads),
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
              "lr": schedule(state.step), "loss_scale": state.loss_scale.scale,
              "skipped": (~finite).astype(jnp.int32), "tokens": n_tokens}
   return new_state, metrics
