@@ -289,11 +289,12 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
         last_good = done
       bar.update(1)
     manager.wait_until_finished()
-  except OSError as e:
+  except (OSError, ValueError) as e:
     if is_disk_full(e):
-      raise OSError(errno.ENOSPC, f"disk full while saving a checkpoint to {workdir}; the last "
-                    f"complete checkpoint is step {manager.latest_step()}. Free space and rerun "
-                    "the same command to resume.") from e
+      latest = manager.latest_step()
+      where = f"the last complete checkpoint is step {latest}" if latest else "no checkpoint is complete yet"
+      raise OSError(errno.ENOSPC, f"disk full while saving a checkpoint to {workdir}; {where}. "
+                    "Free space and rerun the same command to resume.") from e
     raise
   finally:
     bar.close()
@@ -309,7 +310,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
 def _save(manager, step, state, train_data, workdir, last_good):
   try:
     ckpt_lib.save(manager, step, state, train_data)
-  except OSError as e:
+  except (OSError, ValueError) as e:
     if is_disk_full(e):
       raise OSError(errno.ENOSPC, f"disk full while saving step {step} to {workdir}; the last "
                     f"complete checkpoint is step {last_good}. Free space and rerun.") from e
@@ -328,7 +329,14 @@ def local_value(x) -> np.ndarray:
 
 
 def is_disk_full(error: BaseException) -> bool:
-  return isinstance(error, OSError) and error.errno == errno.ENOSPC
+  # Orbax's tensorstore writer reports ENOSPC as a ValueError("RESOURCE_EXHAUSTED ... No space").
+  while error is not None:
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def check_finite(loss: float, step: int, last_good: int | None, workdir):

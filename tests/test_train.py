@@ -210,3 +210,22 @@ def test_nan_loss_stops_and_names_the_last_good_checkpoint(corpus, tmp_path):
                                                              "optimizer.grad_clip": 0.0})
   with pytest.raises(train.TrainingDiverged, match=r"last good checkpoint is step \d+"):
     train.run(cfg, tmp_path, progress=False)
+
+
+def test_disk_full_during_save_is_a_clear_error_and_no_partial_checkpoint_is_visible(corpus, tmp_path):
+  """A real full disk: the workdir on a 1 MB tmpfs (root only), too small for one checkpoint."""
+  mountpoint = tmp_path / "small_disk"
+  mountpoint.mkdir()
+  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
+                    capture_output=True).returncode != 0:
+    pytest.skip("cannot mount a small tmpfs here (needs root)")
+  try:
+    with pytest.raises(OSError, match="disk full while saving a checkpoint") as info:
+      train.run(tiny_config(corpus, steps=4, checkpoint_every=2), mountpoint / "w", progress=False)
+    assert info.value.errno == 28
+    from phi1 import checkpoint
+    manager = checkpoint.manager(mountpoint / "w", keep_last=1, keep_every=None)
+    assert manager.latest_step() is None  # the half-written step is not a checkpoint
+    manager.close()
+  finally:
+    subprocess.run(["umount", str(mountpoint)])
