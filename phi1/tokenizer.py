@@ -43,15 +43,19 @@ class Tokenizer(abc.ABC):
   def vocab_size(self) -> int:
     """Number of token ids the tokenizer can emit (the model's embedding may have more rows)."""
 
-  @property
-  @abc.abstractmethod
-  def eos_id(self) -> int:
-    """Id of `<|endoftext|>`, the document separator (paper §2.3)."""
+  # Set by every implementation's constructor.
+  _eos_id: int
+  _fingerprint: str
 
   @property
-  @abc.abstractmethod
+  def eos_id(self) -> int:
+    """Id of `<|endoftext|>`, the document separator (paper §2.3)."""
+    return self._eos_id
+
+  @property
   def fingerprint(self) -> str:
     """Hash of the tokenizer file; pre-tokenized shards record it so mismatches are caught."""
+    return self._fingerprint
 
   @abc.abstractmethod
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
@@ -101,14 +105,6 @@ class SentencePieceTokenizer(Tokenizer):
   def vocab_size(self) -> int:
     return self._sp.vocab_size()
 
-  @property
-  def eos_id(self) -> int:
-    return self._eos_id
-
-  @property
-  def fingerprint(self) -> str:
-    return self._fingerprint
-
   def _encode_with_literal_space_marks(self, text: str) -> list[int]:
     parts = self._sp.encode(text.split(_SP_SPACE), num_threads=1)
     ids = list(parts[0])
@@ -154,14 +150,6 @@ class HFTokenizer(Tokenizer):
   @property
   def vocab_size(self) -> int:
     return self._tok.get_vocab_size(with_added_tokens=True)
-
-  @property
-  def eos_id(self) -> int:
-    return self._eos_id
-
-  @property
-  def fingerprint(self) -> str:
-    return self._fingerprint
 
   def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
     encodings = self._tok.encode_batch_fast(list(texts), add_special_tokens=False)
