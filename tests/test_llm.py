@@ -92,15 +92,17 @@ def test_retry_after_is_honoured(tmp_path):
   with FakeOpenAI(fault_rate=1.0, faults=("429",), retry_after_s=0.2) as server:
 
     async def run():
+      # A generous per-attempt timeout: under a loaded CI machine 0.5 s attempts can time out, and
+      # this test is about Retry-After, not timeouts.
       async with _llm(server, tmp_path, retry=RetryPolicy(max_attempts=3, base_s=0.001, max_s=0.001),
-                      pause_on_429=False) as llm:
+                      pause_on_429=False, timeout_s=10.0) as llm:
         start = time.monotonic()
         with pytest.raises(RetriesExhausted):
           await llm.complete(_request(0))
         return time.monotonic() - start, llm.stats
 
     elapsed, stats = asyncio.run(run())
-  assert stats.retries == 2 and stats.errors["http_429"] == 3
+  assert stats.retries == 2 and stats.errors["http_429"] == 3, stats.errors
   assert elapsed >= 2 * 0.2  # two waits of Retry-After, not the 1 ms backoff
 
 
