@@ -21,7 +21,7 @@ def _request(i: int, max_tokens: int = 400) -> Request:
 
 def _llm(server, tmp_path, **kwargs) -> LLM:
   kwargs.setdefault("retry", FAST_RETRY)
-  kwargs.setdefault("timeout_s", 0.5)
+  kwargs.setdefault("timeout_s", 2.0)  # tests that need timeouts set their own
   return LLM("gpt-4o-mini", base_url=server.base_url, api_key="sk-test",
              cache=str(tmp_path / "cache.sqlite"), **kwargs)
 
