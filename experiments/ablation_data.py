@@ -19,11 +19,9 @@ those exercises for CodeExercises (phi1/demo_corpus.py):
   python -m experiments.sweep experiments/ablation_data.py:cpu
 """
 
-import os
 
 from experiments import recipes
 from experiments import sweep
-from phi1 import demo_corpus
 from phi1.model import Phi1Config
 
 # The Python subset of deduplicated The Stack + StackOverflow, unfiltered (paper §2). Point it at
@@ -51,11 +49,9 @@ def get_config(arg: str = ""):
 def _data(cpu: bool) -> dict:
   if not cpu:
     return {"stackplus": STACK_PLUS, "codetextbook": recipes.CODETEXTBOOK}
-  cache = os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))  # as recipes.cpu_size
-  corpus = demo_corpus.build(cache, log=lambda *_: None)
-  stdlib = {"path": corpus.train_path, "weight": 1.0, "name": "stdlib"}
-  exercises = {"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}
-  return {"stackplus": [stdlib], "codetextbook": [stdlib, exercises]}
+  sources = recipes.demo_sources(recipes.demo_corpus())
+  return {"stackplus": [sources["stdlib"]],
+          "codetextbook": [sources["stdlib"], sources["exercises"]]}
 
 
 def get_sweep(arg: str = ""):

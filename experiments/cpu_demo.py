@@ -10,20 +10,16 @@ Works on a fresh machine with no preparation: the corpus and its SentencePiece t
 from the local standard library (or reused from the cache, $PHI1_CACHE or ~/.cache/phi1).
 """
 
-import os
 
-from phi1 import config as config_lib, demo_corpus
+from experiments import recipes
+from phi1 import config as config_lib
 from phi1.model import Phi1Config
-
-
-def cache_dir() -> str:
-  return os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))
 
 
 def get_config(arg: str = "pretrain"):
   if arg not in ("pretrain", "finetune"):
     raise ValueError(f"cpu_demo takes 'pretrain' or 'finetune', got {arg!r}")
-  corpus = demo_corpus.build(cache_dir(), log=lambda *_: None)
+  corpus = recipes.demo_corpus()
   c = config_lib.base_config()
   c.model = config_lib.model_config(Phi1Config.tiny(
       vocab_size=4096, d_model=256, n_layers=4, n_heads=8, d_ff=1024, rotary_dim=16,
@@ -35,7 +31,7 @@ def get_config(arg: str = "pretrain"):
   c.log_every, c.checkpoint_every, c.eval_every, c.eval_batches = 10, 50, 50, 4
   c.keep_last, c.keep_every = 2, 0
   c.data.tokenizer = corpus.tokenizer_path
-  c.data.cache_dir = os.path.join(cache_dir(), "tokenized")
+  c.data.cache_dir = recipes.tokenized_cache_dir()
   if arg == "pretrain":
     c.steps = 200  # ~820K tokens: about 5 minutes on 2 cores
     c.optimizer.peak_lr, c.optimizer.warmup_steps = 3e-3, 20

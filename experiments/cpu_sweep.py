@@ -11,10 +11,8 @@ L(C) = a * C^-b (+ c) per mixture.
   python -m experiments.sweep experiments/cpu_sweep.py --dry-run        # the compute, explained
 """
 
-import os
 
 from experiments import recipes
-from phi1 import demo_corpus
 from phi1.model import Phi1Config
 
 SIZES = {  # head dim 32, rotary on 16 of it, as Phi1Config.tiny
@@ -24,11 +22,9 @@ SIZES = {  # head dim 32, rotary on 16 of it, as Phi1Config.tiny
 
 
 def mixtures() -> dict:
-  cache = os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))  # as recipes.cpu_size
-  corpus = demo_corpus.build(cache, log=lambda *_: None)
-  stdlib = {"path": corpus.train_path, "weight": 1.0, "name": "stdlib"}
-  exercises = {"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}
-  return {"stdlib": [stdlib], "stdlib+exercises": [stdlib, exercises]}
+  sources = recipes.demo_sources(recipes.demo_corpus())
+  return {"stdlib": [sources["stdlib"]],
+          "stdlib+exercises": [sources["stdlib"], sources["exercises"]]}
 
 
 def get_config(arg: str = ""):

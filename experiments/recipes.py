@@ -53,12 +53,29 @@ def finetune(model: Phi1Config, init_from: str):
   return c
 
 
+def demo_corpus():
+  """The CPU-size stand-in for the paper's data: the stdlib corpus (built once, then cached)."""
+  from phi1 import demo_corpus as demo_corpus_lib
+  return demo_corpus_lib.build(demo_corpus_lib.default_cache_dir(), log=lambda *_: None)
+
+
+def tokenized_cache_dir() -> str:
+  """Where the demo's text sources are tokenized once (data.cache_dir)."""
+  import os
+  from phi1 import demo_corpus as demo_corpus_lib
+  return os.path.join(demo_corpus_lib.default_cache_dir(), "tokenized")
+
+
+def demo_sources(corpus) -> dict:
+  """Training-source entries of the demo corpus: "stdlib" (code files) and "exercises"."""
+  return {"stdlib": {"path": corpus.train_path, "weight": 1.0, "name": "stdlib"},
+          "exercises": {"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}}
+
+
 def cpu_size(c, stage: str = "pretrain"):
   """Shrink a paper config to a few CPU minutes on the demo corpus; keeps the recipe's shape."""
-  import os
-  from phi1 import demo_corpus
-  cache = os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))
-  corpus = demo_corpus.build(cache, log=lambda *_: None)
+  corpus = demo_corpus()
+  sources = demo_sources(corpus)
   c.model = config_lib.model_config(Phi1Config.tiny(vocab_size=4096, max_seq_len=1024))
   c.steps, c.batch_size, c.seq_len, c.grad_accum = 50, 8, 256, 1
   c.optimizer.schedule_steps = 50
@@ -66,12 +83,12 @@ def cpu_size(c, stage: str = "pretrain"):
   c.precision, c.mesh = "fp32", "dp"
   c.log_every, c.eval_every, c.checkpoint_every, c.keep_every = 10, 25, 25, 0
   c.data.tokenizer = corpus.tokenizer_path
-  c.data.cache_dir = os.path.join(cache, "tokenized")
+  c.data.cache_dir = tokenized_cache_dir()
   if stage == "pretrain":
-    c.data.sources = [{"path": corpus.train_path, "weight": 1.0, "name": "stdlib"}]
+    c.data.sources = [sources["stdlib"]]
     c.data.eval_sources = [corpus.eval_path]
   else:
-    c.data.sources = [{"path": corpus.exercises_train_path, "weight": 1.0, "name": "exercises"}]
+    c.data.sources = [sources["exercises"]]
     c.data.eval_sources = [corpus.exercises_eval_path]
   c.data.eval_fraction = 0.0
   c.model.attention_impl = "xla"  # the Pallas kernel runs in interpret mode on CPU: slow

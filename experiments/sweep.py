@@ -43,7 +43,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python experiments/sweep.py` as well as `-m experiments.sweep`
   sys.path.insert(0, str(REPO))
 
-from phi1 import config as config_lib  # noqa: E402
+from phi1 import config as config_lib, demo_corpus  # noqa: E402
 
 DONE = "DONE"  # JSON marker written when a run finished: config hash, wall time, final metrics
 RUN_INFO = "run.json"  # name, experiment, overrides, config hash, accumulated wall time
@@ -444,7 +444,7 @@ def main(argv=None) -> int:
   p.add_argument("--account")
   p.add_argument("--time", help="SLURM time limit (default: from the estimate, +25%%)")
   p.add_argument("--compile-cache", default=os.path.join(
-      os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1")), "jax_compilation"),
+      demo_corpus.default_cache_dir(), "jax_compilation"),
                  help="JAX persistent compilation cache: runs of one shape compile once ('' = off)")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)

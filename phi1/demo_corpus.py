@@ -198,6 +198,11 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
                log=log)
 
 
+def default_cache_dir() -> str:
+  """$PHI1_CACHE, else ~/.cache/phi1: the demo corpus, tokenized copies and compiled programs."""
+  return os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))
+
+
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if len(argv) != 1:
