@@ -285,14 +285,15 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
       if done % config.checkpoint_every == 0 or done == config.steps:
         loss = float(local_value(step_metrics["loss"]))
         check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state
-        _save(manager, done, state, train_data, workdir, last_good)
+        ckpt_lib.save(manager, done, state, train_data)
         last_good = done
       bar.update(1)
     manager.wait_until_finished()
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError) as e:  # a save fails here, or in its async thread (ValueError)
     if is_disk_full(e):
       latest = manager.latest_step()
-      where = f"the last complete checkpoint is step {latest}" if latest else "no checkpoint is complete yet"
+      where = (f"the last complete checkpoint is step {latest}" if latest
+               else "no checkpoint is complete yet")
       raise OSError(errno.ENOSPC, f"disk full while saving a checkpoint to {workdir}; {where}. "
                     "Free space and rerun the same command to resume.") from e
     raise
@@ -305,16 +306,6 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
     metrics_lib.plot_losses(workdir)
   return last
-
-
-def _save(manager, step, state, train_data, workdir, last_good):
-  try:
-    ckpt_lib.save(manager, step, state, train_data)
-  except (OSError, ValueError) as e:
-    if is_disk_full(e):
-      raise OSError(errno.ENOSPC, f"disk full while saving step {step} to {workdir}; the last "
-                    f"complete checkpoint is step {last_good}. Free space and rerun.") from e
-    raise
 
 
 def _progress_bar(enabled: bool, start: int, total: int):
