@@ -94,19 +94,22 @@ def is_export(path) -> bool:
   return (pathlib.Path(path) / EXPORT_CONFIG).is_file()
 
 
-def load_model(path, **config_overrides) -> Phi1:
-  """A Phi1 from an export directory, an HF directory, or a training workdir (its latest step)."""
+def _resolve(path) -> pathlib.Path:
+  """A training workdir stands for the export its run wrote (workdir/export)."""
   path = pathlib.Path(path).absolute()
-  if not is_export(path) and (path / "export").is_dir():
-    path = path / "export"
+  return path / "export" if not is_export(path) and (path / "export").is_dir() else path
+
+
+def load_model(path, **config_overrides) -> Phi1:
+  """A Phi1 from an export directory, an HF directory, or a finished training workdir."""
+  path = _resolve(path)
   if (path / "config.json").is_file() and not is_export(path):
     from phi1 import hf
     return hf.from_hf(path)
   if not is_export(path):
     raise FileNotFoundError(
         f"{path} is neither a params export (with {EXPORT_CONFIG}) nor an HF directory "
-        "(with config.json); export one with `phi1 export --workdir DIR` or point at the "
-        "workdir's export/ folder")
+        "(with config.json); `phi1 train` writes an export to WORKDIR/export when it finishes")
   config = Phi1Config(**{**json.loads((path / EXPORT_CONFIG).read_text()), **config_overrides})
   abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
   abstract_params = nnx.state(abstract, nnx.Param)
@@ -129,9 +132,7 @@ def load_model(path, **config_overrides) -> Phi1:
 def load_for_inference(path):
   """(model, tokenizer) from an export or HF directory; the tokenizer is the one saved beside it."""
   from phi1 import tokenizer as tokenizer_lib
-  path = pathlib.Path(path)
-  if not is_export(path) and (path / "export").is_dir():
-    path = path / "export"
+  path = _resolve(path)
   model = load_model(path)
   candidates = sorted(path.glob("tokenizer*"))
   if not candidates:
