@@ -55,6 +55,15 @@ def logical_to_spec(names, rules) -> P:
   return P(*(rules.get(n) for n in names))
 
 
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch is split: the product of the data-parallel axes."""
+  return int(np.prod([mesh.shape[a] for a in BATCH]))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
 def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH, *([None] * (ndim - 1))))
 

@@ -135,7 +135,7 @@ class Trainer:
     self.model_config = config_lib.phi1_config(config)
     self.mesh = mesh or sharding.make_mesh(config.mesh, tensor=config.tensor_parallel)
     self.rules = sharding.RULES[config.mesh]
-    n_batch = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    n_batch = sharding.batch_shards(self.mesh)
     if config.batch_size % (n_batch * config.grad_accum):
       raise ValueError(
           f"batch_size={config.batch_size} must be divisible by the data-parallel device count "
@@ -145,6 +145,7 @@ class Trainer:
       raise ValueError(f"seq_len={config.seq_len} exceeds model.max_seq_len="
                        f"{self.model_config.max_seq_len}")
     self.tx, self.schedule = make_optimizer(config.optimizer)
+    self.replicated = sharding.replicated(self.mesh)
 
     abstract_model = nnx.eval_shape(lambda: Phi1(self.model_config, rngs=nnx.Rngs(0)))
     abstract_model.train()  # dropout on: `deterministic` is static, so each mode has a graphdef
@@ -154,7 +155,6 @@ class Trainer:
     self.abstract_state = jax.eval_shape(self._init_state)
     self.state_shardings = self._state_shardings(abstract_params)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
-    self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
     self._train_step = jax.jit(
         functools.partial(train_step, graphdef=self.graphdef, tx=self.tx,
@@ -177,12 +177,11 @@ class Trainer:
 
   def _state_shardings(self, abstract_params) -> TrainState:
     param_sh = sharding.param_shardings(abstract_params, self.mesh, self.rules)
-    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     opt_sh = optax.tree_map_params(
         self.tx, lambda _, s: s, self.abstract_state.opt_state, param_sh,
-        transform_non_params=lambda _: replicated,
+        transform_non_params=lambda _: self.replicated,
         is_leaf=lambda x: isinstance(x, nnx.Variable))
-    everything = jax.tree.map(lambda _: replicated, self.abstract_state)
+    everything = jax.tree.map(lambda _: self.replicated, self.abstract_state)
     return dataclasses.replace(everything, params=param_sh, opt_state=opt_sh)
 
   def init_state(self) -> TrainState:
