@@ -89,14 +89,24 @@ def shard_files(out_dir: str) -> list[str]:
 
 
 def read_records(out_dir: str, include_partial: bool = True) -> list[dict]:
-  """Every stored record: finished shards, then (optionally) the complete lines of partials."""
-  records = [r for path in shard_files(out_dir) for r in read_shard(path)]
-  if include_partial:
-    finished = {os.path.basename(p).split(".")[0] for p in shard_files(out_dir)}
-    for path in sorted(glob.glob(os.path.join(out_dir, "shard-*.partial"))):
-      if os.path.basename(path).split(".")[0] not in finished:
-        records.extend(_read_partial(path)[0])
-  return records
+  """Every stored record: finished shards, then (optionally) the complete lines of partials.
+
+  Safe while a writer runs: a partial finished (renamed) under our feet means the listing is
+  stale, so the read starts over from a fresh listing.
+  """
+  while True:
+    finished_paths = shard_files(out_dir)
+    records = [r for path in finished_paths for r in read_shard(path)]
+    if not include_partial:
+      return records
+    finished = {os.path.basename(p).split(".")[0] for p in finished_paths}
+    try:
+      for path in sorted(glob.glob(os.path.join(out_dir, "shard-*.partial"))):
+        if os.path.basename(path).split(".")[0] not in finished:
+          records.extend(_read_partial(path)[0])
+    except FileNotFoundError:
+      continue
+    return records
 
 
 class ShardWriter:
