@@ -13,9 +13,11 @@ What a run of millions of requests needs, in the order a request meets it:
   retries   exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
             connections / malformed bodies, honouring Retry-After; other 4xx fail fast;
   cache     the response is stored (group-committed, see data_gen.cache) before it is returned.
-Requests go out through `client.post` with the pre-serialised body and come back as raw bytes we
-parse ourselves: the typed `chat.completions.create` path costs ~1 ms of CPU per request in
-parameter transforms and pydantic models, which caps a 2-core machine far below 1,000 requests/s.
+The `openai` client builds each endpoint's request once (URL, query, auth, organisation/project,
+user agent and platform headers: see `LLM._endpoint`) and its HTTP client sends every attempt; we
+skip only the SDK's per-request layer (option models, URL re-parsing, header merging, pydantic
+responses), which costs ~0.5 ms of CPU per request and caps a 2-core machine far below 1,000
+requests/s. Responses come back as raw bytes that `parse_response` checks itself.
 The API key comes from the argument or OPENAI_API_KEY and is never logged or written anywhere.
 """
 
@@ -26,12 +28,14 @@ import hashlib
 import json
 import os
 import random
+import ssl
 import time
 from collections import Counter
 from typing import Any
 
 import httpx2
 import openai
+from openai._models import FinalRequestOptions
 
 from data_gen.cache import ResponseCache
 from data_gen.pricing import Prices, prices_for
@@ -210,11 +214,19 @@ def retry_after_s(response: httpx2.Response | None) -> float | None:
   return None
 
 
-def _fatal_message(e: openai.APIStatusError) -> str:
+_RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx
+
+
+def _fatal_message(response: httpx2.Response) -> str:
+  status = response.status_code
   hint = {401: "authentication failed: check OPENAI_API_KEY",
           403: "permission denied for this key, model or region",
-          404: "not found: check --model and --base-url"}.get(e.status_code, "request rejected")
-  return f"HTTP {e.status_code}: {hint} ({e.message[:300]})"
+          404: "not found: check --model and --base-url"}.get(status, "request rejected")
+  try:
+    detail = response.json()["error"]["message"]
+  except (ValueError, KeyError, TypeError):
+    detail = response.text
+  return f"HTTP {status}: {hint} ({str(detail)[:300]})"
 
 
 class LLM:
@@ -225,7 +237,10 @@ class LLM:
                tokens_per_min: float | None = None, cache: ResponseCache | str | None = None,
                revision: str = "v1", retry: RetryPolicy | None = None, timeout_s: float = 300.0,
                prices: Prices | None = None, budget: Budget | None = None,
-               http: str = "aiohttp", pause_on_429: bool = True):
+               http: str | httpx2.AsyncClient = "aiohttp", pause_on_429: bool = True,
+               client_options: dict | None = None):
+    """`client_options` go to `openai.AsyncOpenAI` as they are: organization, project,
+    default_headers, default_query (e.g. Azure's api-version)."""
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
     if not api_key:
       raise MissingAPIKey("OPENAI_API_KEY is not set. Export it before running (for a local "
@@ -249,20 +264,40 @@ class LLM:
     self._semaphore = asyncio.Semaphore(concurrency)
     self._in_flight: dict[str, asyncio.Future] = {}
     # The SDK's aiohttp client: at high concurrency httpx's connection pool scans every connection
-    # on each request and the client tops out near 560 requests/s on a 2-core machine against a
-    # 50 ms server (vs ~1,100 with aiohttp). The openai client still builds each request, adds
-    # auth and maps errors to its exceptions.
-    if http == "aiohttp":
-      http_client = openai.DefaultAioHttpClient(
-          timeout=timeout_s, limits=httpx2.Limits(max_connections=concurrency,
-                                                  max_keepalive_connections=concurrency))
+    # on each request and tops out near 560 requests/s on a 2-core machine against a 50 ms
+    # server (vs ~1,100 with aiohttp).
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    if isinstance(http, httpx2.AsyncClient):  # yours: proxies, custom TLS, a mock transport
+      self._http = http
+    elif http == "aiohttp":
+      self._http = openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits)
     elif http == "httpx":
-      http_client = None
+      self._http = openai.DefaultAsyncHttpxClient(timeout=timeout_s, limits=limits)
     else:
-      raise ValueError(f"http must be 'aiohttp' or 'httpx', got {http!r}")
+      raise ValueError(f"http must be 'aiohttp', 'httpx' or an httpx2.AsyncClient, got {http!r}")
     # max_retries=0: retries are ours (we count them, share 429 pauses and respect the budget).
     self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
-                                     timeout=timeout_s, http_client=http_client)
+                                     timeout=timeout_s, http_client=self._http,
+                                     **(client_options or {}))
+    self._endpoints: dict[str, tuple] = {}
+
+  def _endpoint(self, path: str) -> tuple[httpx2.URL, httpx2.Headers, dict]:
+    """(URL, headers, extensions) of a JSON POST to `path`, built once by the SDK itself.
+
+    Everything the SDK would put on the request is in it: base URL and `default_query`, the
+    bearer token, organisation/project, user agent, platform and read-timeout headers, and the
+    timeout extension; per attempt we add the body and the retry count, as the SDK does.
+    `tests/test_llm.py` checks that these match what `client.post` sends. Only static API-key auth
+    is supported (a token provider's refresh would happen in the SDK's per-request layer)."""
+    endpoint = self._endpoints.get(path)
+    if endpoint is None:
+      template = self.client._build_request(FinalRequestOptions.construct(
+          method="post", url=path, content=b"", headers={"Content-Type": "application/json"}))
+      per_attempt = ("content-length", "x-stainless-retry-count")
+      headers = httpx2.Headers([(k, v) for k, v in template.headers.multi_items()
+                                if k.lower() not in per_attempt])
+      endpoint = self._endpoints[path] = (template.url, headers, template.extensions)
+    return endpoint
 
   def key(self, request: Request) -> str:
     return cache_key(request_body(self.model, request), self.revision)
@@ -338,33 +373,35 @@ class LLM:
 
   async def _send_with_retries(self, body: dict, token_estimate: int) -> dict:
     chat = "messages" in body
-    path = "/chat/completions" if chat else "/completions"
-    # Serialised once: the client then neither deep-copies nor re-encodes the body per attempt.
+    url, headers, extensions = self._endpoint("/chat/completions" if chat else "/completions")
+    # Serialised once: every attempt sends the same bytes, whose hash is the request's identity.
     payload = json.dumps(body, ensure_ascii=False).encode()
     for attempt in range(self.retry.max_attempts):
       await self.limiter.acquire(token_estimate)
       wait_hint = None
+      request = httpx2.Request("POST", url, content=payload, extensions=extensions, headers=headers)
+      request.headers["x-stainless-retry-count"] = str(attempt)  # headers were copied
       try:
         async with self._semaphore:
           # One deadline for the whole attempt: socket timeouts alone miss a server that trickles.
           async with asyncio.timeout(self.timeout_s):
-            raw = await self.client.post(path, content=payload, cast_to=httpx2.Response,
-                                         options={"headers": {"Content-Type": "application/json"}})
-          response = parse_response(raw.content, chat)
-        self.stats.requests += 1
-        self.limiter.settle_tokens(token_estimate,
-                                   response["prompt_tokens"] + response["completion_tokens"])
-        return response
-      except openai.APIStatusError as e:
-        if e.status_code not in (408, 409, 429) and e.status_code < 500:
-          raise FatalAPIError(_fatal_message(e)) from None
-        kind = f"http_{e.status_code}"
-        wait_hint = retry_after_s(e.response)
-        if e.status_code == 429 and self.pause_on_429:
+            raw = await self._http.send(request)
+          status = raw.status_code
+          if 200 <= status < 300:
+            response = parse_response(raw.content, chat)
+            self.stats.requests += 1
+            self.limiter.settle_tokens(token_estimate,
+                                       response["prompt_tokens"] + response["completion_tokens"])
+            return response
+        if status not in _RETRYABLE_STATUS and status < 500:
+          raise FatalAPIError(_fatal_message(raw))
+        kind = f"http_{status}"
+        wait_hint = retry_after_s(raw)
+        if status == 429 and self.pause_on_429:
           self.limiter.pause(min(wait_hint or self.retry.base_s, self.retry.max_retry_after_s))
-      except (openai.APITimeoutError, TimeoutError):
+      except (httpx2.TimeoutException, TimeoutError):
         kind = "timeout"
-      except openai.APIConnectionError:
+      except (httpx2.RequestError, ssl.SSLError):
         kind = "connection"
       except MalformedResponse:
         kind = "malformed"
@@ -383,7 +420,7 @@ class LLM:
     return ceiling / 2 + random.uniform(0, ceiling / 2)  # "equal jitter"
 
   async def aclose(self):
-    await self.client.close()
+    await self.client.close()  # closes self._http too
     if self.cache is not None:
       self.cache.close()
 

@@ -3,6 +3,8 @@
 import asyncio
 import time
 
+import httpx2
+import openai
 import pytest
 
 from data_gen.llm import (LLM, Budget, BudgetExhausted, FatalAPIError, MissingAPIKey, Request,
@@ -86,6 +88,49 @@ def test_request_hash_matches_the_body_the_server_received(tmp_path):
   body = {"model": "gpt-4o-mini", "temperature": 1.0, "max_tokens": 400, "seed": 3,
           "messages": [{"role": "user", "content": "Write a function named `f_3`."}]}
   assert completion.request_hash == body_hash(body)
+
+
+def _recording_http_client() -> tuple[list, httpx2.AsyncClient]:
+  seen = []
+
+  def answer(request: httpx2.Request) -> httpx2.Response:
+    seen.append(request)
+    return httpx2.Response(200, json={
+        "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "hi"}}]})
+
+  return seen, httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
+
+
+def test_requests_carry_what_the_sdk_itself_sends():
+  """The layer builds each endpoint's request once through the SDK and skips its per-request
+  layer; the URL (with default_query) and every header (auth, organisation, project, custom
+  defaults, user agent, platform, timeouts) must still be what `chat.completions.create` sends."""
+  options = dict(organization="org-1", project="proj-1", default_headers={"X-Team": "data"},
+                 default_query={"api-version": "2024-10-21"})
+
+  async def run():
+    seen_sdk, http_sdk = _recording_http_client()
+    sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://example.test/v1", timeout=60.0,
+                             max_retries=0, http_client=http_sdk, **options)
+    await sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    seen, http = _recording_http_client()
+    async with LLM("m", base_url="http://example.test/v1", api_key="sk-test", timeout_s=60.0,
+                   http=http, client_options=options) as llm:
+      completion = await llm.complete(Request(messages=[{"role": "user", "content": "x"}]))
+    return seen_sdk, seen, completion
+
+  seen_sdk, seen, completion = asyncio.run(run())
+  assert completion.text == "hi" and len(seen) == 1
+  ours, sdk = seen[0], seen_sdk[0]
+  assert (ours.method, ours.url) == (sdk.method, sdk.url)
+  assert "api-version=2024-10-21" in str(ours.url)
+  without_length = lambda r: {k: v for k, v in r.headers.items() if k != "content-length"}
+  assert without_length(ours) == without_length(sdk)
+  assert ours.headers["authorization"] == "Bearer sk-test"
+  assert ours.headers["openai-organization"] == "org-1" and ours.headers["x-team"] == "data"
+  assert int(ours.headers["content-length"]) == len(ours.content)
 
 
 def test_retry_after_is_honoured(tmp_path):
