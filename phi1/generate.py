@@ -21,6 +21,7 @@ top-p or not) is static, so there is one prefill and one decode compile per (bat
 import collections
 import dataclasses
 import functools
+import warnings
 from typing import Callable, Sequence
 
 import jax
@@ -226,20 +227,34 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
              temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-             seed: int = 0, batch_size: int | None = None) -> list[str]:
+             seed: int = 0, batch_size: int | None = None, truncate: str = "error") -> list[str]:
   """Completions of `prompts` (text), cut before the first stop string; sampling is seeded.
 
   `tokenizer` has `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id` and `vocab_size`
   (phi1/tokenizer.py); ids the tokenizer does not know are never generated.
+  A prompt that leaves no room for `max_new_tokens` in the context raises, or with
+  truncate="left" loses its first tokens (for few-shot prompts: the oldest examples go first, the
+  question stays), as evaluation harnesses do; a warning says how many prompts were cut.
   """
   if isinstance(prompts, str):
     raise ValueError("prompts must be a list of strings, not one string")
+  if truncate not in ("error", "left"):
+    raise ValueError(f"truncate must be 'error' or 'left', got {truncate!r}")
   stop = [s for s in (stop or []) if s]
   should_stop = None
   if stop:
     should_stop = lambda tokens: any(s in tokenizer.decode(tokens) for s in stop)
+  prompt_tokens = [tokenizer.encode(p) for p in prompts]
+  room = model.config.max_seq_len - max_new_tokens
+  if truncate == "left" and room >= 1:
+    cut = sum(len(t) > room for t in prompt_tokens)
+    if cut:
+      warnings.warn(f"{cut} of {len(prompts)} prompts are longer than the {room} tokens the "
+                    f"context leaves beside max_new_tokens={max_new_tokens}; their first tokens "
+                    "were dropped", stacklevel=2)
+      prompt_tokens = [t[-room:] for t in prompt_tokens]
   tokens = generate_tokens(
-      model, [tokenizer.encode(p) for p in prompts], max_new_tokens=max_new_tokens,
+      model, prompt_tokens, max_new_tokens=max_new_tokens,
       temperature=temperature, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed,
       batch_size=batch_size, should_stop=should_stop, vocab_limit=tokenizer.vocab_size)
   return [cut_at_stop(tokenizer.decode(t), stop) for t in tokens]

@@ -167,3 +167,17 @@ def test_bad_arguments_raise_clear_errors(model, kwargs, match):
 def test_a_single_string_is_rejected(model):
   with pytest.raises(ValueError, match="list of strings"):
     gen.generate(model, CharTokenizer(), "abc")
+
+
+def test_left_truncation_keeps_the_end_of_a_prompt_longer_than_the_context(model):
+  tok = CharTokenizer()
+  long_ids = [1 + i % 400 for i in range(150)]  # 150 tokens; the context leaves 128 - 8 = 120
+  short_ids = [3, 4, 5]
+  prompts = [tok.decode(long_ids), tok.decode(short_ids)]
+  with pytest.raises(ValueError, match="exceeds the context"):
+    gen.generate(model, tok, prompts, max_new_tokens=8)
+  with pytest.warns(UserWarning, match="1 of 2 prompts"):
+    out = gen.generate(model, tok, prompts, max_new_tokens=8, truncate="left")
+  expected = gen.generate(model, tok, [tok.decode(long_ids[-120:]), tok.decode(short_ids)],
+                          max_new_tokens=8)
+  assert out == expected and len(out[0]) == 8

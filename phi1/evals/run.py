@@ -257,8 +257,10 @@ def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: f
   model, tokenizer = load_for_inference(checkpoint)
 
   def generate(prompts: list[str]) -> list[str]:
+    # A small model's context may not hold a 3-shot MBPP prompt: the oldest example goes first,
+    # with a warning, as evaluation harnesses do (phi-1's 2,048 tokens hold them all).
     return generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, stop=list(stops), seed=seed,
-                         batch_size=batch_size)
+                         batch_size=batch_size, truncate="left")
 
   return generate
