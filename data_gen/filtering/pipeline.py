@@ -8,7 +8,8 @@ run again. A stage named in `skip` does not run: its previous outputs are used i
 stage copy labels made elsewhere instead of calling the LLM.
 
   workdir/ingest/records.jsonl       every record (id, text, source, kind, python_ok, meta)
-  workdir/dedup/records.jsonl        kept records; clusters.jsonl: the duplicate clusters
+  workdir/dedup/records.jsonl        kept records; clusters.jsonl: the duplicate clusters;
+                                     signatures/: per-chunk MinHash band hashes (resume)
   workdir/annotate/labels.jsonl      LLM labels of the sample (id, label, rationale, model, ...)
   workdir/embed/x.npy, ids.json      embeddings of the labelled sample
   workdir/classify/<kind>.pkl        trained classifiers; metrics.json: held-out P/R/F1 + sweep
@@ -179,15 +180,18 @@ class Pipeline:
     source = self.workdir / "ingest" / "records.jsonl"
     if not source.exists():
       raise FileNotFoundError(f"{source} does not exist: run the ingest stage first")
-    records = list(ingest_lib.read_jsonl(source))
-    result = dedup_lib.dedup(records, dedup_lib.DedupConfig(
-        ngram=c.shingle, bands=c.bands, rows=c.rows, workers=c.workers))
-    out = self.dir("dedup")
-    n = ingest_lib.write_jsonl(dedup_lib.keep_only(records, result.keep), out / "records.jsonl")
-    ingest_lib.write_jsonl(result.clusters, out / "clusters.jsonl")
-    return {"docs_in": len(records), "docs_out": n,
-            "bytes_in": sum(len(r["text"].encode("utf-8", "replace")) for r in records),
-            **result.summary()}
+    bar = None
+    if c.progress:
+      from tqdm import tqdm
+      bar = tqdm(desc="dedup (signing)", unit="doc", file=sys.stderr)
+    try:
+      return dedup_lib.dedup_jsonl(
+          source, self.dir("dedup"),
+          dedup_lib.DedupConfig(ngram=c.shingle, bands=c.bands, rows=c.rows, workers=c.workers),
+          progress=bar.update if bar is not None else None)
+    finally:
+      if bar is not None:
+        bar.close()
 
   def _annotate(self) -> dict:
     c = self.config
