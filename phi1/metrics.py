@@ -7,6 +7,7 @@ one uninterrupted run.
 
 import json
 import pathlib
+import secrets
 
 import jax
 
@@ -26,9 +27,15 @@ class MetricsWriter:
     self._tb = SummaryWriter(str(pathlib.Path(workdir) / "tensorboard"), purge_step=resume_step + 1)
     if wandb_project:
       import wandb  # optional dependency
+      # One W&B run per workdir: the id is kept beside the checkpoints so a resumed (or
+      # preempted and requeued) job appends to the same run instead of starting a new one.
+      # Steps W&B saw past the restored checkpoint stay there; metrics.jsonl is the record.
+      id_file = pathlib.Path(workdir) / "wandb_run_id"
+      if not id_file.exists():
+        id_file.write_text(secrets.token_hex(4))
       self._wandb = wandb.init(project=wandb_project, dir=str(workdir),
-                               config=config.to_dict() if config is not None else None,
-                               resume="allow")
+                               id=id_file.read_text().strip(), resume="allow",
+                               config=config.to_dict() if config is not None else None)
 
   def _truncate_after(self, step: int):
     if not self.path.exists():
