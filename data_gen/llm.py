@@ -217,7 +217,8 @@ def retry_after_s(response: httpx2.Response | None) -> float | None:
 _RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx
 
 
-def _fatal_message(response: httpx2.Response) -> str:
+def _fatal_message(response: httpx2.Response, api_key: str) -> str:
+  """What the endpoint said, minus the key: some servers and proxies echo it back."""
   status = response.status_code
   hint = {401: "authentication failed: check OPENAI_API_KEY",
           403: "permission denied for this key, model or region",
@@ -226,7 +227,7 @@ def _fatal_message(response: httpx2.Response) -> str:
     detail = response.json()["error"]["message"]
   except (ValueError, KeyError, TypeError):
     detail = response.text
-  return f"HTTP {status}: {hint} ({str(detail)[:300]})"
+  return f"HTTP {status}: {hint} ({str(detail).replace(api_key, '[API key]')[:300]})"
 
 
 class LLM:
@@ -394,7 +395,7 @@ class LLM:
                                        response["prompt_tokens"] + response["completion_tokens"])
             return response
         if status not in _RETRYABLE_STATUS and status < 500:
-          raise FatalAPIError(_fatal_message(raw))
+          raise FatalAPIError(_fatal_message(raw, self.client.api_key))
         kind = f"http_{status}"
         wait_hint = retry_after_s(raw)
         if status == 429 and self.pause_on_429:

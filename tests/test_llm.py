@@ -90,12 +90,13 @@ def test_request_hash_matches_the_body_the_server_received(tmp_path):
   assert completion.request_hash == body_hash(body)
 
 
-def _recording_http_client() -> tuple[list, httpx2.AsyncClient]:
+def _recording_http_client(status: int = 200, body: dict | None = None
+                           ) -> tuple[list, httpx2.AsyncClient]:
   seen = []
 
   def answer(request: httpx2.Request) -> httpx2.Response:
     seen.append(request)
-    return httpx2.Response(200, json={
+    return httpx2.Response(status, json=body or {
         "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1},
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": "hi"}}]})
@@ -131,6 +132,19 @@ def test_requests_carry_what_the_sdk_itself_sends():
   assert ours.headers["authorization"] == "Bearer sk-test"
   assert ours.headers["openai-organization"] == "org-1" and ours.headers["x-team"] == "data"
   assert int(ours.headers["content-length"]) == len(ours.content)
+
+
+def test_an_echoed_api_key_never_reaches_the_error_message():
+  key = "sk-proj-secret-0123456789"
+  _, http = _recording_http_client(401, {"error": {"message": f"Incorrect API key: {key}"}})
+
+  async def run():
+    async with LLM("m", base_url="http://example.test/v1", api_key=key, http=http) as llm:
+      await llm.complete(Request(messages=[{"role": "user", "content": "x"}]))
+
+  with pytest.raises(FatalAPIError, match="authentication failed") as error:
+    asyncio.run(run())
+  assert key not in str(error.value) and "Incorrect API key: [API key]" in str(error.value)
 
 
 def test_retry_after_is_honoured(tmp_path):
