@@ -72,11 +72,34 @@ _CHAR_BY_TYPE = {getattr(ast, name): char for name, char in _CHAR_OF.items()}
 N_NODE_CLASSES = len(_CHAR_OF) + 1  # + one slot for classes unknown to this table
 _SKIPPED = (ast.expr_context, ast.type_ignore)
 _DEF_TYPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_DEF_SET = frozenset(_DEF_TYPES)
+_DEF_OR_MODULE = frozenset((ast.Module, *_DEF_TYPES))
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
   return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
           and isinstance(stmt.value.value, str))
+
+
+# Fields that never hold a node (names, constants, flags), per class where the name is shared
+# with a node-holding field elsewhere (ImportFrom.names holds `alias` nodes; Global.names strs);
+# `ctx` (Load/Store/Del) and `type_ignores` are dropped from the sequence anyway. Skipping them
+# up front halves the walk, which is most of decontamination's time.
+_SCALAR_FIELDS = {"name", "asname", "id", "arg", "attr", "module", "level", "kind", "type_comment",
+                  "conversion", "is_async", "simple", "rest", "kwd_attrs", "tag", "ctx",
+                  "type_ignores", "n", "s"}
+_SCALAR_BY_CLASS = {ast.Constant: {"value"}, ast.Global: {"names"}, ast.Nonlocal: {"names"},
+                    ast.MatchSingleton: {"value"}}
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type) -> tuple[str, ...]:
+  """The node-holding fields of `cls`, last first (they are pushed on a stack)."""
+  fields = _CHILD_FIELDS.get(cls)
+  if fields is None:
+    skip = _SCALAR_FIELDS | _SCALAR_BY_CLASS.get(cls, set())
+    fields = _CHILD_FIELDS[cls] = tuple(f for f in reversed(cls._fields) if f not in skip)
+  return fields
 
 
 def _traverse(root: ast.AST) -> tuple[list[str], dict[ast.AST, tuple[int, int]]]:
@@ -85,26 +108,30 @@ def _traverse(root: ast.AST) -> tuple[list[str], dict[ast.AST, tuple[int, int]]]
   chars: list[str] = []
   spans: dict[ast.AST, tuple[int, int]] = {}
   stack: list = [root]
+  char_by_type, child_fields = _CHAR_BY_TYPE, _CHILD_FIELDS
   while stack:
     n = stack.pop()
-    if type(n) is tuple:  # (definition, start): its subtree is done
+    cls = type(n)
+    if cls is tuple:  # (definition, start): its subtree is done
       spans[n[0]] = (n[1], len(chars))
       continue
-    chars.append(_CHAR_BY_TYPE.get(type(n), "\uffff"))
-    children = []
-    for field in n._fields:
-      value = getattr(n, field, None)
-      if isinstance(value, ast.AST):
-        if not isinstance(value, _SKIPPED):
-          children.append(value)
-      elif isinstance(value, list):
-        children.extend(v for v in value if isinstance(v, ast.AST) and not isinstance(v, _SKIPPED))
-    if isinstance(n, (ast.Module, *_DEF_TYPES)) and n.body and _is_docstring(n.body[0]):
-      docstring = n.body[0]
-      children = [c for c in children if c is not docstring]
-    if isinstance(n, _DEF_TYPES):
+    char = char_by_type.get(cls)
+    if char is None:
+      if not isinstance(n, ast.AST):  # None in a list field (Dict.keys for `**mapping`), or a
+        continue                      # scalar in a field this table does not know
+      char = "\uffff"
+    chars.append(char)
+    if cls in _DEF_SET:
       stack.append((n, len(chars) - 1))
-    stack.extend(reversed(children))
+    fields = child_fields.get(cls)
+    for field in fields if fields is not None else _child_fields(cls):
+      value = getattr(n, field, None)
+      if type(value) is list:
+        if field == "body" and cls in _DEF_OR_MODULE and value and _is_docstring(value[0]):
+          value = value[1:]
+        stack.extend(reversed(value))
+      elif value is not None:
+        stack.append(value)
   return chars, spans
 
 

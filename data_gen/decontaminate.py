@@ -106,13 +106,25 @@ class NgramIndex:
     for i, p in enumerate(problems):
       for g in word_ngrams(p.prose, n) | word_ngrams(p.code, n):
         self.problems_of.setdefault(g, []).append(i)
+    self.vocab = {w for g in self.problems_of for w in g.split(" ")}
 
   def counts(self, text: str) -> dict[int, int]:
-    """problem index -> number of distinct shared n-grams."""
+    """problem index -> number of distinct shared n-grams. Only windows of n words that all
+    occur in the benchmarks are looked up: most of a corpus file's windows contain a word no
+    benchmark has, and building every window's string was a fifth of decontamination's time."""
+    words = _WORD.findall(text.lower())
+    n, vocab, problems_of = self.n, self.vocab, self.problems_of
     out: dict[int, int] = {}
-    for g in word_ngrams(text, self.n):
-      for i in self.problems_of.get(g, ()):
-        out[i] = out.get(i, 0) + 1
+    seen: set[str] = set()
+    run = 0  # length of the run of benchmark words ending at word i
+    for i, w in enumerate(words):
+      run = run + 1 if w in vocab else 0
+      if run >= n:
+        g = " ".join(words[i - n + 1:i + 1])
+        if g not in seen:
+          seen.add(g)
+          for p in problems_of.get(g, ()):
+            out[p] = out.get(p, 0) + 1
     return out
 
 
@@ -196,7 +208,7 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
   ast_pairs = np.zeros(3, np.int64)
   bar = _progress(progress)
   try:
-    for chunk in _chunks(records, config.chunk):
+    for chunk in ingest.batched(records, config.chunk):
       texts = [r["text"] for r in chunk]
       scans = pool.map(_scan, texts, chunksize=8) if pool else [_scan(t) for t in texts]
       distances = None
@@ -322,17 +334,6 @@ def _pruned_path(out_dir: pathlib.Path, tau: str) -> pathlib.Path:
   path = out_dir / "pruned" / f"tau_{tau}" / "records.jsonl"
   path.parent.mkdir(parents=True, exist_ok=True)
   return path
-
-
-def _chunks(items: Iterable, size: int):
-  chunk = []
-  for item in items:
-    chunk.append(item)
-    if len(chunk) == size:
-      yield chunk
-      chunk = []
-  if chunk:
-    yield chunk
 
 
 class _NoBar:

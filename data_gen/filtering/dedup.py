@@ -107,22 +107,11 @@ class _Signer:
     return exact, bands
 
 
-def _batches(items: Iterable, size: int) -> Iterator[list]:
-  batch = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
-
-
 def _sign_all(texts: Iterable[str], config: DedupConfig, pool=None
               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Signatures of `texts` in order, in batches of 256."""
   signer = _Signer(config)
-  batches = _batches(texts, 256)
+  batches = ingest.batched(texts, 256)
   return pool.imap(signer, batches) if pool is not None else map(signer, batches)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import gzip
+import itertools
 import json
 import multiprocessing
 import os
@@ -272,6 +273,13 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
       n += 1
   os.replace(tmp, path)
   return n
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+  """Lists of `size` items (the last may be shorter); itertools.batched from Python 3.12."""
+  it = iter(items)
+  while batch := list(itertools.islice(it, size)):
+    yield batch
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:

@@ -267,7 +267,7 @@ class Pipeline:
     out = self.dir("score") / "scores.jsonl"
     tmp = out.with_suffix(".jsonl.tmp")
     scorer = _BatchScorer(self.embedder, classifier)
-    batches = _batches(_progress(ingest_lib.read_jsonl(self.records_file()), c.progress, "score"),
+    batches = ingest_lib.batched(_progress(ingest_lib.read_jsonl(self.records_file()), c.progress, "score"),
                        c.embed_batch)
     pool = None
     # CPU embedders (hashing) fan out over cores; a model embedder keeps its one accelerator.
@@ -275,7 +275,7 @@ class Pipeline:
       classifier.model.set_params(**({"n_jobs": 1} if classifier.kind == "random_forest" else {}))
       pool = ingest_lib.process_pool(c.workers)
       results = pool.imap(scorer, ([r["text"] for r in b] for b in batches), chunksize=1)
-      pairs = zip(_batches(ingest_lib.read_jsonl(self.records_file()), c.embed_batch), results)
+      pairs = zip(ingest_lib.batched(ingest_lib.read_jsonl(self.records_file()), c.embed_batch), results)
     else:
       pairs = ((b, scorer([r["text"] for r in b])) for b in batches)
     try:
@@ -352,17 +352,6 @@ class _BatchScorer:
 def _embed_batched(embedder, texts, batch: int) -> np.ndarray:
   parts = [embedder.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)]
   return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
-
-
-def _batches(items, size: int):
-  batch = []
-  for item in items:
-    batch.append(item)
-    if len(batch) == size:
-      yield batch
-      batch = []
-  if batch:
-    yield batch
 
 
 def _progress(items, enabled: bool, desc: str):
