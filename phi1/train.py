@@ -17,6 +17,7 @@ import errno
 import functools
 import math
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -290,16 +291,22 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
     manager.wait_until_finished()
   except (OSError, ValueError) as e:  # a save fails here, or in its async thread (ValueError)
     if is_disk_full(e):
-      latest = manager.latest_step()
-      where = (f"the last complete checkpoint is step {latest}" if latest
-               else "no checkpoint is complete yet")
-      raise OSError(errno.ENOSPC, f"disk full while saving a checkpoint to {workdir}; {where}. "
-                    "Free space and rerun the same command to resume.") from e
+      raise _disk_full(workdir, manager) from e
     raise
   finally:
+    # A full disk also fails the metrics file's and TensorBoard's last flush: while an error is
+    # on its way out, those secondary failures must not replace it.
     bar.close()
-    writer.close()
-    manager.close()
+    errors = []
+    for close in (writer.close, manager.close):
+      try:
+        close()
+      except Exception as e:  # noqa: BLE001 - re-raised below unless another error is in flight
+        errors.append(e)
+    if errors and sys.exc_info()[1] is None:
+      if is_disk_full(errors[0]):
+        raise _disk_full(workdir, None) from errors[0]
+      raise errors[0]
   ckpt_lib.export_params(trainer.model(state), workdir / "export",
                          tokenizer_path=config.data.tokenizer or None)
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
@@ -316,6 +323,18 @@ def _progress_bar(enabled: bool, start: int, total: int):
 def local_value(x) -> np.ndarray:
   """A replicated jax.Array's value from this process's own copy (works across hosts)."""
   return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def _disk_full(workdir, manager) -> OSError:
+  try:
+    latest = manager.latest_step() if manager is not None else None
+  except Exception:  # noqa: BLE001 - only for the message
+    latest = None
+  where = (f"the last complete checkpoint is step {latest}" if latest
+           else "see checkpoints/ for the last complete step" if manager is None
+           else "no checkpoint is complete yet")
+  return OSError(errno.ENOSPC, f"disk full while writing to {workdir} (checkpoints, metrics); "
+                 f"{where}. Free space and rerun the same command to resume.")
 
 
 def is_disk_full(error: BaseException) -> bool:
