@@ -288,8 +288,9 @@ class LLM:
     Everything the SDK would put on the request is in it: base URL and `default_query`, the
     bearer token, organisation/project, user agent, platform and read-timeout headers, and the
     timeout extension; per attempt we add the body and the retry count, as the SDK does.
-    `tests/test_llm.py` checks that these match what `client.post` sends. Only static API-key auth
-    is supported (a token provider's refresh would happen in the SDK's per-request layer)."""
+    `tests/test_llm.py` checks them against what `chat.completions.create` sends. Only static
+    API-key auth is supported (a token provider's refresh happens in the SDK's per-request
+    layer)."""
     endpoint = self._endpoints.get(path)
     if endpoint is None:
       template = self.client._build_request(FinalRequestOptions.construct(

@@ -9,7 +9,7 @@ from phi1 import metrics
 
 
 class _RecordingWandb(types.ModuleType):
-  """What phi1.metrics uses of the wandb API: init(...) -> run; run.log(dict, step); run.finish()."""
+  """What phi1.metrics uses of wandb: init(...) -> run; run.log(dict, step); run.finish()."""
 
   def __init__(self):
     super().__init__("wandb")
@@ -46,7 +46,8 @@ def test_wandb_run_is_resumed_by_id_and_gets_every_step(tmp_path, monkeypatch):
   a, b = fake.runs
   assert a.kwargs["project"] == "phi1-ablations" and a.kwargs["resume"] == "allow"
   assert a.kwargs["id"] == b.kwargs["id"] == (tmp_path / "wandb_run_id").read_text()
-  assert a.logged == [(1, {"step": 1, "loss": 3.0, "lr": 1e-3}), (2, {"step": 2, "loss": 2.0, "lr": 1e-3}),
+  assert a.logged == [(1, {"step": 1, "loss": 3.0, "lr": 1e-3}),
+                      (2, {"step": 2, "loss": 2.0, "lr": 1e-3}),
                       (3, {"step": 3, "loss": 1.0, "lr": 1e-3})]
   assert b.logged == [(3, {"step": 3, "loss": 0.5})] and a.finished and b.finished
   # metrics.jsonl reads as one run: step 3 of the first attempt was dropped on resume.
