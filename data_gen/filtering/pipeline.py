@@ -267,15 +267,16 @@ class Pipeline:
     out = self.dir("score") / "scores.jsonl"
     tmp = out.with_suffix(".jsonl.tmp")
     scorer = _BatchScorer(self.embedder, classifier)
-    batches = ingest_lib.batched(_progress(ingest_lib.read_jsonl(self.records_file()), c.progress, "score"),
-                       c.embed_batch)
+    records = _progress(ingest_lib.read_jsonl(self.records_file()), c.progress, "score")
+    batches = ingest_lib.batched(records, c.embed_batch)
     pool = None
     # CPU embedders (hashing) fan out over cores; a model embedder keeps its one accelerator.
     if getattr(self.embedder, "parallel_safe", False) and c.workers > 1:
       classifier.model.set_params(**({"n_jobs": 1} if classifier.kind == "random_forest" else {}))
       pool = ingest_lib.process_pool(c.workers)
       results = pool.imap(scorer, ([r["text"] for r in b] for b in batches), chunksize=1)
-      pairs = zip(ingest_lib.batched(ingest_lib.read_jsonl(self.records_file()), c.embed_batch), results)
+      pairs = zip(ingest_lib.batched(ingest_lib.read_jsonl(self.records_file()), c.embed_batch),
+                  results)
     else:
       pairs = ((b, scorer([r["text"] for r in b])) for b in batches)
     try:
