@@ -29,10 +29,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import itertools
 import json
 import os
 import pathlib
 import re
+import shutil
 import sys
 import time
 from typing import Iterable, Sequence
@@ -187,13 +190,31 @@ class Config:
   remove_by: tuple[str, ...] = ("ngram", "embedding", "ast")
   workers: int = max(1, os.cpu_count() or 1)
   chunk: int = 256
+  part_size: int = 65_536  # records per saved part of the scan (resume_dir); a multiple of chunk
 
 
 def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: Config = Config(),
-                  embedder=None, progress: bool = False) -> dict:
-  """Scans `records`; returns {"pairs": [...], "records": {id: flags}, "stats": {...}}."""
+                  embedder=None, progress: bool = False, resume_dir: str | os.PathLike | None = None
+                  ) -> dict:
+  """Scans `records`; returns {"pairs": [...], "stats": {...}}.
+
+  With `resume_dir`, every `config.part_size` records the scan so far is saved there (atomically),
+  and a rerun with the same settings skips the records already scanned: a 35M-file run killed
+  after a day loses minutes, not the day. Other settings start the scan over."""
   tau_min = min(config.taus)
   t0 = time.time()
+  if resume_dir is not None and config.part_size % config.chunk:
+    raise ValueError(f"part_size {config.part_size} must be a multiple of chunk {config.chunk}")
+  parts = _ScanParts(resume_dir, config, problems, embedder) if resume_dir is not None else None
+  pairs, stats, ast_pairs, last_id = (parts.load() if parts is not None else
+                                       ([], _zero_stats(), np.zeros(3, np.int64), None))
+  resumed = stats["records"]
+  if resumed:  # skip what was scanned, and check it is the same input
+    records = iter(records)
+    seen = list(itertools.islice(records, resumed - 1, resumed))
+    if not seen or seen[0]["id"] != last_id:
+      raise ValueError(f"the input is not the one whose scan is saved in {resume_dir} (record "
+                       f"{resumed - 1} should be {last_id!r}): use another --out or delete it")
   ngram_index = NgramIndex(problems, config.ngram_n)
   ast_index = ast_match.AstIndex([p.ast_sequence for p in problems], min_nodes=config.min_nodes)
   problem_vectors = embedder.embed([p.code for p in problems]) if embedder is not None else None
@@ -203,10 +224,8 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
     pool = ingest.process_pool(config.workers, initializer=_init_worker, initargs=init)
   else:
     _init_worker(*init)
-  pairs: list[dict] = []
-  stats = dict(records=0, bytes=0, unparsable=0, seconds_embedding=0.0)
-  ast_pairs = np.zeros(3, np.int64)
   bar = _progress(progress)
+  bar.update(resumed)
   try:
     for chunk in ingest.batched(records, config.chunk):
       texts = [r["text"] for r in chunk]
@@ -240,14 +259,63 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
                         "ast_match": round(tau, 4) if tau is not None else None,
                         "_problem": i})
       bar.update(len(chunk))
+      if parts is not None and stats["records"] % config.part_size == 0:
+        parts.save(pairs, stats, ast_pairs, chunk[-1]["id"])
   finally:
     bar.close()
     if pool is not None:
       pool.terminate()
   stats["seconds"] = time.time() - t0
+  stats["resumed_records"] = resumed
   stats["ast_pairs"] = dict(zip(("all", "after_length_bound", "edit_distances"),
                                 map(int, ast_pairs)))
   return {"pairs": pairs, "stats": stats}
+
+
+def _zero_stats() -> dict:
+  return dict(records=0, bytes=0, unparsable=0, seconds_embedding=0.0)
+
+
+class _ScanParts:
+  """The scan so far, in parts of `config.part_size` records: part k holds the pairs found in its
+  records and the running totals after it. Written atomically; valid only for the settings and
+  benchmarks in meta.json."""
+
+  def __init__(self, directory, config: Config, problems: Sequence[Problem], embedder):
+    self.dir = pathlib.Path(directory)
+    self.settings = {
+        "ngram_n": config.ngram_n, "min_nodes": config.min_nodes, "tau_min": min(config.taus),
+        "embed_threshold": config.embed_threshold, "part_size": config.part_size,
+        "embedder": getattr(embedder, "name", None) if embedder is not None else None,
+        "problems": hashlib.sha256(json.dumps(
+            [[p.benchmark, p.task_id, p.code] for p in problems]).encode()).hexdigest()}
+    meta = self.dir / "meta.json"
+    if meta.exists() and json.loads(meta.read_text()) != self.settings:
+      shutil.rmtree(self.dir)  # other settings: the stored scan does not apply
+    self.dir.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(self.settings))
+    self.saved_pairs = 0
+
+  def load(self) -> tuple[list[dict], dict, np.ndarray, str | None]:
+    pairs, stats, ast_pairs, last_id = [], _zero_stats(), np.zeros(3, np.int64), None
+    k = 0
+    while (path := self.dir / f"part-{k:06d}.json").exists():
+      part = json.loads(path.read_text())
+      pairs.extend(part["pairs"])
+      stats, ast_pairs = part["stats"], np.asarray(part["ast_pairs"], np.int64)
+      last_id = part["last_id"]
+      k += 1
+    self.saved_pairs = len(pairs)
+    return pairs, stats, ast_pairs, last_id
+
+  def save(self, pairs: list[dict], stats: dict, ast_pairs: np.ndarray, last_id: str):
+    k = stats["records"] // self.settings["part_size"] - 1
+    path = self.dir / f"part-{k:06d}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"pairs": pairs[self.saved_pairs:], "stats": stats,
+                               "ast_pairs": ast_pairs.tolist(), "last_id": last_id}))
+    os.replace(tmp, path)
+    self.saved_pairs = len(pairs)
 
 
 def removed_at(pairs: Sequence[dict], tau: float, config: Config, embedding_on: bool) -> list[dict]:
@@ -390,7 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     embedder = make_embedder(args.embedder) if args.embedder else None
     ingest_kwargs = dict(id_field=args.id_field, assign_ids=args.assign_ids, limit=args.limit)
     records = ingest.iter_records(args.input, check_python=False, **ingest_kwargs)
-    result = decontaminate(records, problems, config, embedder, progress=sys.stderr.isatty())
+    result = decontaminate(records, problems, config, embedder, progress=sys.stderr.isatty(),
+                           resume_dir=pathlib.Path(args.out) / "scan")
   except (FileNotFoundError, ValueError, ImportError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

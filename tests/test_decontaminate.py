@@ -208,3 +208,34 @@ def test_code_inside_prose_is_checked(problems):
   result = dc.decontaminate([{"id": "book", "text": text}], problems, dc.Config(workers=1))
   taus = {p["task_id"]: p["ast_match"] for p in result["pairs"]}
   assert taus.get("HumanEval/12") == 1.0
+
+
+def test_an_interrupted_scan_resumes_where_it_was_saved(tmp_path, problems, monkeypatch):
+  rng = random.Random(1)
+  humaneval = [p for p in problems if p.benchmark == "humaneval"][:40]
+  records = _stdlib_sample(150)
+  for k, p in enumerate(humaneval):  # contaminated records spread through the input
+    records.insert(4 * k, {"id": f"planted:{p.task_id}", "text": disguise(p.code, rng)})
+  config = dc.Config(workers=1, chunk=16, part_size=64)
+  scanned = []
+  scan = dc._scan
+  monkeypatch.setattr(dc, "_scan", lambda text: scanned.append(1) or scan(text))
+
+  full = dc.decontaminate(records, problems, config, resume_dir=tmp_path / "scan")
+  assert len(scanned) == len(records) and full["stats"]["resumed_records"] == 0
+  parts = sorted((tmp_path / "scan").glob("part-*.json"))
+  assert len(parts) == len(records) // 64 >= 2
+  parts[-1].unlink()  # killed before its last part was written
+  scanned.clear()
+  again = dc.decontaminate(records, problems, config, resume_dir=tmp_path / "scan")
+  assert len(scanned) == len(records) - 64 * (len(parts) - 1)
+  assert again["pairs"] == full["pairs"] and len(full["pairs"]) >= 30
+  for key in ("records", "bytes", "unparsable", "ast_pairs"):
+    assert again["stats"][key] == full["stats"][key]
+
+  with pytest.raises(ValueError, match="not the one whose scan is saved"):
+    dc.decontaminate(records[1:], problems, config, resume_dir=tmp_path / "scan")
+  scanned.clear()  # other settings: the saved scan does not apply and is redone
+  dc.decontaminate(records, problems, dc.Config(workers=1, chunk=16, part_size=32),
+                   resume_dir=tmp_path / "scan")
+  assert len(scanned) == len(records)
