@@ -240,4 +240,4 @@ def test_disk_full_during_save_is_a_clear_error_and_no_partial_checkpoint_is_vis
     assert manager.latest_step() is None  # the half-written step is not a checkpoint
     manager.close()
   finally:
-    subprocess.run(["umount", str(mountpoint)])
+    subprocess.run(["umount", "--lazy", str(mountpoint)])  # writer threads may still hold files
