@@ -21,8 +21,9 @@ per tau.
   python -m data_gen decontaminate --input DIR --bench humaneval,mbpp --out DIR [--embedder SPEC]
 
 `--out DIR` gets report.json, flagged.jsonl (one line per flagged (record, problem) pair at the
-loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match) and
-pruned/tau_<t>/records.jsonl.
+loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match),
+pruned/tau_<t>/records.jsonl, and scan/: the scan saved every 65,536 records, so rerunning the same
+command after a kill (or to change only the taus' reporting) resumes instead of starting over.
 """
 
 from __future__ import annotations
