@@ -103,3 +103,57 @@ def test_pipeline_with_phi1_embedder(tmp_path, server):
   assert other.fingerprint("dedup") == pipeline.Pipeline(config, embedder).fingerprint("dedup")
   with pytest.raises(ValueError, match="trained on 'phi1-random:tiny'"):
     other.run(stages=("score",))
+
+
+def test_ingest_and_score_killed_midway_resume_from_their_last_mark(tmp_path, server, monkeypatch):
+  """35M files take hours per stage: a crash must cost at most RESUME_EVERY inputs of work."""
+  from data_gen.filtering import ingest
+  monkeypatch.setattr(ingest, "RESUME_EVERY", 25)
+  config = pipeline.FilterConfig(input="stdlib", limit=120, workdir=str(tmp_path / "a"), workers=1,
+                                 base_url=server.base_url, sample_size=100, n_estimators=20,
+                                 embed_batch=10)
+  clean = pipeline.Pipeline(config, log=lambda m: None)
+  clean.run()
+
+  def read(workdir):
+    return [(workdir / stage / name).read_text()
+            for stage, name in (("ingest", "records.jsonl"), ("score", "scores.jsonl"))]
+
+  crashed = dataclasses.replace(config, workdir=str(tmp_path / "b"))
+  finished = ingest._Finisher.__call__
+  calls = []
+
+  def crash_after(limit):
+    def finish(self, item):
+      calls.append(1)
+      if len(calls) > limit:
+        raise KeyboardInterrupt("killed")
+      return finished(self, item)
+    return finish
+
+  monkeypatch.setattr(ingest._Finisher, "__call__", crash_after(70))
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("ingest",))
+  monkeypatch.setattr(ingest._Finisher, "__call__", crash_after(10**9))
+  calls.clear()
+  summary = pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("ingest",))["ingest"]
+  assert 50 <= summary["resumed_at_input"] <= 70  # marks every 25 inputs; killed at the 71st
+  assert len(calls) == summary["docs_in"] - summary["resumed_at_input"]
+
+  scorer_call = pipeline._BatchScorer.__call__
+  batches = []
+
+  def score_then_crash(self, texts):
+    batches.append(len(texts))
+    if len(batches) == 8:
+      raise KeyboardInterrupt("killed")
+    return scorer_call(self, texts)
+
+  monkeypatch.setattr(pipeline._BatchScorer, "__call__", score_then_crash)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.Pipeline(crashed, log=lambda m: None).run()
+  monkeypatch.setattr(pipeline._BatchScorer, "__call__", scorer_call)
+  summaries = pipeline.Pipeline(crashed, log=lambda m: None).run()
+  # Batches of 10 records, a mark once 25 more are done: at 30 and 60; killed in the 8th batch.
+  assert summaries["score"]["resumed_at_record"] == 60
+  assert read(tmp_path / "b") == read(tmp_path / "a")

@@ -68,13 +68,16 @@ def default_roots() -> dict[str, pathlib.Path]:
 def iter_records(source: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  workers: int = 1, limit: int | None = None, id_field: str = "id",
                  assign_ids: bool = False, check_python: bool = True,
-                 stats: IngestStats | None = None) -> Iterator[dict]:
+                 stats: IngestStats | None = None, skip: int = 0) -> Iterator[dict]:
   """Yields records from `source` (see the module docstring); counts into `stats`.
 
   `check_python=False` skips the parse check (python_ok is then None): callers that parse anyway.
+  `skip` passes over that many inputs (files or rows) unread: a resumed job, whose `stats` carry
+  the counts up to there.
   """
   stats = stats if stats is not None else IngestStats()
-  items = _raw_items(str(source), id_field=id_field, assign_ids=assign_ids)
+  items = itertools.islice(_raw_items(str(source), id_field=id_field, assign_ids=assign_ids),
+                           skip, None)
   finish = _Finisher(max_bytes, check_python)
   if workers > 1:
     pool = process_pool(workers)
@@ -282,8 +285,66 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     yield batch
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
+def read_jsonl(path: str | os.PathLike, skip: int = 0) -> Iterator[dict]:
+  """The records of a JSON-lines file; the first `skip` are passed over without being parsed."""
   with open(path, encoding="utf-8") as f:
     for line in f:
       if line.strip():
+        if skip:
+          skip -= 1
+          continue
         yield json.loads(line)
+
+
+RESUME_EVERY = 10_000  # inputs between progress marks: at most this much work is redone
+
+
+class ResumableJsonlWriter:
+  """JSON lines written to `PATH.partial`, renamed to PATH by `finish()`. At least every `every`
+  inputs the caller reports with `consumed(n, state)`, the file is flushed and fsynced and
+  (inputs consumed, bytes written, state) saved in `PATH.progress.json`; a killed job reopened
+  with the same `key` truncates the file to the last mark and starts at input `resumed`, with
+  the `state` it saved then. Another `key` (other settings, other input) starts over."""
+
+  def __init__(self, path: str | os.PathLike, key: str, every: int | None = None):
+    self.path = pathlib.Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self.partial = self.path.with_name(self.path.name + ".partial")
+    self.progress = self.path.with_name(self.path.name + ".progress.json")
+    self.key, self.every = key, every or RESUME_EVERY
+    self.resumed, self.state, self.written = 0, None, 0
+    saved = json.loads(self.progress.read_text()) if self.progress.exists() else None
+    if saved is not None and saved["key"] == key and self.partial.exists():
+      self.resumed, self.state, self.written = saved["done"], saved["state"], saved["records"]
+      with open(self.partial, "r+b") as f:
+        f.truncate(saved["bytes"])  # lines written after the last mark are written again
+    else:
+      self.partial.write_bytes(b"")
+    self._file = open(self.partial, "ab")
+    self._marked = self.resumed
+
+  def write(self, record: dict):
+    self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
+    self.written += 1
+
+  def consumed(self, done: int, state=None):
+    """`done` inputs are fully handled (their lines written); mark progress now and then."""
+    if done - self._marked >= self.every:
+      self._file.flush()
+      os.fsync(self._file.fileno())
+      tmp = self.progress.with_name(self.progress.name + ".tmp")
+      tmp.write_text(json.dumps({"key": self.key, "done": done, "bytes": self._file.tell(),
+                                 "records": self.written, "state": state}))
+      os.replace(tmp, self.progress)
+      self._marked = done
+
+  def finish(self) -> int:
+    self._file.close()
+    os.replace(self.partial, self.path)
+    self.progress.unlink(missing_ok=True)
+    return self.written
+
+  def close(self):
+    """Stop without finishing (an error): the partial file and its progress stay for a rerun."""
+    if not self._file.closed:
+      self._file.close()

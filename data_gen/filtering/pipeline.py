@@ -7,6 +7,11 @@ run again. A stage named in `skip` does not run: its previous outputs are used i
 `dedup`, the ingested records pass straight through). `labels=FILE` (`--labels`) makes the annotate
 stage copy labels made elsewhere instead of calling the LLM.
 
+The stages that take hours on The Stack's 35M files also resume *inside* a stage after a kill:
+ingest and score mark their progress every `ingest.RESUME_EVERY` inputs (`*.partial` and
+`*.progress.json` beside the output), dedup keeps its signatures per chunk, and annotation's
+answers are in the LLM cache.
+
   workdir/ingest/records.jsonl       every record (id, text, source, kind, python_ok, meta)
   workdir/dedup/records.jsonl        kept records; clusters.jsonl: the duplicate clusters;
                                      signatures/: per-chunk MinHash band hashes (resume)
@@ -167,13 +172,21 @@ class Pipeline:
   # -------------------------------------------------------------------------------------- stages
   def _ingest(self) -> dict:
     c = self.config
-    stats = ingest_lib.IngestStats()
+    writer = ingest_lib.ResumableJsonlWriter(self.dir("ingest") / "records.jsonl",
+                                             key=self.fingerprint("ingest"))
+    stats = ingest_lib.IngestStats(**(writer.state or {}))
     records = ingest_lib.iter_records(c.input, max_bytes=c.max_bytes, workers=c.workers,
                                       limit=c.limit, id_field=c.id_field,
-                                      assign_ids=c.assign_ids, stats=stats)
-    n = ingest_lib.write_jsonl(_progress(records, c.progress, "ingest"),
-                               self.dir("ingest") / "records.jsonl")
-    return {"docs_in": stats.seen, "docs_out": n, "bytes_in": stats.bytes, **stats.as_dict()}
+                                      assign_ids=c.assign_ids, stats=stats, skip=writer.resumed)
+    try:
+      for r in _progress(records, c.progress, "ingest"):
+        writer.write(r)
+        writer.consumed(stats.seen, stats.as_dict())
+      n = writer.finish()
+    finally:
+      writer.close()
+    return {"docs_in": stats.seen, "docs_out": n, "bytes_in": stats.bytes,
+            "resumed_at_input": writer.resumed, **stats.as_dict()}
 
   def _dedup(self) -> dict:
     c = self.config
@@ -262,12 +275,12 @@ class Pipeline:
     if classifier.embedder and classifier.embedder != self.embedder.name:
       raise ValueError(f"the classifier was trained on {classifier.embedder!r} embeddings but the "
                        f"embedder is now {self.embedder.name!r}; rerun the embed and classify stages")
-    n = n_bytes = 0
-    seconds_embed = seconds_classify = 0.0
-    out = self.dir("score") / "scores.jsonl"
-    tmp = out.with_suffix(".jsonl.tmp")
+    writer = ingest_lib.ResumableJsonlWriter(self.dir("score") / "scores.jsonl",
+                                             key=self.fingerprint("score"))
+    totals = writer.state or {"bytes": 0, "seconds_embed": 0.0, "seconds_classify": 0.0}
+    skip = writer.resumed  # records scored before a kill
     scorer = _BatchScorer(self.embedder, classifier)
-    records = _progress(ingest_lib.read_jsonl(self.records_file()), c.progress, "score")
+    records = _progress(ingest_lib.read_jsonl(self.records_file(), skip), c.progress, "score")
     batches = ingest_lib.batched(records, c.embed_batch)
     pool = None
     # CPU embedders (hashing) fan out over cores; a model embedder keeps its one accelerator.
@@ -275,26 +288,27 @@ class Pipeline:
       classifier.model.set_params(**({"n_jobs": 1} if classifier.kind == "random_forest" else {}))
       pool = ingest_lib.process_pool(c.workers)
       results = pool.imap(scorer, ([r["text"] for r in b] for b in batches), chunksize=1)
-      pairs = zip(ingest_lib.batched(ingest_lib.read_jsonl(self.records_file()), c.embed_batch),
-                  results)
+      pairs = zip(ingest_lib.batched(ingest_lib.read_jsonl(self.records_file(), skip),
+                                     c.embed_batch), results)
     else:
       pairs = ((b, scorer([r["text"] for r in b])) for b in batches)
     try:
-      with open(tmp, "w") as f:
-        for batch, (scores, tokens, t_embed, t_classify) in pairs:
-          seconds_embed += t_embed
-          seconds_classify += t_classify
-          for r, s, k in zip(batch, scores, tokens):
-            f.write(json.dumps({"id": r["id"], "score": round(float(s), 5), "tokens": k}) + "\n")
-          n += len(batch)
-          n_bytes += sum(len(r["text"].encode("utf-8", "replace")) for r in batch)
+      for batch, (scores, tokens, t_embed, t_classify) in pairs:
+        totals["seconds_embed"] += t_embed
+        totals["seconds_classify"] += t_classify
+        for r, s, k in zip(batch, scores, tokens):
+          writer.write({"id": r["id"], "score": round(float(s), 5), "tokens": k})
+        totals["bytes"] += sum(len(r["text"].encode("utf-8", "replace")) for r in batch)
+        writer.consumed(writer.written, totals)
+      n = writer.finish()
     finally:
+      writer.close()
       if pool is not None:
         pool.terminate()
-    os.replace(tmp, out)
-    return {"docs_in": n, "docs_out": n, "bytes_in": n_bytes, "classifier": c.classifier,
-            "worker_seconds_embed": round(seconds_embed, 3),
-            "worker_seconds_classify": round(seconds_classify, 3)}  # summed over workers
+    return {"docs_in": n, "docs_out": n, "bytes_in": totals["bytes"], "classifier": c.classifier,
+            "resumed_at_record": skip,
+            "worker_seconds_embed": round(totals["seconds_embed"], 3),
+            "worker_seconds_classify": round(totals["seconds_classify"], 3)}  # summed over workers
 
   def _select(self) -> dict:
     c = self.config
