@@ -25,6 +25,7 @@ DATA_GEN = [
     "pyyaml>=6.0,<7",
     "datasketch>=2.0,<3",
     "scikit-learn>=1.9,<2",
+    "scipy>=1.17,<2",  # dedup: connected components over the band graph
     "aiohttp>=3.14,<4",
     "rapidfuzz>=3.14,<4",
     "httpx2>=2.16,<3",  # the transport under openai; data_gen plugs aiohttp into it
