@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import re
 from typing import Iterable, Sequence
 
@@ -67,10 +68,11 @@ def parse_score(answer: str) -> tuple[int | None, str]:
 
 def sample_ids(ids: Iterable[str], n: int, seed: int = 0) -> list[str]:
   """A deterministic sample: the n ids with the smallest salted hash (independent of input order,
-  and a larger n extends a smaller one, so growing the sample reuses every earlier label)."""
+  and a larger n extends a smaller one, so growing the sample reuses every earlier label). Streams:
+  memory holds the n best, not all 35M ids."""
   def rank(i: str) -> str:
     return hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()
-  return sorted(ids, key=rank)[:n]
+  return heapq.nsmallest(n, ids, key=rank)  # == sorted(ids, key=rank)[:n]
 
 
 async def annotate(records: Sequence[dict], llm, *, max_tokens: int = 256,

@@ -213,7 +213,7 @@ class Pipeline:
       labels = list(ingest_lib.read_jsonl(c.labels))
       ingest_lib.write_jsonl(labels, out)
       return {"docs_in": len(labels), "docs_out": len(labels), "from": c.labels}
-    ids = [r["id"] for r in ingest_lib.read_jsonl(self.records_file())]
+    ids = (r["id"] for r in ingest_lib.read_jsonl(self.records_file()))
     chosen = set(annotate_lib.sample_ids(ids, c.sample_size, c.sample_seed))
     records = [r for r in ingest_lib.read_jsonl(self.records_file()) if r["id"] in chosen]
     labels, llm_stats = annotate_lib.annotate_sync(
