@@ -157,3 +157,13 @@ def test_ingest_and_score_killed_midway_resume_from_their_last_mark(tmp_path, se
   # Batches of 10 records, a mark once 25 more are done: at 30 and 60; killed in the 8th batch.
   assert summaries["score"]["resumed_at_record"] == 60
   assert read(tmp_path / "b") == read(tmp_path / "a")
+  # Select pairs scores with records by position and checks the ids: stale scores are refused.
+  b = tmp_path / "b"
+  (b / "select" / "summary.json").unlink()
+  scores = (b / "score" / "scores.jsonl").read_text().splitlines()
+  (b / "score" / "scores.jsonl").write_text("\n".join(scores[:-1]) + "\n")
+  with pytest.raises(ValueError, match="more records than .* scores: rerun the score stage"):
+    pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("select",))
+  (b / "score" / "scores.jsonl").write_text("\n".join(scores[1:] + scores[:1]) + "\n")
+  with pytest.raises(ValueError, match="row 0 is .* but the record there is"):
+    pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("select",))

@@ -26,6 +26,7 @@ Every summary has the stage's counts, seconds, docs/s and MB/s.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import hashlib
 import json
@@ -315,28 +316,38 @@ class Pipeline:
     path = self.workdir / "score" / "scores.jsonl"
     if not path.exists():
       raise FileNotFoundError(f"{path} does not exist: run the score stage first")
-    rows = list(ingest_lib.read_jsonl(path))
-    ids = [r["id"] for r in rows]
-    scores = np.array([r["score"] for r in rows], np.float32)
-    tokens = np.array([r["tokens"] for r in rows], np.int64)
+    # Arrays by position, not 35M dicts: scores.jsonl is in the records' order (checked below).
+    scores, tokens = array.array("f"), array.array("q")
+    for r in ingest_lib.read_jsonl(path):
+      scores.append(r["score"])
+      tokens.append(r["tokens"])
+    scores, tokens = np.frombuffer(scores, np.float32), np.frombuffer(tokens, np.int64)
     if c.token_budget is not None:
       keep, threshold = select_lib.select(scores, tokens, token_budget=c.token_budget)
     else:
       threshold = c.select_threshold if c.select_threshold is not None else c.threshold
       keep, threshold = select_lib.select(scores, tokens, threshold=threshold)
-    kept_ids = {i for i, k in zip(ids, keep) if k}
-    wanted = {ids[i] for idx in select_lib.example_indices(scores, keep).values() for i in idx}
-    texts, n_bytes = {}, 0
+    wanted = {int(i) for idx in select_lib.example_indices(scores, keep).values() for i in idx}
+    ids, texts, n_bytes = {}, {}, 0  # ids and texts of the report's examples only
     out = self.dir("select")
 
     def kept_records():
       nonlocal n_bytes
-      for r in ingest_lib.read_jsonl(self.records_file()):
+      records = ingest_lib.read_jsonl(self.records_file())
+      for i, scored in enumerate(ingest_lib.read_jsonl(path)):
+        r = next(records, None)
+        if r is None or r["id"] != scored["id"]:
+          raise ValueError(f"{path} row {i} is {scored['id']!r} but the record there is "
+                           f"{r and r['id']!r}: the records changed after scoring; rerun the "
+                           "score stage")
         n_bytes += len(r["text"].encode("utf-8", "replace"))
-        if r["id"] in wanted:
-          texts[r["id"]] = r["text"]
-        if r["id"] in kept_ids:
+        if i in wanted:
+          ids[i], texts[r["id"]] = r["id"], r["text"]
+        if keep[i]:
           yield r
+      if next(records, None) is not None:
+        raise ValueError(f"{self.records_file()} has more records than {path} has scores: rerun "
+                         "the score stage")
 
     n = ingest_lib.write_jsonl(kept_records(), out / "selected.jsonl")
     metrics_path = self.workdir / "classify" / "metrics.json"
@@ -344,7 +355,7 @@ class Pipeline:
              if metrics_path.exists() else None,
              "selected_by": "token_budget" if c.token_budget is not None else "threshold"}
     report = select_lib.write_report(out, ids, scores, tokens, keep, threshold, texts, extra=extra)
-    return {"docs_in": len(ids), "docs_out": n, "bytes_in": n_bytes,
+    return {"docs_in": len(scores), "docs_out": n, "bytes_in": n_bytes,
             "tokens_kept": report["tokens_kept"], "tokens_total": report["tokens_total"],
             "effective_threshold": threshold}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -56,11 +56,13 @@ def example_indices(scores: np.ndarray, keep: np.ndarray, n: int = 5) -> dict[st
           "bottom_dropped": dropped_idx[np.argsort(scores[dropped_idx], kind="stable")][:n]}
 
 
-def write_report(out_dir: str | pathlib.Path, ids: Sequence[str], scores: np.ndarray,
+def write_report(out_dir: str | pathlib.Path, ids: Sequence[str] | Mapping[int, str],
+                 scores: np.ndarray,
                  tokens: np.ndarray, keep: np.ndarray, effective_threshold: float | None,
                  texts: dict[str, str], *, n_examples: int = 5, extra: dict | None = None) -> dict:
-  """report.json + score_distribution.png in `out_dir`; `texts` holds at least the example ids
-  (see `example_indices`). Returns the report dict."""
+  """report.json + score_distribution.png in `out_dir`; `ids` (a sequence, or a mapping of the
+  example positions) and `texts` cover at least the examples (see `example_indices`). Returns
+  the report dict."""
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   scores = np.asarray(scores)
