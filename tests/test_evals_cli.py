@@ -167,9 +167,12 @@ def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monk
   calls = {}
   answers = {t.prompt: t.reference + "\ndef junk():\n    return undefined\n" for t in TASKS}
 
+  model = types.SimpleNamespace(config=types.SimpleNamespace(max_seq_len=64 + 400))
+  tokenizer = types.SimpleNamespace(encode=list)  # a token per character
+
   def load_for_inference(path):
     calls["path"] = path
-    return "model", "tokenizer"
+    return model, tokenizer
 
   def generate(model, tokenizer, prompts, **kwargs):
     calls.update(kwargs, n_prompts=len(prompts))
@@ -187,6 +190,11 @@ def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monk
   assert (calls["max_new_tokens"], calls["temperature"], calls["top_p"]) == (64, 0.8, 0.95)
   assert calls["stop"] == list(summary["protocol"]["stops"]) and "\ndef" in calls["stop"]
   assert summary["protocol"]["generator"]["kind"] == "checkpoint"
+  # Prompts longer than the context leaves (464 - 64 new tokens) lose their start, on the record.
+  assert calls["truncate"] == "left"
+  too_long = 2 * sum(len(t.prompt) > 400 for t in TASKS[:4])
+  assert 0 < too_long < 8
+  assert summary["protocol"]["generator"]["prompts_truncated_left"] == too_long
 
 
 def test_limit_skips_other_problems_quietly(tmp_path, capsys):

@@ -108,6 +108,8 @@ def main(argv: list[str]) -> int:
         generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint))
       samples = run.generate_samples(tasks, generate, n=args.n, stops=stops,
                                      mode="none" if args.chat else args.postprocess)
+      if getattr(generate, "truncated", 0):
+        generator["prompts_truncated_left"] = generate.truncated
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
       print(f"phi1 eval: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
       return 1

@@ -255,12 +255,16 @@ def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: f
   from phi1.generate import generate as generate_text
 
   model, tokenizer = load_for_inference(checkpoint)
+  room = model.config.max_seq_len - max_new_tokens
 
   def generate(prompts: list[str]) -> list[str]:
     # A small model's context may not hold a 3-shot MBPP prompt: the oldest example goes first,
-    # with a warning, as evaluation harnesses do (phi-1's 2,048 tokens hold them all).
+    # with a warning, as evaluation harnesses do (phi-1's 2,048 tokens hold them all); the count
+    # goes into the protocol so a score says it was measured that way.
+    generate.truncated += sum(len(tokenizer.encode(p)) > room for p in prompts)
     return generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, stop=list(stops), seed=seed,
                          batch_size=batch_size, truncate="left")
 
+  generate.truncated = 0
   return generate
