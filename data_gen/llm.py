@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
@@ -215,6 +216,15 @@ def retry_after_s(response: httpx2.Response | None) -> float | None:
 
 
 _RETRYABLE_STATUS = (408, 409, 429)  # and every 5xx
+
+
+def _timeout_or_connection(error: BaseException) -> str:
+  """The SDK's aiohttp transport maps every aiohttp connection error, a dropped connection
+  included, to httpx's ConnectTimeout; count those as what they were."""
+  cause = error.__cause__
+  if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+    return "connection"
+  return "timeout"
 
 
 def _fatal_message(response: httpx2.Response, api_key: str) -> str:
@@ -401,8 +411,8 @@ class LLM:
         wait_hint = retry_after_s(raw)
         if status == 429 and self.pause_on_429:
           self.limiter.pause(min(wait_hint or self.retry.base_s, self.retry.max_retry_after_s))
-      except (httpx2.TimeoutException, TimeoutError):
-        kind = "timeout"
+      except (httpx2.TimeoutException, TimeoutError) as e:
+        kind = _timeout_or_connection(e)
       except (httpx2.RequestError, ssl.SSLError):
         kind = "connection"
       except MalformedResponse:

@@ -59,6 +59,20 @@ def test_faults_are_retried_and_each_request_is_paid_once(tmp_path):
   assert len(truncated) == faults["truncated"]
 
 
+@pytest.mark.parametrize("http", ["aiohttp", "httpx"])
+def test_dropped_connections_are_counted_as_connection_errors(tmp_path, http):
+  with FakeOpenAI(fault_rate=0.5, faults=("drop",)) as server:
+
+    async def run():
+      async with _llm(server, tmp_path, http=http) as llm:
+        await asyncio.gather(*[llm.complete(_request(i)) for i in range(40)])
+        return llm.stats
+
+    stats = asyncio.run(run())
+    drops = server.fault_counts["drop"]
+  assert drops > 5 and dict(stats.errors) == {"connection": drops} and stats.retries == drops
+
+
 def test_cache_answers_reruns_and_revision_salt_forces_new_requests(tmp_path):
   with FakeOpenAI() as server:
 
