@@ -259,54 +259,46 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   bar = _progress_bar(progress, start, config.steps)
   last, window_start, window_tokens = {}, time.perf_counter(), 0
   try:
-    for step in range(start, config.steps):
-      state, step_metrics = trainer.step(state, next(train_data))
-      window_tokens += tokens_per_step(config)
-      done = step + 1
-      if step == start:  # keep compilation out of the throughput numbers
-        jax.block_until_ready(step_metrics)
-        window_start, window_tokens = time.perf_counter(), 0
-      if done % config.log_every == 0 or done == config.steps:
-        step_metrics = jax.tree.map(local_value, step_metrics)
-        elapsed = time.perf_counter() - window_start
-        tokens_per_sec = window_tokens / max(elapsed, 1e-9)
-        last = {k: float(v) for k, v in step_metrics.items()}
-        last.update(tokens_per_sec=tokens_per_sec,
-                    mfu=mfu(config, trainer.model_config, tokens_per_sec),
-                    data_bad_records=float(pipeline.stats.problems))
-        check_finite(last["loss"], done, last_good, workdir)
-        writer.write(done, last)
-        bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
-        window_start, window_tokens = time.perf_counter(), 0
-      if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
-        eval_loss = trainer.eval_loss(state.params, pipeline.eval_batches(config.eval_batches))
-        writer.write(done, {"eval_loss": eval_loss})
-        last["eval_loss"] = eval_loss
-      if done % config.checkpoint_every == 0 or done == config.steps:
-        loss = float(local_value(step_metrics["loss"]))
-        check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state
-        ckpt_lib.save(manager, done, state, train_data)
-        last_good = done
-      bar.update(1)
-    manager.wait_until_finished()
+    try:
+      for step in range(start, config.steps):
+        state, step_metrics = trainer.step(state, next(train_data))
+        window_tokens += tokens_per_step(config)
+        done = step + 1
+        if step == start:  # keep compilation out of the throughput numbers
+          jax.block_until_ready(step_metrics)
+          window_start, window_tokens = time.perf_counter(), 0
+        if done % config.log_every == 0 or done == config.steps:
+          step_metrics = jax.tree.map(local_value, step_metrics)
+          elapsed = time.perf_counter() - window_start
+          tokens_per_sec = window_tokens / max(elapsed, 1e-9)
+          last = {k: float(v) for k, v in step_metrics.items()}
+          last.update(tokens_per_sec=tokens_per_sec,
+                      mfu=mfu(config, trainer.model_config, tokens_per_sec),
+                      data_bad_records=float(pipeline.stats.problems))
+          check_finite(last["loss"], done, last_good, workdir)
+          writer.write(done, last)
+          bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
+          window_start, window_tokens = time.perf_counter(), 0
+        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+          eval_loss = trainer.eval_loss(state.params, pipeline.eval_batches(config.eval_batches))
+          writer.write(done, {"eval_loss": eval_loss})
+          last["eval_loss"] = eval_loss
+        if done % config.checkpoint_every == 0 or done == config.steps:
+          loss = float(local_value(step_metrics["loss"]))
+          check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state
+          ckpt_lib.save(manager, done, state, train_data)
+          last_good = done
+        bar.update(1)
+      manager.wait_until_finished()
+    finally:
+      # A full disk also fails the metrics file's and TensorBoard's last flush: while an error
+      # is on its way out, those secondary failures must not replace it.
+      bar.close()
+      _close_all(writer.close, manager.close)
   except (OSError, ValueError) as e:  # a save fails here, or in its async thread (ValueError)
     if is_disk_full(e):
       raise _disk_full(workdir, manager) from e
     raise
-  finally:
-    # A full disk also fails the metrics file's and TensorBoard's last flush: while an error is
-    # on its way out, those secondary failures must not replace it.
-    bar.close()
-    errors = []
-    for close in (writer.close, manager.close):
-      try:
-        close()
-      except Exception as e:  # noqa: BLE001 - re-raised below unless another error is in flight
-        errors.append(e)
-    if errors and sys.exc_info()[1] is None:
-      if is_disk_full(errors[0]):
-        raise _disk_full(workdir, None) from errors[0]
-      raise errors[0]
   ckpt_lib.export_params(trainer.model(state), workdir / "export",
                          tokenizer_path=config.data.tokenizer or None)
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
@@ -325,13 +317,21 @@ def local_value(x) -> np.ndarray:
   return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
 
 
+def _close_all(*closers):
+  """Call every closer; raise the first failure only if no other error is already in flight."""
+  errors = []
+  for close in closers:
+    try:
+      close()
+    except Exception as e:  # noqa: BLE001 - re-raised below unless another error is in flight
+      errors.append(e)
+  if errors and sys.exc_info()[1] is None:
+    raise errors[0]
+
+
 def _disk_full(workdir, manager) -> OSError:
-  try:
-    latest = manager.latest_step() if manager is not None else None
-  except Exception:  # noqa: BLE001 - only for the message
-    latest = None
+  latest = manager.latest_step()  # reads the directory: works on a closed manager too
   where = (f"the last complete checkpoint is step {latest}" if latest
-           else "see checkpoints/ for the last complete step" if manager is None
            else "no checkpoint is complete yet")
   return OSError(errno.ENOSPC, f"disk full while writing to {workdir} (checkpoints, metrics); "
                  f"{where}. Free space and rerun the same command to resume.")

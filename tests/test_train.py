@@ -224,6 +224,18 @@ def test_a_full_disk_seen_first_by_the_metrics_files_gets_the_same_clear_error(
     train.run(tiny_config(corpus, steps=2, checkpoint_every=2), tmp_path / "w", progress=False)
 
 
+def test_a_failing_close_does_not_replace_the_error_already_on_its_way_out(
+    corpus, tmp_path, monkeypatch):
+  def full_disk(self):
+    raise OSError(28, "No space left on device")
+
+  monkeypatch.setattr(metrics.MetricsWriter, "close", full_disk)
+  cfg = tiny_config(corpus, steps=30, checkpoint_every=2, **{"optimizer.peak_lr": 1e5,
+                                                             "optimizer.grad_clip": 0.0})
+  with pytest.raises(train.TrainingDiverged):
+    train.run(cfg, tmp_path, progress=False)
+
+
 def test_disk_full_during_save_is_a_clear_error_and_no_partial_checkpoint_is_visible(corpus, tmp_path):
   """A real full disk: the workdir on a 1 MB tmpfs (root only), too small for one checkpoint."""
   mountpoint = tmp_path / "small_disk"
