@@ -70,7 +70,6 @@ _NODE_CLASSES = sorted(
 _CHAR_OF = {name: chr(0x100 + i) for i, name in enumerate(_NODE_CLASSES)}
 _CHAR_BY_TYPE = {getattr(ast, name): char for name, char in _CHAR_OF.items()}
 N_NODE_CLASSES = len(_CHAR_OF) + 1  # + one slot for classes unknown to this table
-_SKIPPED = (ast.expr_context, ast.type_ignore)
 _DEF_TYPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 _DEF_SET = frozenset(_DEF_TYPES)
 _DEF_OR_MODULE = frozenset((ast.Module, *_DEF_TYPES))
@@ -123,7 +122,7 @@ def _traverse(root: ast.AST) -> tuple[list[str], dict[ast.AST, tuple[int, int]]]
     chars.append(char)
     if cls in _DEF_SET:
       stack.append((n, len(chars) - 1))
-    fields = child_fields.get(cls)
+    fields = child_fields.get(cls)  # the cache looked up inline: one call less per node
     for field in fields if fields is not None else _child_fields(cls):
       value = getattr(n, field, None)
       if type(value) is list:
