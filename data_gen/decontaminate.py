@@ -36,7 +36,6 @@ import json
 import os
 import pathlib
 import re
-import shutil
 import sys
 import time
 from typing import Iterable, Sequence
@@ -283,18 +282,13 @@ class _ScanParts:
   benchmarks in meta.json."""
 
   def __init__(self, directory, config: Config, problems: Sequence[Problem], embedder):
-    self.dir = pathlib.Path(directory)
     self.settings = {
         "ngram_n": config.ngram_n, "min_nodes": config.min_nodes, "tau_min": min(config.taus),
         "embed_threshold": config.embed_threshold, "part_size": config.part_size,
         "embedder": getattr(embedder, "name", None) if embedder is not None else None,
         "problems": hashlib.sha256(json.dumps(
             [[p.benchmark, p.task_id, p.code] for p in problems]).encode()).hexdigest()}
-    meta = self.dir / "meta.json"
-    if meta.exists() and json.loads(meta.read_text()) != self.settings:
-      shutil.rmtree(self.dir)  # other settings: the stored scan does not apply
-    self.dir.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(self.settings))
+    self.dir = ingest.work_dir(directory, self.settings)  # other settings: start over
     self.saved_pairs = 0
 
   def load(self) -> tuple[list[dict], dict, np.ndarray, str | None]:

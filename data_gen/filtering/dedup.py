@@ -21,11 +21,9 @@ from __future__ import annotations
 import array
 import dataclasses
 import hashlib
-import json
 import os
 import pathlib
 import re
-import shutil
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -260,16 +258,11 @@ def dedup_jsonl(source: str | os.PathLike, out_dir: str | os.PathLike,
   rerun with the same settings and input, so a killed run resumes at its last finished chunk.
   Memory: one chunk of text, then 12 bytes per record per band. Returns the summary."""
   source, out_dir = pathlib.Path(source), pathlib.Path(out_dir)
-  sig_dir = out_dir / "signatures"
   stat = source.stat()
   settings = {"ngram": config.ngram, "bands": config.bands, "rows": config.rows,
               "seed": config.seed, "chunk_size": config.chunk_size,
               "source": str(source.resolve()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-  meta = sig_dir / "meta.json"
-  if meta.exists() and json.loads(meta.read_text()) != settings:
-    shutil.rmtree(sig_dir)  # other settings or another input: the signatures are stale
-  sig_dir.mkdir(parents=True, exist_ok=True)
-  meta.write_text(json.dumps(settings))
+  sig_dir = ingest.work_dir(out_dir / "signatures", settings)  # stale ones are thrown away
   chunk_path = lambda c: sig_dir / f"chunk-{c:06d}.npz"
 
   # Pass 1: sign, one chunk of texts at a time. Finished chunks are read again but not signed.

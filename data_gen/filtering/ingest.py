@@ -29,6 +29,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import shutil
 import sys
 import sysconfig
 import warnings
@@ -294,6 +295,18 @@ def read_jsonl(path: str | os.PathLike, skip: int = 0) -> Iterator[dict]:
           skip -= 1
           continue
         yield json.loads(line)
+
+
+def work_dir(directory: str | os.PathLike, settings: dict) -> pathlib.Path:
+  """A directory of saved partial work (signatures, scan parts) that is valid for `settings`
+  only: emptied when the `meta.json` it holds says other settings (or another input) made it."""
+  directory = pathlib.Path(directory)
+  meta = directory / "meta.json"
+  if meta.exists() and json.loads(meta.read_text()) != settings:
+    shutil.rmtree(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  meta.write_text(json.dumps(settings))
+  return directory
 
 
 RESUME_EVERY = 10_000  # inputs between progress marks: at most this much work is redone
