@@ -58,8 +58,12 @@ def normalise(text: str) -> str:
   return _BLANK_LINES.sub("\n", _TRAILING_WS.sub("", text)).strip()
 
 
+def _exact_digest(text: str) -> bytes:
+  return hashlib.sha1(normalise(text).encode("utf-8", "replace")).digest()
+
+
 def exact_key(text: str) -> str:
-  return hashlib.sha1(normalise(text).encode("utf-8", "replace")).hexdigest()
+  return _exact_digest(text).hex()
 
 
 def shingles(text: str, n: int) -> set[bytes]:
@@ -82,8 +86,7 @@ def _hash64(data: bytes) -> int:
 def sign(text: str, config: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
   """(exact key as 2 uint64, one uint64 per band). Two texts share a band hash iff the band's
   `rows` MinHash values are equal (up to a 2^-64 hash collision)."""
-  exact = np.frombuffer(hashlib.sha1(normalise(text).encode("utf-8", "replace")).digest()[:16],
-                        dtype=np.uint64)
+  exact = np.frombuffer(_exact_digest(text)[:16], dtype=np.uint64)
   values = signature(text, config).hashvalues.astype(np.uint64)
   r = config.rows
   bands = np.array([_hash64(values[b * r:(b + 1) * r].tobytes()) for b in range(config.bands)],
