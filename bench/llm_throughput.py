@@ -5,12 +5,12 @@
 The server (data_gen.testing.FakeOpenAI, in its own process) answers every request after a fixed
 latency, so the ideal rate is concurrency / latency (64 / 0.05 s = 1280 requests/s); the layer under
 test pays full price for everything a real run does per request: cache lookup and commit, budget,
-limiter, retry wrapper, the `openai` client's HTTP client, response parsing. Also measured, for context: the
-stock `openai` client (default httpx transport, typed `chat.completions.create`) with only a
-semaphore. The two alternate in rounds so that both see the same machine load (this is a shared
-machine). Last, for context, the whole `textbooks` job (data_gen.runner: constraint sampling,
-validation, shard writes) against the same server. Prints measured and ideal, client CPU per
-request, then the JSON line (ratio = ours / ideal).
+limiter, retry wrapper, the `openai` client's HTTP client, response parsing. Also measured, for
+context: the stock `openai` client (default httpx transport, typed `chat.completions.create`) with
+only a semaphore. The two alternate in rounds so that both see the same machine load (this is a
+shared machine). Last, for context, the whole `textbooks` job (data_gen.runner: constraint
+sampling, validation, shard writes) against the same server, with its own cache and output.
+Prints measured and ideal, client CPU per request, then the JSON line (ratio = ours / ideal).
 """
 
 import argparse
@@ -88,6 +88,7 @@ async def measure(base_url: str, concurrency: int, n: int, rounds: int, cache_di
 async def end_to_end(base_url: str, concurrency: int, n: int, out_dir: str) -> float:
   """Valid textbook records per second written by the real runner (fresh cache and output)."""
   task = TextbookTask(load_table("textbooks"), seed=0)
+  os.makedirs(out_dir)
   async with LLM("gpt-4o-mini", base_url=base_url, api_key="bench", concurrency=concurrency,
                  cache=os.path.join(out_dir, "cache.sqlite")) as llm:
     with ShardWriter(os.path.join(out_dir, "textbooks"), kind="textbooks") as writer:
@@ -112,7 +113,7 @@ def main():
     m = asyncio.run(measure(server.base_url, args.concurrency, args.requests, args.rounds,
                             cache_dir))
     records_per_s = asyncio.run(end_to_end(server.base_url, args.concurrency, args.requests // 2,
-                                           cache_dir))
+                                           os.path.join(cache_dir, "job")))
   load = max(load_before, os.getloadavg()[0])
   machine = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU"
   print(f"data_gen.llm: {m['ours']:.0f} requests/s at concurrency {args.concurrency}, "
