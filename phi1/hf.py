@@ -1,6 +1,8 @@
-"""Import and export of Hugging Face Phi checkpoints (`PhiForCausalLM`), torch-free.
+"""Import and export of Hugging Face Phi and CodeGen checkpoints, torch-free.
 
-A checkpoint is a directory written by `transformers.PhiForCausalLM.save_pretrained`: `config.json`
+A checkpoint is a directory written by `transformers.PhiForCausalLM.save_pretrained` (or
+`CodeGenForCausalLM`'s, translated by `phi1/hf_codegen.py`; config.json's model_type says which):
+`config.json`
 plus `model.safetensors`, or several shards listed in `model.safetensors.index.json`. Tensors are
 read with the `safetensors` library; PyTorch `Linear` weights are [out, in] and our kernels are
 [in, out], so those are transposed. Names (../shared/PAPER.md):
@@ -24,6 +26,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from phi1 import hf_codegen
 from phi1.model import Phi1, Phi1Config
 
 CONFIG_FILE = "config.json"
@@ -32,7 +35,7 @@ INDEX_FILE = "model.safetensors.index.json"
 # gelu_new and gelu_pytorch_tanh are the same tanh approximation (our MLP's activation).
 SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 # Buffers some exporters save that carry no learned weights (we recompute rotary frequencies).
-_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
+_IGNORED_SUFFIXES = (".rotary_emb.inv_freq",) + hf_codegen.IGNORED_SUFFIXES
 
 
 class CheckpointError(ValueError):
@@ -40,11 +43,14 @@ class CheckpointError(ValueError):
 
 
 def config_from_hf(hf: dict, **overrides) -> Phi1Config:
-  """`Phi1Config` from a transformers `PhiConfig` dict (config.json); refuses what we cannot run."""
+  """`Phi1Config` from a transformers `PhiConfig` or `CodeGenConfig` dict (config.json); refuses
+  what we cannot run."""
+  if hf.get("model_type") == "codegen":
+    return hf_codegen.config_from_codegen(hf, **overrides)
   if hf.get("model_type", "phi") != "phi":
     raise ValueError(f"config.json model_type={hf['model_type']!r}: only 'phi' (PhiForCausalLM) "
-                     "is supported; old 'phi-msft' checkpoints must first be converted by "
-                     "transformers")
+                     "and 'codegen' (CodeGenForCausalLM) are supported; old 'phi-msft' "
+                     "checkpoints must first be converted by transformers")
   # transformers >= 5 nests rotary settings in `rope_parameters`; 4.x (and the released phi-1
   # config.json) keeps them at the top level with `rope_scaling`.
   rope = dict(hf.get("rope_parameters") or {})
@@ -84,12 +90,26 @@ def config_from_hf(hf: dict, **overrides) -> Phi1Config:
   return Phi1Config(**{**fields, **overrides})
 
 
+def hf_architecture(config: Phi1Config) -> str:
+  """"phi" or "codegen": the transformers model that computes what `config` computes."""
+  layout = (config.rotary_style, config.attn_bias)
+  if layout == ("neox", True):
+    return "phi"
+  if layout == ("gptj", False):
+    return "codegen"
+  raise ValueError(f"rotary_style={config.rotary_style!r} with attn_bias={config.attn_bias} has no "
+                   "transformers equivalent: use ('neox', True) for PhiForCausalLM or "
+                   "('gptj', False) for CodeGenForCausalLM")
+
+
 def config_to_hf(config: Phi1Config, eos_id: int | None = None) -> dict:
-  """The config.json transformers needs to build the same `PhiForCausalLM`.
+  """The config.json transformers needs to build the same `PhiForCausalLM` (or CodeGen model).
 
   The end-of-text id belongs to the tokenizer, not the model: without `eos_id` it is written as
   null, because PhiConfig's default (2) would make transformers' `generate` stop on token 2.
   """
+  if hf_architecture(config) == "codegen":
+    return hf_codegen.config_to_codegen(config, eos_id)
   factor = config.rotary_dim / config.head_dim
   return {
       # CodeGen's tokenizer (phi-1's) uses <|endoftext|> as both BOS and EOS.
@@ -179,7 +199,8 @@ def _non_param_state(config: Phi1Config, seed: int):
 
 
 def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overrides) -> Phi1:
-  """Load a `PhiForCausalLM.save_pretrained` directory as a `Phi1` (parameters float32).
+  """Load a `PhiForCausalLM` or `CodeGenForCausalLM` save_pretrained directory as a `Phi1`
+  (parameters float32).
 
   `dtype` is the compute dtype ("float32" | "bfloat16" | "float16"); other `Phi1Config` fields
   (e.g. `attention_impl`) may be overridden; `seed` seeds the dropout streams.
@@ -189,6 +210,8 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
   config = config_from_hf(_read_json(os.path.join(path, CONFIG_FILE), "the model config"),
                           dtype=dtype, **config_overrides)
   tensors = _read_tensors(_weight_files(path))
+  if hf_architecture(config) == "codegen":
+    tensors = hf_codegen.from_codegen_tensors(tensors, config)
   abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(seed)))
   graphdef, params, _ = nnx.split(abstract, nnx.Param, ...)
   flat, problems = [], []
@@ -207,13 +230,14 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
   if unexpected and not problems:
     problems.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
   if problems:
-    raise CheckpointError(f"checkpoint {path} does not match a phi model of its config.json: "
+    raise CheckpointError(f"checkpoint {path} does not match a model of its config.json: "
                           + "; ".join(problems[:8]) + ("; ..." if len(problems) > 8 else ""))
   return nnx.merge(graphdef, nnx.from_flat_state(flat), _non_param_state(config, seed))
 
 
 def to_hf(model: Phi1, path: str, *, eos_id: int | None = None) -> None:
-  """Write `model` as config.json + model.safetensors for `PhiForCausalLM.from_pretrained`.
+  """Write `model` as config.json + model.safetensors for `PhiForCausalLM.from_pretrained`
+  (`CodeGenForCausalLM` for a CodeGen-layout model, see `hf_architecture`).
 
   Pass the tokenizer's `eos_id` so transformers' `generate` stops where ours does.
   """
@@ -223,6 +247,8 @@ def to_hf(model: Phi1, path: str, *, eos_id: int | None = None) -> None:
     name, transpose = _hf_name(key)
     array = np.asarray(jax.device_get(var.get_value()), dtype=np.float32)
     tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+  if hf_architecture(model.config) == "codegen":
+    tensors = hf_codegen.to_codegen_tensors(tensors, model.config)
   # Write to temporary names and rename, so an interrupted export never leaves a half-written file
   # that looks like a checkpoint.
   for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"})),

@@ -7,6 +7,8 @@ Block (CodeGen / GPT-J "parallel" layout, as in HF `PhiDecoderLayer`):
   h = LN(x);  x = x + dropout(attn(h)) + dropout(mlp(h))
 with partial rotary embeddings (first `rotary_dim` of the K head dims, NeoX half-split), gelu_new
 (tanh approximation), biases on every linear, a final LayerNorm and an untied LM head with a bias.
+CodeGen, phi-1's ancestor (and the paper's embedder, §2.1), is the same block with GPT-J
+interleaved rotary and no attention biases: `rotary_style="gptj"`, `attn_bias=False`.
 
 Every parameter carries `logical_axes` metadata and every large activation passes through
 `sharding.constrain` with logical names; `phi1/sharding.py` alone maps those names to the mesh.
@@ -22,6 +24,7 @@ from phi1 import sharding
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "dots", "full")
+ROTARY_STYLES = ("neox", "gptj")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +38,10 @@ class Phi1Config:
   rotary_dim: int = 32
   rope_theta: float = 10000.0
   max_seq_len: int = 2048
+  # "neox" rotates the halves (x[:R/2], x[R/2:]) of the rotary dims (phi-1, HF Phi); "gptj" rotates
+  # interleaved pairs (x[2i], x[2i+1]) (CodeGen, GPT-J).
+  rotary_style: str = "neox"
+  attn_bias: bool = True  # biases on q/k/v and the output projection (phi-1 yes, CodeGen no)
   layer_norm_eps: float = 1e-5
   # The paper trains with attention and residual dropout 0.1 (§2.3); the released config uses 0.
   # Attention dropout runs on the "xla" attention path only (the kernels have none).
@@ -72,6 +79,8 @@ class Phi1Config:
       raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
     if self.rotary_dim % 2 or not 0 <= self.rotary_dim <= self.head_dim:
       raise ValueError(f"rotary_dim={self.rotary_dim} must be even and <= head_dim={self.head_dim}")
+    if self.rotary_style not in ROTARY_STYLES:
+      raise ValueError(f"rotary_style must be one of {ROTARY_STYLES}, got {self.rotary_style!r}")
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
     if self.remat not in REMAT_POLICIES:
@@ -85,9 +94,9 @@ class Phi1Config:
                        "or attention_impl='xla'")
 
 
-def _linear(d_in, d_out, axes, config, rngs):
+def _linear(d_in, d_out, axes, config, rngs, use_bias=True):
   return nnx.Linear(
-      d_in, d_out, dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
+      d_in, d_out, use_bias=use_bias, dtype=DTYPES[config.dtype], param_dtype=jnp.float32,
       kernel_init=nnx.initializers.normal(config.init_std), rngs=rngs,
       kernel_metadata={"logical_axes": axes}, bias_metadata={"logical_axes": axes[1:]})
 
@@ -100,8 +109,12 @@ def _layer_norm(config, rngs):
                        bias_metadata={"logical_axes": ("norm",)})
 
 
-def rotary(x_BTHK, positions_BT, rotary_dim: int, theta: float):
-  """NeoX-style rotary embedding on the first `rotary_dim` dims; the rest pass through (HF Phi)."""
+def rotary(x_BTHK, positions_BT, rotary_dim: int, theta: float, style: str = "neox"):
+  """Rotary embedding on the first `rotary_dim` dims; the rest pass through.
+
+  Frequency i rotates the pair (x[i], x[i + R/2]) under "neox" (HF Phi) and (x[2i], x[2i+1]) under
+  "gptj" (CodeGen): the same rotation applied to a permutation of the rotary dims.
+  """
   if rotary_dim == 0:
     return x_BTHK
   half = rotary_dim // 2
@@ -110,8 +123,13 @@ def rotary(x_BTHK, positions_BT, rotary_dim: int, theta: float):
   cos_BT1R = jnp.cos(angles_BTR)[:, :, None, :]
   sin_BT1R = jnp.sin(angles_BTR)[:, :, None, :]
   x_rot = x_BTHK[..., :rotary_dim].astype(jnp.float32)
-  x1, x2 = x_rot[..., :half], x_rot[..., half:]
-  rotated = jnp.concatenate([x1 * cos_BT1R - x2 * sin_BT1R, x2 * cos_BT1R + x1 * sin_BT1R], -1)
+  if style == "gptj":
+    x1, x2 = x_rot[..., 0::2], x_rot[..., 1::2]
+    rotated = jnp.stack([x1 * cos_BT1R - x2 * sin_BT1R, x2 * cos_BT1R + x1 * sin_BT1R], -1)
+    rotated = rotated.reshape(x_rot.shape)
+  else:
+    x1, x2 = x_rot[..., :half], x_rot[..., half:]
+    rotated = jnp.concatenate([x1 * cos_BT1R - x2 * sin_BT1R, x2 * cos_BT1R + x1 * sin_BT1R], -1)
   return jnp.concatenate([rotated.astype(x_BTHK.dtype), x_BTHK[..., rotary_dim:]], axis=-1)
 
 
@@ -120,10 +138,11 @@ class Attention(nnx.Module):
   def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
     self.config = config
     D = config.d_model
-    self.q_proj = _linear(D, D, ("embed", "heads"), config, rngs)
-    self.k_proj = _linear(D, D, ("embed", "heads"), config, rngs)
-    self.v_proj = _linear(D, D, ("embed", "heads"), config, rngs)
-    self.dense = _linear(D, D, ("heads", "embed"), config, rngs)
+    bias = config.attn_bias
+    self.q_proj = _linear(D, D, ("embed", "heads"), config, rngs, bias)
+    self.k_proj = _linear(D, D, ("embed", "heads"), config, rngs, bias)
+    self.v_proj = _linear(D, D, ("embed", "heads"), config, rngs, bias)
+    self.dense = _linear(D, D, ("heads", "embed"), config, rngs, bias)
     self.deterministic = False  # toggled by model.train() / model.eval()
 
   def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, rngs=None):
@@ -134,8 +153,8 @@ class Attention(nnx.Module):
                                          ("batch", "seq", "act_heads", "head_dim"))
     q_BTHK, k_BTHK, v_BTHK = split(self.q_proj(x_BTD)), split(self.k_proj(x_BTD)), split(
         self.v_proj(x_BTD))
-    q_BTHK = rotary(q_BTHK, positions_BT, c.rotary_dim, c.rope_theta)
-    k_BTHK = rotary(k_BTHK, positions_BT, c.rotary_dim, c.rope_theta)
+    q_BTHK = rotary(q_BTHK, positions_BT, c.rotary_dim, c.rope_theta, c.rotary_style)
+    k_BTHK = rotary(k_BTHK, positions_BT, c.rotary_dim, c.rope_theta, c.rotary_style)
     dropout = c.attn_dropout if not self.deterministic else 0.0
     if cache is None:
       out_BTHK = attention_lib.attention(
