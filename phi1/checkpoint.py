@@ -7,9 +7,11 @@ each step into a temporary directory and renames it only when complete, so a kil
 leaves a half-written checkpoint that a resume could pick up.
 
 An export (`export_params`) is what notebooks, `phi1 eval` and finetuning start from: float32
-parameters, the model config and the tokenizer file, in one directory.
+parameters, the model config and the tokenizer file, in one directory. `load_for_inference(workdir,
+step=N)` reads any kept training checkpoint instead (evaluating a run's intermediate steps).
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -107,9 +109,11 @@ def load_model(path, **config_overrides) -> Phi1:
     from phi1 import hf
     return hf.from_hf(path)
   if not is_export(path):
+    steps = kept_steps(path.parent if path.name == "export" else path)
+    hint = f"; its kept training checkpoints are steps {steps}: add --step N" if steps else ""
     raise FileNotFoundError(
         f"{path} is neither a params export (with {EXPORT_CONFIG}) nor an HF directory "
-        "(with config.json); `phi1 train` writes an export to WORKDIR/export when it finishes")
+        f"(with config.json); `phi1 train` writes an export to WORKDIR/export when it finishes{hint}")
   config = Phi1Config(**{**json.loads((path / EXPORT_CONFIG).read_text()), **config_overrides})
   abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
   abstract_params = nnx.state(abstract, nnx.Param)
@@ -129,9 +133,53 @@ def load_model(path, **config_overrides) -> Phi1:
   return model
 
 
-def load_for_inference(path):
-  """(model, tokenizer) from an export or HF directory; the tokenizer is the one saved beside it."""
+def kept_steps(workdir) -> list[int]:
+  """The complete training checkpoints in a workdir (orbax's temporary directories excluded)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def load_training_step(workdir, step: int) -> tuple[Phi1, str]:
+  """(float32 model, tokenizer path) from training checkpoint `step` of a `phi1 train` workdir."""
+  import ml_collections
+
+  from phi1 import config as config_lib, sharding, train
+  workdir = pathlib.Path(workdir).absolute()
+  steps = kept_steps(workdir)
+  if step not in steps:
+    raise FileNotFoundError(f"no checkpoint for step {step} in {workdir / 'checkpoints'}; kept "
+                            f"steps: {steps or 'none (is this a phi1 train workdir?)'}")
+  if not (workdir / "config.json").is_file():
+    raise FileNotFoundError(f"{workdir / 'config.json'} not found: the run's config is needed "
+                            "to rebuild its model")
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  # One device whatever mesh trained it: orbax reshards onto the target on restore.
+  config.mesh = "dp"
+  trainer = train.Trainer(config, mesh=sharding.make_mesh("dp", jax.local_devices()[:1]))
+  mngr = manager(workdir, keep_last=max(len(steps), 1), keep_every=None, async_save=False)
+  try:
+    state = restore(mngr, trainer.abstract_state_with_shardings(), None, step=step)
+  finally:
+    mngr.close()
+  model = Phi1(dataclasses.replace(config_lib.phi1_config(config), dtype="float32"),
+               rngs=nnx.Rngs(0))
+  nnx.update(model, state.params)
+  return model, config.data.tokenizer
+
+
+def load_for_inference(path, step: int | None = None):
+  """(model, tokenizer) from an export or HF directory; the tokenizer is the one saved beside it.
+
+  With `step`, `path` is a training workdir and the model is its checkpoint at that step."""
   from phi1 import tokenizer as tokenizer_lib
+  if step is not None:
+    model, tokenizer_path = load_training_step(path, step)
+    if not tokenizer_path or not pathlib.Path(tokenizer_path).exists():
+      raise FileNotFoundError(f"the run's tokenizer {tokenizer_path!r} (data.tokenizer in "
+                              f"{path}/config.json) is not there")
+    return model, tokenizer_lib.load_tokenizer(tokenizer_path)
   path = _resolve(path)
   model = load_model(path)
   candidates = sorted(path.glob("tokenizer*"))

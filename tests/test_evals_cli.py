@@ -64,7 +64,7 @@ def test_bad_samples_are_reported_per_sample_never_fatal(tmp_path, capsys):
           dict(task_id=t2.task_id, completion="    # " + "x" * (10 << 20) + "\n" + t2.reference)]
   _write(tmp_path / "bad.jsonl", rows)
   rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "bad.jsonl"), "--out",
-                 str(tmp_path / "out"), "--no-progress", "--timeout", "10"])
+                 str(tmp_path / "out"), "--no-progress", "--timeout", "10", "--allow-missing"])
   captured = capsys.readouterr()
   assert rc == 0
   summary = _last_json_line(captured.out)
@@ -76,7 +76,7 @@ def test_bad_samples_are_reported_per_sample_never_fatal(tmp_path, capsys):
   assert by_task[t0.task_id]["status"] == "error" and "Unicode" in by_task[t0.task_id]["error"]
   assert not by_task[t1.task_id]["passed"]  # an empty body: the docstring alone returns None
   assert by_task[t2.task_id]["passed"]      # 10 MB of comment, then the real solution
-  assert summary["num_tasks_without_samples"] == 164 - 3
+  assert summary["num_tasks_without_samples"] == 164 - 3 and summary["num_tasks"] == 164
 
 
 class _FakeServer(http.server.BaseHTTPRequestHandler):
@@ -139,6 +139,13 @@ def test_openai_compatible_server(server, tmp_path, capsys, monkeypatch, chat):
   assert "sk-secret-key" not in captured.out + captured.err
 
 
+@pytest.fixture()
+def in_tmp(tmp_path, monkeypatch):
+  """Runs without --out write a new eval_runs/ directory into the working directory."""
+  monkeypatch.chdir(tmp_path)
+  return tmp_path
+
+
 def test_clear_errors_for_bad_arguments(tmp_path, capsys):
   with pytest.raises(SystemExit):
     cli.main(["--bench", "humaneval", "--openai-base-url", "http://x/v1"])  # no --model
@@ -150,7 +157,7 @@ def test_clear_errors_for_bad_arguments(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not os.path.exists(mbpp.default_path()), reason="MBPP data not found")
-def test_mbpp_samples_with_integer_task_ids(tmp_path, capsys):
+def test_mbpp_samples_with_integer_task_ids(tmp_path, capsys, in_tmp):
   tasks = mbpp.load(split="test")[:3]
   rows = [dict(task_id=int(t.task_id.split("/")[1]), completion=t.reference) for t in tasks]
   _write(tmp_path / "mbpp.jsonl", rows)
@@ -161,7 +168,7 @@ def test_mbpp_samples_with_integer_task_ids(tmp_path, capsys):
   assert summary["protocol"]["dataset"]["split"] == "test"
 
 
-def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monkeypatch):
+def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monkeypatch, in_tmp):
   """Wiring only (no JAX here): load_for_inference(dir), then one batched generate call."""
   import types
   calls = {}
@@ -197,7 +204,7 @@ def test_checkpoint_path_calls_generate_with_the_protocol(tmp_path, capsys, monk
   assert summary["protocol"]["generator"]["prompts_truncated_left"] == too_long
 
 
-def test_limit_skips_other_problems_quietly(tmp_path, capsys):
+def test_limit_skips_other_problems_quietly(tmp_path, capsys, in_tmp):
   everything = humaneval.load()
   _write(tmp_path / "all.jsonl", [dict(task_id=t.task_id, completion=t.reference) for t in everything])
   rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "all.jsonl"), "--limit", "3",
@@ -208,7 +215,7 @@ def test_limit_skips_other_problems_quietly(tmp_path, capsys):
   assert summary["protocol"]["dataset"]["limit"] == 3 and "rejected" not in captured.err
 
 
-def test_unreachable_server_is_a_clear_error(tmp_path, capsys, monkeypatch):
+def test_unreachable_server_is_a_clear_error(tmp_path, capsys, monkeypatch, in_tmp):
   monkeypatch.setattr(run_lib, "openai_generator", _failing_generator)
   rc = cli.main(["--bench", "humaneval", "--openai-base-url", "http://127.0.0.1:9/v1", "--model",
                  "m", "--limit", "2", "--no-progress"])
@@ -219,3 +226,85 @@ def _failing_generator(*args, **kwargs):
   def generate(prompts):
     raise ConnectionError("connection refused")
   return generate
+
+
+def test_three_of_164_correct_is_refused_naming_the_missing_problems(tmp_path, capsys):
+  everything = humaneval.load()
+  _write(tmp_path / "three.jsonl",
+         [dict(task_id=t.task_id, completion=t.reference) for t in everything[:3]])
+  args = ["--bench", "humaneval", "--samples", str(tmp_path / "three.jsonl"), "--no-progress",
+          "--out", str(tmp_path / "out")]
+  rc = cli.main(args)
+  captured = capsys.readouterr()
+  assert rc == 2 and captured.out == "" and not (tmp_path / "out").exists()
+  error = captured.err.strip().splitlines()[-1]
+  assert "161 of 164 selected problems have no samples: HumanEval/3, HumanEval/4" in error
+  assert "--allow-missing" in error
+
+  rc = cli.main(args + ["--allow-missing"])
+  captured = capsys.readouterr()
+  summary = _last_json_line(captured.out)
+  assert rc == 0 and summary["pass@1"] == pytest.approx(3 / 164)
+  assert summary["num_tasks"] == 164 and summary["num_tasks_scored"] == 3
+  assert summary["missing_counted_as_failed"][:2] == ["HumanEval/3", "HumanEval/4"]
+  assert "161 of 164 problems had no samples and count as failed" in summary["note"]
+  assert summary["note"] in captured.err
+  problems = [json.loads(line) for line in open(tmp_path / "out" / "problems.jsonl")]
+  assert len(problems) == 164 and [p["pass@1"] for p in problems[:4]] == [1.0, 1.0, 1.0, 0.0]
+  assert problems[3] == dict(task_id="HumanEval/3", samples=0, passed=0, missing=True,
+                             **{"pass@1": 0.0})
+
+
+def test_ids_match_forgivingly_and_typos_get_a_suggestion(tmp_path, capsys):
+  t0, t1, t2, t3 = TASKS
+  rows = [dict(task_id="humaneval/0", completion=t0.reference),
+          dict(task_id="HumanEval_1", completion=t1.reference),
+          dict(task_id=2, completion=t2.reference),   # a bare number: HumanEval has one problem 2
+          dict(task_id="HumanEvl/3", completion=t3.reference)]
+  _write(tmp_path / "ids.jsonl", rows)
+  rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "ids.jsonl"), "--limit", "4",
+                 "--no-progress", "--out", str(tmp_path / "out"), "--allow-missing"])
+  captured = capsys.readouterr()
+  summary = _last_json_line(captured.out)
+  assert rc == 0 and summary["num_tasks_scored"] == 3 and summary["pass@1"] == 0.75
+  rejected = [json.loads(line) for line in open(tmp_path / "out" / "rejected.jsonl")]
+  assert rejected == [dict(line=4, task_id="HumanEvl/3", reason="unknown task_id 'HumanEvl/3' (or "
+                           "not in the selected split); did you mean 'HumanEval/3'?")]
+  assert "did you mean 'HumanEval/3'" in captured.err
+
+
+def test_evalplus_solution_rows_are_whole_programs(tmp_path, capsys):
+  t0, t1 = TASKS[:2]
+  rows = [dict(task_id=t0.task_id, solution=t0.prompt + t0.reference),
+          dict(task_id=t1.task_id, solution=t1.reference)]  # a body alone is not a program
+  _write(tmp_path / "plus.jsonl", rows)
+  rc = cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "plus.jsonl"), "--limit", "2",
+                 "--no-progress", "--out", str(tmp_path / "out")])
+  assert rc == 0 and _last_json_line(capsys.readouterr().out)["pass@1"] == 0.5
+  written = [json.loads(line) for line in open(tmp_path / "out" / "samples.jsonl")]
+  assert [r["passed"] for r in written] == [True, False] and "solution" in written[0]
+
+
+def test_results_always_go_to_a_new_directory(tmp_path, capsys, in_tmp):
+  _write(tmp_path / "s.jsonl", [dict(task_id=t.task_id, completion=t.reference) for t in TASKS[:2]])
+  args = ["--bench", "humaneval", "--samples", str(tmp_path / "s.jsonl"), "--limit", "2",
+          "--no-progress"]
+  assert cli.main(args) == 0 and cli.main(args) == 0
+  outs = [json.loads(line)["out_dir"] for line in capsys.readouterr().out.splitlines()
+          if line.startswith("{")]
+  assert len(set(outs)) == 2 and all(o.startswith("eval_runs/humaneval-") for o in outs)
+  for out in outs:
+    assert json.load(open(in_tmp / out / "summary.json"))["pass@1"] == 1.0
+    assert len((in_tmp / out / "problems.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.skipif(not os.path.exists(mbpp.default_path()), reason="MBPP data not found")
+def test_mbpp_id_spellings(tmp_path):
+  tasks = mbpp.load(split="test")[:3]
+  _write(tmp_path / "m.jsonl", [dict(task_id="mbpp_11", completion=""),
+                                dict(task_id="Mbpp/012", completion=""),
+                                dict(task_id="13", completion=""),
+                                dict(task_id="Mbpp/5", completion="")])
+  samples, rejected = run_lib.read_samples(str(tmp_path / "m.jsonl"), tasks)
+  assert [s.task_id for s in samples] == ["Mbpp/11", "Mbpp/12", "Mbpp/13"]
+  assert rejected[0]["reason"].startswith("unknown task_id 'Mbpp/5' (or not in the selected split)")

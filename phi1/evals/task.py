@@ -15,8 +15,9 @@ class Task:
   prefix: str = ""       # code placed before the completion (HumanEval: the prompt itself)
   entry_point: str = ""
 
-  def program(self, completion: str) -> Program:
-    return Program(code=self.prefix + completion, test=self.test)
+  def program(self, completion: str, whole: bool = False) -> Program:
+    """`whole`: `completion` is the full program (evalplus's `solution`), not a continuation."""
+    return Program(code=completion if whole else self.prefix + completion, test=self.test)
 
 
 def file_sha256(path: str) -> str:

@@ -1,0 +1,47 @@
+"""Kept training checkpoints as models: `load_for_inference(workdir, step=N)` and
+`phi1 eval --checkpoint WORKDIR --step N`."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from phi1 import checkpoint, train
+from phi1.evals import cli
+from test_train import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
+
+
+@pytest.fixture(scope="module")
+def workdir(corpus, tmp_path_factory):  # noqa: F811
+  out = tmp_path_factory.mktemp("run")
+  train.run(tiny_config(corpus, steps=4, checkpoint_every=2, log_every=2), out, progress=False)
+  return out
+
+
+def _params(model):
+  return jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def test_a_kept_step_loads_as_that_steps_model(workdir):
+  assert checkpoint.kept_steps(workdir) == [2, 4]
+  final, _ = checkpoint.load_for_inference(workdir)  # the export, written at the last step
+  step4, tok = checkpoint.load_for_inference(workdir, step=4)
+  step2, _ = checkpoint.load_for_inference(workdir, step=2)
+  assert step4.config == final.config and tok.vocab_size > 0
+  for a, b in zip(_params(step4), _params(final)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(_params(step2), _params(final)))
+
+
+def test_eval_at_a_step_and_a_step_that_was_not_kept(workdir, tmp_path, capsys):
+  args = ["--bench", "humaneval", "--checkpoint", str(workdir), "--limit", "2",
+          "--max-new-tokens", "4", "--no-progress", "--out", str(tmp_path / "out")]
+  assert cli.main(args + ["--step", "3"]) == 2
+  error = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "no checkpoint for step 3" in error and "kept steps: [2, 4]" in error
+  rc = cli.main(args + ["--step", "2"])
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert rc == 0 and summary["protocol"]["generator"]["step"] == 2
+  assert summary["num_tasks"] == 2 and summary["pass@1"] == 0.0
