@@ -24,6 +24,48 @@ def failing(code):  # the attack runs, then a test that must fail
   return Program(code=code + "\ndef f():\n  return 1\n", test="assert f() == 2\n")
 
 
+# Verdict forgery (issue 12, class 1): a forked copy of the program raises, so its copy of the harness
+# would write its token into a pipe the program put on fd 3; the parent relays it as a pass.
+FORK_FORGERY = """
+import os
+r, w = os.pipe()
+if os.fork() == 0:
+  os.dup2(w, 3)
+  raise ValueError('make my harness report')
+os.close(w)
+os.wait()
+token = os.read(r, 4096).split(b'\\t')[0]
+for record in (token + b'\\tpassed\\t\\t\\n', token + b'\\t\\t\\n'):
+  os.write(3, record)
+os._exit(0)
+"""
+# The thread variant: keep the real fd 3, swap a pipe in, relay whatever the harness writes.
+THREAD_FORGERY = """
+import os, threading
+real = os.dup(3)
+r, w = os.pipe()
+os.dup2(w, 3)
+def relay():
+  token = os.read(r, 4096).split(b'\\t')[0]
+  for record in (token + b'\\tpassed\\t\\t\\n', token + b'\\t\\t\\n'):
+    os.write(real, record)
+threading.Thread(target=relay, daemon=True).start()
+"""
+# Class 2: a str subclass key "check" unequal to the test's `def check` when it is stored, equal
+# when the test calls it, so the call would land on the program's no-op.
+SHADOWED_CHECK = """
+seen = []
+class Key(str):
+  def __eq__(self, other):
+    seen.append(other)
+    return len(seen) > 1
+  __hash__ = str.__hash__
+globals()[Key('check')] = lambda candidate: None
+def f():
+  return 1
+"""
+
+
 def attacks(victim_dir, victim, port):
   """(name, program, expected status, a substring of the error or None)."""
   return [
@@ -97,6 +139,15 @@ def attacks(victim_dir, victim, port):
                "    except OSError:\n      pass\nos._exit(0)"), "crashed", None),
       ("close the verdict fd", failing("import os\nos.close(3)"), "crashed", None),
       ("read stdin", "input()", "error", "EOFError"),
+      ("verdict forged through a fork's harness", failing(FORK_FORGERY), "crashed", None),
+      ("verdict forged through a swapped fd 3 and a thread", failing(THREAD_FORGERY), "crashed",
+       None),
+      ("check shadowed by a str-subclass key",
+       Program(SHADOWED_CHECK, test="def check(candidate):\n  assert candidate() == 2\ncheck(f)\n"),
+       "failed", "AssertionError"),
+      ("builtins rebound for the test", Program("import builtins\nbuiltins.abs = lambda x: 0\n"
+                                                "abs = lambda x: 0\ndef f():\n  return 1\n",
+                                                test="assert abs(f()) == 0\n"), "failed", None),
       ("temp cwd is usable", "open('ok.txt', 'w').write('fine')\nassert open('ok.txt').read() == "
        "'fine'", "passed", None),
   ]

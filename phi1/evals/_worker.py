@@ -114,7 +114,7 @@ def _kill_everything_but_me(child, statuses):
       statuses[pid] = status
 
 
-def _child(program, token, out_w, res_w, workdir, cfg):
+def _child(program, tokens, out_w, res_w, workdir, cfg):
   """The forked child: give everything up, then run the program. Never returns."""
   os.setsid()
   os.chdir(workdir)
@@ -143,17 +143,44 @@ def _child(program, token, out_w, res_w, workdir, cfg):
   sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
   sys.stderr = sys.stdout
   sys.stdin = open(0, closefd=False)
-  _run_program(program["code"], program["test"], token)
+  verdict = os.fstat(3)
+  _run_program(program["code"], program["test"], program["entry_point"], tokens,
+               (verdict.st_dev, verdict.st_ino))
 
 
-def _run_program(code, test, token, _write=os.write, _exit=os._exit, _exec=exec, _compile=compile,
-                 _frames=sys._current_frames, _AssertionError=AssertionError,
-                 _BaseException=BaseException, _type=type,
-                 _str=str, _len=len, _dict=dict, _builtins=__builtins__):
-  """Runs `code`, then `test` in the same namespace; reports through fd 3, with `token` on success.
+# The builtins as they were before any program ran: the test gets a copy of its own, so a program
+# that rebinds `len`, `abs` or `AssertionError` in builtins changes nothing the test sees.
+_BUILTINS = dict(__builtins__ if isinstance(__builtins__, dict) else vars(__builtins__))
+
+
+def _referenced_names(code):
+  """Every global or attribute name the test's code (and the functions it defines) mentions."""
+  names, todo = set(), [code]
+  while todo:
+    c = todo.pop()
+    names.update(c.co_names)
+    todo += [k for k in c.co_consts if isinstance(k, type(code))]
+  return frozenset(names)
+
+
+def _run_program(code, test, entry_point, tokens, verdict_pipe, _write=os.write, _exit=os._exit, _exec=exec,
+                 _compile=compile, _frames=sys._current_frames, _getpid=os.getpid,
+                 _fstat=os.fstat, _AssertionError=AssertionError, _BaseException=BaseException,
+                 _type=type, _str=str, _len=len, _dict=dict, _builtins=_BUILTINS,
+                 _referenced=_referenced_names):
+  """Runs `code`, then `test` in a namespace of its own; reports through fd 3.
 
   Everything used after the program starts is bound here as a default argument, so a program that
   rebinds builtins or module attributes (os.write, AssertionError, ...) cannot change the verdict.
+  The verdict channel (docs/sandbox.md, "verdict"):
+    * only the original process reports: a forked copy of the program, which could otherwise make
+      its copy of this harness write a token into a pipe of its own, never writes anything;
+    * fd 3 must still be the pipe recorded before the program ran (`verdict_pipe`, device and inode);
+    * each status has its own random token, so a thread that intercepts the record of a failure
+      learns nothing that reads as a pass.
+  The test's namespace is a fresh dict with exact-`str` keys and the harness's own builtins; the
+  program's objects the test names (the candidate function, helpers, imported modules) are copied
+  into it by value, so a key that only compares equal to "check" cannot shadow the test's own.
   """
 
   def report(status, exc=None):
@@ -162,8 +189,16 @@ def _run_program(code, test, token, _write=os.write, _exit=os._exit, _exec=exec,
       message = "" if exc is None else _str(exc)[:500]
     except _BaseException:
       message = "<unprintable exception>"
-    record = "\t".join([token, status, kind, message.replace("\n", " ").replace("\t", " ")]) + "\n"
-    _write(3, record.encode("utf-8", "backslashreplace"))
+    record = "\t".join([tokens[status], kind, message.replace("\n", " ").replace("\t", " ")])
+    # Checked last: the lines above may run the program's own code (an exception's __str__).
+    if _getpid() != pid:
+      _exit(0)
+    try:
+      fd3 = _fstat(3)
+    except _BaseException:
+      _exit(0)
+    if (fd3.st_dev, fd3.st_ino) == verdict_pipe:
+      _write(3, (record + "\n").encode("utf-8", "backslashreplace"))
     _exit(0)
 
   def audit(event, args):
@@ -172,11 +207,26 @@ def _run_program(code, test, token, _write=os.write, _exit=os._exit, _exec=exec,
     if event in ("sys.settrace", "sys.setprofile"):
       raise RuntimeError(f"{event} is disabled in the sandbox")
 
+  pid = _getpid()
   sys.addaudithook(audit)
-  namespace = _dict(__name__="__sandbox__", __builtins__=_builtins)
-  for phase in (code, test):
+  # Copies made here, before the program runs, are reachable from no module or function it can name.
+  builtin_names, test_builtins = frozenset(_builtins), _dict(_builtins)
+  namespace = _dict(__name__="__sandbox__", __builtins__=_dict(_builtins))
+  try:  # both compiled, and the names the test uses listed, before any of the program runs
+    phases = [(_compile(code, "<program>", "exec"), namespace)]
+    if test:
+      compiled = _compile(test, "<test>", "exec")
+      phases.append((compiled, _dict(__name__="__sandbox_test__", __builtins__=test_builtins)))
+      wanted = (_referenced(compiled) - builtin_names) | {entry_point}
+  except _BaseException as e:
+    report("error", e)
+  for compiled, scope in phases:
+    if scope is not namespace:  # the test: the program's objects it names, from exact-str keys
+      for key, value in namespace.items():
+        if _type(key) is _str and key in wanted:
+          scope[key] = value
     try:
-      _exec(_compile(phase, "<program>", "exec"), namespace)
+      _exec(compiled, scope)
     except _BaseException as e:  # SystemExit and KeyboardInterrupt too: they are errors here
       report("failed" if _type(e) is _AssertionError else "error", e)
     if _len(_frames()) > 1:  # a thread still running could rewrite the tests while they run
@@ -195,13 +245,13 @@ def _execute(program, cfg, tmp_root):
     os.chown(workdir, cfg["uid"], cfg["gid"])
   out_r, out_w = os.pipe()
   res_r, res_w = os.pipe()
-  token = os.urandom(16).hex()
+  tokens = {status: os.urandom(16).hex() for status in ("passed", "failed", "error")}
   pid = os.fork()
   if pid == 0:
     try:
       os.close(out_r)
       os.close(res_r)
-      _child(program, token, out_w, res_w, workdir, cfg)
+      _child(program, tokens, out_w, res_w, workdir, cfg)
     finally:
       os._exit(111)
   os.close(out_w)
@@ -227,7 +277,8 @@ def _execute(program, cfg, tmp_root):
       report.extend(data)
       del report[:-8192]
 
-  while not exited and token.encode() + b"\t" not in report:
+  markers = [token.encode() + b"\t" for token in tokens.values()]
+  while not exited and not any(marker in report for marker in markers):
     remaining = deadline - time.monotonic()
     if remaining <= 0:
       timed_out = True
@@ -247,17 +298,18 @@ def _execute(program, cfg, tmp_root):
     os.close(fd)
   duration = time.monotonic() - start
   _remove_tree(workdir)
-  result = _verdict(report, token, status, timed_out, program["timeout_s"])
+  result = _verdict(report, tokens, status, timed_out, program["timeout_s"])
   result.update(duration_s=duration, output=output.decode("utf-8", "backslashreplace"))
   return result
 
 
-def _verdict(report, token, status, timed_out, timeout_s):
+def _verdict(report, tokens, status, timed_out, timeout_s):
+  statuses = {token: status for status, token in tokens.items()}
   for line in bytes(report).decode("utf-8", "replace").splitlines():
-    fields = line.split("\t", 3)
-    if len(fields) == 4 and fields[0] == token:
-      _, outcome, kind, message = fields
-      return dict(status=outcome, error=f"{kind}: {message}" if kind else None)
+    fields = line.split("\t", 2)
+    if len(fields) == 3 and fields[0] in statuses:
+      token, kind, message = fields
+      return dict(status=statuses[token], error=f"{kind}: {message}" if kind else None)
   if timed_out:
     return dict(status="timeout", error=f"no result within {timeout_s:g} s")
   if os.WIFSIGNALED(status):

@@ -65,6 +65,9 @@ class Program:
   code: str
   test: str = ""
   timeout_s: float | None = None  # None: the sandbox's
+  # The function the test checks. The test runs in a namespace of its own and gets the program's
+  # objects it names, except names of builtins; this one it gets even so (MBPP's `def sum`).
+  entry_point: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,8 +363,10 @@ class Sandbox:
       self.start()
     jobs = [p if isinstance(p, Program) else Program(code=p) for p in programs]
     for p in jobs:
-      if not isinstance(p.code, str) or not isinstance(p.test, str):
-        raise TypeError(f"Program code and test must be str, got {type(p.code).__name__}")
+      if not all(isinstance(x, str) for x in (p.code, p.test, p.entry_point)):
+        raise TypeError(f"Program code, test and entry_point must be str, got "
+                        f"{type(p.code).__name__}, {type(p.test).__name__}, "
+                        f"{type(p.entry_point).__name__}")
     results: list[Result | None] = [None] * len(jobs)
     bar = _progress_bar(len(jobs)) if progress else None
     todo = collections.deque(range(len(jobs)))
@@ -386,7 +391,8 @@ class Sandbox:
       worker = self._pool[index]
       while todo and len(worker.in_flight) < _PIPELINE:
         job = jobs[todo[0]]
-        data = _frame(dict(code=job.code, test=job.test, timeout_s=job.timeout_s or self.timeout_s))
+        data = _frame(dict(code=job.code, test=job.test, entry_point=job.entry_point,
+                           timeout_s=job.timeout_s or self.timeout_s))
         if worker.in_flight and len(data) > _PIPE_SAFE_BYTES:
           return
         i = todo.popleft()

@@ -17,7 +17,8 @@ class Task:
 
   def program(self, completion: str, whole: bool = False) -> Program:
     """`whole`: `completion` is the full program (evalplus's `solution`), not a continuation."""
-    return Program(code=completion if whole else self.prefix + completion, test=self.test)
+    return Program(code=completion if whole else self.prefix + completion, test=self.test,
+                   entry_point=self.entry_point)
 
 
 def file_sha256(path: str) -> str:
