@@ -15,8 +15,9 @@ scipy.optimize.curve_fit returns. Points: `--fit-on frontier` (default) takes ev
 every run in the family (from metrics.jsonl; compute at step s is s/steps of the run's) and keeps
 the compute-efficient frontier, the lowest loss reached at each compute (Kaplan et al. 2020,
 Hoffmann et al. 2022); `--fit-on final` takes one point per run (its final loss).
-Writes loss_vs_compute, loss_vs_tokens and (when any run has one) pass_at_1_vs_compute as PNG and
-SVG, and fits.json.
+Writes loss_vs_compute, loss_vs_tokens and (when any run has them) pass_at_1_vs_compute and
+solution_loss_vs_compute (benchmark reference-solution loss, logged during training or by
+`phi1 eval --solution-loss`) as PNG and SVG, and fits.json.
 """
 
 from __future__ import annotations
@@ -125,15 +126,19 @@ def load(sources) -> list[dict]:
 
 def curve(row: dict, loss: str) -> list[tuple[float, float, float]]:
   """(tokens, FLOPs, loss) at every logged step of a run, from its metrics.jsonl; [] if gone."""
+  return metric_curve(row, "eval_loss" if loss == "eval" else "loss")
+
+
+def metric_curve(row: dict, key: str) -> list[tuple[float, float, float]]:
+  """(tokens, FLOPs, value) at every step of a run that logged `key` in its metrics.jsonl."""
   path = pathlib.Path(row.get("workdir") or "") / "metrics.jsonl"
   if not row.get("tokens") or not path.is_file():
     return []
-  key = "eval_loss" if loss == "eval" else "loss"
   flops_per_token = row["flops"] / row["tokens"]
   tokens_per_step = row["tokens"] / row["steps"]
   out = []
   for record in registry._read_jsonl(path):
-    if key in record and record["step"] <= row["steps"]:
+    if record.get(key) is not None and record["step"] <= row["steps"]:
       tokens = record["step"] * tokens_per_step
       out.append((tokens, tokens * flops_per_token, float(record[key])))
   return out
@@ -229,27 +234,48 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
   for fig, name in ((fig_c, "loss_vs_compute"), (fig_t, "loss_vs_tokens")):
     written += _save(fig, out / name)
 
-  scored = [(b, r) for r in rows for b in registry.BENCHES
-            if r.get(f"{b}_pass@1") is not None and r.get("flops")]
-  if scored:
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for i, (label, members) in enumerate(groups.items()):
-      for j, bench in enumerate(registry.BENCHES):
-        points = sorted((r["flops"], r[f"{bench}_pass@1"]) for r in members
-                        if r.get(f"{bench}_pass@1") is not None and r.get("flops"))
-        if points:
-          ax.plot(*zip(*points), marker=markers[j], ls="-" if j == 0 else ":",
-                  color=colors[i % len(colors)], label=f"{label} {bench}")
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C (FLOPs)")
-    ax.set_ylabel("pass@1 (protocol in the registry)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    written += _save(fig, out / "pass_at_1_vs_compute")
+  for metric, ylabel, stem in (
+      ("pass@1", "pass@1 (protocol in the registry)", "pass_at_1_vs_compute"),
+      ("solution_loss", "reference-solution loss (nats/token)", "solution_loss_vs_compute")):
+    fig = _benchmark_figure(plt, groups, metric, ylabel, colors, markers)
+    if fig is not None:
+      written += _save(fig, out / stem)
   (out / "fits.json").write_text(json.dumps(fits, indent=2))
   written.append(out / "fits.json")
   plt.close("all")
   return {"fits": fits, "files": [str(p) for p in written]}
+
+
+def _benchmark_figure(plt, groups, metric: str, ylabel: str, colors, markers):
+  """`<bench>_<metric>` against compute per family: each run's in-training curve (thin line) and
+  its final value (marker, lines joining a family's runs); None when no run has the metric."""
+  fig, ax, drawn = None, None, False
+  for i, (label, members) in enumerate(groups.items()):
+    for j, bench in enumerate(registry.BENCHES):
+      key = f"{bench}_{metric}"
+      color, style = colors[i % len(colors)], "-" if j == 0 else ":"
+      finals = sorted((r["flops"], r[key]) for r in members
+                      if r.get(key) is not None and r.get("flops"))
+      curves = [metric_curve(r, key) for r in members]
+      if not finals and not any(curves):
+        continue
+      if fig is None:
+        fig, ax = plt.subplots(figsize=(7, 5))
+      for points in curves:
+        if points:
+          ax.plot([c for _, c, _ in points], [v for _, _, v in points], color=color, ls=style,
+                  alpha=0.35, lw=1)
+      if finals:
+        ax.plot(*zip(*finals), marker=markers[j], ls=style, color=color, label=f"{label} {bench}")
+      drawn = True
+  if not drawn:
+    return None
+  ax.set_xscale("log")
+  ax.set_xlabel("training compute C (FLOPs)")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  return fig
 
 
 def _save(fig, stem: pathlib.Path) -> list[pathlib.Path]:

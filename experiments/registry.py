@@ -4,7 +4,8 @@
 
 A row is read from what a run leaves in its workdir: config.json (written by phi1.train.run),
 metrics.jsonl (the DESIGN.md contract), run.json and DONE (written by experiments/sweep.py) and
-eval_<bench>/summary.json (`phi1 eval --out`). Runs trained with plain `phi1 train` get rows too,
+eval_<bench>/summary.json and solution_loss.json (`phi1 eval --out`; without them, the last
+pass@1 / solution loss logged during training). Runs trained with plain `phi1 train` get rows too,
 named after their directory. Compute is counted as in phi1/flops.py: tokens = steps x batch x
 seq_len, FLOPs = tokens x (6N + 6 L T d).
 """
@@ -31,6 +32,9 @@ COLUMNS = {
     "final_loss": float, "final_eval_loss": float, "best_eval_loss": float, "best_eval_step": int,
     "humaneval_pass@1": float, "humaneval_protocol": str,
     "mbpp_pass@1": float, "mbpp_protocol": str,
+    # Reference-solution loss (phi1/evals/solution_loss.py), and on decontamination's split.
+    **{f"{b}_solution_loss{part}": float for b in BENCHES
+       for part in ("", "_similar", "_non_similar")},
     "wall_s": float, "tokens_per_sec": float, "mfu": float, "workdir": str,
 }
 
@@ -102,10 +106,20 @@ def run_row(workdir) -> dict:
   }
   for bench in BENCHES:
     summary = _json(workdir / f"eval_{bench}" / "summary.json")
-    row[f"{bench}_pass@1"] = summary.get("pass@1")
+    # A separate `phi1 eval` of the final model wins over the in-training value (its protocol).
+    row[f"{bench}_pass@1"] = summary.get("pass@1", _last(metrics, f"{bench}_pass@1"))
+    offline = _json(workdir / f"eval_{bench}" / "solution_loss.json")
+    for part in ("", "_similar", "_non_similar"):
+      key = f"solution_loss{part}"
+      row[f"{bench}_{key}"] = offline.get(key, _last(metrics, f"{bench}_{key}"))
     row[f"{bench}_protocol"] = (json.dumps(summary["protocol"], sort_keys=True)
                                 if "protocol" in summary else None)
   return row
+
+
+def _last(metrics: list[dict], key: str):
+  """The value of `key` at the last step that logged it (evals during training)."""
+  return next((r[key] for r in reversed(metrics) if r.get(key) is not None), None)
 
 
 def collect(roots) -> list[dict]:

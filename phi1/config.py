@@ -62,6 +62,18 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ""  # params-only export or HF directory to start from (finetuning)
   c.wandb_project = ""  # set to log to Weights & Biases as well
 
+  # Benchmark evals during training (phi1/evals/during_training.py documents each key).
+  c.eval_solution_loss = ()  # e.g. ("humaneval", "mbpp"): reference-solution NLL at eval steps
+  c.eval_solution_loss_split = ""  # decontamination report.json: similar / non-similar split too
+  c.eval_humaneval_every = 0  # pass@k every N steps (0: off)
+  c.eval_mbpp_every = 0
+  c.eval_limit = 0  # first N problems (0: all)
+  c.eval_samples = 1  # greedy pass@1 by default
+  c.eval_temperature = 0.0
+  c.eval_max_new_tokens = 128
+  c.eval_batch_size = 16
+  c.eval_mbpp_path = ""
+
   c.data = data.default_config()
   return c
 

@@ -256,6 +256,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   start = int(local_value(state.step))
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start, config=config,
                                      wandb_project=config.wandb_project)
+  from phi1.evals import during_training  # solution loss and pass@k, when the config asks
+  bench_evals = during_training.build(config, trainer)
   bar = _progress_bar(progress, start, config.steps)
   last, window_start, window_tokens = {}, time.perf_counter(), 0
   try:
@@ -279,10 +281,15 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           writer.write(done, last)
           bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
           window_start, window_tokens = time.perf_counter(), 0
-        if config.eval_every and (done % config.eval_every == 0 or done == config.steps):
+        eval_step = bool(config.eval_every) and (done % config.eval_every == 0
+                                                 or done == config.steps)
+        if eval_step:
           eval_loss = trainer.eval_loss(state.params, pipeline.eval_batches(config.eval_batches))
           writer.write(done, {"eval_loss": eval_loss})
           last["eval_loss"] = eval_loss
+        if bench_evals and (bench_metrics := bench_evals.run(state, done, config.steps, eval_step)):
+          writer.write(done, bench_metrics)
+          last.update(bench_metrics)
         if done % config.checkpoint_every == 0 or done == config.steps:
           loss = float(local_value(step_metrics["loss"]))
           check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state

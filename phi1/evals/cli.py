@@ -4,6 +4,7 @@
   phi1 eval --bench humaneval --openai-base-url http://localhost:8000/v1 --model NAME
   phi1 eval --bench mbpp --checkpoint runs/x/export --n 10 --temperature 0.8
   phi1 eval --bench humaneval --checkpoint runs/x --step 2000    # any kept training checkpoint
+  phi1 eval --bench humaneval --solution-loss --checkpoint runs/x  # reference-solution NLL
 pass@k is over every selected problem (all, or the first --limit): a problem without samples is an
 error naming it, unless --allow-missing (it then counts as failed, and the summary says so). Sample
 ids match forgivingly ("Mbpp/11", "mbpp_11", 11); evalplus rows (`solution`) are accepted.
@@ -58,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program")
   p.add_argument("--out", help="directory for summary.json, samples.jsonl, problems.jsonl, "
                                "rejected.jsonl (default: a new eval_runs/BENCH-TIME)")
+  p.add_argument("--solution-loss", action="store_true",
+                 help="instead of pass@k: mean NLL per token of the reference solutions given "
+                      "their prompts (--checkpoint only; writes --out/solution_loss.json)")
+  p.add_argument("--decontamination-report",
+                 help="with --solution-loss: a `data_gen decontaminate` report.json; also score "
+                      "its similar / non-similar problems separately")
   p.add_argument("--no-progress", action="store_true")
   return p
 
@@ -81,6 +88,11 @@ def main(argv: list[str]) -> int:
   except (OSError, ValueError) as e:
     print(f"phi1 eval: {e}", file=sys.stderr)
     return 2
+  if args.solution_loss:
+    if not args.checkpoint:
+      parser.error("--solution-loss scores our model: give --checkpoint DIR")
+    from phi1.evals import solution_loss
+    return solution_loss.main(args, tasks, dataset)
   stops = tuple(args.stop) if args.stop else run.default_stops(args.bench, args.prompt_style)
   protocol = dict(dataset=dataset, stops=list(stops), postprocess=args.postprocess, n=args.n)
   rejected = []

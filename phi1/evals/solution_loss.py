@@ -19,6 +19,7 @@ fixed size, so there is one compile per bucket used. The headline number pools e
 
 import dataclasses
 import functools
+import sys
 from collections.abc import Callable, Collection, Sequence
 
 import jax
@@ -115,7 +116,10 @@ class SolutionLoss:
     nll = np.zeros(len(self.encoded), np.float64)
     for rows, batch in self.batches:
       sums = row_nll(graphdef, params, put(batch))
-      sums = np.asarray(sums.addressable_data(0) if isinstance(sums, jax.Array) else sums)
+      if not sums.is_fully_addressable:  # rows split over hosts: every process gets them all
+        from jax.experimental import multihost_utils
+        sums = multihost_utils.process_allgather(sums, tiled=True)
+      sums = np.asarray(sums)
       nll[rows] = sums[:len(rows)]
     return nll
 
@@ -158,3 +162,32 @@ def decontamination_splits(report_path: str, bench: str, tau: str | None = None
   if split is None:
     raise ValueError(f"{report_path} was made without {bench}; it covers {sorted(taus[tau]['split'])}")
   return {"similar": set(split["similar"]), "non_similar": set(split["non_similar"])}
+
+
+def main(args, tasks: Sequence[Task], dataset: dict) -> int:
+  """`phi1 eval --solution-loss`: prints the JSON summary; --out DIR gets solution_loss.json."""
+  import json
+  import os
+  from phi1.checkpoint import load_for_inference
+  try:
+    splits = (decontamination_splits(args.decontamination_report, args.bench)
+              if args.decontamination_report else None)
+    step = {} if args.step is None else dict(step=args.step)
+    model, tokenizer = load_for_inference(args.checkpoint, **step)
+    scorer = SolutionLoss(tasks, tokenizer, max_len=model.config.max_seq_len,
+                          batch_size=args.batch_size or 8)
+  except (OSError, ValueError) as e:
+    print(f"phi1 eval: {e}", file=sys.stderr)
+    return 2
+  result = scorer(model, splits)
+  result["protocol"] = dict(dataset=dataset, checkpoint=os.path.abspath(args.checkpoint),
+                            step=args.step,
+                            metric="sum of NLL over reference-solution tokens / their number; "
+                                   "tokens = encode(prompt) + encode(solution)",
+                            decontamination_report=args.decontamination_report)
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "solution_loss.json"), "w") as f:
+      json.dump(result, f, indent=2)
+  print(json.dumps({k: v for k, v in result.items() if k != "per_task"}))
+  return 0

@@ -1,0 +1,139 @@
+"""Benchmark evals inside a training run: solution loss and pass@k, logged to metrics.jsonl.
+
+Config keys (set in phi1/config.py's base_config; 0 / () turns each off):
+  eval_solution_loss     benchmarks whose reference-solution loss is logged at every `eval_every`
+                         step as `<bench>_solution_loss` (phi1/evals/solution_loss.py)
+  eval_solution_loss_split  a `data_gen decontaminate` report.json: also log
+                         `<bench>_solution_loss_similar` / `_non_similar` (paper §5's split)
+  eval_humaneval_every / eval_mbpp_every   every N steps (and at the last step): generate with the
+                         current params (jitted KV-cache decoding, batched), execute in the sandbox,
+                         log `<bench>_pass@1` (and `_pass@k` for k <= eval_samples)
+  eval_limit             the first N problems only (0: all)
+  eval_samples, eval_temperature, eval_max_new_tokens, eval_batch_size   generation settings
+                         (greedy by default, as the paper's pass@1)
+  eval_mbpp_path         MBPP jsonl (default: phi1/evals/mbpp.py's)
+MBPP uses the zero-shot docstring prompt here: a small model's context rarely holds the 3-shot one.
+Every process generates (the params are sharded over all of them); process 0 alone executes and
+logs. The time each eval took is logged as `<bench>_eval_s`, so its overhead per step is visible.
+"""
+
+import time
+
+import jax
+import numpy as np
+
+from phi1.evals import humaneval, mbpp, postprocess
+
+BENCHES = ("humaneval", "mbpp")
+
+
+def load_tasks(bench: str, config) -> list:
+  if bench == "humaneval":
+    return humaneval.load()
+  if bench == "mbpp":
+    return mbpp.load(config.get("eval_mbpp_path") or None, split="test", prompt_style="docstring")
+  raise ValueError(f"unknown benchmark {bench!r} in eval config; choose from {BENCHES}")
+
+
+class TrainingEvals:
+  """Built once per run (tasks tokenized, scorers made); `run(...)` at each step."""
+
+  def __init__(self, config, trainer, tokenizer):
+    self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
+    self.solution = {}
+    unknown = set(config.get("eval_solution_loss", ())) - set(BENCHES)
+    if unknown:
+      raise ValueError(f"eval_solution_loss names {sorted(unknown)}; choose from {BENCHES}")
+    if config.get("eval_solution_loss") and not config.eval_every:
+      raise ValueError("eval_solution_loss is logged at eval steps: set eval_every > 0")
+    if config.get("eval_solution_loss"):
+      from phi1.evals.solution_loss import SolutionLoss, decontamination_splits
+      for bench in config.eval_solution_loss:
+        splits = (decontamination_splits(config.eval_solution_loss_split, bench)
+                  if config.get("eval_solution_loss_split") else None)
+        scorer = SolutionLoss(load_tasks(bench, config), tokenizer,
+                              max_len=trainer.model_config.max_seq_len,
+                              batch_size=_multiple_of(8, _batch_shards(trainer)))
+        self.solution[bench] = (scorer, splits)
+    self.every = {b: int(config.get(f"eval_{b}_every", 0) or 0) for b in BENCHES}
+    self.pass_tasks = {b: _limited(load_tasks(b, config), config.get("eval_limit", 0))
+                       for b, every in self.every.items() if every}
+
+  @property
+  def enabled(self) -> bool:
+    return bool(self.solution or self.pass_tasks)
+
+  def run(self, state, done: int, last_step: int, eval_step: bool) -> dict:
+    """Metrics due at step `done`: solution losses at eval steps, pass@k at their own period."""
+    from phi1 import sharding
+    with sharding.activation_sharding(self.trainer.mesh, self.trainer.rules):
+      return self._run(state, done, last_step, eval_step)
+
+  def _run(self, state, done: int, last_step: int, eval_step: bool) -> dict:
+    out = {}
+    if eval_step:
+      for bench, (scorer, splits) in self.solution.items():
+        start = time.perf_counter()
+        nll = scorer.per_task_nll(self.trainer.eval_graphdef, state.params, put=self._replicate)
+        result = scorer.summarize(nll, splits)
+        out[f"{bench}_solution_loss"] = result["solution_loss"]
+        for name in splits or {}:
+          out[f"{bench}_solution_loss_{name}"] = result[f"solution_loss_{name}"]
+        out[f"{bench}_solution_loss_s"] = time.perf_counter() - start
+    for bench, tasks in self.pass_tasks.items():
+      if done % self.every[bench] == 0 or done == last_step:
+        start = time.perf_counter()
+        out.update({f"{bench}_{k}": v for k, v in self.pass_at_k(bench, tasks, state).items()})
+        out[f"{bench}_eval_s"] = time.perf_counter() - start
+    return out
+
+  def pass_at_k(self, bench: str, tasks, state) -> dict:
+    from phi1 import generate
+    from phi1.evals import run as run_lib
+    c = self.config
+    stops = list(run_lib.default_stops(bench, "docstring"))
+    n = int(c.get("eval_samples", 1))
+    model = self.trainer.model(state)
+    prompts = [t.prompt for t in tasks for _ in range(n)]
+    texts = generate.generate(model, self.tokenizer, prompts,
+                              max_new_tokens=int(c.get("eval_max_new_tokens", 128)),
+                              temperature=float(c.get("eval_temperature", 0.0)), stop=stops,
+                              seed=int(c.seed), batch_size=int(c.get("eval_batch_size", 16)),
+                              truncate="left")
+    if jax.process_index() != 0:
+      return {}
+    samples = [run_lib.Sample(t.task_id, j, postprocess.cut_at_stops(texts[i * n + j], stops))
+               for i, t in enumerate(tasks) for j in range(n)]
+    rows, _ = run_lib.execute(tasks, samples, progress=False)
+    summary = run_lib.score(rows)
+    return {k: v for k, v in summary.items() if k.startswith("pass@")}
+
+  def _replicate(self, batch: dict) -> dict:
+    """A host numpy batch as arrays replicated over the training mesh (every process holds it)."""
+    sharding = self.trainer.replicated
+    return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+            for k, v in batch.items()}
+
+
+def _limited(tasks: list, limit: int) -> list:
+  return tasks[:limit] if limit else tasks
+
+
+def _batch_shards(trainer) -> int:
+  from phi1 import sharding
+  return sharding.batch_shards(trainer.mesh)
+
+
+def _multiple_of(n: int, k: int) -> int:
+  return int(np.ceil(n / k) * k)
+
+
+def build(config, trainer) -> "TrainingEvals | None":
+  """The run's evals, or None when the config asks for none (no tokenizer is loaded then)."""
+  wanted = config.get("eval_solution_loss") or any(config.get(f"eval_{b}_every") for b in BENCHES)
+  if not wanted:
+    return None
+  if not config.data.tokenizer:
+    raise ValueError("benchmark evals during training need data.tokenizer (prompts are text)")
+  from phi1.tokenizer import load_tokenizer
+  return TrainingEvals(config, trainer, load_tokenizer(config.data.tokenizer))
