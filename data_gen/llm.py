@@ -233,11 +233,16 @@ def _fatal_message(response: httpx2.Response, api_key: str) -> str:
   hint = {401: "authentication failed: check OPENAI_API_KEY",
           403: "permission denied for this key, model or region",
           404: "not found: check --model and --base-url"}.get(status, "request rejected")
+  return f"HTTP {status}: {hint} ({server_answer(response, api_key)})"
+
+
+def server_answer(response: httpx2.Response, api_key: str) -> str:
+  """The error message in a response body (or its first 300 characters), minus the key."""
   try:
     detail = response.json()["error"]["message"]
   except (ValueError, KeyError, TypeError):
     detail = response.text
-  return f"HTTP {status}: {hint} ({str(detail).replace(api_key, '[API key]')[:300]})"
+  return str(detail).replace(api_key, "[API key]")[:300]
 
 
 class LLM:
@@ -408,21 +413,23 @@ class LLM:
         if status not in _RETRYABLE_STATUS and status < 500:
           raise FatalAPIError(_fatal_message(raw, self.client.api_key))
         kind = f"http_{status}"
+        answer = f"HTTP {status}: {server_answer(raw, self.client.api_key)}"
         wait_hint = retry_after_s(raw)
         if status == 429 and self.pause_on_429:
           self.limiter.pause(min(wait_hint or self.retry.base_s, self.retry.max_retry_after_s))
       except (httpx2.TimeoutException, TimeoutError) as e:
         kind = _timeout_or_connection(e)
-      except (httpx2.RequestError, ssl.SSLError):
-        kind = "connection"
-      except MalformedResponse:
-        kind = "malformed"
+        answer = f"{'connection failed' if kind == 'connection' else 'timed out'} ({e.__cause__ or e})"
+      except (httpx2.RequestError, ssl.SSLError) as e:
+        kind, answer = "connection", f"connection failed ({type(e).__name__}: {e})"
+      except MalformedResponse as e:
+        kind, answer = "malformed", str(e)
       self.stats.errors[kind] += 1
       if attempt + 1 == self.retry.max_attempts:
         break
       self.stats.retries += 1
       await asyncio.sleep(self._backoff(attempt, wait_hint))
-    raise RetriesExhausted(f"{self.retry.max_attempts} attempts failed (last: {kind}); the "
+    raise RetriesExhausted(f"{self.retry.max_attempts} attempts failed (last: {answer}); the "
                            "endpoint looks unavailable, rerun to resume")
 
   def _backoff(self, attempt: int, retry_after: float | None) -> float:

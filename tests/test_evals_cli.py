@@ -215,17 +215,13 @@ def test_limit_skips_other_problems_quietly(tmp_path, capsys, in_tmp):
   assert summary["protocol"]["dataset"]["limit"] == 3 and "rejected" not in captured.err
 
 
-def test_unreachable_server_is_a_clear_error(tmp_path, capsys, monkeypatch, in_tmp):
-  monkeypatch.setattr(run_lib, "openai_generator", _failing_generator)
+def test_unreachable_server_is_a_clear_error(tmp_path, capsys, in_tmp):
   rc = cli.main(["--bench", "humaneval", "--openai-base-url", "http://127.0.0.1:9/v1", "--model",
-                 "m", "--limit", "2", "--no-progress"])
-  assert rc == 1 and "generation failed: ConnectionError" in capsys.readouterr().err
-
-
-def _failing_generator(*args, **kwargs):
-  def generate(prompts):
-    raise ConnectionError("connection refused")
-  return generate
+                 "m", "--limit", "2", "--no-progress", "--max-attempts", "2"])
+  error = capsys.readouterr().err
+  assert rc == 1 and "generation failed: GenerationFailed" in error
+  assert "HumanEval/0 sample 0" in error or "HumanEval/1 sample 0" in error
+  assert "connection failed" in error and "rerun the same command to resume" in error
 
 
 def test_three_of_164_correct_is_refused_naming_the_missing_problems(tmp_path, capsys):

@@ -15,11 +15,12 @@ it, per-sample rows (samples.jsonl) and per-problem results (problems.jsonl) go 
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
 
-from phi1.evals import postprocess, run
+from phi1.evals import api_generator, generations, postprocess, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch-size", type=int, help="generation batch size (--checkpoint)")
   p.add_argument("--concurrency", type=int, default=8, help="parallel requests (--openai-base-url)")
+  p.add_argument("--max-attempts", type=int, default=6,
+                 help="tries per request on 429/5xx/timeouts, with backoff and Retry-After; a "
+                      "request that uses them all stops the run (--openai-base-url)")
   p.add_argument("--workers", type=int, help="sandbox workers (default: one per CPU)")
   p.add_argument("--timeout", type=float, default=3.0, help="seconds per program")
   p.add_argument("--memory-mb", type=int, default=2048, help="address-space limit per program")
@@ -105,51 +109,45 @@ def main(argv: list[str]) -> int:
       everything, _ = run.load_benchmark(args.bench, path=args.data, split=args.split,
                                          prompt_style=args.prompt_style)
       skip = {t.task_id for t in everything[args.limit:]}
-    samples, rejected = run.read_samples(args.samples, tasks, skip)
-    protocol.update(generator=dict(kind="samples", path=os.path.abspath(args.samples)),
-                    postprocess="as given (execute only)", stops=None)
+    if generations.is_generations_file(args.samples):  # raw texts: post-processed as saved
+      try:
+        samples, saved = generations.read_generations(args.samples, tasks)
+      except (ValueError, KeyError) as e:
+        print(f"phi1 eval: {args.samples}: {e}", file=sys.stderr)
+        return 2
+      protocol.update(generator=dict(kind="generations", path=os.path.abspath(args.samples),
+                                     settings=saved),
+                      postprocess=saved["postprocess"], stops=saved["stops"])
+    else:
+      samples, rejected = run.read_samples(args.samples, tasks, skip)
+      protocol.update(generator=dict(kind="samples", path=os.path.abspath(args.samples)),
+                      postprocess="as given (execute only)", stops=None)
     protocol.pop("n")
     if rejected:
       print(f"phi1 eval: {len(rejected)} sample row(s) rejected (see rejected.jsonl), e.g. "
             f"line {rejected[0]['line']}: {rejected[0]['reason']}", file=sys.stderr)
   else:
-    if args.n > 1 and args.temperature == 0:
-      print("phi1 eval: --n > 1 with --temperature 0 repeats one greedy sample", file=sys.stderr)
-    sampling = dict(temperature=args.temperature, top_p=args.top_p,
-                    max_new_tokens=args.max_new_tokens, seed=args.seed)
-    if args.chat:  # a chat reply is whole code, taken from its first code block: no cutting
-      args.postprocess, stops = "none (chat: first code block)", ()
-      protocol.update(postprocess=args.postprocess, stops=[],
-                      prompt_instruction=run.CHAT_INSTRUCTION)
-    generation_stops = stops if args.postprocess != "none" else ()
+    out = args.out or new_out_dir(args.bench, args.step)
     try:
-      if args.openai_base_url:
-        generate = run.openai_generator(
-            args.openai_base_url, args.model, stops=generation_stops, chat=args.chat,
-            concurrency=args.concurrency, progress=progress, **sampling)
-        generator = dict(kind="openai-chat" if args.chat else "openai-completions",
-                         base_url=args.openai_base_url, model=args.model)
-      else:
-        step = {} if args.step is None else dict(step=args.step)
-        generate = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
-                                            batch_size=args.batch_size, **step, **sampling)
-        generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint), **step)
-      samples = run.generate_samples(tasks, generate, n=args.n, stops=stops,
-                                     mode="none" if args.chat else args.postprocess)
-      if getattr(generate, "truncated", 0):
-        generator["prompts_truncated_left"] = generate.truncated
+      samples, generated = generate(args, tasks, dataset, stops, out, progress)
     except FileNotFoundError as e:  # no such checkpoint or step: say which ones exist
       print(f"phi1 eval: {e}", file=sys.stderr)
       return 2
+    except generations.SettingsMismatch as e:
+      print(f"phi1 eval: {e}", file=sys.stderr)
+      return 2
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
-      print(f"phi1 eval: generation failed: {type(e).__name__}: {e}", file=sys.stderr)
+      print(f"phi1 eval: generation failed: {type(e).__name__}: {e}. Answers so far are in "
+            f"{os.path.join(out, generations.GENERATIONS)}; rerun the same command to resume.",
+            file=sys.stderr)
       return 1
-    protocol.update(generator=generator, sampling=sampling)
+    protocol.update(generated)
   missing = run.missing_tasks(tasks, samples)
   if missing and not args.allow_missing:
     print(f"phi1 eval: {run.MissingSamples(missing, len(tasks))}", file=sys.stderr)
     return 2
-  out = args.out or new_out_dir(args.bench, args.step)
+  if args.samples:
+    out = args.out or new_out_dir(args.bench, args.step)
   print(f"phi1 eval: results go to {out}", file=sys.stderr)
   summary = run.evaluate(tasks, samples, protocol=protocol, out_dir=out, rejected=rejected,
                          timeout_s=args.timeout, workers=args.workers, progress=progress,
@@ -158,6 +156,56 @@ def main(argv: list[str]) -> int:
     print(f"phi1 eval: {summary['note']}", file=sys.stderr)
   print(json.dumps(summary))
   return 0
+
+
+def generate(args, tasks, dataset: dict, stops, out: str, progress: bool):
+  """Samples for every (task, sample index), generating only what --out/generations.jsonl lacks.
+  Returns (samples, protocol entries)."""
+  if args.n > 1 and args.temperature == 0:
+    print("phi1 eval: --n > 1 with --temperature 0 repeats one greedy sample", file=sys.stderr)
+  sampling = dict(temperature=args.temperature, top_p=args.top_p,
+                  max_new_tokens=args.max_new_tokens, seed=args.seed)
+  protocol = dict(sampling=sampling)
+  mode = args.postprocess
+  if args.chat:  # a chat reply is whole code, taken from its first code block: no cutting
+    mode, stops = "none", ()
+    protocol.update(postprocess="none (chat: first code block)", stops=[],
+                    prompt_instruction=api_generator.CHAT_INSTRUCTION)
+  generation_stops = list(stops) if mode != "none" else []
+  settings = dict(bench=args.bench, dataset_sha256=dataset["sha256"],
+                  prompt_style=args.prompt_style if args.bench == "mbpp" else None,
+                  chat=args.chat, stops_sent=generation_stops, postprocess=mode, stops=list(stops),
+                  prompt_instruction=protocol.get("prompt_instruction"), **sampling)
+  if args.openai_base_url:
+    generator = dict(kind="openai-chat" if args.chat else "openai-completions",
+                     base_url=args.openai_base_url, model=args.model)
+    retry = api_generator.retry_policy(args.max_attempts)
+    into = functools.partial(api_generator.generate_into, base_url=args.openai_base_url,
+                             model=args.model, stops=generation_stops, chat=args.chat,
+                             concurrency=args.concurrency, progress=progress, retry=retry,
+                             **sampling)
+  else:
+    step = {} if args.step is None else dict(step=args.step)
+    generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint), **step)
+    settings.update(checkpoint=generator["path"], step=args.step)
+    generate_fn = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
+                                           batch_size=args.batch_size, **step, **sampling)
+    into = generations.in_chunks(generate_fn, chunk=max(64, args.batch_size or 0))
+    into.truncated = 0
+  settings.update(kind=generator["kind"], model=generator.get("model"))
+  store = generations.GenerationStore(out, dict(settings, base_url=args.openai_base_url))
+  try:
+    counts = generations.fill(store, tasks, args.n, into)
+  finally:
+    store.close()
+  if counts["loaded"]:
+    print(f"phi1 eval: {counts['total'] - counts['requested']} of {counts['total']} generations "
+          f"reused from {store.log.path}; {counts['requested']} generated", file=sys.stderr)
+  if getattr(into, "truncated", 0):
+    generator["prompts_truncated_left"] = into.truncated
+  generator["generations"] = counts
+  samples = generations.samples_from(store.raw, tasks, args.n, mode=mode, stops=stops)
+  return samples, dict(protocol, generator=generator)
 
 
 def new_out_dir(bench: str, step: int | None = None) -> str:

@@ -10,15 +10,16 @@ out_dir: `samples.jsonl` (one row per sample: task_id, sample_id, completion, st
 duration_s; sorted by problem then sample id), `problems.jsonl` (one row per problem: samples,
 passed, pass@k, missing), `rejected.jsonl` (input rows that could not be scored, with the reason),
 and `summary.json` (pass@k for every k <= n, status counts and the protocol: prompt template, stops,
-post-processing, timeout, dataset sha256, sampling, n). Generators
-for an OpenAI-compatible server and for our own checkpoints turn tasks into samples.
+post-processing, timeout, dataset sha256, sampling, n), and `executions.jsonl`, each executed row
+as it finishes, so a killed execution resumes (phi1/evals/generations.py). Generation lives in
+phi1/evals/generations.py (saved, resumable), api_generator.py (OpenAI-compatible servers) and
+`checkpoint_generator` below (our checkpoints).
 """
 
 import collections
 import dataclasses
 import json
 import os
-import sys
 from collections.abc import Callable, Collection, Sequence
 
 from phi1.evals import humaneval, mbpp, postprocess
@@ -138,25 +139,43 @@ def read_samples(path: str, tasks: Sequence[Task], skip: Collection[str] = ()
 
 
 def execute(tasks: Sequence[Task], samples: Sequence[Sample], *, timeout_s: float = 3.0,
-            workers: int | None = None, progress: bool = True, **sandbox_kwargs
+            workers: int | None = None, progress: bool = True, journal=None, **sandbox_kwargs
             ) -> tuple[list[dict], tuple[str, ...]]:
-  """One row per sample, sorted by (problem order, sample id); and the protections that were off."""
+  """One row per sample, sorted by (problem order, sample id); and the protections that were off.
+
+  `journal` (generations.ExecutionJournal): rows it holds for unchanged samples are reused, new
+  ones are appended to it as they finish."""
   order = {t.task_id: i for i, t in enumerate(tasks)}
   by_id = {t.task_id: t for t in tasks}
   samples = sorted(samples, key=lambda s: (order[s.task_id], s.sample_id))
-  with Sandbox(workers=workers, timeout_s=timeout_s, **sandbox_kwargs) as sandbox:
-    results = sandbox.run([by_id[s.task_id].program(s.completion, whole=s.whole_program)
-                           for s in samples], progress=progress)
+  done, todo = journal.split(samples) if journal is not None else ([], samples)
   rows = []
-  for s, r in zip(samples, results):
-    row = {"task_id": s.task_id, "sample_id": s.sample_id,
-           "solution" if s.whole_program else "completion": s.completion,
-           "status": r.status, "passed": r.passed, "error": r.error,
-           "duration_s": round(r.duration_s, 4)}
-    if s.raw is not None:
-      row["raw"] = s.raw
-    rows.append(row)
+  with Sandbox(workers=workers, timeout_s=timeout_s, **sandbox_kwargs) as sandbox:
+    # With a journal, results are saved a chunk at a time: a killed execution resumes.
+    chunk = EXECUTION_CHUNK if journal is not None else max(len(todo), 1)
+    for start in range(0, len(todo), chunk):
+      part = todo[start:start + chunk]
+      results = sandbox.run([by_id[s.task_id].program(s.completion, whole=s.whole_program)
+                             for s in part], progress=progress)
+      new_rows = [_row(s, r) for s, r in zip(part, results)]
+      if journal is not None:
+        journal.append(new_rows)
+      rows += new_rows
+  rows = sorted(done + rows, key=lambda r: (order[r["task_id"]], r["sample_id"]))
   return rows, sandbox.protections_off
+
+
+EXECUTION_CHUNK = 256
+
+
+def _row(s: Sample, r) -> dict:
+  row = {"task_id": s.task_id, "sample_id": s.sample_id,
+         "solution" if s.whole_program else "completion": s.completion,
+         "status": r.status, "passed": r.passed, "error": r.error,
+         "duration_s": round(r.duration_s, 4)}
+  if s.raw is not None:
+    row["raw"] = s.raw
+  return row
 
 
 def score(rows: Sequence[dict], missing: Sequence[str] = ()) -> dict:
@@ -200,8 +219,16 @@ def evaluate(tasks: Sequence[Task], samples: Sequence[Sample], *, protocol: dict
   missing = missing_tasks(tasks, samples)
   if missing and not allow_missing:
     raise MissingSamples(missing, len(tasks))
-  rows, off = execute(tasks, samples, timeout_s=timeout_s, workers=workers, progress=progress,
-                      **sandbox_kwargs)
+  journal = None
+  if out_dir:
+    from phi1.evals.generations import ExecutionJournal
+    journal = ExecutionJournal(out_dir)
+  try:
+    rows, off = execute(tasks, samples, timeout_s=timeout_s, workers=workers, progress=progress,
+                        journal=journal, **sandbox_kwargs)
+  finally:
+    if journal is not None:
+      journal.close()
   summary = score(rows, missing)
   summary["num_tasks_without_samples"] = len(missing)
   if missing:
@@ -230,70 +257,6 @@ def _write_jsonl(path: str, rows: Sequence[dict]):
 
 # ----------------------------------------------------------------------------------------------
 # Generation. Each generator maps (prompts) -> raw texts; post-processing is applied here, once.
-
-def generate_samples(tasks: Sequence[Task], generate_fn: Callable[[list[str]], list[str]], *,
-                     n: int, mode: str, stops: Sequence[str]) -> list[Sample]:
-  prompts = [t.prompt for t in tasks for _ in range(n)]
-  raws = generate_fn(prompts)
-  if len(raws) != len(prompts):
-    raise RuntimeError(f"generator returned {len(raws)} texts for {len(prompts)} prompts")
-  samples = []
-  for i, t in enumerate(tasks):
-    for j in range(n):
-      raw = raws[i * n + j]
-      samples.append(Sample(t.task_id, j, postprocess.postprocess(raw, mode, stops), raw))
-  return samples
-
-
-def openai_generator(base_url: str, model: str, *, max_new_tokens: int, temperature: float,
-                     top_p: float, stops: Sequence[str], chat: bool = False, concurrency: int = 8,
-                     seed: int | None = None, progress: bool = True) -> Callable:
-  """Completions endpoint (base models), or chat with the first ```python block extracted."""
-  import concurrent.futures
-  import openai
-
-  # The key comes from the environment only and is never logged or written; local servers need none.
-  client = openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY",
-                         max_retries=5)
-  # OpenAI accepts at most 4 stop strings; post-processing applies the full list anyway.
-  server_stops = list(stops)[:4] or None
-
-  def one(prompt: str) -> str:
-    if chat:
-      reply = client.chat.completions.create(
-          model=model, messages=[{"role": "user", "content": CHAT_INSTRUCTION + prompt}],
-          max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-      return extract_code(reply.choices[0].message.content or "")
-    reply = client.completions.create(model=model, prompt=prompt, max_tokens=max_new_tokens,
-                                      temperature=temperature, top_p=top_p, stop=server_stops,
-                                      seed=seed)
-    return reply.choices[0].text or ""
-
-  def generate(prompts: list[str]) -> list[str]:
-    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-      futures = [pool.submit(one, p) for p in prompts]
-      if progress:
-        from tqdm import tqdm
-        for _ in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
-                      desc="generating", unit="sample", file=sys.stderr):
-          pass
-      return [f.result() for f in futures]
-
-  return generate
-
-
-CHAT_INSTRUCTION = ("Complete the following Python code. Reply with the complete function in one "
-                    "```python code block.\n\n")
-
-
-def extract_code(reply: str) -> str:
-  start = reply.find("```")
-  if start == -1:
-    return reply
-  start = reply.find("\n", start) + 1
-  end = reply.find("```", start)
-  return reply[start:end if end != -1 else len(reply)]
-
 
 def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: float, top_p: float,
                          stops: Sequence[str], seed: int = 0, batch_size: int | None = None,

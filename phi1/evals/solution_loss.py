@@ -23,7 +23,6 @@ import sys
 from collections.abc import Callable, Collection, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
