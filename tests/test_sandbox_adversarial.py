@@ -1,10 +1,16 @@
-"""Hostile programs against the sandbox (issue 5): each has an expected status, and after every batch
-the host is unchanged, no process is left behind, the batch finished in bounded time and nothing
-that should fail was counted as passed. Runs with bubblewrap and with our own namespaces."""
+"""Hostile programs against the sandbox: each has an expected status, and after every batch the host
+is unchanged, no process is left behind, the batch finished in bounded time and nothing that should
+fail was counted as passed. After every attack, on the same warm workers, an honest program (tempfile,
+threads, a python subprocess, 48 MiB, a clean working directory and IPC namespace) must pass. Runs
+with bubblewrap and with our own namespaces."""
 
+import ctypes
 import os
+import platform
 import shutil
 import socket
+import tempfile
+import threading
 import time
 
 import pytest
@@ -66,7 +72,64 @@ def f():
 """
 
 
-def attacks(victim_dir, victim, port):
+# Kernel keyrings (class 4). keyctl/add_key by number: Python has no binding.
+KEYRING_SYSCALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl
+HOST_KEY = b"phi1-sandbox-test-key"
+KEYRING_HELPERS = f"""
+import ctypes, platform
+ADD_KEY, KEYCTL = {KEYRING_SYSCALLS!r}[platform.machine()]
+libc = ctypes.CDLL(None, use_errno=True)
+def call(*args):
+  ret = libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args])
+  if ret < 0:
+    raise OSError(ctypes.get_errno(), 'keyring call refused')
+  return ret
+"""
+KEYRING_READ = KEYRING_HELPERS + f"""
+key = call(KEYCTL, 10, -3, b'user', {HOST_KEY!r}, 0)  # KEYCTL_SEARCH the session keyring
+buf = ctypes.create_string_buffer(256)
+print(buf.raw[:call(KEYCTL, 11, key, buf, 256)])      # KEYCTL_READ
+"""
+KEYRING_PLANT = KEYRING_HELPERS + """
+call(ADD_KEY, b'user', b'planted', b'for the next program', 20, -4)  # uid nobody's user keyring
+"""
+# Leftovers (class 5): SysV objects charged to the worker, a tree too deep for recursive removal.
+SYSV_LEFTOVERS = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+segment = libc.shmget(0, 32 << 20, 0o1600)
+assert segment >= 0, ctypes.get_errno()
+ctypes.memset(libc.shmat(segment, None, 0), 1, 32 << 20)
+assert libc.msgget(0, 0o1600) >= 0
+"""
+DEEP_TREE = """
+import os
+for _ in range(1100):
+  os.mkdir('d')
+  os.chdir('d')
+open('leftover', 'w').write('x')
+"""
+# What an honest program does; one runs after every attack, on the same workers.
+HONEST = [
+    "import os, tempfile\nassert tempfile.gettempdir() == os.getcwd()\n"
+    "with tempfile.TemporaryDirectory() as d:\n  open(os.path.join(d, 'x'), 'w').write('1')\n"
+    "with tempfile.NamedTemporaryFile() as f:\n  f.write(b'x' * 1000)\n",
+    "import threading\nout = []\nts = [threading.Thread(target=out.append, args=(i,)) "
+    "for i in range(8)]\nfor t in ts:\n  t.start()\nfor t in ts:\n  t.join()\n"
+    "assert sorted(out) == list(range(8))\n",
+    "import subprocess, sys\nout = subprocess.run([sys.executable, '-c', 'print(6 * 7)'], "
+    "capture_output=True, text=True, timeout=10)\nassert out.stdout == '42\\n', out\n",
+    "b = bytearray(48 << 20)\nb[::4096] = b'x' * len(b[::4096])\nassert b.count(b'x') == 48 << 8\n",
+    "import os, socket\nassert os.listdir('.') == [], os.listdir('.')\n"
+    "for kind in ('shm', 'msg', 'sem'):\n"
+    "  assert len(open('/proc/sysvipc/' + kind).readlines()) == 1, open('/proc/sysvipc/' + kind).read()\n"
+    "open('f', 'wb').write(b'x' * (8 << 20))\na, b = socket.socketpair()\na.send(b'hi')\n"
+    "assert b.recv(2) == b'hi'\n",
+]
+
+
+def attacks(victim_dir, victim, port, unix_socket):
   """(name, program, expected status, a substring of the error or None)."""
   return [
       ("fork bomb", "import os\nwhile True:\n  try:\n    os.fork()\n  except OSError:\n    pass",
@@ -145,6 +208,20 @@ def attacks(victim_dir, victim, port):
       ("check shadowed by a str-subclass key",
        Program(SHADOWED_CHECK, test="def check(candidate):\n  assert candidate() == 2\ncheck(f)\n"),
        "failed", "AssertionError"),
+      ("connect to a host unix socket", "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+       f"s.connect({unix_socket!r})", "error", "Operation not permitted"),
+      ("host sockets, devices and homes are not in the view",
+       f"import os\nseen = [p for p in ({unix_socket!r}, '/dev/log', '/run', '/var', '/home', '/sys',"
+       " '/root/.bashrc', '/dev/sda', '/dev/mem') if os.path.exists(p)]\nassert not seen, seen",
+       "passed", None),
+      ("read a key from the host's session keyring", KEYRING_READ, "error", "refused"),
+      ("plant a key in nobody's user keyring", KEYRING_PLANT, "error", "refused"),
+      ("SysV shared memory and a message queue left behind", SYSV_LEFTOVERS, "passed", None),
+      ("a 1,100-deep directory left behind", DEEP_TREE, "passed", None),
+      ("64 KiB of 0xFF on stdout", "import sys\nsys.stdout.buffer.write(b'\\xff' * 65536)",
+       "passed", None),
+      ("new namespaces", "import ctypes\nassert ctypes.CDLL(None).unshare(0x10000000) == 0",
+       "failed", None),
       ("builtins rebound for the test", Program("import builtins\nbuiltins.abs = lambda x: 0\n"
                                                 "abs = lambda x: 0\ndef f():\n  return 1\n",
                                                 test="assert abs(f()) == 0\n"), "failed", None),
@@ -186,21 +263,37 @@ def test_attacks(mode, monkeypatch):
   listener.bind(("127.0.0.1", 0))
   listener.listen()
   listener.setblocking(False)
-  cases = attacks(victim_dir, victim, listener.getsockname()[1])
+  unix_dir = tempfile.mkdtemp(dir="/var/tmp" if os.path.isdir("/var/tmp") else victim_dir)
+  os.chmod(unix_dir, 0o755)
+  unix_listener = socket.socket(socket.AF_UNIX)
+  unix_listener.bind(os.path.join(unix_dir, "host.sock"))
+  os.chmod(os.path.join(unix_dir, "host.sock"), 0o777)  # world-connectable, as D-Bus's is
+  unix_listener.listen()
+  unix_listener.setblocking(False)
+  key = _host_session_key()
+  cases = attacks(victim_dir, victim, listener.getsockname()[1], unix_listener.getsockname())
+  # After every attack an honest program on the same warm workers, and the whole suite at the end.
+  programs = []
+  for i, (_, attack, _, _) in enumerate(cases):
+    programs += [attack, HONEST[i % len(HONEST)]]
+  programs += HONEST * 2
   before = _snapshot(victim_dir)
   nobody_before = _nobody_processes()
   try:
     start = time.monotonic()
-    with Sandbox(workers=2, timeout_s=TIMEOUT_S, memory_mb=512, **mode) as sandbox:
-      results = sandbox.run([p for _, p, _, _ in cases])
-      healthy = sandbox.run(["assert 1 + 1 == 2"] * 4)
+    with Sandbox(workers=2, timeout_s=TIMEOUT_S, memory_mb=512, capture_output=True,
+                 **mode) as sandbox:
+      assert not [m for m in sandbox.protections_off if "seccomp" in m or "keyring" in m]
+      ran = sandbox.run(programs)
     elapsed = time.monotonic() - start
+    results, honest = ran[:2 * len(cases):2], ran[1:2 * len(cases):2] + ran[2 * len(cases):]
     failures = []
     for (name, _, status, fragment), r in zip(cases, results):
       if r.status != status or (fragment and fragment not in (r.error or "")):
         failures.append(f"{name}: expected {status} ({fragment}), got {r.status}: {r.error}")
     assert not failures, "\n".join(failures)
-    assert all(r.passed for r in healthy), healthy
+    assert [r for r in honest if not r.passed] == []
+    assert all(HOST_KEY.decode() not in r.output for r in ran)
     assert _snapshot(victim_dir) == before
     assert not os.path.exists(os.path.join(REPO, "pwned"))
     with pytest.raises(BlockingIOError):
@@ -208,8 +301,61 @@ def test_attacks(mode, monkeypatch):
     assert _nobody_processes() <= nobody_before
     assert elapsed < 60, f"the batch took {elapsed:.0f} s"
     assert all(r.duration_s < TIMEOUT_S + 5 for r in results), [r.duration_s for r in results]
-    assert len(results[cases.index(next(c for c in cases if c[0] == "endless output"))].output) \
-        <= 1 << 16
+    for name in ("endless output", "64 KiB of 0xFF on stdout"):
+      assert len(results[[c[0] for c in cases].index(name)].output) <= 1 << 16
+    with pytest.raises(BlockingIOError):
+      unix_listener.accept()
   finally:
     listener.close()
+    unix_listener.close()
+    if key:
+      _keyctl(3, key)  # KEYCTL_REVOKE
     shutil.rmtree(victim_dir, ignore_errors=True)
+    shutil.rmtree(unix_dir, ignore_errors=True)
+
+
+def _keyctl(*args):
+  add_key, keyctl = KEYRING_SYSCALLS[platform.machine()]
+  libc = ctypes.CDLL(None, use_errno=True)
+  return libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in (keyctl, *args)])
+
+
+def _host_session_key():
+  """A secret in this process's own new session keyring, which the workers would inherit."""
+  if platform.machine() not in KEYRING_SYSCALLS:
+    return None
+  add_key = KEYRING_SYSCALLS[platform.machine()][0]
+  libc = ctypes.CDLL(None, use_errno=True)
+  _keyctl(1, None)  # KEYCTL_JOIN_SESSION_KEYRING: a fresh one, ours alone
+  key = libc.syscall(ctypes.c_long(add_key), b"user", HOST_KEY, SECRET.encode(),
+                     ctypes.c_long(len(SECRET)), ctypes.c_long(-3))
+  return key if key > 0 else None
+
+
+HOG = """
+import os, time
+for _ in range(400):
+  try:
+    if os.fork() == 0:
+      time.sleep(3)
+      os._exit(0)
+  except OSError:
+    break
+time.sleep(3)
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="the isolation guarantees tested here need root")
+@pytest.mark.parametrize("mode", MODES)
+def test_one_programs_processes_do_not_starve_another_worker(mode):
+  """Class 5: RLIMIT_NPROC counts a uid's processes everywhere; the pids cgroup bounds one worker."""
+  with Sandbox(workers=1, timeout_s=10, max_processes=64, quiet=True, **mode) as hog_box, \
+       Sandbox(workers=1, timeout_s=10, max_processes=64, quiet=True, **mode) as honest_box:
+    if hog_box._pool[0].cgroup is None:
+      pytest.skip("no writable pids cgroup on this machine")
+    hog = threading.Thread(target=hog_box.run, args=([HOG],))
+    hog.start()
+    time.sleep(1.2)  # its children are up by now
+    result, = honest_box.run([HONEST[1]])
+    hog.join()
+  assert result.passed, result

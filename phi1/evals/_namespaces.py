@@ -12,7 +12,8 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
+MNT_DETACH = 2
 MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -29,12 +30,14 @@ def mount(source, target, fstype, flags, data=None):
                      ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
 
 
-def remount_all_read_only():
+def remount_all_read_only(keep_writable=()):
   """Read-only view of every mount, made in our private mount namespace (the host's untouched)."""
   with open("/proc/self/mountinfo") as f:
     mounts = [line.split() for line in f]
   for fields in mounts:
     target = fields[4].replace("\\040", " ")
+    if target in keep_writable:
+      continue
     flags = sum(MOUNT_FLAGS.get(o, 0) for o in fields[5].split(","))
     try:
       mount("none", target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | flags)
@@ -42,23 +45,56 @@ def remount_all_read_only():
       pass  # e.g. a mount shadowed by another one on top: not reachable anyway
 
 
-def mask(masks):
-  """Hides each directory behind an empty tmpfs and binds the listed paths back inside it."""
-  if not masks:
-    return
-  stage = "/tmp"  # staged through a throw-away tmpfs, since a mask hides the paths it re-shows
-  mount("tmpfs", stage, "tmpfs", 0, "mode=700")
-  staged = []
-  for i, (_, paths) in enumerate(masks):
-    for j, path in enumerate(paths):
-      os.makedirs(f"{stage}/{i}.{j}")
-      mount(path, f"{stage}/{i}.{j}", None, MS_BIND | MS_REC)
-      staged.append((f"{stage}/{i}.{j}", path))
-  for mask, _ in masks:
-    mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
-  for source, path in staged:
-    os.makedirs(path, exist_ok=True)
-    mount(source, path, None, MS_MOVE)
+# The new root is assembled on a tmpfs mounted here, then moved onto "/". Any directory would do
+# that never holds an interpreter path or a device the view binds; /sys is on every Linux system.
+STAGE = "/sys"
+DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _touch(path, directory):
+  if directory:
+    os.makedirs(path, mode=0o755, exist_ok=True)
+  else:
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    open(path, "a").close()
+
+
+def enter_view(view, tmp_mb):
+  """Makes the allow-listed view (sandbox.filesystem_view) our root: read-only binds of the listed
+  paths, a minimal /dev, a fresh /proc, a root-owned /tmp. Nothing else of the host is reachable."""
+  os.umask(0o022)
+  mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+  # /tmp before the binds below it (a checkout or venv under /tmp); root's, and left writable for
+  # the server, which mounts each program's own tmpfs in it.
+  _touch(STAGE + "/tmp", True)
+  mount("tmpfs", STAGE + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={tmp_mb}m")
+  for kind, *args in view:
+    if kind == "symlink":
+      target, path = args
+      os.makedirs(os.path.dirname(STAGE + path), mode=0o755, exist_ok=True)
+      os.symlink(target, STAGE + path)
+    else:
+      source, path = args
+      _touch(STAGE + path, os.path.isdir(source))
+      mount(source, STAGE + path, None, MS_BIND | MS_REC)
+  dev = STAGE + "/dev"
+  _touch(dev, True)
+  mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755")
+  for name in DEVICES:
+    _touch(f"{dev}/{name}", False)
+    mount(f"/dev/{name}", f"{dev}/{name}", None, MS_BIND)
+  for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                       ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    os.symlink(target, f"{dev}/{name}")
+  for path in ("/dev/shm", "/proc"):
+    _touch(STAGE + path, True)
+  remount_all_read_only(keep_writable=(STAGE + "/tmp",))
+  os.chdir(STAGE)
+  mount(STAGE, "/", None, MS_MOVE)
+  os.chroot(".")
+  os.chdir("/")
+  mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+  mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=1m")
 
 
 def enter_namespaces(cfg, protections):
@@ -76,15 +112,38 @@ def enter_namespaces(cfg, protections):
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
   prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
   mount("none", "/", None, MS_REC | MS_PRIVATE)
-  mask(cfg["masks"])
-  if cfg["read_only"]:
-    remount_all_read_only()
-    protections["read_only_fs"] = "on (remounted read-only in a private mount namespace)"
-  mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-  # Root-owned 0755: a program writes only in its own working directory, which is removed after it.
-  for path in ("/tmp", "/dev/shm"):
-    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={cfg['tmp_mb']}m")
-  protections["namespaces"] = "on (pid, net, mount, ipc, uts)"
+  enter_view(cfg["view"], cfg["tmp_mb"])
+  protections["namespaces"] = "on (pid, net, mount, ipc, uts; allow-listed read-only view)"
+
+
+def mount_program_tmpfs(path, uid, gid, size_mb):
+  """The program's working directory: a tmpfs of its own, so removing it is one unmount."""
+  owner = "" if uid is None else f",uid={uid},gid={gid}"
+  mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=700{owner},size={size_mb}m")
+
+
+def unmount(path):
+  check(_libc.umount2(path.encode(), MNT_DETACH), f"umount {path}")
+
+
+def new_ipc_namespace():
+  """SysV shared memory, semaphores and message queues a program makes go with its namespace."""
+  check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
+
+
+KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219}
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def new_session_keyring():
+  """A fresh, empty session keyring: the host's (and any key stored in it) is no longer ours."""
+  number = KEYCTL.get(os.uname().machine)
+  if number is None:
+    raise OSError(f"keyctl's system call number on {os.uname().machine} is not known here")
+  if _libc.syscall(ctypes.c_long(number), ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING),
+                   ctypes.c_void_p(None)) < 0:
+    err = ctypes.get_errno()
+    raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
 
 
 def set_oom_score(score):

@@ -1,17 +1,20 @@
 """The sandbox's fork server: one per worker, started by `phi1.evals.sandbox.Sandbox`.
 
 Runs as its own Python process (`python -I _worker.py CONFIG_JSON`), imports only the standard
-library, and talks to the host over fds 0 (requests) and 1 (responses), each message a 4-byte
-big-endian length followed by JSON. Per program it forks a child that drops everything it can
-before running untrusted code (see `_child`); the server itself never runs untrusted code.
+library and `pyseccomp` (through `_seccomp`), and talks to the host over fds 0 (requests) and 1
+(responses), each message a 4-byte big-endian length followed by JSON. Per program it forks a child
+that drops everything it can before running untrusted code (see `_child`); the server itself never
+runs untrusted code.
 
 Isolation is set up once per worker, so the per-program cost is one fork:
   * bubblewrap (host's choice) or, as root, our own unshare(): new PID, network, mount, IPC and UTS
     namespaces with this server as PID 1, so `kill(-1, SIGKILL)` ends every process a program left,
     including ones that called setsid(); without a PID namespace the server is a child subreaper and
     kills its descendants one generation at a time, which is equally exact.
-  * as root without bubblewrap: every mount remounted read-only in a private mount namespace, a
-    fresh /proc for the PID namespace, and tmpfs on /tmp and /dev/shm.
+  * the filesystem is an allow-listed, read-only view (sandbox.filesystem_view), built by bwrap's
+    arguments or by `_namespaces.enter_view`.
+Per program, as root: a tmpfs working directory (removed by one unmount), a new IPC namespace and
+a new session keyring; always: the seccomp filter of `_seccomp.py`, loaded last.
 """
 
 import json
@@ -27,6 +30,10 @@ import time
 # python -I leaves the script's directory off sys.path: add it for our one sibling module only.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _namespaces as ns  # noqa: E402
+try:
+  import _seccomp  # noqa: E402
+except ImportError as e:  # pyseccomp or libseccomp missing: said at start, as every protection off
+  _seccomp, SECCOMP_MISSING = None, e
 del sys.path[0]
 
 # Modules programs commonly import, loaded once here so each fork gets them for free.
@@ -129,20 +136,30 @@ def _child(program, tokens, out_w, res_w, workdir, cfg):
   for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
                        (resource.RLIMIT_CPU, cpu),
                        (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
-                       (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),
+                       (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),  # None: cgroup
                        (resource.RLIMIT_CORE, 0)):
-    resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
+    if value is not None:
+      resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
+  if cfg["ipc_namespace"]:
+    ns.new_ipc_namespace()
+  if cfg["session_keyring"]:
+    ns.new_session_keyring()
   ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
   ns.set_oom_score(1000)
   if cfg["uid"] is not None:
     os.setgroups([])
     os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
     os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])  # from 0 to non-0: every capability goes too
+  # Not dumpable: the program's own forks cannot open /proc/PID/mem of this process or trace it.
+  ns.prctl(ns.PR_SET_DUMPABLE, 0)
   os.environ.clear()
   os.environ.update(cfg["env"], HOME=workdir, TMPDIR=workdir)
+  tempfile.tempdir = None  # the server's cached choice (/tmp, not ours to write): TMPDIR decides
   sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
   sys.stderr = sys.stdout
   sys.stdin = open(0, closefd=False)
+  if SYSCALL_FILTER is not None:
+    SYSCALL_FILTER.load()
   verdict = os.fstat(3)
   _run_program(program["code"], program["test"], program["entry_point"], tokens,
                (verdict.st_dev, verdict.st_ino))
@@ -241,7 +258,9 @@ class ThreadsAlive(Exception):
 def _execute(program, cfg, tmp_root):
   start = time.monotonic()
   workdir = tempfile.mkdtemp(dir=tmp_root)
-  if cfg["uid"] is not None:
+  if cfg["program_tmpfs"]:
+    ns.mount_program_tmpfs(workdir, cfg["uid"], cfg["gid"], cfg["tmp_mb"])
+  elif cfg["uid"] is not None:
     os.chown(workdir, cfg["uid"], cfg["gid"])
   out_r, out_w = os.pipe()
   res_r, res_w = os.pipe()
@@ -271,7 +290,7 @@ def _execute(program, cfg, tmp_root):
       return
     if not data:
       open_fds.remove(fd)
-    elif fd == out_r:
+    elif fd == out_r:  # the rest is drained unread, so the program never blocks on a full pipe
       output.extend(data[:max(0, cfg["max_output_bytes"] - len(output))])
     else:  # keep a bounded tail: junk a program writes to guessed fds cannot push the record out
       report.extend(data)
@@ -297,10 +316,29 @@ def _execute(program, cfg, tmp_root):
   for fd in (out_r, res_r, pidfd):
     os.close(fd)
   duration = time.monotonic() - start
-  _remove_tree(workdir)
+  left = _cleanup(workdir, cfg)
   result = _verdict(report, tokens, status, timed_out, program["timeout_s"])
-  result.update(duration_s=duration, output=output.decode("utf-8", "backslashreplace"))
+  # "replace": one character per undecodable byte, so the text is at most max_output_bytes long.
+  result.update(duration_s=duration, output=output.decode("utf-8", "replace"))
+  if left:
+    result["retire"] = left
   return result
+
+
+def _cleanup(workdir, cfg):
+  """Removes the program's working directory; returns what was left behind, if anything (the host
+  then replaces this worker, so no program ever starts next to another's leftovers)."""
+  if cfg["program_tmpfs"]:
+    try:
+      ns.unmount(workdir)
+      os.rmdir(workdir)
+    except OSError as e:
+      return f"working directory not removed: {e}"
+    return None
+  _remove_tree(workdir)
+  if os.path.lexists(workdir):
+    return "working directory not removed entirely"
+  return None
 
 
 def _verdict(report, tokens, status, timed_out, timeout_s):
@@ -321,24 +359,105 @@ def _verdict(report, tokens, status, timed_out, timeout_s):
                                       "before reporting a result")
 
 
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _remove_tree(path):
-  # Programs run as another user may leave read-only directories; root removes them regardless.
-  for root, dirs, files in os.walk(path, topdown=False):
-    for name in files:
+  """Deletes `path` without recursion (a 1,100-deep tree would exhaust Python's stack) and through
+  directory fds, one open at a time (its paths exceed PATH_MAX; its depth, our open-file limit).
+  What cannot be removed (a directory the program, as our own user, made unreadable) is skipped
+  and stays; the caller sees it."""
+  try:
+    fd = os.open(path, _DIR)
+  except OSError:
+    return
+  names, skipped = [], [set()]  # the path from `path` to fd; per level, what could not go
+  while True:
+    subdir = None
+    with os.scandir(fd) as entries:
+      for entry in entries:
+        if entry.name in skipped[-1]:
+          continue
+        if entry.is_dir(follow_symlinks=False):
+          subdir = entry.name
+          break
+        try:
+          os.unlink(entry.name, dir_fd=fd)
+        except OSError:
+          skipped[-1].add(entry.name)
+    if subdir is not None:
       try:
-        os.unlink(os.path.join(root, name))
+        child = os.open(subdir, _DIR, dir_fd=fd)
       except OSError:
-        pass
-    for name in dirs:
-      full = os.path.join(root, name)
-      try:
-        os.rmdir(full) if not os.path.islink(full) else os.unlink(full)
-      except OSError:
-        pass
+        skipped[-1].add(subdir)
+        continue
+      os.close(fd)
+      fd = child
+      names.append(subdir)
+      skipped.append(set())
+      continue
+    if not names:
+      break
+    parent = os.open("..", _DIR, dir_fd=fd)
+    os.close(fd)
+    fd = parent
+    name = names.pop()
+    skipped.pop()
+    try:
+      os.rmdir(name, dir_fd=fd)
+    except OSError:
+      skipped[-1].add(name)
+  os.close(fd)
   try:
     os.rmdir(path)
   except OSError:
     pass
+
+
+SYSCALL_FILTER = None  # the compiled seccomp filter, once main() has built it
+
+
+def _per_program_protections(cfg, tmp_root, protections):
+  """Tries once what each program's child will do, and records what this machine does not allow."""
+  global SYSCALL_FILTER
+  if cfg["seccomp"] is False:
+    protections["seccomp"] = "off (disabled by the caller)"
+  else:
+    try:
+      if _seccomp is None:
+        raise SECCOMP_MISSING
+      SYSCALL_FILTER = _seccomp.build()
+    except (ImportError, OSError) as e:
+      if cfg["seccomp"]:
+        raise RuntimeError(f"seccomp=True but no filter could be built: {e}") from e
+      protections["seccomp"] = (f"off ({e}; pip install pyseccomp, apt-get install libseccomp2): "
+                                "keyrings, AF_UNIX sockets, io_uring, bpf, ptrace stay reachable")
+  probe = tempfile.mkdtemp(dir=tmp_root)
+  try:
+    if not cfg["private_mounts"]:  # never mount anything in the host's own mount namespace
+      raise OSError("no mount namespace of our own")
+    ns.mount_program_tmpfs(probe, cfg["uid"], cfg["gid"], 1)
+    ns.unmount(probe)
+    cfg["program_tmpfs"] = True
+  except OSError as e:
+    cfg["program_tmpfs"] = False
+    protections["program_tmpfs"] = (f"off ({e}): working directories are removed file by file; a "
+                                    "worker whose cleanup leaves something is replaced")
+  os.rmdir(probe)
+  for name, attempt, what in (
+      ("ipc_namespace", ns.new_ipc_namespace, "SysV IPC objects outlive a program until its "
+                                              "worker is replaced"),
+      ("session_keyring", ns.new_session_keyring, "programs share the worker's session keyring")):
+    pid = os.fork()
+    if pid == 0:
+      try:
+        attempt()
+        os._exit(0)
+      except BaseException:
+        os._exit(1)
+    cfg[name] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    if not cfg[name]:
+      protections[name] = f"off (not allowed here): {what}"
 
 
 def main():
@@ -353,19 +472,13 @@ def main():
   ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)  # the host went: so do we
   if cfg["own_namespaces"]:
     ns.enter_namespaces(cfg, protections)
-  elif os.getuid() == 0 and os.getpid() == 1:  # in bubblewrap's namespaces: bound /tmp's size
-    try:
-      ns.mount("tmpfs", "/tmp", "tmpfs", ns.MS_NOSUID | ns.MS_NODEV,
-               f"mode=755,size={cfg['tmp_mb']}m")
-    except OSError as e:
-      protections["tmp_size_limit"] = f"off ({e})"
   if os.getpid() != 1:
     ns.prctl(ns.PR_SET_CHILD_SUBREAPER, 1)
   ns.set_oom_score(-1000)  # in a cgroup OOM, the program goes, never its server
   if os.getuid() != 0 and cfg["uid"] is not None:
     cfg["uid"] = None
     protections["unprivileged_user"] = "off (not root)"
-  if cfg["uid"] is None:  # RLIMIT_NPROC counts every task of our own user: leave room above those
+  if cfg["uid"] is None and cfg["nproc"] is not None:  # it counts every task of our own user too
     cfg["nproc"] += _tasks_of_user(os.getuid())
   for name in PREIMPORT:
     try:
@@ -374,6 +487,7 @@ def main():
       pass
   tmp_root = tempfile.mkdtemp(prefix="phi1-sandbox-")
   os.chmod(tmp_root, 0o711)
+  _per_program_protections(cfg, tmp_root, protections)
   import gc
   gc.freeze()  # forked children then leave the pre-imported objects' pages shared
   _send(dict(ready=True, pid=os.getpid(), protections=protections))
@@ -389,6 +503,8 @@ def main():
         result = dict(status="crashed", error=f"sandbox: {type(e).__name__}: {e}", duration_s=0.0,
                       output="")
       _send(result)
+      if result.get("retire"):
+        break
   finally:
     _remove_tree(tmp_root)
 

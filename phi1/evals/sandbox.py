@@ -92,68 +92,68 @@ class Isolation:
   off: tuple[str, ...]       # the protections that are off, with the reason
 
 
+# What a program sees of the filesystem is built from this allow-list, never from `/`: the system's
+# programs and libraries, the interpreter's own trees, a few files of /etc, a minimal /dev, a fresh
+# /proc and its own /tmp. No host socket (D-Bus, /dev/log, a database), device or home directory is
+# in it. Merged-/usr systems have /bin, /lib... as symlinks; they are recreated as symlinks.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_ENTRIES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "localtime",
+               "hosts", "os-release", "alternatives")
+
+
 def interpreter_paths() -> list[str]:
-  """The directories the worker needs to start: the interpreter, its sys.path, the server's code."""
-  needed = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, sys.exec_prefix,
-                                          os.path.dirname(os.path.realpath(sys.executable)))}
-  needed |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-  needed.add(os.path.dirname(os.path.realpath(_WORKER)))  # the server's own code
-  return sorted(needed)
+  """The directories the worker's interpreter needs: its installation, its virtual environment and
+  site-packages (the worker runs `python -I`, so no PYTHONPATH), and the server's own code."""
+  import site
+  import sysconfig
+  needed = [sys.base_prefix, sys.prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(sys.executable),
+            os.path.dirname(os.path.abspath(_WORKER))]
+  needed += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+  needed += site.getsitepackages()
+  paths = {os.path.realpath(p) for p in needed if os.path.isdir(p)}
+  paths |= {os.path.abspath(p) for p in needed if os.path.isdir(p)}  # a venv reached via a symlink
+  return sorted(paths)
 
 
-def _rebind_under(root: str, paths) -> list[str]:
-  """bwrap arguments showing `paths` that live under `root` again, after a tmpfs covered it (a
-  checkout or virtual environment under /tmp, as CI clones often are)."""
-  inside = [p for p in paths if p.startswith(root + "/")]
-  outermost = [p for p in inside if not any(p.startswith(q + "/") for q in inside)]
-  args = []
-  for path in outermost:
-    parents, parent = [], os.path.dirname(path)
-    while parent != root:
-      parents.insert(0, parent)
-      parent = os.path.dirname(parent)
-    for parent in parents:  # bwrap would create them 0700, closed to the unprivileged user
-      args += ["--perms", "0755", "--dir", parent]
-    args += ["--ro-bind", path, path]
-  return args
+def filesystem_view() -> list[tuple[str, ...]]:
+  """The allow-list, in order: ("symlink", target, path) and ("ro-bind", source, path) entries."""
+  entries, bound = [], []
 
+  def bind(source: str, path: str):
+    if not any(path == b or path.startswith(b + "/") for b in bound):
+      entries.append(("ro-bind", source, path))
+      bound.append(path)
 
-def interpreter_masks() -> list[tuple[str, list[str]]]:
-  """Directories to hide behind an empty tmpfs, each with the interpreter paths to show inside it.
-
-  An unprivileged user cannot import from a Python installed under e.g. /root (mode 0700). Rather
-  than run programs with more rights, the sandbox hides that directory (and whatever else it holds,
-  such as credentials) and shows only the interpreter's own tree in it.
-  """
-  masks: dict[str, set[str]] = {}
-  for path in interpreter_paths():
-    ancestor = "/"
-    for part in path.strip("/").split("/"):
-      ancestor = os.path.join(ancestor, part)
-      if ancestor == path:
-        break
-      if not os.stat(ancestor).st_mode & 0o001:  # others may not traverse it
-        masks.setdefault(ancestor, set()).add(path)
-        break
-  # Keep only outermost paths per mask: binding a tree brings its subdirectories with it.
-  return [(mask, [p for p in sorted(paths) if not any(p.startswith(q + "/") for q in paths)])
-          for mask, paths in sorted(masks.items())]
+  for path in SYSTEM_DIRS:
+    if os.path.islink(path):
+      entries.append(("symlink", os.readlink(path), path))
+    elif os.path.isdir(path):
+      bind(path, path)
+  for path in sorted(interpreter_paths(), key=len):  # outermost first: a tree brings its subtrees
+    bind(path, path)
+  for name in ETC_ENTRIES:
+    path = os.path.join("/etc", name)
+    if os.path.exists(path):
+      bind(os.path.realpath(path), path)
+  return entries
 
 
 def _bwrap_command(bwrap: str) -> list[str]:
-  command = [bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]
-  command += _rebind_under("/tmp", interpreter_paths() + [os.path.abspath(sys.executable)])
-  for mask, paths in interpreter_masks():
-    command += ["--tmpfs", mask]
-    for path in paths:  # bwrap would create the directories in between as 0700: make them 0755
-      parents = []
-      parent = os.path.dirname(path)
-      while parent != mask:
-        parents.insert(0, parent)
-        parent = os.path.dirname(parent)
-      for parent in parents:
-        command += ["--perms", "0755", "--dir", parent]
-      command += ["--ro-bind", path, path]
+  # /tmp first, so the trees bound below it (a checkout or venv under /tmp) stay visible. It stays
+  # root's: each program writes only in a tmpfs of its own, mounted by the server.
+  command, made = [bwrap, "--tmpfs", "/tmp"], {"/", "/tmp"}
+  for kind, *args in filesystem_view():
+    path = args[-1]
+    parents, parent = [], os.path.dirname(path)
+    while parent not in made:  # bwrap would create missing parents 0700, closed to `nobody`
+      parents.insert(0, parent)
+      parent = os.path.dirname(parent)
+    for parent in parents:
+      command += ["--perms", "0755", "--dir", parent]
+      made.add(parent)
+    command += ["--symlink" if kind == "symlink" else "--ro-bind", *args]
+  command += ["--dev", "/dev", "--proc", "/proc"]
   return command + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
                     "--as-pid-1", "--die-with-parent", "--new-session", "--"]
 
@@ -184,7 +184,7 @@ def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = Non
     raise RuntimeError(f"bwrap=True but bubblewrap cannot be used: {why_no_bwrap}")
   own_namespaces = bwrap_path is None and namespaces is not False and root
   if own_namespaces:
-    off.append(f"bubblewrap: off ({why_no_bwrap}); own namespaces and read-only remounts instead")
+    off.append(f"bubblewrap: off ({why_no_bwrap}); own namespaces and an allow-listed read-only view instead")
   elif bwrap_path is None:
     why = "disabled by the caller" if namespaces is False else "not root"
     off.append(f"read-only filesystem, PID and network namespaces: off (no bubblewrap: "
@@ -267,30 +267,42 @@ class Sandbox:
 
   def __init__(self, workers: int | None = None, timeout_s: float = 3.0, *, memory_mb: int = 2048,
                file_size_mb: int = 16, max_processes: int = 256, max_output_bytes: int = 1 << 16,
-               bwrap: bool | None = None, namespaces: bool | None = None,
-               drop_privileges: bool | None = None, read_only: bool = True,
-               cgroup: bool | None = None, tmp_mb: int = 256, quiet: bool = False):
+               capture_output: bool = False, bwrap: bool | None = None,
+               namespaces: bool | None = None, drop_privileges: bool | None = None,
+               seccomp: bool | None = None, cgroup: bool | None = None, tmp_mb: int = 256,
+               quiet: bool = False):
+    """capture_output: keep each program's first `max_output_bytes` of stdout+stderr (decoded, bad
+    bytes as U+FFFD, so at most that many characters) in `Result.output`; off, nothing is kept.
+    seccomp: the system-call filter (`_seccomp.py`); None: whenever libseccomp is there."""
     if timeout_s <= 0:
       raise ValueError(f"timeout_s must be positive, got {timeout_s}")
     self.workers = workers or len(os.sched_getaffinity(0))
     self.timeout_s = timeout_s
     self.isolation = decide_isolation(bwrap=bwrap, namespaces=namespaces,
                                       drop_privileges=drop_privileges)
-    # One cgroup per worker bounds the program, all its descendants and its /tmp together.
+    # One cgroup per worker bounds the program, all its descendants and its tmpfs files together.
     self._cgroup_limits = ((memory_mb + tmp_mb + 256) << 20, max_processes + 16)
     self._cgroup = cgroup
     self._cgroups_made = 0
-    config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb,
-                  nproc=max_processes,
-                  max_output_bytes=max_output_bytes, uid=self.isolation.uid, gid=self.isolation.gid,
-                  env=PROGRAM_ENV, own_namespaces=self.isolation.own_namespaces,
-                  read_only=read_only, masks=interpreter_masks())
-    self._command = [sys.executable, "-I", _WORKER, json.dumps(config)]
-    if self.isolation.bwrap:
-      self._command = _bwrap_command(self.isolation.bwrap) + self._command
+    self._config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb,
+                        nproc=max_processes,
+                        max_output_bytes=max_output_bytes if capture_output else 0,
+                        uid=self.isolation.uid, gid=self.isolation.gid, env=PROGRAM_ENV,
+                        own_namespaces=self.isolation.own_namespaces, seccomp=seccomp,
+                        private_mounts=bool(self.isolation.bwrap or self.isolation.own_namespaces),
+                        view=filesystem_view() if self.isolation.own_namespaces else [])
+    self._prefix = _bwrap_command(self.isolation.bwrap) if self.isolation.bwrap else []
     self._pool: list[_Worker] = []
+    self.workers_replaced = 0  # after a cleanup that left something behind (see _worker._cleanup)
     self.quiet = quiet
     self._off: list[str] = []
+
+  def _command(self, cgroup: WorkerCgroup | None) -> list[str]:
+    # RLIMIT_NPROC counts every process of the user, in every worker and sandbox: one program's
+    # sleeping children would starve another worker's program. The worker's pids cgroup bounds
+    # its programs alone; RLIMIT_NPROC only where there is no such cgroup.
+    config = dict(self._config, nproc=None if cgroup else self._config["nproc"])
+    return self._prefix + [sys.executable, "-I", _WORKER, json.dumps(config)]
 
   @property
   def protections_off(self) -> tuple[str, ...]:
@@ -307,22 +319,26 @@ class Sandbox:
   def start(self):
     for message in self.isolation.off:
       self._warn(message)
-    new = [_Worker(self._command, self._make_cgroup())
-           for _ in range(self.workers - len(self._pool))]
+    new = []
+    for _ in range(self.workers - len(self._pool)):
+      cgroup = self._make_cgroup()
+      new.append(_Worker(self._command(cgroup), cgroup))
     for worker in new:  # all started before waiting on any: start-up costs one worker's time
       self._ready(worker)
     self._pool += new
 
   def _spawn(self) -> _Worker:
-    return self._ready(_Worker(self._command, self._make_cgroup()))
+    cgroup = self._make_cgroup()
+    return self._ready(_Worker(self._command(cgroup), cgroup))
 
   def _ready(self, worker: _Worker) -> _Worker:
     try:
       worker.hello = worker.receive()
     except EOFError:
       worker.close()
-      raise RuntimeError(f"the sandbox worker did not start (command: {self._command[:3]}...); "
-                         "its error is above on stderr") from None
+      raise RuntimeError(f"the sandbox worker did not start (command: "
+                         f"{self._prefix[:1] + [sys.executable, _WORKER]}...); its error is above on "
+                         "stderr") from None
     for name, state in worker.hello["protections"].items():
       if state.startswith("off"):
         self._warn(f"{name}: {state}")
@@ -420,12 +436,20 @@ class Sandbox:
             try:
               if hung:
                 raise EOFError("sandbox worker stopped responding")
-              result = Result(**worker.receive())
-            except (EOFError, OSError, ValueError) as e:
+              message = worker.receive()
+              retire = message.pop("retire", None)
+              result = Result(**message)
+            except (EOFError, OSError, ValueError, TypeError) as e:
               replace(index, e)
             else:
               record(worker.in_flight.popleft(), result)
               worker.head_since = time.monotonic()
+              if retire:  # its cleanup left something behind: it ended, a fresh one takes over
+                self.workers_replaced += 1
+                todo.extendleft(reversed(worker.in_flight))
+                worker.in_flight.clear()
+                worker.close()
+                self._pool[index] = self._spawn()
         fill(index)
     if bar is not None:
       bar.close()
