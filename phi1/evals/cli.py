@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--decontamination-report",
                  help="with --solution-loss: a `data_gen decontaminate` report.json; also score "
                       "its similar / non-similar problems separately")
+  graded = p.add_argument_group("--bench graded (paper §4: an LLM grades each completion 0-10)")
+  graded.add_argument("--problems", help="problem set JSONL (default: the ten shipped with phi1)")
+  graded.add_argument("--grader-model", help="grader model name (e.g. gpt-4)")
+  graded.add_argument("--grader-base-url", help="grader's OpenAI-compatible URL (default: OpenAI)")
+  graded.add_argument("--grader-budget-usd", type=float, help="stop before grading costs more")
   p.add_argument("--no-progress", action="store_true")
   return p
 
@@ -85,6 +90,13 @@ def main(argv: list[str]) -> int:
   if args.postprocess == "unindented" and args.bench == "mbpp":
     parser.error("--postprocess unindented keeps a function body; MBPP completions are whole "
                  "programs: use stops or none")
+  if args.bench == "graded":
+    if not args.grader_model:
+      parser.error("--bench graded needs --grader-model NAME (and --grader-base-url for a local "
+                   "server)")
+    args.data = args.problems or args.data
+  elif args.problems or args.grader_model:
+    parser.error("--problems and --grader-model go with --bench graded")
   progress = not args.no_progress
   try:
     tasks, dataset = run.load_benchmark(args.bench, path=args.data, split=args.split,
@@ -149,9 +161,22 @@ def main(argv: list[str]) -> int:
   if args.samples:
     out = args.out or new_out_dir(args.bench, args.step)
   print(f"phi1 eval: results go to {out}", file=sys.stderr)
-  summary = run.evaluate(tasks, samples, protocol=protocol, out_dir=out, rejected=rejected,
+  tested = tasks if args.bench != "graded" else [t for t in tasks if t.test]
+  summary = run.evaluate(tested, [s for s in samples if s.task_id in {t.task_id for t in tested}],
+                         protocol=protocol, out_dir=out, rejected=rejected,
                          timeout_s=args.timeout, workers=args.workers, progress=progress,
                          memory_mb=args.memory_mb, allow_missing=args.allow_missing)
+  if args.bench == "graded":
+    from phi1.evals import graded
+    try:
+      summary.update(graded.run_grading(args, tasks, graded.load(args.data)[1], samples, out))
+    except Exception as e:  # a partial grading would give a wrong score: stop, say why
+      print(f"phi1 eval: {type(e).__name__}: {e}. Grades so far are cached in {out}; rerun the "
+            "same command to resume.", file=sys.stderr)
+      return 1
+    summary["num_tasks_executed"] = len(tested)
+    with open(os.path.join(out, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   if missing:
     print(f"phi1 eval: {summary['note']}", file=sys.stderr)
   print(json.dumps(summary))

@@ -28,7 +28,7 @@ from phi1.evals.sandbox import Sandbox
 from phi1.evals.task import Task, file_sha256
 from phi1.evals.task_ids import TaskIdMatcher
 
-BENCHMARKS = ("humaneval", "mbpp")
+BENCHMARKS = ("humaneval", "mbpp", "graded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +70,11 @@ def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
                  "docstring": 'zero-shot: """\\n{text}\\n{first test}\\n"""\\n (bigcode)'}
     template = templates[prompt_style]
     info = dict(name="mbpp", split=split, prompt_style=prompt_style, prompt_template=template)
+  elif bench == "graded":  # paper §4's kind of problems, graded by an LLM (phi1/evals/graded.py)
+    from phi1.evals import graded
+    path = path or graded.default_path()
+    tasks, _ = graded.load(path)
+    info = dict(name="graded", prompt_template="signature + docstring, as HumanEval")
   else:
     raise ValueError(f"unknown benchmark {bench!r}; choose one of {BENCHMARKS}")
   if limit is not None:
@@ -82,7 +87,7 @@ def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
 
 
 def default_stops(bench: str, prompt_style: str = "fewshot") -> tuple[str, ...]:
-  if bench == "humaneval":
+  if bench in ("humaneval", "graded"):
     return postprocess.HUMANEVAL_STOPS
   return postprocess.MBPP_FEWSHOT_STOPS if prompt_style == "fewshot" else postprocess.MBPP_STOPS
 
