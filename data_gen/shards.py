@@ -31,6 +31,65 @@ FORMATS = {"jsonl": ".jsonl.gz", "parquet": ".parquet"}
 _SHARD = re.compile(r"^shard-(\d{5})(\.jsonl\.gz|\.parquet)$")
 
 
+def write_shard(out_dir: str, index: int, records, fmt: str = "jsonl") -> dict:
+  """Writes `records` as finished shard `index` of `out_dir` in one go (no partial file: the
+  datatrove engine reruns a killed task whole) and returns its marker. The same bytes for the same
+  records: gzip's header carries no time or name. JSON lines stream; Parquet is built in memory."""
+  os.makedirs(out_dir, exist_ok=True)
+  suffix = FORMATS[fmt]
+  name = f"shard-{index:05d}{suffix}"
+  tmp = os.path.join(out_dir, f".{name}.tmp")
+  n = 0
+  if suffix == ".jsonl.gz":
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                               compresslevel=6) as f:
+      for r in records:
+        f.write((json.dumps(r, ensure_ascii=False) + "\n").encode())
+        n += 1
+  else:
+    rows = list(records)
+    n = len(rows)
+    with open(tmp, "wb") as f:
+      f.write(_encode(rows, suffix))
+  digest = hashlib.sha256()
+  with open(tmp, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  marker = {"records": n, "bytes": os.path.getsize(tmp), "sha256": digest.hexdigest()}
+  _atomic_write(os.path.join(out_dir, name + ".done"), json.dumps(marker).encode())
+  os.replace(tmp, os.path.join(out_dir, name))
+  return marker
+
+
+def write_manifest(out_dir: str, kind: str, **meta) -> dict:
+  """manifest.json for a directory of finished shards (what `phi1.data` looks for)."""
+  shards = []
+  for path in shard_files(out_dir):
+    with open(path + ".done") as f:
+      marker = json.load(f)
+    shards.append({"file": os.path.basename(path), "records": marker["records"],
+                   "bytes": marker["bytes"], "sha256": marker["sha256"]})
+  suffix = next((s for s in FORMATS.values() if shards and shards[0]["file"].endswith(s)),
+                FORMATS["jsonl"])
+  manifest = {"kind": kind, "format": suffix, "records": sum(s["records"] for s in shards),
+              "shards": shards, **meta}
+  os.makedirs(out_dir, exist_ok=True)
+  _atomic_write(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1).encode())
+  return manifest
+
+
+def iter_shard(path: str):
+  """The records of one shard file, streamed (JSON lines) or by row group (Parquet)."""
+  if path.endswith(".parquet"):
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+      yield from batch.to_pylist()
+    return
+  with gzip.open(path, "rt", encoding="utf-8") as f:
+    for line in f:
+      if line.strip():
+        yield json.loads(line)
+
+
 class OutputLocked(RuntimeError):
   pass
 

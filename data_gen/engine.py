@@ -1,0 +1,222 @@
+"""Runs data_gen's corpus stages on HF datatrove, the engine FineWeb was built with: one pipeline
+definition runs embedded on a laptop and unchanged on Slurm or Ray.
+
+A stage is a list of `Step`s: a datatrove pipeline (PipelineSteps reading and writing record shards)
+with its number of tasks. `run` hands them, in order, to one of datatrove's executors:
+  local  LocalPipelineExecutor, `--workers` processes on this machine (the default);
+  slurm  SlurmPipelineExecutor: one job array per step, each submitted with
+         `--dependency=afterok:<previous job>`; the command returns once everything is queued;
+  ray    RayPipelineExecutor on the cluster at `--ray-address` (a local Ray if none).
+Each step keeps datatrove's logs, stats and completion markers in `<stage dir>/_engine/<step>/`:
+rerunning a command skips every finished task, so a kill costs at most the tasks that were running.
+A stage refuses to resume with settings other than those its finished tasks ran with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import sys
+from typing import Callable, Sequence
+
+EXECUTORS = ("local", "slurm", "ray")
+_DATATROVE_PIP = "pip install 'datatrove==0.10.1' 'xxhash>=3.5,<5'"
+_RAY_PIP = "pip install 'phi1[ray]' (or: pip install 'ray>=2.60,<3')"
+
+
+class SettingsChanged(ValueError):
+  pass
+
+
+class StageFailed(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass
+class EngineConfig:
+  executor: str = "local"
+  tasks: int = max(1, os.cpu_count() or 1)   # shards (one per task) of every sharded step
+  workers: int = -1                          # tasks running at once; -1: all (local: capped by cores)
+  # Slurm
+  partition: str | None = None
+  time: str = "24:00:00"
+  cpus_per_task: int = 1
+  mem_per_cpu_gb: float = 2
+  job_name: str = "data_gen"
+  slurm_env: str | None = None               # shell line run before each task (default: this venv)
+  # Ray
+  ray_address: str | None = None
+
+  def __post_init__(self):
+    if self.executor not in EXECUTORS:
+      raise ValueError(f"--executor must be one of {EXECUTORS}, got {self.executor!r}")
+    if self.tasks < 1:
+      raise ValueError(f"--tasks must be >= 1, got {self.tasks}")
+    if self.workers == 0 or self.workers < -1:
+      raise ValueError(f"--workers must be >= 1 (or -1 for all tasks at once), got {self.workers}")
+    if self.executor == "slurm" and not self.partition:
+      raise ValueError("--executor slurm needs --slurm-partition NAME")
+
+
+@dataclasses.dataclass
+class Step:
+  """One datatrove pipeline: `pipeline` runs once per task (rank 0..tasks-1)."""
+  name: str
+  pipeline: list
+  tasks: int = 1
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+  d = EngineConfig()
+  g = parser.add_argument_group("engine (datatrove)")
+  g.add_argument("--executor", choices=EXECUTORS, default=d.executor)
+  g.add_argument("--tasks", type=int, default=d.tasks, help="tasks (= output shards) per stage")
+  g.add_argument("--workers", type=int, default=d.workers,
+                 help="tasks run at once (-1: all; local: at most the cores)")
+  g.add_argument("--slurm-partition", default=None)
+  g.add_argument("--slurm-time", default=d.time, help="per task, e.g. 24:00:00")
+  g.add_argument("--slurm-cpus", type=int, default=d.cpus_per_task, help="CPUs per task")
+  g.add_argument("--slurm-mem-gb", type=float, default=d.mem_per_cpu_gb, help="GB per CPU")
+  g.add_argument("--slurm-job-name", default=d.job_name)
+  g.add_argument("--slurm-env", default=None,
+                 help="shell line that makes the Python environment in a job (default: activate "
+                      "this venv)")
+  g.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+
+
+def from_args(args: argparse.Namespace) -> EngineConfig:
+  return EngineConfig(executor=args.executor, tasks=args.tasks, workers=args.workers,
+                      partition=args.slurm_partition, time=args.slurm_time,
+                      cpus_per_task=args.slurm_cpus, mem_per_cpu_gb=args.slurm_mem_gb,
+                      job_name=args.slurm_job_name, slurm_env=args.slurm_env,
+                      ray_address=args.ray_address)
+
+
+def require_datatrove():
+  try:
+    import datatrove  # noqa: F401
+    import xxhash  # noqa: F401  (datatrove's dedup hashes)
+  except ImportError as e:
+    raise ImportError(f"data_gen's corpus stages run on datatrove, which is not installed "
+                      f"({e}); {_DATATROVE_PIP}") from None
+
+
+# --------------------------------------------------------------------------------------- settings
+def check_settings(stage_dir: str | os.PathLike, settings: dict) -> None:
+  """Records `settings` for the stage in `stage_dir`; refuses if finished tasks used others."""
+  stage_dir = pathlib.Path(stage_dir)
+  path = stage_dir / "_engine" / "settings.json"
+  settings = json.loads(json.dumps(settings, default=str))
+  if path.exists():
+    before = json.loads(path.read_text())
+    if before != settings and any((stage_dir / "_engine").glob("*/completions/*")):
+      changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+      what = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+      raise SettingsChanged(
+          f"{stage_dir} has tasks finished with other settings ({what}); rerun with the earlier "
+          f"settings to finish it, or delete {stage_dir} (or use another output directory) to "
+          "start over with the new ones")
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def is_finished(stage_dir: str | os.PathLike, steps: Sequence[Step]) -> bool:
+  root = pathlib.Path(stage_dir) / "_engine"
+  return all(len(list((root / s.name / "completions").glob("*"))) >= s.tasks for s in steps)
+
+
+def reset(stage_dir: str | os.PathLike) -> None:
+  """Deletes a stage's outputs and markers (its settings changed after it finished)."""
+  shutil.rmtree(stage_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ running
+def run(stage_dir: str | os.PathLike, steps: Sequence[Step], config: EngineConfig,
+        depends=None, log: Callable[[str], None] | None = None):
+  """Runs `steps` in order. local/ray: returns once they are done (raises StageFailed naming the
+  failed tasks' logs). slurm: submits them chained and returns the last step's executor, which a
+  later stage passes as `depends`."""
+  require_datatrove()
+  log = log or (lambda m: print(m, file=sys.stderr))
+  root = pathlib.Path(stage_dir) / "_engine"
+  previous = depends
+  for step in steps:
+    executor = _executor(step, root / step.name, config, previous)
+    if config.executor == "slurm":
+      previous = executor
+      continue
+    if config.executor == "ray":
+      _ray_init(config)
+    incomplete = executor.get_incomplete_ranks()
+    if incomplete:
+      executor.run()
+      incomplete = executor.get_incomplete_ranks()
+      if incomplete:
+        raise StageFailed(f"{step.name}: tasks {incomplete[:10]} did not finish; their logs are in "
+                          f"{root / step.name / 'logs'}; rerun the same command to retry them")
+  if config.executor == "slurm" and previous is not depends:
+    previous.run()  # submits the chain: each executor first submits what it depends on
+    log(f"submitted {len(steps)} Slurm job arrays for {stage_dir} (last job {previous.job_id})")
+  return previous
+
+
+def _executor(step: Step, logging_dir: pathlib.Path, config: EngineConfig, depends):
+  common = dict(pipeline=step.pipeline, tasks=step.tasks, logging_dir=str(logging_dir))
+  if config.executor == "local":
+    from datatrove.executor import LocalPipelineExecutor
+    cores = max(1, os.cpu_count() or 1)
+    workers = min(step.tasks, cores if config.workers == -1 else config.workers)
+    return LocalPipelineExecutor(**common, workers=workers, start_method=_start_method())
+  if config.executor == "ray":
+    try:
+      from datatrove.executor.ray import RayPipelineExecutor
+      import ray  # noqa: F401
+    except ImportError:
+      raise ImportError(f"--executor ray needs Ray: {_RAY_PIP}") from None
+    return RayPipelineExecutor(**common, workers=config.workers, cpus_per_task=config.cpus_per_task,
+                               mem_per_cpu_gb=config.mem_per_cpu_gb)
+  from datatrove.executor.slurm import SlurmPipelineExecutor
+  return SlurmPipelineExecutor(
+      **common, workers=config.workers, time=config.time, partition=config.partition,
+      cpus_per_task=config.cpus_per_task, mem_per_cpu_gb=config.mem_per_cpu_gb,
+      job_name=f"{config.job_name}-{step.name}", env_command=config.slurm_env or _venv_line(),
+      depends=depends, qos=None)
+
+
+def _start_method() -> str:
+  """`fork` where it is safe (fast start, nothing pickled); `forkserver` once JAX is loaded:
+  forking a multithreaded process can deadlock the child."""
+  import multiprocessing
+  if "jax" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+    return "forkserver"
+  return "fork"
+
+
+def _venv_line() -> str:
+  activate = pathlib.Path(sys.prefix) / "bin" / "activate"
+  return f"source {activate}" if activate.exists() else ""
+
+
+def _ray_init(config: EngineConfig) -> None:
+  import ray
+  if not ray.is_initialized():
+    ray.init(address=config.ray_address, log_to_driver=False)
+
+
+# ----------------------------------------------------------------------------------------- stats
+def step_stats(stage_dir: str | os.PathLike, step: str) -> dict[str, dict[str, float]]:
+  """{pipeline step name: {stat label: total}} summed over the step's finished tasks."""
+  out: dict[str, dict[str, float]] = {}
+  for path in sorted((pathlib.Path(stage_dir) / "_engine" / step / "stats").glob("*.json")):
+    for block in json.loads(path.read_text()):
+      counts = out.setdefault(block["name"], {})
+      for label, value in block.get("stats", {}).items():
+        total = value.get("total", 0) if isinstance(value, dict) else value
+        counts[label] = counts.get(label, 0) + total
+  return out
