@@ -1,4 +1,4 @@
-"""`python -m data_gen textbooks|exercises|report|filter|decontaminate ...` (see --help of each).
+"""`python -m data_gen textbooks|exercises|report|filter|dedup|decontaminate ...` (see --help of each).
 
     export OPENAI_API_KEY=...
     python -m data_gen textbooks --n 20000 --out data/textbooks --model gpt-3.5-turbo --concurrency 64 --budget-usd 50
@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-USAGE = "usage: python -m data_gen {textbooks,exercises,report,filter,decontaminate} ..."
+USAGE = "usage: python -m data_gen {textbooks,exercises,report,filter,dedup,decontaminate} ..."
 
 
 def _generation_parser(kind: str) -> argparse.ArgumentParser:
@@ -166,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
   if command == "filter":  # lazy: the filtering stack (sklearn, embedders) loads only when asked
     from data_gen.filtering.cli import main as filter_main
     return filter_main(rest) or 0
+  if command == "dedup":
+    from data_gen.filtering.dedup import main as dedup_main
+    return dedup_main(rest)
   if command == "decontaminate":
     from data_gen.decontaminate import main as decontaminate_main
     return decontaminate_main(rest) or 0

@@ -3,7 +3,8 @@
   OPENAI_API_KEY=... python -m data_gen filter --input default --workdir out/filter \\
       --model gpt-4 --sample-size 2000 --embedder phi1:CKPT_DIR --token-budget 6000000000
 
-Rerunning the same command resumes: finished stages are not redone. Prints one line per stage and
+Rerunning the same command resumes: finished tasks are not redone. `--executor local|slurm|ray`,
+`--tasks N`, `--workers M` (and the Slurm and Ray options) pick where the stages run. Prints one line per stage and
 ends with a JSON summary (per-stage counts, seconds, docs/s, MB/s; classifier metrics).
 """
 
@@ -14,6 +15,7 @@ import json
 import sys
 from typing import Sequence
 
+from data_gen import engine
 from data_gen.filtering import pipeline as pipeline_lib
 
 
@@ -25,11 +27,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                   help="'default' (installed Python source), 'stdlib', 'site-packages', a dir of .py "
                        "files, a dir/file of .jsonl[.gz]/.parquet records")
   ap.add_argument("--workdir", default=d.workdir)
-  ap.add_argument("--limit", type=int, default=None, help="ingest only the first N records")
+  ap.add_argument("--limit", type=int, default=None,
+                  help="ingest only the first N inputs (files or rows)")
   ap.add_argument("--max-bytes", type=int, default=d.max_bytes, help="skip larger files")
   ap.add_argument("--id-field", default=d.id_field)
   ap.add_argument("--assign-ids", action="store_true", help="derive '<file>:<row>' ids if missing")
-  ap.add_argument("--workers", type=int, default=d.workers)
+  ap.add_argument("--format", choices=("jsonl", "parquet"), default=d.format,
+                  help="record shards: .jsonl.gz or .parquet")
   ap.add_argument("--shingle", type=int, default=d.shingle, help="MinHash word n-gram size")
   ap.add_argument("--bands", type=int, default=d.bands)
   ap.add_argument("--rows", type=int, default=d.rows)
@@ -56,6 +60,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--token-budget", type=int, default=None)
   ap.add_argument("--skip", default="", help=f"comma list of stages to skip: {pipeline_lib.STAGES}")
   ap.add_argument("--no-progress", action="store_true")
+  engine.add_args(ap)
   return ap.parse_args(argv)
 
 
@@ -71,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
   try:
     config = config_from_args(args)
-    summaries = pipeline_lib.Pipeline(config).run()
+    summaries = pipeline_lib.Pipeline(config, engine_config=engine.from_args(args)).run()
   except (FileNotFoundError, ValueError, ImportError, RuntimeError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

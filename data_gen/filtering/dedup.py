@@ -154,7 +154,7 @@ class ClusterRows:
 
 
 def steps(input_dir: str, out_dir: str, config: DedupConfig, tasks: int, fmt: str = "jsonl",
-          stage_dir: str | None = None) -> list[engine.Step]:
+          stage_dir: str | None = None, summary_extra: dict | None = None) -> list[engine.Step]:
   """The engine steps that deduplicate `input_dir` into out_dir/records (+ out_dir/clusters)."""
   from datatrove.pipeline.dedup.exact_dedup import (ExactDedupFilter, ExactDedupSignature,
                                                     ExactFindDedups)
@@ -190,7 +190,8 @@ def steps(input_dir: str, out_dir: str, config: DedupConfig, tasks: int, fmt: st
           clusters, WriteShard(records_dir, fmt)], tasks),
       engine.Step("finish", [FinishStage(stage_dir, {records_dir: "dedup",
                                                      str(pathlib.Path(out_dir) / "clusters"):
-                                                     "dedup_clusters"}, summary)], 1),
+                                                     "dedup_clusters"}, summary,
+                                         summary_extra=summary_extra)], 1),
   ]
 
 

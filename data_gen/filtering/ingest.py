@@ -29,7 +29,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import shutil
 import sys
 import sysconfig
 import warnings
@@ -297,67 +296,103 @@ def read_jsonl(path: str | os.PathLike, skip: int = 0) -> Iterator[dict]:
         yield json.loads(line)
 
 
-def work_dir(directory: str | os.PathLike, settings: dict) -> pathlib.Path:
-  """A directory of saved partial work (signatures, scan parts) that is valid for `settings`
-  only: emptied when the `meta.json` it holds says other settings (or another input) made it."""
-  directory = pathlib.Path(directory)
-  meta = directory / "meta.json"
-  if meta.exists() and json.loads(meta.read_text()) != settings:
-    shutil.rmtree(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  meta.write_text(json.dumps(settings))
-  return directory
+# ---------------------------------------------------------------------------------- engine step
+def input_files(source: str) -> tuple[str, list[str]]:
+  """("py", the .py files) or ("rows", the record files) of `source`, in input order."""
+  if source in ("default", "stdlib", "site-packages"):
+    return "py", [item[1] for item in _raw_items(source, id_field="id", assign_ids=True)]
+  path = pathlib.Path(source)
+  if not path.exists():
+    raise FileNotFoundError(f"ingest: {source!r} does not exist (give a directory, a .py/.jsonl/"
+                            f".parquet file, or 'default' for the installed Python source)")
+  if path.is_dir():
+    record_files = sorted(str(p) for p in path.rglob("*") if p.name.endswith(_RECORD_SUFFIXES))
+    if record_files:
+      return "rows", record_files
+    return "py", [item[1] for item in _py_files(path, prefix=path.name)]
+  if path.name.endswith(_RECORD_SUFFIXES):
+    return "rows", [str(path)]
+  if path.suffix == ".py":
+    return "py", [str(path)]
+  raise ValueError(f"ingest: cannot read {source!r}; expected a directory, .py, .jsonl[.gz] or "
+                   f".parquet")
 
 
-RESUME_EVERY = 10_000  # inputs between progress marks: at most this much work is redone
+def _task_items(source: str, rank: int, world_size: int, *, limit: int | None, id_field: str,
+                assign_ids: bool, on_unreadable) -> Iterator[tuple]:
+  """This task's share of the inputs. Files go to tasks round robin (The Stack's many Parquet
+  files: each task reads only its own); with `limit`, or fewer record files than tasks, rows of
+  the one input stream do (row i to task i mod world_size)."""
+  kind, files = input_files(source)
+  if kind == "py":
+    items = _raw_items(source, id_field=id_field, assign_ids=assign_ids)
+    yield from itertools.islice(itertools.islice(items, limit), rank, None, world_size)
+    return
+  if limit is None and len(files) >= world_size:
+    for f in files[rank::world_size]:
+      yield from _readable_rows(f, id_field, assign_ids, on_unreadable)
+    return
+  rows = (row for f in files for row in _readable_rows(f, id_field, assign_ids, on_unreadable))
+  yield from itertools.islice(itertools.islice(rows, limit), rank, None, world_size)
 
 
-class ResumableJsonlWriter:
-  """JSON lines written to `PATH.partial`, renamed to PATH by `finish()`. At least every `every`
-  inputs the caller reports with `consumed(n, state)`, the file is flushed and fsynced and
-  (inputs consumed, bytes written, state) saved in `PATH.progress.json`; a killed job reopened
-  with the same `key` truncates the file to the last mark and starts at input `resumed`, with
-  the `state` it saved then. Another `key` (other settings, other input) starts over."""
+def _readable_rows(path: str, id_field: str, assign_ids: bool, on_unreadable) -> Iterator[tuple]:
+  """The rows of one record file; a file that cannot be read (or breaks off) is reported through
+  `on_unreadable(path, rows read, error)` and the rest of it skipped. Rows without an id stay an
+  error: that is a setting to fix (--id-field / --assign-ids), not a damaged file."""
+  import zlib
+  rows = _rows(pathlib.Path(path), id_field=id_field, assign_ids=assign_ids)
+  n = 0
+  while True:
+    try:
+      row = next(rows)
+    except StopIteration:
+      return
+    except MissingIdError:
+      raise
+    except (OSError, EOFError, ValueError, zlib.error, UnicodeDecodeError) as e:
+      on_unreadable(path, n, e)
+      return
+    n += 1
+    yield row
 
-  def __init__(self, path: str | os.PathLike, key: str, every: int | None = None):
-    self.path = pathlib.Path(path)
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self.partial = self.path.with_name(self.path.name + ".partial")
-    self.progress = self.path.with_name(self.path.name + ".progress.json")
-    self.key, self.every = key, every or RESUME_EVERY
-    self.resumed, self.state, self.written = 0, None, 0
-    saved = json.loads(self.progress.read_text()) if self.progress.exists() else None
-    if saved is not None and saved["key"] == key and self.partial.exists():
-      self.resumed, self.state, self.written = saved["done"], saved["state"], saved["records"]
-      with open(self.partial, "r+b") as f:
-        f.truncate(saved["bytes"])  # lines written after the last mark are written again
-    else:
-      self.partial.write_bytes(b"")
-    self._file = open(self.partial, "ab")
-    self._marked = self.resumed
 
-  def write(self, record: dict):
-    self._file.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
-    self.written += 1
+try:
+  from datatrove.pipeline.base import PipelineStep
+except ImportError:  # engine.require_datatrove() names the pip command before any step is built
+  PipelineStep = object
 
-  def consumed(self, done: int, state=None):
-    """`done` inputs are fully handled (their lines written); mark progress now and then."""
-    if done - self._marked >= self.every:
-      self._file.flush()
-      os.fsync(self._file.fileno())
-      tmp = self.progress.with_name(self.progress.name + ".tmp")
-      tmp.write_text(json.dumps({"key": self.key, "done": done, "bytes": self._file.tell(),
-                                 "records": self.written, "state": state}))
-      os.replace(tmp, self.progress)
-      self._marked = done
 
-  def finish(self) -> int:
-    self._file.close()
-    os.replace(self.partial, self.path)
-    self.progress.unlink(missing_ok=True)
-    return self.written
+class IngestInputs(PipelineStep):
+  """Ingest as a datatrove step: reads this task's inputs (see `_task_items`), yields records as
+  Documents and counts what it skipped (binary, huge, unreadable, empty) in the stage stats."""
+  type = "data_gen"
+  name = "ingest"
 
-  def close(self):
-    """Stop without finishing (an error): the partial file and its progress stay for a rerun."""
-    if not self._file.closed:
-      self._file.close()
+  def __init__(self, source: str, *, max_bytes: int = DEFAULT_MAX_BYTES, limit: int | None = None,
+               id_field: str = "id", assign_ids: bool = False):
+    super().__init__()
+    self.source, self.max_bytes, self.limit = str(source), max_bytes, limit
+    self.id_field, self.assign_ids = id_field, assign_ids
+
+  def _unreadable(self, path: str, n: int, error: Exception):
+    from datatrove.utils.logging import logger
+    logger.error(f"{path}: unreadable input ({type(error).__name__}: {error}); skipped "
+                 f"(after {n} rows)")
+    self.stat_update("unreadable_shards")
+
+  def run(self, data=None, rank: int = 0, world_size: int = 1):
+    from data_gen.filtering.shard_steps import to_document
+    finish = _Finisher(self.max_bytes, True)
+    for item in _task_items(self.source, rank, world_size, limit=self.limit,
+                            id_field=self.id_field, assign_ids=self.assign_ids,
+                            on_unreadable=self._unreadable):
+      outcome, record = finish(item)
+      self.stat_update("docs_in")
+      if outcome != "ok":
+        self.stat_update(f"skipped_{outcome}")
+        continue
+      self.stat_update("bytes_in", value=record.pop("_bytes"))
+      if record["python_ok"] is False:
+        self.stat_update("unparsable")
+      yield to_document(record)

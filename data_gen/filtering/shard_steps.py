@@ -114,10 +114,12 @@ class FinishStage(PipelineStep):
   name = "finish stage"
 
   def __init__(self, stage_dir: str | os.PathLike, outputs: dict[str, str],
-               summarise: Callable[[dict], dict], meta: dict | None = None):
+               summarise: Callable[[dict], dict], meta: dict | None = None,
+               summary_extra: dict | None = None):
     super().__init__()
     self.stage_dir, self.outputs = str(stage_dir), dict(outputs)
     self.summarise, self.meta = summarise, dict(meta or {})
+    self.summary_extra = dict(summary_extra or {})
 
   def run(self, data=None, rank: int = 0, world_size: int = 1):
     for out_dir, kind in self.outputs.items():
@@ -125,7 +127,7 @@ class FinishStage(PipelineStep):
     stats = {path.name: engine.step_stats(self.stage_dir, path.name)
              for path in sorted((pathlib.Path(self.stage_dir) / "_engine").iterdir())
              if path.is_dir()}
-    write_summary(self.stage_dir, self.summarise(stats))
+    write_summary(self.stage_dir, {**self.summary_extra, **self.summarise(stats)})
     return iter(())
 
 

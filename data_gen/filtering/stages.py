@@ -1,0 +1,336 @@
+"""The filter pipeline's stages (other than dedup, see dedup.py) as datatrove steps.
+
+Each stage only declares its steps (`steps`); data_gen/engine.py runs them. Sharded stages
+(ingest, score, the select filter) run one task per shard; the stages that need the whole sample
+or corpus at once (annotate, embed, classify, select's histogram) run one task. See pipeline.py
+for the directory layout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+from datatrove.pipeline.base import PipelineStep
+
+from data_gen import engine, shards
+from data_gen.filtering import annotate as annotate_lib
+from data_gen.filtering import classify as classify_lib
+from data_gen.filtering import ingest as ingest_lib
+from data_gen.filtering import select as select_lib
+from data_gen.filtering.shard_steps import (FinishStage, ReadShards, WriteShard, count,
+                                            rank_shards, read_records, write_summary)
+
+
+def _all_records(records_dir: str):
+  def unreadable(path, n, error):
+    raise ValueError(f"{path}: unreadable shard ({error}) after {n} records; rerun the stage "
+                     "that wrote it")
+  for path in rank_shards(records_dir, 0, 1):
+    yield from read_records(path, unreadable)
+
+
+def _embedder(config, given):
+  if given is not None:
+    return given
+  from data_gen.filtering.embed import make_embedder
+  return make_embedder(config.embedder)
+
+
+class _OneTask(PipelineStep):
+  """A stage that runs as one task and writes its own summary.json."""
+  type = "data_gen"
+
+  def __init__(self, config, workdir: str, records_dir: str, embedder, extra: dict):
+    super().__init__()
+    self.config, self.workdir, self.records_dir = config, pathlib.Path(workdir), records_dir
+    self.embedder, self.extra = embedder, extra
+
+  def out(self, stage: str) -> pathlib.Path:
+    d = self.workdir / stage
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+  def run(self, data=None, rank: int = 0, world_size: int = 1):
+    write_summary(self.workdir / self.extra["stage"], {**self.extra, **self.work()})
+    return iter(())
+
+  def work(self) -> dict:
+    raise NotImplementedError
+
+
+class Annotate(_OneTask):
+  name = "annotate"
+
+  def work(self) -> dict:
+    c = self.config
+    out = self.out("annotate") / "labels.jsonl"
+    if c.labels:
+      labels = list(ingest_lib.read_jsonl(c.labels))
+      ingest_lib.write_jsonl(labels, out)
+      return {"docs_in": len(labels), "docs_out": len(labels), "from": c.labels}
+    chosen = set(annotate_lib.sample_ids((r["id"] for r in _all_records(self.records_dir)),
+                                         c.sample_size, c.sample_seed))
+    records = [r for r in _all_records(self.records_dir) if r["id"] in chosen]
+    labels, llm_stats = annotate_lib.annotate_sync(
+        records, model=c.model, base_url=c.base_url, cache=str(self.out("annotate") / "cache.sqlite"),
+        concurrency=c.concurrency, progress=c.progress)
+    ingest_lib.write_jsonl(labels, out)
+    scored = [l["label"] for l in labels if l["label"] is not None]
+    return {"docs_in": len(records), "docs_out": len(labels),
+            "bytes_in": sum(len(r["text"].encode("utf-8", "replace")) for r in records),
+            "unscored": len(labels) - len(scored),
+            "label_histogram": np.bincount(scored, minlength=6).tolist() if scored else [0] * 6,
+            "prompt_hash": annotate_lib.PROMPT_HASH, "cost_usd": round(llm_stats["cost_usd"], 4),
+            "llm": {k: llm_stats[k] for k in ("requests", "cache_hits", "retries",
+                                              "prompt_tokens", "completion_tokens")}}
+
+
+def _labels(workdir: pathlib.Path) -> list[dict]:
+  return list(ingest_lib.read_jsonl(workdir / "annotate" / "labels.jsonl"))
+
+
+class Embed(_OneTask):
+  name = "embed"
+
+  def work(self) -> dict:
+    embedder = _embedder(self.config, self.embedder)
+    labels = {l["id"] for l in _labels(self.workdir)}
+    records = [r for r in _all_records(self.records_dir) if r["id"] in labels]
+    texts = [r["text"] for r in records]
+    batch = self.config.embed_batch
+    parts = [embedder.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    x_ND = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+    out = self.out("embed")
+    np.save(out / "x.npy", x_ND)
+    (out / "ids.json").write_text(json.dumps([r["id"] for r in records]))
+    return {"docs_in": len(records), "docs_out": len(records), "dim": int(x_ND.shape[1]),
+            "embedder": embedder.name, "bytes_in": sum(len(t.encode("utf-8", "replace"))
+                                                        for t in texts)}
+
+
+class Classify(_OneTask):
+  name = "classify"
+
+  def work(self) -> dict:
+    c = self.config
+    embed_dir = self.workdir / "embed"
+    x_ND = np.load(embed_dir / "x.npy")
+    ids = json.loads((embed_dir / "ids.json").read_text())
+    label_of = {l["id"]: l["label"] for l in _labels(self.workdir)}
+    embed_summary = embed_dir / "summary.json"
+    classifiers, report = classify_lib.train_and_evaluate(
+        x_ND, [label_of.get(i) for i in ids], held_out=c.held_out, threshold=c.threshold,
+        positive_label=c.positive_label, seed=c.seed, workers=1,
+        embedder=json.loads(embed_summary.read_text()).get("embedder")
+        if embed_summary.exists() else None)
+    out = self.out("classify")
+    for kind, classifier in classifiers.items():
+      classifier.save(out / f"{kind}.pkl")
+    (out / "metrics.json").write_text(json.dumps(report, indent=1))
+    return {"docs_in": len(ids), "docs_out": len(ids),
+            "metrics": {k: {**m["at_threshold"], "roc_auc": m.get("roc_auc")}
+                        for k, m in report["models"].items()},
+            "held_out": report["held_out"], "train": report["train"]}
+
+
+class Score(PipelineStep):
+  """Scores this task's records: the embedder and classifier are loaded once per task."""
+  type = "data_gen"
+  name = "score"
+
+  def __init__(self, config, workdir: str, embedder):
+    super().__init__()
+    self.config, self.workdir, self.embedder = config, pathlib.Path(workdir), embedder
+
+  def run(self, data, rank: int = 0, world_size: int = 1):
+    from data_gen.filtering.ingest import batched
+    c = self.config
+    classifier = classify_lib.Classifier.load(self.workdir / "classify" / f"{c.classifier}.pkl")
+    embedder = _embedder(c, self.embedder)
+    if classifier.embedder and classifier.embedder != embedder.name:
+      raise ValueError(f"the classifier was trained on {classifier.embedder!r} embeddings but the "
+                       f"embedder is now {embedder.name!r}; rerun the embed and classify stages")
+    for batch in batched(data, c.embed_batch):
+      t = time.time()
+      x_ND = embedder.embed([d.text for d in batch])
+      self.stat_update("seconds_embed", value=time.time() - t, unit="batch")
+      t = time.time()
+      scores = classifier.score(x_ND)
+      self.stat_update("seconds_classify", value=time.time() - t, unit="batch")
+      for doc, s in zip(batch, scores):
+        doc.metadata["score"] = {"score": round(float(s), 5),
+                                 "tokens": select_lib.approx_tokens(doc.text)}
+        yield doc
+
+
+def score_row(doc) -> dict:
+  return {"id": doc.id, **doc.metadata["score"]}
+
+
+@dataclasses.dataclass
+class _ScoreSummary:
+  classifier: str
+
+  def __call__(self, stats: dict) -> dict:
+    score = stats.get("score", {})
+    seconds = lambda label: round(sum(b.get(label, 0) for b in score.values()), 3)
+    return {"docs_in": count(stats, "score", "docs_in"), "docs_out": count(stats, "score", "docs_out"),
+            "bytes_in": count(stats, "score", "bytes_in"), "classifier": self.classifier,
+            "unreadable_shards": count(stats, "score", "unreadable_shards"),
+            "worker_seconds_embed": seconds("seconds_embed"),  # summed over tasks
+            "worker_seconds_classify": seconds("seconds_classify")}
+
+
+def _ingest_summary(stats: dict) -> dict:
+  names = ("skipped_binary", "skipped_huge", "skipped_unreadable", "skipped_empty", "unparsable",
+           "unreadable_shards")
+  return {"docs_in": count(stats, "ingest", "docs_in"), "docs_out": count(stats, "ingest", "docs_out"),
+          "bytes_in": count(stats, "ingest", "bytes_in"),
+          **{n: count(stats, "ingest", n) for n in names}}
+
+
+# ------------------------------------------------------------------------------------------ select
+class SelectPlan(_OneTask):
+  """The histogram pass: every score (id, score, tokens: a few bytes a record) in memory, the
+  threshold or token budget applied, and per task the kept positions of its records."""
+  name = "select plan"
+
+  def work(self) -> dict:
+    c = self.config
+    scores_dir = str(self.workdir / "score" / "scores")
+    tasks = self.extra["tasks"]
+    score, tokens, ids, task_of = [], [], [], []
+    for r in range(tasks):
+      for path in rank_shards(scores_dir, r, tasks):
+        for row in shards.iter_shard(path):
+          score.append(row["score"])
+          tokens.append(row["tokens"])
+          ids.append(row["id"])
+          task_of.append(r)
+    score, tokens = np.asarray(score, np.float32), np.asarray(tokens, np.int64)
+    task_of = np.asarray(task_of, np.int64)
+    if c.token_budget is not None:
+      keep, threshold = select_lib.select(score, tokens, token_budget=c.token_budget)
+    else:
+      threshold = c.select_threshold if c.select_threshold is not None else c.threshold
+      keep, threshold = select_lib.select(score, tokens, threshold=threshold)
+    work = self.out("select") / "_work"
+    work.mkdir(exist_ok=True)
+    for r in range(tasks):
+      np.save(work / f"keep-{r:05d}.npy", keep[task_of == r])
+    examples = sorted({int(i) for idx in select_lib.example_indices(score, keep).values()
+                       for i in idx})
+    (work / "plan.json").write_text(json.dumps(
+        {"threshold": threshold, "examples": {ids[i]: i for i in examples}}))
+    return {"docs_in": int(len(score)), "docs_out": int(keep.sum()),
+            "effective_threshold": threshold}
+
+
+class SelectFilter(PipelineStep):
+  """Keeps this task's records the plan kept (checking they are the records that were scored),
+  and saves the texts of the report's examples it holds."""
+  type = "data_gen"
+  name = "select filter"
+
+  def __init__(self, workdir: str, records_dir: str):
+    super().__init__()
+    self.workdir, self.records_dir = pathlib.Path(workdir), records_dir
+
+  def run(self, data, rank: int = 0, world_size: int = 1):
+    work = self.workdir / "select" / "_work"
+    keep = np.load(work / f"keep-{rank:05d}.npy")
+    wanted = json.loads((work / "plan.json").read_text())["examples"]
+    scored = (row["id"] for path in rank_shards(self.workdir / "score" / "scores", rank, world_size)
+              for row in shards.iter_shard(path))
+    texts = {}
+    i = -1
+    for i, doc in enumerate(data):
+      expected = next(scored, None)
+      if i >= len(keep) or expected != doc.id:
+        raise ValueError(f"task {rank}: record {i} is {doc.id!r} but the score there is for "
+                         f"{expected!r}: the records changed after scoring; rerun the score stage")
+      if doc.id in wanted:
+        texts[doc.id] = doc.text
+      if keep[i]:
+        yield doc
+    if i + 1 != len(keep):
+      raise ValueError(f"task {rank}: {i + 1} records but {len(keep)} scores; rerun the score stage")
+    tmp = work / f".examples-{rank:05d}.json.tmp"
+    tmp.write_text(json.dumps(texts))
+    tmp.replace(work / f"examples-{rank:05d}.json")
+
+
+class SelectReport(_OneTask):
+  name = "select report"
+
+  def work(self) -> dict:
+    c = self.config
+    work = self.workdir / "select" / "_work"
+    plan = json.loads((work / "plan.json").read_text())
+    tasks = self.extra["tasks"]
+    scores_dir = self.workdir / "score" / "scores"
+    rows = [row for r in range(tasks) for path in rank_shards(scores_dir, r, tasks)
+            for row in shards.iter_shard(path)]  # the plan's order
+    score = np.asarray([r["score"] for r in rows], np.float32)
+    tokens = np.asarray([r["tokens"] for r in rows], np.int64)
+    keep = np.concatenate([np.load(work / f"keep-{r:05d}.npy") for r in range(tasks)]
+                          + [np.zeros(0, bool)])
+    by_id = {}
+    for r in range(tasks):
+      by_id.update(json.loads((work / f"examples-{r:05d}.json").read_text()))
+    ids = {i: rows[i]["id"] for i in plan["examples"].values()}
+    metrics_path = self.workdir / "classify" / "metrics.json"
+    extra = {"classifier_metrics": json.loads(metrics_path.read_text())["models"]
+             if metrics_path.exists() else None,
+             "selected_by": "token_budget" if c.token_budget is not None else "threshold"}
+    report = select_lib.write_report(self.out("select"), ids, score, tokens, keep,
+                                     plan["threshold"], by_id, extra=extra)
+    shards.write_manifest(str(self.workdir / "select" / "selected"), "selected")
+    n_bytes = sum(json.loads(pathlib.Path(p + ".done").read_text())["bytes"]
+                  for p in rank_shards(self.records_dir, 0, 1))
+    return {"docs_in": int(len(score)), "docs_out": int(keep.sum()), "bytes_in": n_bytes,
+            "tokens_kept": report["tokens_kept"], "tokens_total": report["tokens_total"],
+            "effective_threshold": plan["threshold"]}
+
+
+# ------------------------------------------------------------------------------------------- steps
+def steps(stage: str, config, workdir: str, records_dir: str, tasks: int, embedder,
+          extra: dict[str, Any]) -> list[engine.Step]:
+  root = pathlib.Path(workdir)
+  stage_dir = str(root / stage)
+  one = dict(config=config, workdir=workdir, records_dir=records_dir, embedder=embedder,
+             extra=extra)
+  if stage == "ingest":
+    out = str(root / "ingest" / "records")
+    return [engine.Step("ingest", [
+        ingest_lib.IngestInputs(config.input, max_bytes=config.max_bytes, limit=config.limit,
+                                id_field=config.id_field, assign_ids=config.assign_ids),
+        WriteShard(out, config.format)], tasks),
+            engine.Step("finish", [FinishStage(stage_dir, {out: "ingest"}, _ingest_summary,
+                                               summary_extra=extra)], 1)]
+  if stage == "annotate":
+    return [engine.Step("annotate", [Annotate(**one)], 1)]
+  if stage == "embed":
+    return [engine.Step("embed", [Embed(**one)], 1)]
+  if stage == "classify":
+    return [engine.Step("classify", [Classify(**one)], 1)]
+  if stage == "score":
+    out = str(root / "score" / "scores")
+    return [engine.Step("score", [ReadShards(records_dir), Score(config, workdir, embedder),
+                                  WriteShard(out, "jsonl", row=score_row)], tasks),
+            engine.Step("finish", [FinishStage(stage_dir, {out: "scores"},
+                                               _ScoreSummary(config.classifier),
+                                               summary_extra=extra)], 1)]
+  if stage == "select":
+    plan_extra = {**extra, "tasks": tasks}
+    return [engine.Step("plan", [SelectPlan(**{**one, "extra": plan_extra})], 1),
+            engine.Step("filter", [ReadShards(records_dir), SelectFilter(workdir, records_dir),
+                                   WriteShard(str(root / "select" / "selected"), config.format)],
+                        tasks),
+            engine.Step("report", [SelectReport(**{**one, "extra": plan_extra})], 1)]
+  raise ValueError(f"unknown stage {stage!r}")
