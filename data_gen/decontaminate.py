@@ -21,9 +21,11 @@ per tau.
   python -m data_gen decontaminate --input DIR --bench humaneval,mbpp --out DIR [--embedder SPEC]
 
 `--out DIR` gets report.json, flagged.jsonl (one line per flagged (record, problem) pair at the
-loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match),
-pruned/tau_<t>/records.jsonl, and scan/: the scan saved every 65,536 records, so rerunning the same
-command after a kill (or to change only the taus' reporting) resumes instead of starting over.
+loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match) and pruned/tau_<t>/
+(record shards). It runs on the datatrove engine (data_gen/engine.py; `--executor`, `--tasks`,
+`--workers`): a scan per task with the benchmark index built once per task, one merge task for
+report.json and flagged.jsonl, then a prune per task. Rerunning the same command after a kill skips
+the finished tasks.
 """
 
 from __future__ import annotations
@@ -188,33 +190,17 @@ class Config:
   min_nodes: int = ast_match.DEFAULT_MIN_NODES
   embed_threshold: float = DEFAULT_EMBED_THRESHOLD
   remove_by: tuple[str, ...] = ("ngram", "embedding", "ast")
-  workers: int = max(1, os.cpu_count() or 1)
+  workers: int = 1          # processes per call; the engine's tasks are the scale-out
   chunk: int = 256
-  part_size: int = 65_536  # records per saved part of the scan (resume_dir); a multiple of chunk
 
 
 def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: Config = Config(),
-                  embedder=None, progress: bool = False, resume_dir: str | os.PathLike | None = None
-                  ) -> dict:
-  """Scans `records`; returns {"pairs": [...], "stats": {...}}.
-
-  With `resume_dir`, every `config.part_size` records the scan so far is saved there (atomically),
-  and a rerun with the same settings skips the records already scanned: a 35M-file run killed
-  after a day loses minutes, not the day. Other settings start the scan over."""
+                  embedder=None, progress: bool = False) -> dict:
+  """Scans `records`; returns {"pairs": [...], "stats": {...}} (one engine task calls this on its
+  share of the corpus; `merge` joins the tasks' results)."""
   tau_min = min(config.taus)
   t0 = time.time()
-  if resume_dir is not None and config.part_size % config.chunk:
-    raise ValueError(f"part_size {config.part_size} must be a multiple of chunk {config.chunk}")
-  parts = _ScanParts(resume_dir, config, problems, embedder) if resume_dir is not None else None
-  pairs, stats, ast_pairs, last_id = (parts.load() if parts is not None else
-                                       ([], _zero_stats(), np.zeros(3, np.int64), None))
-  resumed = stats["records"]
-  if resumed:  # skip what was scanned, and check it is the same input
-    records = iter(records)
-    seen = list(itertools.islice(records, resumed - 1, resumed))
-    if not seen or seen[0]["id"] != last_id:
-      raise ValueError(f"the input is not the one whose scan is saved in {resume_dir} (record "
-                       f"{resumed - 1} should be {last_id!r}): use another --out or delete it")
+  pairs, stats, ast_pairs = [], _zero_stats(), np.zeros(3, np.int64)
   ngram_index = NgramIndex(problems, config.ngram_n)
   ast_index = ast_match.AstIndex([p.ast_sequence for p in problems], min_nodes=config.min_nodes)
   problem_vectors = embedder.embed([p.code for p in problems]) if embedder is not None else None
@@ -225,7 +211,6 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
   else:
     _init_worker(*init)
   bar = _progress(progress)
-  bar.update(resumed)
   try:
     for chunk in ingest.batched(records, config.chunk):
       texts = [r["text"] for r in chunk]
@@ -259,14 +244,11 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
                         "ast_match": round(tau, 4) if tau is not None else None,
                         "_problem": i})
       bar.update(len(chunk))
-      if parts is not None and stats["records"] % config.part_size == 0:
-        parts.save(pairs, stats, ast_pairs, chunk[-1]["id"])
   finally:
     bar.close()
     if pool is not None:
       pool.terminate()
   stats["seconds"] = time.time() - t0
-  stats["resumed_records"] = resumed
   stats["ast_pairs"] = dict(zip(("all", "after_length_bound", "edit_distances"),
                                 map(int, ast_pairs)))
   return {"pairs": pairs, "stats": stats}
@@ -274,43 +256,6 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
 
 def _zero_stats() -> dict:
   return dict(records=0, bytes=0, unparsable=0, seconds_embedding=0.0)
-
-
-class _ScanParts:
-  """The scan so far, in parts of `config.part_size` records: part k holds the pairs found in its
-  records and the running totals after it. Written atomically; valid only for the settings and
-  benchmarks in meta.json."""
-
-  def __init__(self, directory, config: Config, problems: Sequence[Problem], embedder):
-    self.settings = {
-        "ngram_n": config.ngram_n, "min_nodes": config.min_nodes, "tau_min": min(config.taus),
-        "embed_threshold": config.embed_threshold, "part_size": config.part_size,
-        "embedder": getattr(embedder, "name", None) if embedder is not None else None,
-        "problems": hashlib.sha256(json.dumps(
-            [[p.benchmark, p.task_id, p.code] for p in problems]).encode()).hexdigest()}
-    self.dir = ingest.work_dir(directory, self.settings)  # other settings: start over
-    self.saved_pairs = 0
-
-  def load(self) -> tuple[list[dict], dict, np.ndarray, str | None]:
-    pairs, stats, ast_pairs, last_id = [], _zero_stats(), np.zeros(3, np.int64), None
-    k = 0
-    while (path := self.dir / f"part-{k:06d}.json").exists():
-      part = json.loads(path.read_text())
-      pairs.extend(part["pairs"])
-      stats, ast_pairs = part["stats"], np.asarray(part["ast_pairs"], np.int64)
-      last_id = part["last_id"]
-      k += 1
-    self.saved_pairs = len(pairs)
-    return pairs, stats, ast_pairs, last_id
-
-  def save(self, pairs: list[dict], stats: dict, ast_pairs: np.ndarray, last_id: str):
-    k = stats["records"] // self.settings["part_size"] - 1
-    path = self.dir / f"part-{k:06d}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"pairs": pairs[self.saved_pairs:], "stats": stats,
-                               "ast_pairs": ast_pairs.tolist(), "last_id": last_id}))
-    os.replace(tmp, path)
-    self.saved_pairs = len(pairs)
 
 
 def removed_at(pairs: Sequence[dict], tau: float, config: Config, embedding_on: bool) -> list[dict]:
@@ -370,35 +315,6 @@ def build_report(result: dict, problems: Sequence[Problem], config: Config, embe
   return report
 
 
-def write_outputs(input_path: str, result: dict, report: dict, out_dir: pathlib.Path,
-                  config: Config, embedding_on: bool, prune: bool = True, **ingest_kwargs) -> None:
-  out_dir.mkdir(parents=True, exist_ok=True)
-  with open(out_dir / "flagged.jsonl", "w") as f:
-    for p in result["pairs"]:
-      f.write(json.dumps({k: v for k, v in p.items() if not k.startswith("_")}) + "\n")
-  if prune:
-    removed = {str(t): set(report["taus"][str(t)]["removed_ids"]) for t in config.taus}
-    files = {t: open(_pruned_path(out_dir, t), "w") for t in removed}
-    try:
-      for r in ingest.iter_records(input_path, **ingest_kwargs):
-        for t, f in files.items():
-          if r["id"] not in removed[t]:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    finally:
-      for f in files.values():
-        f.close()
-    for t in removed:
-      report["taus"][t]["pruned_path"] = str(_pruned_path(out_dir, t))
-  with open(out_dir / "report.json", "w") as f:
-    json.dump(report, f, indent=1)
-
-
-def _pruned_path(out_dir: pathlib.Path, tau: str) -> pathlib.Path:
-  path = out_dir / "pruned" / f"tau_{tau}" / "records.jsonl"
-  path.parent.mkdir(parents=True, exist_ok=True)
-  return path
-
-
 class _NoBar:
   def update(self, n): pass
   def close(self): pass
@@ -428,11 +344,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--remove-by", default="ngram,embedding,ast")
   ap.add_argument("--humaneval-path", default=None)
   ap.add_argument("--mbpp-path", default=None, help="default: <repo>/../shared/data/mbpp.jsonl")
-  ap.add_argument("--workers", type=int, default=max(1, os.cpu_count() or 1))
   ap.add_argument("--limit", type=int, default=None, help="only the first N records")
   ap.add_argument("--id-field", default="id")
   ap.add_argument("--assign-ids", action="store_true")
   ap.add_argument("--no-prune", action="store_true", help="skip writing the pruned copies")
+  from data_gen import engine
+  engine.add_args(ap)
   return ap.parse_args(argv)
 
 
@@ -445,23 +362,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"error: --remove-by knows ngram, embedding, ast; got {sorted(unknown)}", file=sys.stderr)
     return 2
   config = Config(taus=taus, ngram_n=args.ngram_n, min_nodes=args.min_nodes,
-                  embed_threshold=args.embed_threshold, remove_by=remove_by, workers=args.workers)
+                  embed_threshold=args.embed_threshold, remove_by=remove_by)
+  from data_gen import engine
+  from data_gen import decontaminate_steps
+  out = pathlib.Path(args.out)
+  settings = decontaminate_steps.Settings(
+      input=args.input, out=args.out, benchmarks=tuple(b for b in args.bench.split(",") if b),
+      config=config, embedder=args.embedder, humaneval_path=args.humaneval_path,
+      mbpp_path=args.mbpp_path, limit=args.limit, id_field=args.id_field,
+      assign_ids=args.assign_ids, prune=not args.no_prune)
   try:
-    problems = load_problems([b for b in args.bench.split(",") if b],
-                             humaneval_path=args.humaneval_path, mbpp_path=args.mbpp_path)
-    from data_gen.filtering.embed import make_embedder
-    embedder = make_embedder(args.embedder) if args.embedder else None
-    ingest_kwargs = dict(id_field=args.id_field, assign_ids=args.assign_ids, limit=args.limit)
-    records = ingest.iter_records(args.input, check_python=False, **ingest_kwargs)
-    result = decontaminate(records, problems, config, embedder, progress=sys.stderr.isatty(),
-                           resume_dir=pathlib.Path(args.out) / "scan")
-  except (FileNotFoundError, ValueError, ImportError) as e:
+    engine_config = engine.from_args(args)
+    settings.problems()  # bad benchmark names or paths: said now, not in a task
+    ingest.input_files(args.input)
+    engine.check_settings(out, {**dataclasses.asdict(settings), "tasks": engine_config.tasks})
+    engine.run(out, decontaminate_steps.steps(settings, engine_config.tasks), engine_config)
+  except (FileNotFoundError, ValueError, ImportError, engine.StageFailed) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  report = build_report(result, problems, config, embedder)
-  out = pathlib.Path(args.out)
-  write_outputs(args.input, result, report, out, config, embedder is not None,
-                prune=not args.no_prune, check_python=False, **ingest_kwargs)
+  if engine_config.executor == "slurm":
+    print(json.dumps({"submitted": True, "out": str(out)}))
+    return 0
+  report = json.loads((out / "report.json").read_text())
   summary = {t: {"removed": v["removed"], **{b: f"{s['n_similar']} similar / {s['n_non_similar']}"
                                              for b, s in v["split"].items()}}
              for t, v in report["taus"].items()}

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from data_gen import ast_match
+from data_gen import ast_match, shards
 from data_gen import decontaminate as dc
 from data_gen.filtering import embed, ingest
 
@@ -137,7 +137,8 @@ def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems):
     planted[k]["text"] = host + "\n\n" + planted[k]["text"]
   (tmp_path / "in").mkdir()
   ingest.write_jsonl(stdlib + planted, tmp_path / "in" / "records.jsonl")
-  rc = dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--workers", "2"])
+  rc = dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tasks", "2",
+                "--workers", "2"])
   assert rc == 0
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   removed_09 = set(report["taus"]["0.9"]["removed_ids"])
@@ -159,9 +160,13 @@ def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems):
   hit = [l for l in lines if l["id"] == "planted:HumanEval/0" and l["task_id"] == "HumanEval/0"]
   assert hit and hit[0]["ast_match"] == 1.0
   # The pruned copy holds exactly the records not removed at that tau.
-  pruned = [json.loads(l)["id"] for l in
-            (tmp_path / "out" / "pruned" / "tau_0.9" / "records.jsonl").read_text().splitlines()]
-  assert set(pruned) == {r["id"] for r in stdlib + planted} - removed_09
+  pruned = [r["id"] for r in shards.read_records(str(tmp_path / "out" / "pruned" / "tau_0.9"))]
+  assert sorted(pruned) == sorted({r["id"] for r in stdlib + planted} - removed_09)
+  # The same command again: every task is finished, nothing is scanned twice.
+  before = (tmp_path / "out" / "report.json").read_bytes()
+  assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tasks", "2",
+                  "--workers", "2"]) == 0
+  assert (tmp_path / "out" / "report.json").read_bytes() == before
 
 
 def test_ngram_and_embedding_measures(tmp_path, problems):
@@ -208,34 +213,3 @@ def test_code_inside_prose_is_checked(problems):
   result = dc.decontaminate([{"id": "book", "text": text}], problems, dc.Config(workers=1))
   taus = {p["task_id"]: p["ast_match"] for p in result["pairs"]}
   assert taus.get("HumanEval/12") == 1.0
-
-
-def test_an_interrupted_scan_resumes_where_it_was_saved(tmp_path, problems, monkeypatch):
-  rng = random.Random(1)
-  humaneval = [p for p in problems if p.benchmark == "humaneval"][:40]
-  records = _stdlib_sample(150)
-  for k, p in enumerate(humaneval):  # contaminated records spread through the input
-    records.insert(4 * k, {"id": f"planted:{p.task_id}", "text": disguise(p.code, rng)})
-  config = dc.Config(workers=1, chunk=16, part_size=64)
-  scanned = []
-  scan = dc._scan
-  monkeypatch.setattr(dc, "_scan", lambda text: scanned.append(1) or scan(text))
-
-  full = dc.decontaminate(records, problems, config, resume_dir=tmp_path / "scan")
-  assert len(scanned) == len(records) and full["stats"]["resumed_records"] == 0
-  parts = sorted((tmp_path / "scan").glob("part-*.json"))
-  assert len(parts) == len(records) // 64 >= 2
-  parts[-1].unlink()  # killed before its last part was written
-  scanned.clear()
-  again = dc.decontaminate(records, problems, config, resume_dir=tmp_path / "scan")
-  assert len(scanned) == len(records) - 64 * (len(parts) - 1)
-  assert again["pairs"] == full["pairs"] and len(full["pairs"]) >= 30
-  for key in ("records", "bytes", "unparsable", "ast_pairs"):
-    assert again["stats"][key] == full["stats"][key]
-
-  with pytest.raises(ValueError, match="not the one whose scan is saved"):
-    dc.decontaminate(records[1:], problems, config, resume_dir=tmp_path / "scan")
-  scanned.clear()  # other settings: the saved scan does not apply and is redone
-  dc.decontaminate(records, problems, dc.Config(workers=1, chunk=16, part_size=32),
-                   resume_dir=tmp_path / "scan")
-  assert len(scanned) == len(records)

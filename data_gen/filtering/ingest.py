@@ -370,9 +370,10 @@ class IngestInputs(PipelineStep):
   name = "ingest"
 
   def __init__(self, source: str, *, max_bytes: int = DEFAULT_MAX_BYTES, limit: int | None = None,
-               id_field: str = "id", assign_ids: bool = False):
+               id_field: str = "id", assign_ids: bool = False, check_python: bool = True):
     super().__init__()
     self.source, self.max_bytes, self.limit = str(source), max_bytes, limit
+    self.check_python = check_python
     self.id_field, self.assign_ids = id_field, assign_ids
 
   def _unreadable(self, path: str, n: int, error: Exception):
@@ -383,7 +384,7 @@ class IngestInputs(PipelineStep):
 
   def run(self, data=None, rank: int = 0, world_size: int = 1):
     from data_gen.filtering.shard_steps import to_document
-    finish = _Finisher(self.max_bytes, True)
+    finish = _Finisher(self.max_bytes, self.check_python)
     for item in _task_items(self.source, rank, world_size, limit=self.limit,
                             id_field=self.id_field, assign_ids=self.assign_ids,
                             on_unreadable=self._unreadable):
