@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[test,hf]"
+	$(VENV)/bin/pip install --quiet -e ".[test,hf,ray]"
 	touch $@
 
 # The evaluation sandbox uses bubblewrap for its allow-listed filesystem view where it can (root

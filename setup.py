@@ -26,7 +26,10 @@ DATA_GEN = [
     "pyyaml>=6.0,<7",
     "datasketch>=2.0,<3",
     "scikit-learn>=1.9,<2",
-    "scipy>=1.17,<2",  # dedup: connected components over the band graph
+    "scipy>=1.17,<2",
+    # The corpus stages' engine (data_gen/engine.py): an exact pin, its 0.x API changes.
+    "datatrove==0.10.1",
+    "xxhash>=3.5,<4",  # datatrove's dedup hashes str, which xxhash 4 refuses
     "aiohttp>=3.14,<4",
     "rapidfuzz>=3.14,<4",
     "httpx2>=2.16,<3",  # the transport under openai; data_gen plugs aiohttp into it
@@ -35,6 +38,7 @@ TEST = ["pytest>=9,<10", "pytest-timeout>=2.4,<3", "nbclient>=0.11,<0.12", "nbfo
         "ipykernel>=7,<8"]
 # torch==2.13.0 is the CPU build (a newer one pulls multi-GB CUDA wheels); only for HF interop.
 HF = ["torch==2.13.0", "transformers>=5.24,<6"]
+RAY = ["ray>=2.60,<3"]  # `--executor ray`
 
 setup(
     name="phi1",
@@ -44,6 +48,6 @@ setup(
     packages=find_packages(include=["phi1", "phi1.*", "data_gen", "data_gen.*"]),
     package_data={"data_gen": ["tables/*.yaml"], "phi1": ["evals/data/*.jsonl"]},
     install_requires=CORE + DATA_GEN,
-    extras_require={"test": TEST, "hf": HF},
+    extras_require={"test": TEST, "hf": HF, "ray": RAY},
     entry_points={"console_scripts": ["phi1=phi1.cli:main"]},
 )

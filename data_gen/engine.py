@@ -24,7 +24,7 @@ import sys
 from typing import Callable, Sequence
 
 EXECUTORS = ("local", "slurm", "ray")
-_DATATROVE_PIP = "pip install 'datatrove==0.10.1' 'xxhash>=3.5,<5'"
+_DATATROVE_PIP = "pip install 'datatrove==0.10.1' 'xxhash>=3.5,<4'"
 _RAY_PIP = "pip install 'phi1[ray]' (or: pip install 'ray>=2.60,<3')"
 
 
@@ -79,8 +79,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                  help="tasks run at once (-1: all; local: at most the cores)")
   g.add_argument("--slurm-partition", default=None)
   g.add_argument("--slurm-time", default=d.time, help="per task, e.g. 24:00:00")
-  g.add_argument("--slurm-cpus", type=int, default=d.cpus_per_task, help="CPUs per task")
-  g.add_argument("--slurm-mem-gb", type=float, default=d.mem_per_cpu_gb, help="GB per CPU")
+  g.add_argument("--cpus-per-task", type=int, default=d.cpus_per_task, help="Slurm and Ray")
+  g.add_argument("--mem-per-cpu-gb", type=float, default=d.mem_per_cpu_gb, help="Slurm and Ray")
   g.add_argument("--slurm-job-name", default=d.job_name)
   g.add_argument("--slurm-env", default=None,
                  help="shell line that makes the Python environment in a job (default: activate "
@@ -91,7 +91,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace) -> EngineConfig:
   return EngineConfig(executor=args.executor, tasks=args.tasks, workers=args.workers,
                       partition=args.slurm_partition, time=args.slurm_time,
-                      cpus_per_task=args.slurm_cpus, mem_per_cpu_gb=args.slurm_mem_gb,
+                      cpus_per_task=args.cpus_per_task, mem_per_cpu_gb=args.mem_per_cpu_gb,
                       job_name=args.slurm_job_name, slurm_env=args.slurm_env,
                       ray_address=args.ray_address)
 

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from data_gen import engine, shards
 from data_gen.filtering import annotate, cli, pipeline
+from phi1.data import records as trainer_records
 from data_gen.testing import FakeOpenAI
 
 
@@ -23,7 +25,7 @@ def api_key(monkeypatch):
 
 def _args(workdir, server, *extra):
   return ["--input", "stdlib", "--limit", "240", "--workdir", str(workdir), "--base-url",
-          server.base_url, "--sample-size", "200", "--n-estimators", "60", "--workers", "2",
+          server.base_url, "--sample-size", "200", "--n-estimators", "60", "--tasks", "2", "--workers", "2",
           *extra]
 
 
@@ -45,11 +47,15 @@ def test_end_to_end_then_resume(tmp_path, server, capsys):
   metrics = json.loads((tmp_path / "classify" / "metrics.json").read_text())
   assert len(metrics["models"]["random_forest"]["sweep"]) == 19
   report = json.loads((tmp_path / "select" / "report.json").read_text())
-  selected = (tmp_path / "select" / "selected.jsonl").read_text().splitlines()
+  selected = shards.read_records(str(tmp_path / "select" / "selected"))
   assert report["kept"] == len(selected) and report["classifier_metrics"]
+  # The trainer reads the selected shards as it reads any data_gen output.
+  stats = trainer_records.SourceStats(path="selected")
+  assert len(list(trainer_records.read_documents(str(tmp_path / "select" / "selected"),
+                                                 stats))) == len(selected)
   assert (tmp_path / "select" / "score_distribution.png").exists()
   dedup_summary = json.loads((tmp_path / "dedup" / "summary.json").read_text())
-  assert {"docs_per_s", "mb_per_s", "clusters", "exact_duplicates"} <= set(dedup_summary)
+  assert {"docs_per_s", "mb_per_s", "near_duplicates", "exact_duplicates"} <= set(dedup_summary)
 
   # Same command: everything resumes. A new token budget reruns select only.
   assert cli.main(_args(tmp_path, server)) == 0
@@ -90,80 +96,19 @@ def test_pipeline_with_phi1_embedder(tmp_path, server):
   """The paper's recipe end to end: a (tiny, untrained) phi1 model embeds for the classifier."""
   from data_gen.filtering.embed import Phi1Embedder
   embedder = Phi1Embedder.random("tiny", batch_size=16, buckets=(256,))
-  config = pipeline.FilterConfig(input="stdlib", limit=60, workdir=str(tmp_path), workers=1,
+  config = pipeline.FilterConfig(input="stdlib", limit=60, workdir=str(tmp_path),
                                  base_url=server.base_url, sample_size=60, n_estimators=20,
                                  embed_batch=64)
-  summaries = pipeline.Pipeline(config, embedder=embedder, log=lambda m: None).run()
+  one_task = engine.EngineConfig(tasks=1)  # the model object stays in this process
+  summaries = pipeline.Pipeline(config, embedder=embedder, log=lambda m: None,
+                                engine_config=one_task).run()
   assert summaries["embed"]["dim"] == 128 and summaries["embed"]["embedder"] == "phi1-random:tiny"
   assert set(summaries["classify"]["metrics"]) == {"random_forest", "logistic_regression"}
   assert summaries["score"]["docs_out"] == summaries["dedup"]["docs_out"]
   # The classifier remembers its embedder: scoring with another one is refused.
   other = pipeline.Pipeline(dataclasses.replace(config, classifier="logistic_regression"),
-                            log=lambda m: None)
-  assert other.fingerprint("dedup") == pipeline.Pipeline(config, embedder).fingerprint("dedup")
+                            log=lambda m: None, engine_config=one_task)
+  assert other.fingerprint("dedup") == pipeline.Pipeline(
+      config, embedder, engine_config=one_task).fingerprint("dedup")
   with pytest.raises(ValueError, match="trained on 'phi1-random:tiny'"):
     other.run(stages=("score",))
-
-
-def test_ingest_and_score_killed_midway_resume_from_their_last_mark(tmp_path, server, monkeypatch):
-  """35M files take hours per stage: a crash must cost at most RESUME_EVERY inputs of work."""
-  from data_gen.filtering import ingest
-  monkeypatch.setattr(ingest, "RESUME_EVERY", 25)
-  config = pipeline.FilterConfig(input="stdlib", limit=120, workdir=str(tmp_path / "a"), workers=1,
-                                 base_url=server.base_url, sample_size=100, n_estimators=20,
-                                 embed_batch=10)
-  clean = pipeline.Pipeline(config, log=lambda m: None)
-  clean.run()
-
-  def read(workdir):
-    return [(workdir / stage / name).read_text()
-            for stage, name in (("ingest", "records.jsonl"), ("score", "scores.jsonl"))]
-
-  crashed = dataclasses.replace(config, workdir=str(tmp_path / "b"))
-  finished = ingest._Finisher.__call__
-  calls = []
-
-  def crash_after(limit):
-    def finish(self, item):
-      calls.append(1)
-      if len(calls) > limit:
-        raise KeyboardInterrupt("killed")
-      return finished(self, item)
-    return finish
-
-  monkeypatch.setattr(ingest._Finisher, "__call__", crash_after(70))
-  with pytest.raises(KeyboardInterrupt):
-    pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("ingest",))
-  monkeypatch.setattr(ingest._Finisher, "__call__", crash_after(10**9))
-  calls.clear()
-  summary = pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("ingest",))["ingest"]
-  assert 50 <= summary["resumed_at_input"] <= 70  # marks every 25 inputs; killed at the 71st
-  assert len(calls) == summary["docs_in"] - summary["resumed_at_input"]
-
-  scorer_call = pipeline._BatchScorer.__call__
-  batches = []
-
-  def score_then_crash(self, texts):
-    batches.append(len(texts))
-    if len(batches) == 8:
-      raise KeyboardInterrupt("killed")
-    return scorer_call(self, texts)
-
-  monkeypatch.setattr(pipeline._BatchScorer, "__call__", score_then_crash)
-  with pytest.raises(KeyboardInterrupt):
-    pipeline.Pipeline(crashed, log=lambda m: None).run()
-  monkeypatch.setattr(pipeline._BatchScorer, "__call__", scorer_call)
-  summaries = pipeline.Pipeline(crashed, log=lambda m: None).run()
-  # Batches of 10 records, a mark once 25 more are done: at 30 and 60; killed in the 8th batch.
-  assert summaries["score"]["resumed_at_record"] == 60
-  assert read(tmp_path / "b") == read(tmp_path / "a")
-  # Select pairs scores with records by position and checks the ids: stale scores are refused.
-  b = tmp_path / "b"
-  (b / "select" / "summary.json").unlink()
-  scores = (b / "score" / "scores.jsonl").read_text().splitlines()
-  (b / "score" / "scores.jsonl").write_text("\n".join(scores[:-1]) + "\n")
-  with pytest.raises(ValueError, match="more records than .* scores: rerun the score stage"):
-    pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("select",))
-  (b / "score" / "scores.jsonl").write_text("\n".join(scores[1:] + scores[:1]) + "\n")
-  with pytest.raises(ValueError, match="row 0 is .* but the record there is"):
-    pipeline.Pipeline(crashed, log=lambda m: None).run(stages=("select",))

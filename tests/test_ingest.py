@@ -89,30 +89,3 @@ def test_jsonl_roundtrip(tmp_path):
   records = [{"id": "a", "text": "é"}, {"id": "b", "text": "x"}]
   assert ingest.write_jsonl(records, tmp_path / "o" / "r.jsonl") == 2
   assert list(ingest.read_jsonl(tmp_path / "o" / "r.jsonl")) == records
-
-
-def test_resumable_writer_truncates_to_its_last_mark_and_another_key_starts_over(tmp_path):
-  path = tmp_path / "out.jsonl"
-  w = ingest.ResumableJsonlWriter(path, key="settings-1", every=10)
-  for i in range(25):  # marks after inputs 10 and 20; lines 20-24 are not covered by a mark
-    w.write({"i": i})
-    w.consumed(i + 1, {"seen": i + 1})
-  w.close()  # killed: no finish
-  assert not path.exists()
-  again = ingest.ResumableJsonlWriter(path, key="settings-1", every=10)
-  assert (again.resumed, again.state, again.written) == (20, {"seen": 20}, 20)
-  for i in range(20, 30):
-    again.write({"i": i})
-    again.consumed(i + 1)
-  assert again.finish() == 30
-  assert [json.loads(l)["i"] for l in path.read_text().splitlines()] == list(range(30))
-  assert not (tmp_path / "out.jsonl.progress.json").exists()
-
-  w = ingest.ResumableJsonlWriter(tmp_path / "b.jsonl", key="settings-1", every=5)
-  for i in range(7):
-    w.write({"i": i})
-    w.consumed(i + 1)
-  w.close()
-  other = ingest.ResumableJsonlWriter(tmp_path / "b.jsonl", key="settings-2", every=5)
-  assert other.resumed == 0 and other.finish() == 0
-  assert (tmp_path / "b.jsonl").read_text() == ""

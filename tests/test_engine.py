@@ -1,0 +1,167 @@
+"""The datatrove engine: the same dedup pipeline on Ray (a local Ray, num_cpus=2) and on Slurm (a
+fake sbatch that records each submission and runs the array locally) gives the local executor's
+bytes; a run SIGKILLed at any moment and rerun gives an uninterrupted run's bytes."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from data_gen import engine, shards
+from data_gen.filtering import dedup
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _corpus(path: pathlib.Path, n: int = 120, seed: int = 0):
+  rng = random.Random(seed)
+  vocab = [f"name{i}" for i in range(2000)]
+  texts = []
+  for i in range(n):
+    if i % 10 == 9:  # a near copy of an earlier file
+      words = texts[i - 5].split(" ")
+      words[rng.randrange(len(words))] = "changed"
+      texts.append(" ".join(words))
+    elif i % 10 == 8:
+      texts.append(texts[i - 3] + "\n\n")  # an exact copy
+    else:
+      texts.append("\n".join(f"    {rng.choice(vocab)} = {rng.choice(vocab)}({rng.randrange(99)})"
+                             for _ in range(60)))
+  records = [{"id": f"r{i}", "text": t, "source": "s", "kind": "code", "python_ok": True,
+              "meta": {}} for i, t in enumerate(texts)]
+  for r in range(2):
+    shards.write_shard(str(path), r, records[r::2])
+  shards.write_manifest(str(path), "test")
+
+
+def _outputs(out: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(out)): p.read_bytes()
+          for sub in ("records", "clusters") for p in sorted((out / sub).glob("shard-*"))}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  root = tmp_path_factory.mktemp("engine")
+  _corpus(root / "in")
+  assert dedup.main(["--input", str(root / "in"), "--out", str(root / "local"), "--tasks", "2",
+                     "--workers", "2"]) == 0
+  local = _outputs(root / "local")
+  assert len(local) == 8 and json.loads((root / "local" / "summary.json").read_text())["kept"] < 120
+  return root, local
+
+
+def test_ray_equals_local(corpus):
+  ray = pytest.importorskip("ray")
+  root, local = corpus
+  ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+  try:
+    assert dedup.main(["--input", str(root / "in"), "--out", str(root / "ray"), "--tasks", "2",
+                       "--executor", "ray", "--mem-per-cpu-gb", "0.25"]) == 0
+  finally:
+    ray.shutdown()
+  assert _outputs(root / "ray") == local
+
+
+_SBATCH = '''
+import json, os, re, subprocess, sys
+log = os.environ["FAKE_SLURM_LOG"]
+args, script = sys.argv[1:-1], sys.argv[-1]
+text = open(script).read()
+directives = dict(re.findall(r"^#SBATCH --([\\w-]+)=?(.*)$", text, re.M))
+jobs = sum(1 for _ in open(log)) if os.path.exists(log) else 0
+job_id = 1000 + jobs
+entry = {"id": job_id, "args": args, "sbatch": directives,
+         "runs": "launch_pickled_pipeline" in text}
+with open(log, "a") as f:
+  f.write(json.dumps(entry) + "\\n")
+if entry["runs"]:
+  low, high = directives["array"].split("%")[0].split("-")
+  offset = next((a.split("RUN_OFFSET=")[1] for a in args if "RUN_OFFSET=" in a), "0")
+  for i in range(int(low), int(high) + 1):
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_JOB_ID=str(job_id),
+               SLURM_NODELIST="localhost", RUN_OFFSET=offset)
+    subprocess.run(["bash", script], env=env, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+print(f"Submitted batch job {job_id}")
+'''
+_SRUN = '''
+import os, sys
+args = sys.argv[1:]
+i = args.index("launch_pickled_pipeline")
+os.execv(sys.executable, [sys.executable, "-m", "datatrove.tools.launch_pickled_pipeline",
+                          *args[i + 1:]])
+'''
+_SCONTROL = '''
+import sys
+if sys.argv[1:3] == ["show", "hostnames"]:
+  print("localhost")
+'''
+
+
+def _fake_bin(path: pathlib.Path) -> pathlib.Path:
+  path.mkdir()
+  for name, body in (("sbatch", _SBATCH), ("srun", _SRUN), ("scontrol", _SCONTROL)):
+    exe = path / name
+    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+  return path
+
+
+def test_slurm_submissions_chain_and_equal_local(corpus, tmp_path, monkeypatch):
+  root, local = corpus
+  monkeypatch.setenv("PATH", f"{_fake_bin(tmp_path / 'bin')}:{os.environ['PATH']}")
+  monkeypatch.setenv("FAKE_SLURM_LOG", str(tmp_path / "sbatch.jsonl"))
+  monkeypatch.setenv("PYTHONPATH", str(REPO))
+  assert dedup.main(["--input", str(root / "in"), "--out", str(tmp_path / "slurm"), "--tasks", "2",
+                     "--executor", "slurm", "--slurm-partition", "cpu", "--slurm-time", "1:00:00",
+                     "--cpus-per-task", "2", "--mem-per-cpu-gb", "3",
+                     "--slurm-job-name", "dd"]) == 0
+  jobs = [json.loads(l) for l in (tmp_path / "sbatch.jsonl").read_text().splitlines()]
+  arrays = [j for j in jobs if j["runs"]]
+  names = [j["sbatch"]["job-name"] for j in arrays]
+  assert names == [f"dd-{s}" for s in ("exact_signatures", "exact_find", "minhash_signatures",
+                                       "minhash_buckets", "minhash_cluster", "filter", "finish")]
+  assert [j["sbatch"]["array"] for j in arrays] == ["0-1", "0-0", "0-1", "0-13", "0-0", "0-1",
+                                                    "0-0"]
+  for before, after in zip(arrays, arrays[1:]):  # each stage waits for the one before it
+    assert f"--dependency=afterok:{before['id']}" in after["args"]
+  assert not any(a.startswith("--dependency") for a in arrays[0]["args"])
+  first = arrays[0]["sbatch"]
+  assert (first["partition"], first["time"], first["cpus-per-task"], first["mem-per-cpu"]) == (
+      "cpu", "1:00:00", "2", "3.0G")
+  assert _outputs(tmp_path / "slurm") == local
+
+
+def test_sigkill_then_rerun_gives_the_same_bytes(corpus, tmp_path):
+  root, local = corpus
+  out = tmp_path / "killed"
+  cmd = [sys.executable, "-m", "data_gen", "dedup", "--input", str(root / "in"), "--out", str(out),
+         "--tasks", "2", "--workers", "1"]
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  for marker in ("exact_signatures/completions/00000", "minhash_signatures/completions/00000",
+                 "filter/completions/00000"):
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "_engine" / marker).exists() and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the run and every worker it started, mid-stage
+    proc.wait()
+  assert subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL).returncode == 0
+  assert _outputs(out) == local
+
+
+def test_bad_engine_settings_are_clear():
+  with pytest.raises(ValueError, match="--slurm-partition"):
+    engine.EngineConfig(executor="slurm")
+  with pytest.raises(ValueError, match="--tasks"):
+    engine.EngineConfig(tasks=0)
