@@ -1,18 +1,23 @@
 """The pruning study of paper Table 3: finetune phi-1 on CodeExercises pruned at AST match rate
-tau in {0.95, 0.9, 0.85, 0.8} (plus the unpruned baseline), then compare HumanEval pass@1 on all,
-"similar" and "non-similar" problems.
+tau in {0.95, 0.9, 0.85, 0.8} (plus the unpruned baseline, which is phi-1), then compare HumanEval
+pass@1 on all, "similar" and "non-similar" problems.
 
-Paper Table 3 (HumanEval pass@1 of phi-1 retrained on the pruned data): 50.6 / 45.1 / 46.3 / 45.1%
-at tau = 0.95 / 0.9 / 0.85 / 0.8; pruning removes 42.5K to 354K of the 879.5K exercises. Each run
-here is the phi-1 finetune recipe (experiments/recipes.py: 6,000 steps, batch 256, LR 1e-4) from
-the same phi-1-base export; only the exercises differ.
+Table 3's rows are the taus; at each, HumanEval splits into "similar" problems (some exercise close
+to them in the unpruned CodeExercises) and the rest, and its columns give pass@1 on each part and
+in total for phi-1 (our `unpruned` run, split at every tau), phi-1 retrained on the data pruned at
+that tau (our `tau_<t>` runs) and StarCoder-Prompted (paper figures only; not run here). Pruning
+removes 42.5K (tau 0.95) to 354K (tau 0.8) of the 879.5K exercises. Each run is the phi-1 finetune
+recipe (experiments/recipes.py: 6,000 steps, batch 256, LR 1e-4) from the same phi-1-base export;
+only the exercises differ.
 
-1. Pruned copies (data_gen/decontaminate.py writes DIR/pruned/tau_<t>/records.jsonl, report.json):
-     python -m data_gen decontaminate --input data/exercises --bench humaneval,mbpp \
+1. Pruned copies against HumanEval, as Table 3 (data_gen/decontaminate.py writes
+   DIR/pruned/tau_<t>/records.jsonl and report.json):
+     python -m data_gen decontaminate --input data/exercises --bench humaneval \
          --out data/exercises_decontaminated
-2. The runs, each evaluated on HumanEval after training:
+2. The runs, each evaluated on HumanEval after training (`--dry-run`: their compute, and the MFU
+   the paper's "7 more hours on 8 A100" per finetune implies):
      python -m experiments.sweep experiments/ablation_pruning.py --eval humaneval [--slurm DIR]
-3. Table 3 (pass@1 on all / similar / non-similar problems at each run's tau):
+3. Table 3, ours beside the paper's:
      python -m experiments.ablation_pruning runs/ablation_pruning data/exercises_decontaminated
 
 CPU switch (`:cpu`): a tiny model pretrained first on the standard library (run `base`), finetuned
@@ -32,6 +37,20 @@ from experiments import sweep
 from phi1.model import Phi1Config
 
 TAUS = (0.95, 0.9, 0.85, 0.8)
+# Paper Table 3, HumanEval pass@1 (%) as (similar, non-similar, total) per tau, and the number of
+# similar problems; removed exercises are given only at the ends of the range (§5).
+PAPER_TABLE3 = {
+    "n_similar": {0.95: 71, 0.9: 93, 0.85: 106, 0.8: 116},
+    "removed": {0.95: 42_500, 0.8: 354_000},
+    "phi-1": {0.95: (81.7, 26.9, 50.6), 0.9: (63.4, 33.8, 50.6), 0.85: (62.3, 29.3, 50.6),
+              0.8: (59.5, 29.2, 50.6)},
+    "retrained": {0.95: (74.6, 32.3, 50.6), 0.9: (51.6, 36.6, 45.1), 0.85: (52.8, 34.5, 46.3),
+                  0.8: (52.6, 27.1, 45.1)},
+    "StarCoder-Prompted": {0.95: (57.7, 29.0, 41.5), 0.9: (48.4, 32.4, 41.5),
+                           0.85: (47.2, 31.0, 41.5), 0.8: (45.7, 31.2, 41.5)},
+}
+# Each run is one phi-1 finetune: "7 more hours on the same hardware" (8 A100s, §2.3).
+PAPER_FINETUNE = {"a100_hours": 7 * 8, "what": "one phi-1 finetune, 7 h on 8 A100, §2.3"}
 PRUNED = "data/exercises_decontaminated"  # `decontaminate --out` of the full CodeExercises
 PRUNED_CPU = "runs/decontaminated_demo"  # `decontaminate --out` of the demo exercises
 
@@ -63,7 +82,7 @@ def get_sweep(arg: str = ""):
   if cpu:  # the tiny model has no phi-1-base: pretrain one first
     pretrain = recipes.cpu_size(recipes.pretrain(Phi1Config.phi1()), "pretrain")
     runs.append({"name": "base", "family": "pretrain", **sweep.config_diff(base, pretrain)})
-  init = {"init_from": "{run:base}/export"} if cpu else {}
+  init = {"init_from": "{run:base}/export"} if cpu else {"paper": PAPER_FINETUNE}
   runs.append({"name": "unpruned", "family": "pruning", **init})
   for tau in TAUS:
     source = {"path": pruned_path(PRUNED_CPU if cpu else PRUNED, tau), "weight": 1.0,
@@ -73,33 +92,64 @@ def get_sweep(arg: str = ""):
 
 
 def table3(root, decontaminated_dir, bench: str = "humaneval") -> list[dict]:
-  """pass@1 of each run on all, similar and non-similar problems at its own tau (the unpruned run
-  is split at the loosest tau). Reads each run's eval_<bench>/samples.jsonl (sweep --eval)."""
+  """Table 3's rows: for every tau, pass@1 (%) on similar, non-similar and all problems of phi-1
+  (the `unpruned` run) and of the run retrained on the data pruned at that tau, each beside the
+  paper's. Reads each run's eval_<bench>/samples.jsonl (sweep --eval) and the decontamination
+  report.json (the similar / non-similar split at each tau)."""
   report = json.loads((pathlib.Path(decontaminated_dir) / "report.json").read_text())
+  passed = {run: _passed(pathlib.Path(root) / run / f"eval_{bench}" / "samples.jsonl")
+            for run in ["unpruned"] + [f"tau_{t}" for t in TAUS]}
   rows = []
-  for run_dir in sorted(pathlib.Path(root).iterdir()):
-    samples = run_dir / f"eval_{bench}" / "samples.jsonl"
-    if not samples.is_file() or not run_dir.name.startswith(("tau_", "unpruned")):
-      continue
-    tau = run_dir.name.removeprefix("tau_") if run_dir.name != "unpruned" else str(min(TAUS))
-    split = report["taus"][tau]["split"][bench]
-    passed = {}
+  for tau in TAUS:
+    entry = report["taus"][str(tau)]
+    split = entry["split"][bench]
+    for model, run in (("phi-1", "unpruned"), ("retrained", f"tau_{tau}")):
+      results = passed[run]
+      row = {"tau": tau, "model": model, "run": run, "removed": entry["removed"],
+             "paper_removed": PAPER_TABLE3["removed"].get(tau),
+             "n_similar": len(split["similar"]), "paper_n_similar": PAPER_TABLE3["n_similar"][tau]}
+      for column, ids in (("similar", split["similar"]), ("non_similar", split["non_similar"]),
+                          ("total", results)):
+        row[column], row[f"n_{column}_scored"] = _rate(results, ids)
+      row.update(zip(("paper_similar", "paper_non_similar", "paper_total"),
+                     PAPER_TABLE3[model][tau]))
+      rows.append(row)
+  return rows
+
+
+def _passed(samples: pathlib.Path) -> dict[str, list[bool]]:
+  """task id -> pass/fail of each sample ({} when the run has not been evaluated)."""
+  passed = {}
+  if samples.is_file():
     for line in samples.read_text().splitlines():
       row = json.loads(line)
       passed.setdefault(str(row["task_id"]), []).append(bool(row["passed"]))
-    def rate(ids):
-      scored = [sum(passed[t]) / len(passed[t]) for t in map(str, ids) if t in passed]
-      return (sum(scored) / len(scored), len(scored)) if scored else (None, 0)
-    (all_rate, n_all), (sim, n_sim), (non, n_non) = (rate(passed), rate(split["similar"]),
-                                                     rate(split["non_similar"]))
-    rows.append({"run": run_dir.name, "tau": tau, "removed": report["taus"][tau]["removed"],
-                 "pass@1": all_rate, "n": n_all, "similar": sim, "n_similar": n_sim,
-                 "non_similar": non, "n_non_similar": n_non})
-  return rows
+  return passed
+
+
+def _rate(passed: dict, ids) -> tuple[float | None, int]:
+  """(mean pass@1 in % over the ids that were evaluated, how many there were)."""
+  scored = [sum(passed[t]) / len(passed[t]) for t in map(str, ids) if t in passed]
+  return (100 * sum(scored) / len(scored), len(scored)) if scored else (None, 0)
+
+
+def format_table3(rows: list[dict]) -> str:
+  """Table 3 as text: ours / paper in each cell."""
+  cell = lambda ours, paper: f"{'-' if ours is None else f'{ours:.1f}'} / {paper}"
+  lines = ["tau   model       removed (paper)      similar n (paper)  similar %    "
+           "non-similar %  total %"]
+  for r in rows:
+    lines.append(f"{r['tau']:<5} {r['model']:<11} {r['removed']:>7} ({r['paper_removed'] or '-'})"
+                 f"{'':>6} {r['n_similar']:>4} ({r['paper_n_similar']}){'':>8} "
+                 f"{cell(r['similar'], r['paper_similar']):<12} "
+                 f"{cell(r['non_similar'], r['paper_non_similar']):<14} "
+                 f"{cell(r['total'], r['paper_total'])}")
+  lines.append("StarCoder-Prompted (paper only): " + "; ".join(
+      f"tau {t}: {s} / {n} / {a}" for t, (s, n, a) in PAPER_TABLE3["StarCoder-Prompted"].items()))
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":
   if len(sys.argv) != 3:
     sys.exit("usage: python -m experiments.ablation_pruning RUNS_ROOT DECONTAMINATED_DIR")
-  for row in table3(sys.argv[1], sys.argv[2]):
-    print(json.dumps(row))
+  print(format_table3(table3(sys.argv[1], sys.argv[2])))

@@ -7,10 +7,11 @@ Data paths default to `data/...` under the working directory; point them at your
 from phi1 import config as config_lib
 from phi1.model import Phi1Config
 
-# CodeTextbook = filtered code-language data (~6B tokens) + synthetic textbooks (<1B tokens);
-# mixed in proportion to their sizes, so every token is seen equally often (paper §2).
+# CodeTextbook = filtered code-language data (~6B tokens) + synthetic textbooks (<1B tokens),
+# concatenated: data.mixture="tokens" with weight 1 each draws rows in proportion to the sources'
+# token counts, so every token is seen equally often (paper §2; ~6:1 at the paper's sizes).
 CODETEXTBOOK = [
-    {"path": "data/filtered_code", "weight": 6.0, "name": "filtered_code"},
+    {"path": "data/filtered_code", "weight": 1.0, "name": "filtered_code"},
     {"path": "data/textbooks", "weight": 1.0, "name": "textbooks"},
 ]
 CODEEXERCISES = [{"path": "data/exercises", "weight": 1.0, "name": "exercises"}]
@@ -19,7 +20,8 @@ TOKENIZER = "data/tokenizer.json"  # CodeGen-350M-mono BPE, as phi-1 (HF microso
 
 def pretrain(model: Phi1Config):
   """Pretraining on CodeTextbook: 1024 x 2048 tokens per step, peak LR 1e-3, warmup 750, wd 0.1,
-  36,000-step schedule (phi-1-base is its step-24,000 checkpoint), fp16, dropout 0.1."""
+  36,000-step schedule (phi-1-base is its step-24,000 checkpoint), fp16, dropout 0.1; Adam
+  (0.9, 0.98), eps 1e-7 from phi-1.5."""
   c = config_lib.base_config()
   c.model = config_lib.model_config(model)
   c.model.attn_dropout = c.model.resid_dropout = 0.1  # paper §2.3 (released config: 0)
@@ -33,8 +35,11 @@ def pretrain(model: Phi1Config):
   c.model.remat = "dots"
   c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-3, 750, 0.1
   c.optimizer.schedule_steps = 36_000
+  # Not in the paper: phi-1.5's Adam settings (arXiv 2309.05463 §2.3), same team and architecture.
+  c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.98, 1e-7
   c.checkpoint_every, c.keep_every = 1000, 1000
   c.data.sources = [dict(s) for s in CODETEXTBOOK]
+  c.data.mixture = "tokens"  # concatenation: each token seen equally often (paper §2)
   c.data.tokenizer = TOKENIZER
   c.data.eval_fraction = 0.001
   return c
@@ -46,8 +51,8 @@ def finetune(model: Phi1Config, init_from: str):
   c = pretrain(model)
   c.steps, c.batch_size, c.grad_accum = 6_000, 256, 4
   c.optimizer.peak_lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 1e-4, 50, 0.01
-  c.optimizer.schedule_steps = 6_000
-  c.checkpoint_every, c.keep_every = 1000, 1000
+  c.optimizer.schedule_steps = 0  # the run's own steps
+  c.checkpoint_every, c.keep_every = 1000, 1000  # the checkpoints best-of-N picks from (sweep.py)
   c.data.sources = [dict(s) for s in CODEEXERCISES]
   c.init_from = init_from
   return c
@@ -78,7 +83,7 @@ def cpu_size(c, stage: str = "pretrain"):
   sources = demo_sources(corpus)
   c.model = config_lib.model_config(Phi1Config.tiny(vocab_size=4096, max_seq_len=1024))
   c.steps, c.batch_size, c.seq_len, c.grad_accum = 50, 8, 256, 1
-  c.optimizer.schedule_steps = 50
+  c.optimizer.schedule_steps = 0  # the run's own steps
   c.optimizer.warmup_steps = 5
   c.precision, c.mesh = "fp32", "dp"
   c.log_every, c.eval_every, c.checkpoint_every, c.keep_every = 10, 25, 25, 0

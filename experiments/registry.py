@@ -32,6 +32,9 @@ COLUMNS = {
     "final_loss": float, "final_eval_loss": float, "best_eval_loss": float, "best_eval_step": int,
     "humaneval_pass@1": float, "humaneval_protocol": str,
     "mbpp_pass@1": float, "mbpp_protocol": str,
+    # Best-of-N finetunes (experiments/best_of_n.py): pass@1 above is the best checkpoint's; its
+    # step, and every evaluated checkpoint's pass@1 as JSON {step: pass@1}.
+    **{f"{b}_best_step": int for b in BENCHES}, **{f"{b}_checkpoints": str for b in BENCHES},
     # Reference-solution loss (phi1/evals/solution_loss.py), and on decontamination's split.
     **{f"{b}_solution_loss{part}": float for b in BENCHES
        for part in ("", "_similar", "_non_similar")},
@@ -114,6 +117,10 @@ def run_row(workdir) -> dict:
       row[f"{bench}_{key}"] = offline.get(key, _last(metrics, f"{bench}_{key}"))
     row[f"{bench}_protocol"] = (json.dumps(summary["protocol"], sort_keys=True)
                                 if "protocol" in summary else None)
+    selection = summary.get("selection") or {}
+    row[f"{bench}_best_step"] = selection.get("best_step")
+    row[f"{bench}_checkpoints"] = (json.dumps(selection["checkpoints"])
+                                   if "checkpoints" in selection else None)
   return row
 
 

@@ -6,7 +6,9 @@
 An experiment file declares its runs with `get_sweep(arg) -> list[dict]` next to `get_config(arg)`.
 Each dict is one run: dotted config keys -> values (`{"model.n_layers": 4, "steps": 100}`), plus
   "name"    the run's name and workdir `<root>/<name>` (default: built from the overrides);
-  "family"  which curve the run belongs to in plots (default: the experiment's name).
+  "family"  which curve the run belongs to in plots (default: the experiment's name);
+  "paper"   the paper's figure for this run, {"a100_hours": H, "what": "..."}: `--dry-run` prints
+            the MFU those hours imply beside our estimate.
 A value may name another run's workdir as "{run:NAME}" (e.g. `"init_from": "{run:base}/export"`):
 that run then waits for NAME (locally it comes later in the list; on SLURM an afterok dependency).
 `grid()` builds such a list as a cartesian product. A file without get_sweep is one run.
@@ -47,7 +49,7 @@ from phi1 import config as config_lib, demo_corpus  # noqa: E402
 
 DONE = "DONE"  # JSON marker written when a run finished: config hash, wall time, final metrics
 RUN_INFO = "run.json"  # name, experiment, overrides, config hash, accumulated wall time
-SPECIAL_KEYS = ("name", "family")
+SPECIAL_KEYS = ("name", "family", "paper")
 _RUN_REF = re.compile(r"\{run:([A-Za-z0-9._-]+)\}")
 
 
@@ -60,6 +62,7 @@ class Run:
   config: ml_collections.ConfigDict
   workdir: pathlib.Path
   needs: list  # names of runs whose workdirs this one reads
+  paper: dict = dataclasses.field(default_factory=dict)  # the paper's figures for this run
 
   @property
   def config_hash(self) -> str:
@@ -157,7 +160,8 @@ def expand(spec: str, root=None, extra: dict | None = None) -> list[Run]:
       raise ValueError(f"{spec}: run {name}: {e}") from e
     runs.append(Run(name=name, family=str(declared_run.get("family", stem)), experiment=spec,
                     overrides={**overrides, **(extra or {})}, config=config,
-                    workdir=root / name, needs=sorted(set(needs))))
+                    workdir=root / name, needs=sorted(set(needs)),
+                    paper=dict(declared_run.get("paper") or {})))
   return runs
 
 
@@ -223,17 +227,32 @@ def train_one(run: Run, *, progress: bool = True) -> dict:
   return last
 
 
-def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int) -> dict:
-  """pass@1 of the run's export on `bench` (greedy, the paper's protocol), kept in eval_<bench>/."""
+def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int,
+             best_of_n: bool = True) -> dict:
+  """pass@1 on `bench` (greedy, the paper's protocol), kept in eval_<bench>/: of the run's export,
+  or for a finetune (init_from set) with `best_of_n`, of the best of its kept checkpoints
+  (experiments/best_of_n.py)."""
+  from experiments import best_of_n as best_of_n_lib
+  from phi1 import checkpoint
   out = run.workdir / f"eval_{bench}"
   summary_path = out / "summary.json"
   if summary_path.is_file():
     return json.loads(summary_path.read_text())
+  options = ["--bench", bench, "--max-new-tokens", str(max_new_tokens), "--no-progress"]
+  options += ["--limit", str(limit)] if limit else []
+  steps = checkpoint.kept_steps(run.workdir)
+  if best_of_n and run.config.init_from and steps:
+    return best_of_n_lib.evaluate_checkpoints(
+        run.workdir, bench, steps, lambda step, step_out: _eval_cli(
+            options + ["--checkpoint", str(run.workdir), "--step", str(step),
+                       "--out", str(step_out)], step_out / "summary.json"))
+  return _eval_cli(options + ["--checkpoint", str(run.workdir / "export"), "--out", str(out)],
+                   summary_path)
+
+
+def _eval_cli(argv: list[str], summary_path: pathlib.Path) -> dict:
+  """`phi1 eval ARGV` in this process; its summary.json."""
   from phi1.evals import cli as eval_cli
-  argv = ["--bench", bench, "--checkpoint", str(run.workdir / "export"), "--out", str(out),
-          "--max-new-tokens", str(max_new_tokens), "--no-progress"]
-  if limit:
-    argv += ["--limit", str(limit)]
   stdout = io.StringIO()
   with contextlib.redirect_stdout(stdout):
     code = eval_cli.main(argv)
@@ -243,7 +262,7 @@ def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int) ->
 
 
 def run_local(runs: list[Run], *, benches=(), eval_limit=None, max_new_tokens=512,
-              progress=True, log=print) -> list[Run]:
+              progress=True, best_of_n=True, log=print) -> list[Run]:
   """Train every run not yet done, in order; evaluate; rewrite the registry after each."""
   import jax
   from experiments import registry
@@ -257,8 +276,12 @@ def run_local(runs: list[Run], *, benches=(), eval_limit=None, max_new_tokens=51
       trained.append(run)
     if jax.process_count() == 1:  # evals run on one host (SLURM jobs call them after srun)
       for bench in benches:
-        summary = evaluate(run, bench, limit=eval_limit, max_new_tokens=max_new_tokens)
-        log(f"  {bench} pass@1 = {summary.get('pass@1')}")
+        summary = evaluate(run, bench, limit=eval_limit, max_new_tokens=max_new_tokens,
+                           best_of_n=best_of_n)
+        chosen = summary.get("selection", {}).get("best_step")
+        log(f"  {bench} pass@1 = {summary.get('pass@1')}"
+            + (f" (best of {len(summary['selection']['checkpoints'])} checkpoints: step "
+               f"{chosen})" if chosen is not None else ""))
     if jax.process_index() == 0:
       registry.write(registry.collect([run.workdir.parent]), run.workdir.parent / "registry.csv")
   return trained
@@ -315,6 +338,22 @@ def explain(run: Run, e: Estimate, gpus: int = 8) -> str:
   ])
 
 
+def implied_mfu(flops_total: float, gpu_hours: float, gpu: str = "A100") -> float:
+  """The MFU at which `flops_total` takes `gpu_hours` on `gpu`."""
+  from phi1 import flops
+  return flops_total / (gpu_hours * 3600 * flops.PEAK_FLOPS[gpu])
+
+
+def _paper_line(run: Run, e: Estimate) -> str:
+  if "a100_hours" not in run.paper:
+    return ""
+  from phi1 import flops
+  hours, peak = float(run.paper["a100_hours"]), flops.PEAK_FLOPS["A100"]  # the paper's GPU
+  return (f"\n  paper       {hours:,.0f} A100-hours ({run.paper.get('what', '')}): implies MFU = "
+          f"{e.flops:.4g} / ({hours:,.0f} h x 3600 s x {peak:.4g}) = "
+          f"{implied_mfu(e.flops, hours):.3f}")
+
+
 def _human(n: float) -> str:
   for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
     if n >= size:
@@ -334,13 +373,13 @@ def dry_run(runs: list[Run], *, gpu="A100", mfu=0.4, gpus=8, reference_gpu_hours
     estimates.append(e)
     status = "done" if is_done(run) else "to run"
     needs = f"; after {', '.join(run.needs)}" if run.needs else ""
-    log(explain(run, e, gpus) + f"\n  status      {status}{needs}\n")
+    log(explain(run, e, gpus) + _paper_line(run, e) + f"\n  status      {status}{needs}\n")
   total_flops = sum(e.flops for e in estimates)
   total_hours = sum(e.gpu_hours for e in estimates)
   log(f"total: {len(runs)} run(s), {_human(sum(e.tokens for e in estimates))} tokens, "
       f"{total_flops:.4g} FLOPs, {total_hours:,.4g} {gpu}-hours at MFU {mfu:g}")
   if reference_gpu_hours:
-    implied = total_flops / (reference_gpu_hours * 3600 * flops.PEAK_FLOPS[gpu])
+    implied = implied_mfu(total_flops, reference_gpu_hours, gpu)
     log(f"reference: {reference_gpu_hours:g} {gpu}-hours for these FLOPs means MFU = "
         f"{total_flops:.4g} / ({reference_gpu_hours:g} h x 3600 s x {flops.PEAK_FLOPS[gpu]:.4g}) "
         f"= {implied:.3f}")
@@ -437,6 +476,9 @@ def main(argv=None) -> int:
   p.add_argument("--eval", default="", help="after training: comma list of humaneval, mbpp")
   p.add_argument("--eval-limit", type=int, help="only the first N problems of each benchmark")
   p.add_argument("--eval-max-new-tokens", type=int, default=512)
+  p.add_argument("--eval-export-only", action="store_true",
+                 help="evaluate finetunes' final export only, not the best of their kept "
+                      "checkpoints (paper §2.3 picks the best)")
   p.add_argument("--slurm", metavar="DIR", help="write sbatch scripts + submit.sh to DIR")
   p.add_argument("--nodes", type=int, default=1)
   p.add_argument("--gpus-per-node", type=int, default=8)
@@ -475,6 +517,7 @@ def main(argv=None) -> int:
     sets = [x for kv in extra.items() for x in ("--set", f"{kv[0]}={kv[1]}")]
     eval_args = (["--eval", args.eval, "--eval-max-new-tokens", str(args.eval_max_new_tokens)]
                  + (["--eval-limit", str(args.eval_limit)] if args.eval_limit else [])
+                 + (["--eval-export-only"] if args.eval_export_only else [])
                  if benches else [])
     write_slurm(runs, args.slurm, spec=args.experiment, root=root, nodes=args.nodes,
                 gpus_per_node=args.gpus_per_node, gpu=args.gpu, mfu=args.mfu,
@@ -489,7 +532,8 @@ def main(argv=None) -> int:
   start = time.perf_counter()
   try:
     run_local(runs, benches=benches, eval_limit=args.eval_limit,
-              max_new_tokens=args.eval_max_new_tokens, progress=not args.no_progress)
+              max_new_tokens=args.eval_max_new_tokens, progress=not args.no_progress,
+              best_of_n=not args.eval_export_only)
   except RuntimeError as e:  # a failed eval or a missing dependency: say which, no traceback
     print(f"sweep: {e}", file=sys.stderr)
     return 1

@@ -39,14 +39,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.peak_lr = 1e-3
   c.optimizer.warmup_steps = 750
-  # The schedule's own length: running fewer `steps` does not change the schedule (phi-1-base is
-  # the step-24,000 checkpoint of a 36,000-step schedule).
-  c.optimizer.schedule_steps = 36_000
+  # The schedule's own length; 0 = the run's `steps`. A recipe that stops early on a longer
+  # schedule sets it (phi-1-base is the step-24,000 checkpoint of a 36,000-step schedule).
+  c.optimizer.schedule_steps = 0
   c.optimizer.end_lr = 0.0  # linear decay to this (the paper gives no final LR)
   c.optimizer.weight_decay = 0.1
-  c.optimizer.b1 = 0.9  # Adam betas/eps: not stated in the paper; common GPT defaults
-  c.optimizer.b2 = 0.95
-  c.optimizer.eps = 1e-8
+  # Adam betas/eps: the paper gives none; phi-1.5 (same team and architecture, arXiv 2309.05463
+  # §2.3) trains with beta (0.9, 0.98) and eps 1e-7 (docs/fidelity.md).
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.98
+  c.optimizer.eps = 1e-7
   c.optimizer.grad_clip = 1.0  # global-norm clipping; 0 disables (not stated in the paper)
 
   c.loss_scale = ml_collections.ConfigDict()

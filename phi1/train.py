@@ -49,16 +49,17 @@ class TrainState:
   key: jax.Array  # raw uint32 key data of the run's base key
 
 
-def make_schedule(opt: ml_collections.ConfigDict):
+def make_schedule(opt: ml_collections.ConfigDict, steps: int):
+  """Linear warmup, then linear decay to end_lr at schedule_steps (0: at the run's `steps`)."""
   warmup = max(int(opt.warmup_steps), 1)
-  decay = max(int(opt.schedule_steps) - warmup, 1)
+  decay = max((int(opt.schedule_steps) or int(steps)) - warmup, 1)
   return optax.join_schedules(
       [optax.linear_schedule(0.0, opt.peak_lr, warmup),
        optax.linear_schedule(opt.peak_lr, opt.end_lr, decay)], [warmup])
 
 
-def make_optimizer(opt: ml_collections.ConfigDict):
-  schedule = make_schedule(opt)
+def make_optimizer(opt: ml_collections.ConfigDict, steps: int):
+  schedule = make_schedule(opt, steps)
   # Decay matrices (linear kernels, embeddings) only: biases and LayerNorm parameters are 1-D.
   decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
@@ -145,7 +146,7 @@ class Trainer:
     if config.seq_len > self.model_config.max_seq_len:
       raise ValueError(f"seq_len={config.seq_len} exceeds model.max_seq_len="
                        f"{self.model_config.max_seq_len}")
-    self.tx, self.schedule = make_optimizer(config.optimizer)
+    self.tx, self.schedule = make_optimizer(config.optimizer, config.steps)
     self.replicated = sharding.replicated(self.mesh)
 
     abstract_model = nnx.eval_shape(lambda: Phi1(self.model_config, rngs=nnx.Rngs(0)))
@@ -246,6 +247,8 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   train_data = iter(pipeline.train)
   if jax.process_index() == 0:
     print(pipeline.stats.summary())
+    print(f"data.mixture={config.data.mixture!r}: row shares " + ", ".join(
+        f"{name} {share:.1%}" for name, share in pipeline.mixture_shares.items()))
   manager = ckpt_lib.manager(workdir, keep_last=config.keep_last, keep_every=config.keep_every)
   last_good = manager.latest_step()
   if last_good is not None:

@@ -168,11 +168,46 @@ def test_prompt_loss_mask(tmp_path):
 def test_mixture_weights_are_shares_of_rows(tmp_path):
   a = _write_jsonl(tmp_path / "a.jsonl", [{"text": "a" * 50}] * 20)
   b = _write_jsonl(tmp_path / "b.jsonl", [{"text": "b" * 50}] * 20)
-  cfg = _config([{"path": a, "weight": 3.0}, {"path": b, "weight": 1.0, "name": "bbb"}])
+  cfg = _config([{"path": a, "weight": 3.0}, {"path": b, "weight": 1.0, "name": "bbb"}],
+                mixture="weights")
   targets = _rows(_take(iter(_build(cfg).train), 100), "targets")
   from_a = np.mean([np.any(row == ord("a")) for row in targets])
   assert abs(from_a - 0.75) < 0.05
   assert not np.any([np.any(row == ord("a")) and np.any(row == ord("b")) for row in targets])
+
+
+def _fraction_from_a(pipeline, n_batches=100):
+  targets = _rows(_take(iter(pipeline.train), n_batches), "targets")
+  return np.mean([np.any(row == ord("a")) for row in targets])
+
+
+@pytest.mark.parametrize("pretokenized", [False, True])
+def test_size_weighted_mixture_sees_every_token_equally_often(tmp_path, pretokenized):
+  # 3x as many tokens in a as in b: concatenation (the default) draws 3/4 of the rows from a.
+  a = _write_jsonl(tmp_path / "a.jsonl", [{"text": "a" * 50}] * 60)
+  b = _write_jsonl(tmp_path / "b.jsonl", [{"text": "b" * 50}] * 20)
+  cache = {"cache_dir": str(tmp_path / "cache")} if pretokenized else {}
+  cfg = _config([{"path": a}, {"path": b}], **cache)
+  assert cfg.mixture == "tokens"
+  pipeline = _build(cfg)
+  assert pipeline.mixture_shares == pytest.approx({"source0": 0.75, "source1": 0.25})
+  assert abs(_fraction_from_a(pipeline) - 0.75) < 0.05
+  # A weight multiplies a source's tokens: b upsampled 3x meets a at half the rows.
+  cfg.sources = [{"path": a}, {"path": b, "weight": 3.0}]
+  assert abs(_fraction_from_a(_build(cfg)) - 0.5) < 0.06
+
+
+def test_mixture_shares_and_bad_mixture():
+  from phi1.data import mixture
+  tokens = {"code": 6_000, "textbooks": 1_000}
+  assert mixture.shares("tokens", {"code": 1.0, "textbooks": 1.0}, tokens) == pytest.approx(
+      {"code": 6 / 7, "textbooks": 1 / 7})
+  assert mixture.shares("weights", {"code": 1.0, "textbooks": 1.0}, tokens) == pytest.approx(
+      {"code": 0.5, "textbooks": 0.5})
+  with pytest.raises(ValueError, match="hold no tokens"):
+    mixture.shares("tokens", {"code": 1.0}, {"code": 0})
+  with pytest.raises(ValueError, match="data.mixture must be one of"):
+    _build(_config(["unused.jsonl"], mixture="concat"))
 
 
 def test_same_seed_same_batches_other_seed_other_batches(corpus):

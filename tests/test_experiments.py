@@ -1,7 +1,10 @@
 """Every experiment file: get_config() and its CPU switch load, keys are the trainer's, sweeps expand."""
 
+import contextlib
+import io
 import json
 import pathlib
+import re
 
 import pytest
 
@@ -64,15 +67,32 @@ def test_sweeps_expand_to_valid_runs(path, tmp_path):
 
 def test_paper_ablation_grids():
   data = sweep.expand(str(REPO / "experiments/ablation_data.py"), "/tmp/unused")
-  assert {r.name for r in data} == {f"{d}_{s}" for d in ("stackplus", "codetextbook",
+  assert {r.name for r in data} == {f"{d}_{g}" for d in ("stackplus", "codetextbook",
                                                          "codetextbook_exercises")
-                                    for s in ("350m", "1.3b")}
+                                    for g in ("350m_26b", "350m_76b", "1.3b")}
   by_name = {r.name: r.config for r in data}
   assert by_name["stackplus_1.3b"].model.d_model == 2048
-  assert by_name["stackplus_350m"].model.d_model == 1024
+  assert by_name["stackplus_350m_76b"].model.d_model == 1024
   assert by_name["codetextbook_exercises_1.3b"].optimizer.peak_lr == 1e-4  # finetune recipe
   assert by_name["codetextbook_exercises_1.3b"].init_from.endswith("codetextbook_1.3b/export")
-  assert by_name["stackplus_350m"].steps == by_name["codetextbook_350m"].steps  # equal compute
+  for group in ("350m_26b", "350m_76b"):  # equal compute within a group
+    assert by_name[f"stackplus_{group}"].steps == by_name[f"codetextbook_{group}"].steps
+  # Figure 2.1's compute axis: 26B and 76B tokens for 350M; 1.3B Stack+ 76B, phi-1-base 51B.
+  billions = {n: c.steps * c.batch_size * c.seq_len / 1e9 for n, c in by_name.items()}
+  for name, paper in (("stackplus_350m_26b", 26), ("codetextbook_350m_76b", 76),
+                      ("stackplus_1.3b", 76), ("codetextbook_1.3b", 51)):
+    assert abs(billions[name] - paper) < 1, name
+  assert by_name["codetextbook_1.3b"].optimizer.schedule_steps == 36_000  # phi-1-base: 24K of 36K
+
+  # The LR schedule ends at the run's own last step, also under --set steps=N, except where a run
+  # says otherwise (phi-1-base).
+  from phi1 import train
+  short = {r.name: r.config for r in sweep.expand(str(REPO / "experiments/ablation_data.py"),
+                                                  "/tmp/unused", {"steps": "1000"})}
+  lr_at_end = {n: float(train.make_schedule(c.optimizer, c.steps)(c.steps))
+               for n, c in short.items()}
+  assert lr_at_end["stackplus_350m_26b"] == 0.0 and lr_at_end["codetextbook_exercises_1.3b"] == 0.0
+  assert lr_at_end["codetextbook_1.3b"] > 0.9e-3
 
   pruning = sweep.expand(str(REPO / "experiments/ablation_pruning.py"), "/tmp/unused")
   sources = {r.name: r.config.data.sources[0]["path"] for r in pruning}
@@ -87,7 +107,16 @@ def test_paper_ablation_grids():
   assert knobs["rotary_0"].model.rotary_dim == 0
 
 
-def test_table3_splits_pass_at_1_into_similar_and_non_similar(tmp_path):
+def test_paper_recipes_use_phi15_adam_settings_and_concatenated_mixtures():
+  for name in ("phi1_pretrain", "phi1_finetune", "phi1_small_pretrain", "phi1_small_finetune"):
+    c = config_lib.load(str(REPO / "experiments" / f"{name}.py"))
+    assert (c.optimizer.b1, c.optimizer.b2, c.optimizer.eps) == (0.9, 0.98, 1e-7), name
+    assert c.data.mixture == "tokens", name  # each token seen equally often (paper §2)
+  pretrain = config_lib.load(str(REPO / "experiments/phi1_pretrain.py"))
+  assert {s["weight"] for s in pretrain.data.sources} == {1.0}  # sizes, not fixed 6:1 weights
+
+
+def test_table3_has_the_papers_rows_and_columns_beside_ours(tmp_path):
   module, _ = sweep.load_experiment(str(REPO / "experiments/ablation_pruning.py"))
   split = {"similar": ["HumanEval/0"], "non_similar": ["HumanEval/1", "HumanEval/2"]}
   report = {"taus": {str(t): {"removed": 7, "split": {"humaneval": split}}
@@ -98,8 +127,64 @@ def test_table3_splits_pass_at_1_into_similar_and_non_similar(tmp_path):
     out.mkdir(parents=True)
     out.joinpath("samples.jsonl").write_text("".join(
         json.dumps({"task_id": f"HumanEval/{i}", "passed": p}) + "\n" for i, p in enumerate(results)))
-  rows = {r["run"]: r for r in module.table3(tmp_path / "runs", tmp_path)}
-  assert rows["tau_0.9"]["tau"] == "0.9" and rows["unpruned"]["tau"] == "0.8"
-  assert (rows["tau_0.9"]["similar"], rows["tau_0.9"]["non_similar"]) == (1.0, 0.5)
-  assert (rows["unpruned"]["similar"], rows["unpruned"]["non_similar"]) == (0.0, 0.5)
-  assert rows["tau_0.9"]["pass@1"] == pytest.approx(2 / 3)
+  rows = module.table3(tmp_path / "runs", tmp_path)
+  # Every tau is a row pair: phi-1 (the unpruned run, split at each tau) and the retrained run.
+  assert [(r["tau"], r["model"]) for r in rows] == [
+      (t, m) for t in module.TAUS for m in ("phi-1", "retrained")]
+  by = {(r["tau"], r["model"]): r for r in rows}
+  retrained = by[(0.9, "retrained")]
+  assert (retrained["similar"], retrained["non_similar"]) == (100.0, 50.0)
+  assert retrained["total"] == pytest.approx(200 / 3)
+  assert (retrained["paper_similar"], retrained["paper_non_similar"],
+          retrained["paper_total"]) == (51.6, 36.6, 45.1)
+  assert by[(0.95, "phi-1")]["paper_n_similar"] == 71 and by[(0.8, "phi-1")]["similar"] == 0.0
+  assert by[(0.8, "retrained")]["total"] is None  # not evaluated yet: no score, not a zero
+  text = module.format_table3(rows)
+  assert "100.0 / 51.6" in text and "StarCoder-Prompted" in text
+
+
+def _dry_run(experiment):
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    assert sweep.main([str(REPO / "experiments" / experiment), "--dry-run", "--root",
+                       "/tmp/unused"]) == 0
+  return out.getvalue()
+
+
+def _flops(L, d, ff, tokens, V=51200, T=2048):
+  """Training FLOPs from first principles (6N + causal attention), not from phi1/flops.py."""
+  return tokens * (6 * (L * (4 * d * d + 2 * d * ff) + d * V) + 6 * L * T * d)
+
+
+def test_ablation_data_dry_run_budgets_and_the_mfu_the_papers_hours_imply():
+  out = _dry_run("ablation_data.py")
+  blocks = {b.split()[0]: b for b in out.split("\n\n") if "  tokens " in b}
+  assert len(blocks) == 9
+  assert "12,400 steps x 1,024 seq x 2,048 tokens = 26,004,684,800" in blocks["stackplus_350m_26b"]
+  assert "36,000 steps x 1,024 seq x 2,048 tokens = 75,497,472,000" in blocks["stackplus_1.3b"]
+  assert "24,000 steps x 1,024 seq x 2,048 tokens = 50,331,648,000" in blocks["codetextbook_1.3b"]
+  for name, hours, flops in (
+      ("stackplus_1.3b", 1090, _flops(24, 2048, 8192, 36_000 * 2**21)),
+      ("codetextbook_1.3b", 770, _flops(24, 2048, 8192, 24_000 * 2**21)),
+      ("codetextbook_exercises_1.3b", 56, _flops(24, 2048, 8192, 6_000 * 256 * 2048))):
+    implied = float(re.search(r"implies MFU = .* = ([\d.]+)", blocks[name]).group(1))
+    assert implied == pytest.approx(flops / (hours * 3600 * 312e12), abs=1e-3), name
+    shown = float(re.search(r"A100-hours .* = ([\d,.]+)  \(", blocks[name]).group(1)
+                  .replace(",", ""))
+    assert shown == pytest.approx(flops / (312e12 * 0.4) / 3600, rel=1e-3)
+  assert 0.4 < implied < 0.45  # the finetune's 7 h on 8 A100s: ~42% MFU
+  assert "implies MFU" not in blocks["stackplus_350m_26b"]  # the paper gives no hours there
+  small = _flops(20, 1024, 4096, 12_400 * 2**21)
+  assert f"= {small:.4g}" in blocks["codetextbook_350m_26b"]
+
+
+def test_ablation_pruning_dry_run_budgets():
+  out = _dry_run("ablation_pruning.py")
+  blocks = [b for b in out.split("\n\n") if "  tokens " in b]
+  assert len(blocks) == 5  # unpruned + 4 taus, each one phi-1 finetune
+  flops = _flops(24, 2048, 8192, 6_000 * 256 * 2048)
+  for block in blocks:
+    assert "6,000 steps x 256 seq x 2,048 tokens = 3,145,728,000" in block
+    implied = float(re.search(r"implies MFU = .* = ([\d.]+)", block).group(1))
+    assert implied == pytest.approx(flops / (56 * 3600 * 312e12), abs=1e-3)
+  assert re.search(r"total: 5 run\(s\), 15.7B tokens", out)

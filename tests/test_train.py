@@ -253,3 +253,14 @@ def test_disk_full_during_save_is_a_clear_error_and_no_partial_checkpoint_is_vis
     manager.close()
   finally:
     subprocess.run(["umount", "--lazy", str(mountpoint)])  # writer threads may still hold files
+
+
+def test_schedule_ends_at_the_runs_steps_unless_schedule_steps_is_set():
+  opt = config_lib.base_config().optimizer
+  opt.peak_lr, opt.warmup_steps, opt.end_lr = 1e-3, 10, 0.0
+  assert opt.schedule_steps == 0  # the default follows the run
+  schedule = train.make_schedule(opt, 100)
+  assert float(schedule(10)) == pytest.approx(1e-3) and float(schedule(100)) == 0.0
+  assert float(schedule(55)) == pytest.approx(0.5e-3)
+  opt.schedule_steps = 200  # a run stopped early on a longer schedule (phi-1-base: 24K of 36K)
+  assert float(train.make_schedule(opt, 100)(100)) == pytest.approx(1e-3 * 100 / 190)

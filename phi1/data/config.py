@@ -13,8 +13,11 @@ def default_config() -> ml_collections.ConfigDict:
   # `phi1 pretokenize`. Records carry `text`, or `prompt` + `completion` (exercises).
   # CodeTextbook (paper §2) = [{"path": filtered_code, ...}, {"path": textbooks, ...}].
   c.sources = []
-  # Weights are shares of training rows, i.e. of tokens: each source is packed on its own and
-  # rows are drawn from source i with probability weight_i / sum(weights).
+  # Each source is packed on its own and rows are drawn from source i with probability
+  # proportional to weight_i x tokens_i under mixture "tokens" (every weight 1: each token seen
+  # equally often, the paper's concatenation, §2), or to weight_i alone under "weights" (fixed
+  # shares whatever the sizes). See phi1/data/mixture.py.
+  c.mixture = "tokens"
   # Tokenizer: *.model (SentencePiece), tokenizer.json, or a directory holding one. Needed for
   # text sources; pre-tokenized sources are checked against it (eos id, fingerprint).
   c.tokenizer = ""

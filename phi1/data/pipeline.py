@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 import grain
 import numpy as np
 
+from phi1.data import mixture as mixture_lib
 from phi1.data import records
 from phi1.data.packing import PACKINGS, DocumentToExample, PackIterDataset
 from phi1.data.shuffle import EpochShuffle, WindowShuffleIterDataset
@@ -108,6 +109,7 @@ class DataPipeline:
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} is not divisible by the {process_count} "
                        "JAX processes; every process loads batch_size / process_count rows")
+    mixture_lib.check(config.mixture)  # before any source is read
     if config.packing not in PACKINGS:
       raise ValueError(f"data.packing must be one of {PACKINGS}, got {config.packing!r}")
     self.config, self.seq_len = config, seq_len
@@ -150,6 +152,10 @@ class DataPipeline:
           f"model.vocab_size {model_vocab_size} is smaller than the tokenizer's {self.vocab_size} "
           f"ids: set model.vocab_size >= {self.vocab_size} (phi-1 pads 50295 to 51200, a multiple "
           "of 64, for fast matmuls)")
+    # Row share of each source (the trainer prints it with the data stats).
+    self.mixture_shares = mixture_lib.shares(
+        config.mixture, self._weights,
+        {name: mixture_lib.num_tokens(docs) for name, docs in self._train_docs.items()})
     self.train = self._train_dataset()
 
   def _load(self, path: str, name: str, eval_fraction: float):
@@ -215,8 +221,7 @@ class DataPipeline:
     if len(packed) == 1:
       rows = next(iter(packed.values()))
     else:
-      total = sum(self._weights.values())
-      rows = grain.IterDataset.mix(packed, {k: w / total for k, w in self._weights.items()})
+      rows = grain.IterDataset.mix(packed, self.mixture_shares)
     if self.config.row_shuffle_window > 1:
       rows = WindowShuffleIterDataset(rows, window_size=int(self.config.row_shuffle_window),
                                       seed=seed)

@@ -144,7 +144,7 @@ class ArrayRecordDocs:
     self.vocab_size = int(self.meta["vocab_size"])
     self._stats, self._name = stats, name
     source_stats = stats.source(name, self.meta["directory"])
-    good = []
+    good, self.num_tokens = [], 0  # tokens in the readable shards
     for shard in self.meta["shards"]:
       file = os.path.join(self.meta["directory"], shard["file"])
       try:
@@ -162,6 +162,7 @@ class ArrayRecordDocs:
         source_stats.records += count
         source_stats.documents += count
         source_stats.tokens += shard["tokens"]
+        self.num_tokens += shard["tokens"]
     self._records = grain.sources.ArrayRecordDataSource(good) if good else []
     self._seen_bad: set[int] = set()
     self._lock = threading.Lock()
