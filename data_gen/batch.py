@@ -13,7 +13,7 @@ import time
 
 from data_gen.llm import LLM, BudgetExhausted, Request, cache_key, parse_response, request_body, \
     worst_case_tokens
-from data_gen.runner import RunSummary, generate, record_id
+from data_gen.runner import RunSummary, Slots, generate, record_id, run_of
 from data_gen.shards import ShardWriter
 
 MAX_REQUESTS_PER_BATCH = 50_000  # OpenAI's limit per batch file
@@ -107,37 +107,46 @@ async def fill_cache(llm: LLM, requests: list[Request], *, poll_s: float = 30.0,
 
 async def generate_with_batches(task, llm: LLM, writer: ShardWriter, n: int, *, poll_s: float = 30.0,
                                 progress: bool = True, oversample: float = 1.1,
-                                max_rounds: int = 20) -> RunSummary:
+                                max_rounds: int = 20, run: int = 0,
+                                slots: Slots = Slots()) -> RunSummary:
   """Rounds of: batch the next slots' requests (oversampled for rejects), then build records from
   the cache with the online loop (every answer is a hit, so it sends nothing it does not batch)."""
   rejects: dict = {}
-  start_count = len(writer)
+  invalid: dict = {}
+
+  def stored() -> int:
+    return sum(1 for i in writer.ids if run_of(i) == run)
+
+  start_count = stored()
   for _ in range(max_rounds):
-    if len(writer) >= n:
+    if stored() >= n:
       break
-    need = n - len(writer)
+    need = n - stored()
     requests, slot = [], 0
     # Walk from slot 0 each round: a slot whose batch line failed is batched again.
     while len(requests) < int(need * oversample) + 1:
-      request, _ = task.request(slot)
+      request, _ = task.request(slots(slot))
       slot += 1
       key = llm.key(request)
-      if record_id(task.kind, key) not in writer.ids and not llm.cache.contains(key):
+      if record_id(task.kind, key, run) not in writer.ids and not llm.cache.contains(key):
         requests.append(request)
     try:
       filled = await fill_cache(llm, requests, poll_s=poll_s)
     except BudgetExhausted:
       break
-    before = len(writer)
-    summary = await generate(task, _CacheOnly(llm), writer, n, progress=progress)
+    before = stored()
+    summary = await generate(task, _CacheOnly(llm), writer, n, progress=progress, run=run,
+                             slots=slots)
     for reason, count in summary.rejects.items():
       rejects[reason] = rejects.get(reason, 0) + count
-    if len(writer) == before and filled == 0:
-      return RunSummary(n, len(writer), len(writer) - start_count, rejects, "error: batches returned no usable answers",
-                        llm.stats.as_dict())
-  stopped = "done" if len(writer) >= n else ("budget" if llm.budget is not None else
-                                             f"error: not done after {max_rounds} batch rounds")
-  return RunSummary(n, len(writer), len(writer) - start_count, rejects, stopped,
+    for reason, count in summary.invalid.items():
+      invalid[reason] = invalid.get(reason, 0) + count
+    if stored() == before and filled == 0:
+      return RunSummary(n, stored(), stored() - start_count, rejects, invalid,
+                        "error: batches returned no usable answers", llm.stats.as_dict())
+  stopped = "done" if stored() >= n else ("budget" if llm.budget is not None else
+                                          f"error: not done after {max_rounds} batch rounds")
+  return RunSummary(n, stored(), stored() - start_count, rejects, invalid, stopped,
                     llm.stats.as_dict())
 
 

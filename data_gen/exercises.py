@@ -1,6 +1,8 @@
 """Synthetic exercises (phi-1 §2.2, CodeExercises): a function signature + docstring to complete,
-diversified by constraining the function name (drawn from a generated name space) plus topic and
-difficulty, from data_gen/tables/exercises.yaml. Each record holds `prompt` (imports, signature,
+diversified by constraining the function name (data_gen/name_space.py: millions of names, benchmark
+entry points excluded, each used once before any repeats) plus topic and difficulty, from
+data_gen/tables/exercises.yaml, and a seed word from tables/seed_words.txt. By default the docstring
+takes the paper's form (task, Parameters, Returns, no examples). Each record holds `prompt` (imports, signature,
 docstring), `completion` (the body) and `text` = prompt + completion, ready for finetuning.
 
 With `execute=True` a completion only counts if prompt + completion runs without error in the
@@ -16,34 +18,45 @@ import sys
 import tempfile
 
 from data_gen.llm import Completion, Request
-from data_gen.tables import load_table, name_of, require, weighted
+from data_gen.name_space import topic_name_spaces
+from data_gen.permutation import StratifiedAllocation
+from data_gen.tables import load_table, load_words, name_of, require, weighted
 from data_gen.textbooks import slot_seed
-from data_gen.validate import check_exercise, run_hooks
+from data_gen.validate import check_exercise, code_blocks, run_hooks, split_function
 
 SYSTEM = "You are an expert Python programmer who writes precise, well-tested programming exercises."
+
+# Bump when PROMPT or the way constraints are drawn changes: the manifest records it, and a rerun into
+# a directory made with another version is refused (see data_gen/provenance.py).
+PROMPT_VERSION = "exercises-2"
 
 PROMPT = """Write a Python programming exercise on the topic "{topic}", difficulty {difficulty} ({hint}).
 
 The exercise is a single function named `{function_name}` with:
 - a signature with type hints;
-- a docstring that states the task precisely, including edge cases, with one or two examples;
+- {docstring}
 - a correct, readable and efficient implementation after the docstring.
+If it fits naturally, set the task in a situation that involves "{seed_word}".
 Use only the Python standard library; put any imports above the function.
 Reply with exactly one ```python code block containing the imports and the function, nothing else."""
 
+# phi-1's example exercise (paper §2.2): a task statement, then Parameters and Returns, no examples.
+DOCSTRING_PAPER = ("a docstring that states the task precisely, including edge cases, then a "
+                   "\"Parameters:\" section with one line per argument (name (type): meaning) and a "
+                   "\"Returns:\" section (type: meaning); no examples in the docstring;")
+DOCSTRING_EXAMPLES = ("a docstring that states the task precisely, including edge cases, with one or "
+                      "two examples;")
+
 
 def function_names(table: dict, topic: dict) -> list[str]:
-  """Every name the table can produce for one topic (verb_object[_qualifier])."""
-  return sorted({_name(v, o, name_of(q)) for v in topic["verbs"] for o in topic["objects"]
-                 for q in table["qualifiers"]})
-
-
-def _name(verb: str, obj: str, qualifier: str) -> str:
-  return f"{verb}_{obj}" + (f"_{qualifier}" if qualifier else "")
+  """Every allowed name of one topic, listed (small tables and tests; the sampler never lists)."""
+  space = topic_name_spaces({**table, "topics": [topic]})[0]
+  return sorted({space[i] for i in range(len(space))})
 
 
 def exercise_cells(table: dict) -> int:
-  return sum(len(function_names(table, t)) for t in table["topics"]) * len(table["difficulties"])
+  """(topic, function name, difficulty) cells, counting a name once per topic it belongs to."""
+  return sum(len(s) for s in topic_name_spaces(table)) * len(table["difficulties"])
 
 
 class SubprocessChecker:
@@ -126,24 +139,32 @@ class ExerciseTask:
   min_completion_chars: int = 20
   checker: object = None  # async callable program -> reject reason | None (see make_checker)
   hooks: tuple = ()  # extra validation hooks: fields dict -> reject reason | None
+  docstring_examples: bool = False  # worked examples in the docstring instead of the paper's form
+  keep_invalid: bool = False  # keep outputs that fail validation, flagged (the paper's unfiltered data)
   kind: str = "exercises"
 
   def __post_init__(self):
-    require(self.table, ["topics", "difficulties", "qualifiers"], "exercises")
+    require(self.table, ["topics", "difficulties"], "exercises")
+    self.names = topic_name_spaces(self.table)
+    self.allocation = StratifiedAllocation([t.get("weight", 1) for t in self.table["topics"]],
+                                           [len(n) for n in self.names], f"exercises:{self.seed}")
+    self.seed_words = load_words("seed_words")
 
   def constraints(self, slot: int) -> dict:
+    _, t, index = self.allocation(slot)
     rng = random.Random(f"exercises:{self.seed}:{slot}")
-    topic = weighted(rng, self.table["topics"])
     difficulty = weighted(rng, self.table["difficulties"])
-    name = _name(rng.choice(topic["verbs"]), rng.choice(topic["objects"]),
-                 name_of(weighted(rng, self.table["qualifiers"])))
-    return {"topic": topic["name"], "difficulty": name_of(difficulty),
-            "function_name": name, "hint": difficulty.get("hint", "")}
+    return {"topic": self.table["topics"][t]["name"], "difficulty": name_of(difficulty),
+            "function_name": self.names[t][index], "seed_word": rng.choice(self.seed_words),
+            "hint": difficulty.get("hint", "")}
+
+  def prompt(self, c: dict) -> str:
+    docstring = DOCSTRING_EXAMPLES if self.docstring_examples else DOCSTRING_PAPER
+    return PROMPT.format(docstring=docstring, **c)
 
   def request(self, slot: int) -> tuple[Request, dict]:
     c = self.constraints(slot)
-    messages = ({"role": "system", "content": SYSTEM},
-                {"role": "user", "content": PROMPT.format(**c)})
+    messages = ({"role": "system", "content": SYSTEM}, {"role": "user", "content": self.prompt(c)})
     params = {"temperature": self.temperature, "max_tokens": self.max_tokens}
     constraints = {k: v for k, v in c.items() if k != "hint"}
     return Request(messages=messages, params=params,
@@ -161,3 +182,13 @@ class ExerciseTask:
         return reason
     fields = {"text": prompt + completion_text, "prompt": prompt, "completion": completion_text}
     return run_hooks(self.hooks, fields) or fields
+
+  def invalid_fields(self, completion: Completion, constraints: dict) -> dict:
+    """What `--keep-invalid` stores for an output that failed validation: prompt and completion
+    when the function could still be split out, else the code (or the whole answer) as text."""
+    blocks = code_blocks(completion.text)
+    code = blocks[0] if blocks else completion.text
+    split = split_function(code, constraints["function_name"])
+    if isinstance(split, tuple):
+      return {"text": split[0] + split[1], "prompt": split[0], "completion": split[1]}
+    return {"text": code if code.endswith("\n") else code + "\n"}

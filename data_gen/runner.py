@@ -38,6 +38,7 @@ class RunSummary:
   stored: int          # valid records in the directory now
   added: int           # records this run wrote
   rejects: dict
+  invalid: dict        # outputs that failed validation but were kept (--keep-invalid), by reason
   stopped: str         # "done" | "budget" | "error: ..." | "disk full"
   llm: dict            # the LLM layer's stats (requests, cache hits, retries, tokens, cost)
 
@@ -46,8 +47,32 @@ class RunSummary:
     return self.stopped == "done"
 
 
-def record_id(kind: str, key: str) -> str:
-  return f"{kind}-{key[:24]}"
+def record_id(kind: str, key: str, run: int = 0) -> str:
+  """Run 0's ids are `kind-<key>`; a later run of the same directory (`--new-run`) tags its own."""
+  return f"{kind}-{key[:24]}" if run == 0 else f"{kind}-r{run}-{key[:24]}"
+
+
+def run_of(record_id_: str) -> int:
+  tag = record_id_.split("-")[1]
+  return int(tag[1:]) if tag.startswith("r") and tag[1:].isdigit() else 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Slots:
+  """The slots a rank owns under `--shard I/W`: I, I+W, I+2W, ... (W=1: every slot)."""
+  rank: int = 0
+  world: int = 1
+
+  def __post_init__(self):
+    if not 0 <= self.rank < self.world:
+      raise ValueError(f"--shard {self.rank}/{self.world}: need 0 <= I < W")
+
+  def __call__(self, j: int) -> int:
+    return self.rank + j * self.world
+
+  def share(self, n: int) -> int:
+    """This rank's part of n records, so that the W parts add up to n."""
+    return n // self.world + (1 if self.rank < n % self.world else 0)
 
 
 class _Progress:
@@ -80,15 +105,22 @@ class _Progress:
       self.bar.close()
 
 
-async def _attempt(task: Task, llm: LLM, slot: int, request: Request, constraints: dict):
+async def _attempt(task: Task, llm: LLM, run: int, slot: int, request: Request, constraints: dict):
   completion = await llm.complete(request)
   fields = await task.check(completion, constraints)
+  validity = {"valid": True}
   if isinstance(fields, str):
-    return fields
+    if not getattr(task, "keep_invalid", False) or not completion.text.strip():
+      return fields
+    # --keep-invalid: phi-1 trained on GPT-3.5's output as it came, errors included.
+    validity = {"valid": False, "invalid_reason": fields}
+    fields = task.invalid_fields(completion, constraints)
   messages_or_prompt = request.messages if request.messages is not None else request.prompt
   return {
-      "id": record_id(task.kind, completion.key),
+      "id": record_id(task.kind, completion.key, run),
       **fields,
+      **validity,
+      "run": run,
       "source": f"synthetic_{task.kind}",
       "constraints": constraints,
       "model": completion.model,
@@ -105,12 +137,16 @@ async def _attempt(task: Task, llm: LLM, slot: int, request: Request, constraint
 
 
 async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window: int | None = None,
-                   progress: bool = True, max_rejects: int | None = None) -> RunSummary:
-  """Fill `writer`'s directory up to `n` valid records. Stops cleanly on budget, fatal endpoint
-  errors and a full disk (what was stored stays stored); the reason is in `RunSummary.stopped`."""
+                   progress: bool = True, max_rejects: int | None = None, run: int = 0,
+                   slots: Slots = Slots()) -> RunSummary:
+  """Fill `writer`'s directory up to `n` records of run `run` from the slots this rank owns.
+  Stops cleanly on budget, fatal endpoint errors and a full disk (what was stored stays stored);
+  the reason is in `RunSummary.stopped`."""
   window = window or 2 * llm.concurrency
-  start_count = len(writer)
+  stored = {i for i in writer.ids if run_of(i) == run}
+  start_count = len(stored)
   rejects: Counter = Counter()
+  invalid: Counter = Counter()
   bar = _Progress(n, min(start_count, n), progress, llm, rejects)
   in_flight: dict[asyncio.Task, tuple] = {}
   stopped, slot = "done", 0
@@ -126,15 +162,15 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
     if budget_refused:
       return budget_refused.pop()
     while True:
-      request, constraints = task.request(slot)
+      request, constraints = task.request(slots(slot))
       slot += 1
-      if record_id(task.kind, llm.key(request)) not in writer.ids:
-        return slot - 1, request, constraints
+      if record_id(task.kind, llm.key(request), run) not in stored:
+        return run, slots(slot - 1), request, constraints
 
   try:
     while True:
       while (stopped == "done" and not (budget_refused and in_flight) and len(in_flight) < window
-             and len(writer) + len(in_flight) < n):
+             and len(stored) + len(in_flight) < n):
         if sum(rejects.values()) > max_rejects:
           stopped = f"error: more than {max_rejects} rejects {dict(rejects)}; check the prompts"
           break
@@ -162,9 +198,12 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
           rejects[result] += 1
         elif result["id"] in writer.ids:  # two slots drew the same request: keep one record
           rejects["duplicate_request"] += 1
-        elif len(writer) < n and stopped in ("done", "budget"):
+        elif len(stored) < n and stopped in ("done", "budget"):
           try:
             writer.append(result)
+            stored.add(result["id"])
+            if not result["valid"]:
+              invalid[result["invalid_reason"]] += 1
             bar.update(1)
           except OSError as e:
             if e.errno != errno.ENOSPC:
@@ -182,7 +221,8 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
     for future in in_flight:
       future.cancel()
     bar.close()
-  if stopped == "done" and len(writer) < n:
+  if stopped == "done" and len(stored) < n:
     stopped = "error: stopped early"
-  return RunSummary(requested=n, stored=len(writer), added=len(writer) - start_count,
-                    rejects=dict(rejects), stopped=stopped, llm=llm.stats.as_dict())
+  return RunSummary(requested=n, stored=len(stored), added=len(stored) - start_count,
+                    rejects=dict(rejects), invalid=dict(invalid), stopped=stopped,
+                    llm=llm.stats.as_dict())

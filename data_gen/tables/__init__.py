@@ -23,6 +23,17 @@ def load_table(name_or_path: str) -> dict:
   return table
 
 
+def load_words(name: str) -> list[str]:
+  """A packaged word list (tables/NAME.txt): one entry per line, `#` lines are comments."""
+  with open(os.path.join(_HERE, f"{name}.txt")) as f:
+    return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+
+
+def sha256_of_words(name: str) -> str:
+  with open(os.path.join(_HERE, f"{name}.txt"), "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def weighted(rng: random.Random, items: list) -> dict | str:
   """One item drawn by its `weight` (default 1); plain strings weigh 1."""
   weights = [item.get("weight", 1) if isinstance(item, dict) else 1 for item in items]
