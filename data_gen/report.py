@@ -3,12 +3,18 @@
 Measures what phi-1's recipe is about (diverse, non-repetitive synthetic data):
   near_duplicates  MinHash (word 5-grams, datasketch LSH): share of records whose estimated Jaccard
                    with an earlier record reaches the threshold (what a dedup pass would remove);
+  distinct_ngrams  distinct-n (Li et al. 2016): distinct word n-grams / all n-grams, n = 1..4;
   function_names   distinct names defined (`def name`) across records;
+  coverage         topics (and textbook subtopics and topic-tree leaves) seen of those the table
+                   and tree hold; exercises: distinct requested function names;
   cells            distribution over constraint cells (coverage of the table, entropy, top cells);
   openings         the most frequent opening phrases (first five words);
-  tokens           usage-reported and whitespace token counts, cost.
-Writes DIR/report.json and a PNG of coverage (DIR/report.png), prints the JSON, and lists `flags`
-for anything that looks wrong (e.g. a near-duplicate rate above 2%).
+  lengths          words and completion tokens per record: percentiles and histograms;
+  tokens           usage-reported and whitespace token counts, cost;
+  validity         records kept by --keep-invalid, by reason.
+DIR may hold the rank directories of a `--shard I/W` run (all are read). Writes DIR/report.json
+and DIR/report.png (topics, cell coverage, cell sizes, openings, lengths), prints the JSON, and
+lists `flags` for anything that looks wrong (e.g. a near-duplicate rate above 2%).
 """
 
 import argparse
@@ -26,7 +32,7 @@ from data_gen.shards import read_records
 
 _WORD = re.compile(r"\w+")
 _DEF = re.compile(r"^\s*(?:async\s+)?def\s+([A-Za-z_]\w*)", re.M)
-CELL_KEYS = {"textbooks": ("topic", "subtopic", "audience", "style"),
+CELL_KEYS = {"textbooks": ("topic", "subtopic", "leaf", "audience", "style"),
              "exercises": ("topic", "difficulty", "function_name")}
 
 
@@ -60,6 +66,28 @@ def near_duplicates(records: list[dict], threshold: float = 0.7, ngram: int = 5,
           "examples": duplicates[:10]}
 
 
+def distinct_ngrams(records: list[dict], max_n: int = 4) -> dict:
+  """distinct-n: distinct word n-grams over all n-grams of the corpus (1.0: nothing repeats)."""
+  out = {}
+  tokenized = [_WORD.findall(r["text"].lower()) for r in records]
+  for n in range(1, max_n + 1):
+    seen, total = set(), 0
+    for words in tokenized:
+      grams = [hash(tuple(words[i:i + n])) for i in range(len(words) - n + 1)]
+      total += len(grams)
+      seen.update(grams)
+    out[f"distinct_{n}"] = len(seen) / total if total else 0.0
+  return out
+
+
+def _percentiles(values: np.ndarray) -> dict:
+  if not len(values):
+    return {}
+  p = np.percentile(values, [10, 50, 90])
+  return {"min": int(values.min()), "p10": float(p[0]), "p50": float(p[1]), "p90": float(p[2]),
+          "max": int(values.max()), "mean": float(values.mean())}
+
+
 def _opening(record: dict) -> str:
   """First five words of the prose: an exercise's docstring (its code always opens with `def`)."""
   text = record["text"]
@@ -74,30 +102,81 @@ def _cells(records: list[dict], kind: str) -> list[tuple]:
   return [tuple((r.get("constraints") or {}).get(k) for k in keys) for r in records]
 
 
-def _table_cells(kind: str, manifest: dict) -> int | None:
-  """Cells in the packaged table, if this corpus was generated from it."""
+def _sources(out_dir: str, kind: str, manifest: dict) -> tuple[dict | None, dict | None]:
+  """The packaged table and the topic tree this corpus was generated from, when they are at hand
+  and unchanged (their hashes match the manifest's run 0)."""
+  from data_gen.provenance import recorded_runs
   from data_gen.tables import load_table
+  runs = recorded_runs(manifest)
+  recorded = runs[0]["settings"] if runs else {}
   try:
     table = load_table(kind)
   except FileNotFoundError:
-    return None
-  if manifest.get("table_sha256") not in (None, table["_sha256"]):
+    return None, None
+  if recorded.get("table_sha256") not in (None, table["_sha256"]):
+    return None, None
+  tree = None
+  path = os.path.join(out_dir, "topic_tree.yaml")
+  if kind == "textbooks" and os.path.exists(path):
+    from data_gen.topic_tree import load_tree
+    try:
+      tree = load_tree(path, table)
+    except ValueError:
+      tree = None
+  return table, tree
+
+
+def _table_cells(kind: str, table: dict | None, tree: dict | None) -> int | None:
+  if table is None or (kind == "textbooks" and tree is None):
     return None
   if kind == "textbooks":
     from data_gen.textbooks import textbook_cells
-    return textbook_cells(table)
+    return textbook_cells(table, tree)
   from data_gen.exercises import exercise_cells
   return exercise_cells(table)
 
 
+def _coverage(kind: str, records: list[dict], table: dict | None, tree: dict | None) -> dict:
+  constraints = [r.get("constraints") or {} for r in records]
+  seen_topics = {c.get("topic") for c in constraints} - {None}
+  out = {"topics_seen": len(seen_topics)}
+  if table is not None:
+    out["topics_in_table"] = len(table["topics"])
+    out["topics_missing"] = sorted({t["name"] for t in table["topics"]} - seen_topics)[:20]
+  if kind == "textbooks":
+    out["subtopics_seen"] = len({(c.get("topic"), c.get("subtopic")) for c in constraints})
+    out["leaves_seen"] = len({(c.get("topic"), c.get("subtopic"), c.get("leaf")) for c in constraints})
+    if table is not None:
+      out["subtopics_in_table"] = sum(len(t["subtopics"]) for t in table["topics"])
+    if tree is not None:
+      out["leaves_in_tree"] = sum(len(v) for t in tree["topics"].values() for v in t.values())
+  else:
+    names = collections.Counter(c.get("function_name") for c in constraints)
+    out["function_names_requested"] = len(names)
+    out["max_records_per_function_name"] = max(names.values()) if names else 0
+  return out
+
+
+def _records(out_dir: str) -> tuple[list[dict], dict]:
+  """Records of DIR (or of every rank directory under it) and the first manifest found."""
+  from data_gen.provenance import rank_dirs
+  records, manifest = [], {}
+  for d in rank_dirs(out_dir):
+    records.extend(read_records(d))
+    path = os.path.join(d, "manifest.json")
+    if not manifest and os.path.exists(path):
+      with open(path) as f:
+        manifest = json.load(f)
+  return records, manifest
+
+
 def build_report(out_dir: str, threshold: float = 0.7) -> dict:
-  records = read_records(out_dir)
+  records, manifest = _records(out_dir)
   if not records:
     raise ValueError(f"no records in {out_dir} (expected shard-*.jsonl.gz / .parquet files)")
-  manifest_path = os.path.join(out_dir, "manifest.json")
-  manifest = json.load(open(manifest_path)) if os.path.exists(manifest_path) else {}
   kind = manifest.get("kind") or records[0].get("source", "").removeprefix("synthetic_")
   n = len(records)
+  table, tree = _sources(out_dir, kind, manifest)
 
   dups = near_duplicates(records, threshold)
   names = collections.Counter(name for r in records for name in set(_DEF.findall(r["text"])))
@@ -105,7 +184,7 @@ def build_report(out_dir: str, threshold: float = 0.7) -> dict:
   cell_counts = collections.Counter(cells)
   p = np.array(list(cell_counts.values()), dtype=np.float64) / n
   entropy = float(-(p * np.log2(p)).sum())
-  table_cells = _table_cells(kind, manifest)
+  table_cells = _table_cells(kind, table, tree)
   keys = CELL_KEYS.get(kind, ())
   per_dimension = {k: collections.Counter(c[i] for c in cells).most_common(10)
                    for i, k in enumerate(keys)}
@@ -114,8 +193,13 @@ def build_report(out_dir: str, threshold: float = 0.7) -> dict:
   completion_tokens = np.array([u.get("completion_tokens", 0) for u in usage], dtype=np.int64)
   words = np.array([len(r["text"].split()) for r in records], dtype=np.int64)
 
+  invalid = collections.Counter(r.get("invalid_reason") for r in records if r.get("valid") is False)
   report = {
       "dir": out_dir, "kind": kind, "records": n, "near_duplicates": dups,
+      "distinct_ngrams": distinct_ngrams(records),
+      "coverage": _coverage(kind, records, table, tree),
+      "lengths": {"words": _percentiles(words), "completion_tokens": _percentiles(completion_tokens)},
+      "validity": {"invalid_kept": sum(invalid.values()), "by_reason": dict(invalid)},
       "function_names": {"distinct": len(names), "per_record": len(names) / n,
                          "top": names.most_common(10)},
       "cells": {"distinct": len(cell_counts), "table_cells": table_cells,
@@ -143,6 +227,9 @@ def build_report(out_dir: str, threshold: float = 0.7) -> dict:
                  f"{openings.most_common(1)[0][0]!r}")
   if kind == "exercises" and len(names) < 0.5 * n:
     flags.append(f"function_names: only {len(names)} distinct names for {n} exercises")
+  if n >= 100 and report["distinct_ngrams"]["distinct_4"] < 0.5:
+    flags.append(f"distinct_ngrams: only {report['distinct_ngrams']['distinct_4']:.0%} of word "
+                 "4-grams are distinct")
   if n >= 100 and report["cells"]["entropy_ratio"] < 0.8:
     flags.append(f"cells: skewed distribution (entropy ratio {report['cells']['entropy_ratio']:.2f})")
   report["flags"] = flags
@@ -156,7 +243,7 @@ def plot(report: dict, records: list[dict], path: str):
 
   kind = report["kind"]
   cells = _cells(records, kind)
-  fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+  fig, axes = plt.subplots(3, 2, figsize=(13, 13))
   topics = collections.Counter(c[0] for c in cells).most_common()
   axes[0, 0].barh([str(t)[:32] for t, _ in topics][::-1], [k for _, k in topics][::-1])
   axes[0, 0].set_title("records per topic")
@@ -180,6 +267,16 @@ def plot(report: dict, records: list[dict], path: str):
   axes[1, 1].barh([o[:40] for o, _, _ in openings][::-1], [k for _, k, _ in openings][::-1])
   axes[1, 1].set_title(f"most frequent openings; near-duplicates {report['near_duplicates']['rate']:.1%}")
   axes[1, 1].tick_params(axis="y", labelsize=7)
+  words = [len(r["text"].split()) for r in records]
+  axes[2, 0].hist(words, bins=40)
+  axes[2, 0].set_xlabel("words per record")
+  axes[2, 0].set_ylabel("records")
+  axes[2, 0].set_title(f"length (median {np.median(words):.0f} words)")
+  ngrams = report["distinct_ngrams"]
+  axes[2, 1].bar([k.removeprefix("distinct_") for k in ngrams], list(ngrams.values()))
+  axes[2, 1].set_ylim(0, 1)
+  axes[2, 1].set_xlabel("n")
+  axes[2, 1].set_title("distinct word n-grams / all n-grams")
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
@@ -202,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
   out = args.out or args.dir
   os.makedirs(out, exist_ok=True)
   report["plot"] = os.path.join(out, "report.png")
-  plot(report, read_records(args.dir), report["plot"])
+  plot(report, _records(args.dir)[0], report["plot"])
   with open(os.path.join(out, "report.json"), "w") as f:
     json.dump(report, f, indent=1)
   print(json.dumps(report))

@@ -24,6 +24,22 @@ def _command(kind, n, out, server, *extra):
           "gpt-4o-mini", "--base-url", server.base_url, "--concurrency", "32", *FAST, *extra]
 
 
+SMALL_TABLE = """topics:
+  - {name: loops, weight: 2, subtopics: [for loops, while loops]}
+  - {name: recursion, weight: 1, subtopics: [base cases]}
+audiences: [a student, a teacher]
+styles: [a tutorial, a worked problem]
+"""
+
+
+@pytest.fixture
+def small_table(tmp_path):
+  """A three-seed textbook table: its topic tree costs three requests, not the default 270."""
+  path = tmp_path / "small_textbooks.yaml"
+  path.write_text(SMALL_TABLE)
+  return ["--table", str(path), "--tree-width", "8"]
+
+
 def _env(**extra):
   env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
   return {**env, "PYTHONPATH": os.getcwd(), **extra}
@@ -72,16 +88,18 @@ def test_sigkill_halfway_then_rerun_finishes_without_paying_twice(tmp_path):
     assert KEY.encode() not in path.read_bytes(), path
 
 
-def test_rerun_with_larger_n_tops_up_and_smaller_n_never_shrinks(tmp_path):
+def test_rerun_with_larger_n_tops_up_and_smaller_n_never_shrinks(tmp_path, small_table):
   out = tmp_path / "tb"
   with FakeOpenAI() as server:
     for n in (30, 50, 20):
-      r = subprocess.run(_command("textbooks", n, out, server, "--format", "parquet"),
+      r = subprocess.run(_command("textbooks", n, out, server, "--format", "parquet", *small_table),
                          env=_env(OPENAI_API_KEY=KEY),
                          capture_output=True, text=True, timeout=120)
       assert r.returncode == 0, r.stderr[-2000:]
     served = server.served_counts
-  assert len(read_records(str(out))) == 50 and sum(served.values()) == 50
+  # 50 sections and, once, one topic-tree request per seed subtopic.
+  assert len(read_records(str(out))) == 50 and sum(served.values()) == 50 + 3
+  assert (out / "topic_tree.yaml").exists()
   assert sorted(p.name for p in out.glob("shard-*.parquet")) == [
       "shard-00000.parquet", "shard-00001.parquet"]
 
@@ -107,10 +125,11 @@ def test_budget_stops_cleanly_before_it_is_exceeded(tmp_path):
   assert json.load(open(out / "manifest.json"))["usage"]["cost_usd"] <= budget
 
 
-def test_output_of_another_kind_is_a_clear_error(tmp_path):
+def test_output_of_another_kind_is_a_clear_error(tmp_path, small_table):
   out = tmp_path / "tb"
   with FakeOpenAI() as server:
-    first = subprocess.run(_command("textbooks", 3, out, server), env=_env(OPENAI_API_KEY=KEY),
+    first = subprocess.run(_command("textbooks", 3, out, server, *small_table),
+                           env=_env(OPENAI_API_KEY=KEY),
                            capture_output=True, text=True, timeout=120)
     second = subprocess.run(_command("exercises", 3, out, server), env=_env(OPENAI_API_KEY=KEY),
                             capture_output=True, text=True, timeout=120)
@@ -139,12 +158,12 @@ def test_dispatches_to_the_other_data_gen_clis(command, capsys):
   assert "usage" in capsys.readouterr().out.lower()
 
 
-def test_batch_backend_generates_and_tops_up(tmp_path):
+def test_batch_backend_generates_and_tops_up(tmp_path, small_table):
   out = tmp_path / "tb"
   with FakeOpenAI(batch_delay_s=0.1) as server:
     for n in (40, 60):
       r = subprocess.run(_command("textbooks", n, out, server, "--backend", "batch",
-                                  "--batch-poll-s", "0.05"),
+                                  "--batch-poll-s", "0.05", *small_table),
                          env=_env(OPENAI_API_KEY=KEY), capture_output=True, text=True, timeout=120)
       assert r.returncode == 0, r.stderr[-2000:]
       assert json.loads(r.stdout.strip().splitlines()[-1])["stored"] == n
@@ -164,3 +183,113 @@ def test_generation_stack_does_not_import_jax():
   r = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.strip() == "False"
+
+
+def _main(kind, n, out, server, *extra):
+  """The CLI in this process (no interpreter start-up per call)."""
+  return main([kind, "--n", str(n), "--out", str(out), "--model", "gpt-4o-mini", "--base-url",
+               server.base_url, "--concurrency", "8", *FAST, *extra])
+
+
+def test_rerun_with_other_settings_is_refused_or_recorded_as_a_new_run(tmp_path, capsys,
+                                                                       monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  out = tmp_path / "ex"
+  with FakeOpenAI() as server:
+    assert _main("exercises", 12, out, server) == 0
+    manifest = json.load(open(out / "manifest.json"))
+    capsys.readouterr()
+    for extra in (["--model", "gpt-4o"], ["--temperature", "0.5"], ["--docstring-examples"]):
+      assert _main("exercises", 12, out, server, *extra) == 2
+      err = capsys.readouterr().err
+      assert "other settings" in err and "--new-run" in err and "Traceback" not in err
+    assert json.load(open(out / "manifest.json")) == manifest  # nothing was touched
+    # --new-run: a second run with its own settings, its records tagged; the first run is kept.
+    assert _main("exercises", 5, out, server, "--temperature", "0.5", "--new-run") == 0
+    # The same settings again continue that run (no flag needed) and top it up.
+    assert _main("exercises", 8, out, server, "--temperature", "0.5") == 0
+    served = sum(server.served_counts.values())
+  records = read_records(str(out))
+  by_run = {run: [r for r in records if r["run"] == run] for run in (0, 1)}
+  assert len(by_run[0]) == 12 and len(by_run[1]) == 8 and served == 20
+  assert all(r["id"].startswith("exercises-r1-") for r in by_run[1])
+  runs = json.load(open(out / "manifest.json"))["generation_runs"]
+  assert [r["settings"]["temperature"] for r in runs] == [1.0, 0.5]
+  assert runs[0]["settings"]["prompt_version"] == "exercises-2"
+
+
+def test_model_change_message_names_the_setting(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI() as server:
+    assert _main("exercises", 3, tmp_path, server) == 0
+    capsys.readouterr()
+    assert _main("exercises", 3, tmp_path, server, "--model", "gpt-4o") == 2
+  assert "model: 'gpt-4o-mini' -> 'gpt-4o'" in capsys.readouterr().err
+
+
+def test_w_shards_together_equal_one_unsharded_run(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  n, world = 40, 3
+  with FakeOpenAI() as server:
+    assert _main("exercises", n, tmp_path / "one", server) == 0
+    for rank in range(world):
+      assert _main("exercises", n, tmp_path / "many", server, "--shard", f"{rank}/{world}") == 0
+    # Ranks of another world size would overlap these slots: refused.
+    assert _main("exercises", n, tmp_path / "many", server, "--shard", "0/2") == 2
+    assert "sharded 3 ways" in capsys.readouterr().err
+  one = {(r["id"], r["text"], r["slot"]) for r in read_records(str(tmp_path / "one"))}
+  ranks = sorted((tmp_path / "many").glob("rank-*-of-00003"))
+  assert [p.name for p in ranks] == [f"rank-0000{i}-of-00003" for i in range(world)]
+  many = []
+  for rank, path in enumerate(ranks):
+    records = read_records(str(path))
+    assert len(records) == len(range(rank, n, world))  # 14, 13, 13
+    assert {r["slot"] % world for r in records} == {rank} and (path / "cache.sqlite").exists()
+    assert json.load(open(path / "manifest.json"))["generation_runs"][0]["settings"]["shard"] == \
+        f"{rank}/{world}"
+    many += [(r["id"], r["text"], r["slot"]) for r in records]
+  assert len(many) == n and set(many) == one
+
+
+def test_a_rank_gets_its_share_of_the_budget(tmp_path, monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI() as server:
+    assert _main("exercises", 400, tmp_path, server, "--shard", "1/4", "--budget-usd", "0.004") == 0
+  manifest = json.load(open(tmp_path / "rank-00001-of-00004" / "manifest.json"))
+  assert 0 < manifest["usage"]["cost_usd"] <= 0.001 and 0 < manifest["records"] < 100
+
+
+def test_sharded_textbooks_need_the_topic_tree_first(tmp_path, monkeypatch, capsys, small_table):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI() as server:
+    assert _main("textbooks", 4, tmp_path, server, "--shard", "0/2", *small_table) == 2
+    assert "--expand-topics-only" in capsys.readouterr().err
+    assert _main("textbooks", 4, tmp_path, server, "--expand-topics-only", *small_table) == 0
+    assert (tmp_path / "topic_tree.yaml").exists() and not list(tmp_path.glob("shard-*"))
+    for rank in range(2):
+      assert _main("textbooks", 4, tmp_path, server, "--shard", f"{rank}/2", *small_table) == 0
+  assert sum(len(read_records(str(p))) for p in tmp_path.glob("rank-*")) == 4
+
+
+def test_keep_invalid_stores_flagged_outputs_and_says_so_in_the_manifest(tmp_path, monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  answers = iter(range(10 ** 6))
+
+  def responder(body):  # every other answer does not parse
+    if next(answers) % 2:
+      return "```python\ndef broken(:\n    pass\n```\n"
+    name = body["messages"][1]["content"].split("function named `")[1].split("`")[0]
+    return (f'```python\ndef {name}(x: int) -> int:\n    """Double x."""\n    doubled = x * 2\n'
+            "    return doubled + 1000\n```\n")
+
+  with FakeOpenAI(responder=responder) as server:
+    assert _main("exercises", 10, tmp_path / "strict", server) == 0
+    assert _main("exercises", 10, tmp_path / "kept", server, "--keep-invalid") == 0
+  strict, kept = read_records(str(tmp_path / "strict")), read_records(str(tmp_path / "kept"))
+  assert all(r["valid"] for r in strict) and len(strict) == 10
+  invalid = [r for r in kept if not r["valid"]]
+  assert len(kept) == 10 and invalid and all(r["invalid_reason"] == "syntax_error" for r in invalid)
+  assert all("def broken(:" in r["text"] and "prompt" not in r for r in invalid)
+  manifest = json.load(open(tmp_path / "kept" / "manifest.json"))
+  assert manifest["invalid_kept"] == {"syntax_error": len(invalid)}
+  assert manifest["generation_runs"][0]["settings"]["keep_invalid"] is True

@@ -144,3 +144,18 @@ def test_trainer_reads_exercise_shards_as_prompt_and_completion(tmp_path):
   path = shard_files(str(tmp_path))[0]
   docs = list(records_module.read_documents(path, records_module.SourceStats(path)))
   assert docs == [(records[0]["prompt"], records[0]["completion"])]
+
+
+def test_docstrings_take_the_papers_form_by_default():
+  default = ExerciseTask(seed=0).request(0)[0].messages[1]["content"]
+  examples = ExerciseTask(seed=0, docstring_examples=True).request(0)[0].messages[1]["content"]
+  assert '"Parameters:"' in default and '"Returns:"' in default and "no examples" in default
+  assert "one or two examples" in examples and "Parameters" not in examples
+
+
+def test_sampled_names_avoid_benchmark_entry_points():
+  from data_gen.name_space import benchmark_names, words
+  banned = {words(n) for n in benchmark_names()}
+  task = ExerciseTask(seed=0)
+  names = [task.constraints(s)["function_name"] for s in range(5000)]
+  assert len(set(names)) >= 4990 and not any(words(n) in banned for n in names)

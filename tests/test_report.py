@@ -44,6 +44,14 @@ def test_clean_corpus_is_not_flagged(corpus):
   assert report["function_names"]["distinct"] >= 290
   assert report["cells"]["distinct"] >= 290 and report["cells"]["table_cells"] >= 10_000
   assert report["tokens"]["completion_tokens_total"] > 0
+  ngrams = report["distinct_ngrams"]
+  assert 0 < ngrams["distinct_1"] < ngrams["distinct_2"] < ngrams["distinct_4"] <= 1
+  coverage = report["coverage"]
+  assert coverage["topics_in_table"] == 24 and 20 <= coverage["topics_seen"] <= 24
+  assert coverage["function_names_requested"] == 300 and coverage["max_records_per_function_name"] == 1
+  words = report["lengths"]["words"]
+  assert 0 < words["min"] <= words["p10"] <= words["p50"] <= words["p90"] <= words["max"]
+  assert report["validity"] == {"invalid_kept": 0, "by_reason": {}}
 
 
 def test_injected_ten_percent_near_duplicates_are_flagged(corpus, tmp_path):
@@ -62,6 +70,24 @@ def test_injected_ten_percent_near_duplicates_are_flagged(corpus, tmp_path):
   pairs = [{c["id"], c["id"].removesuffix("-copy")} for c in copies]
   flagged = set(dups["ids"])
   assert dups["count"] == 30 and all(len(p & flagged) == 1 for p in pairs)
+
+
+def test_repeated_text_lowers_distinct_ngrams():
+  from data_gen.report import distinct_ngrams
+  varied = [{"text": " ".join(f"w{i}_{j}" for j in range(50))} for i in range(20)]
+  repeated = [{"text": " ".join(f"w{j}" for j in range(50))} for _ in range(20)]
+  assert distinct_ngrams(varied)["distinct_3"] == 1.0
+  assert distinct_ngrams(repeated)["distinct_3"] == 1 / 20
+
+
+def test_sharded_output_is_reported_as_one_corpus(corpus, tmp_path):
+  records = sorted(read_records(str(corpus / "clean")), key=lambda r: r["id"])
+  for rank in range(2):
+    with ShardWriter(str(tmp_path / f"rank-0000{rank}-of-00002"), kind="exercises") as writer:
+      for r in records[rank::2]:
+        writer.append(r)
+  report = build_report(str(tmp_path))
+  assert report["records"] == 300 and report["kind"] == "exercises"
 
 
 def test_near_duplicates_threshold():

@@ -102,3 +102,40 @@ def test_full_disk_stops_cleanly_and_a_rerun_completes_without_repaying(tmp_path
   records = read_records(str(tmp_path / "out"))
   assert len(records) == 30 and len({r["id"] for r in records}) == 30
   assert max(served.values()) == 1  # the answer that hit the full disk came from the cache
+
+
+def test_prompts_allow_numpy_by_default_and_stdlib_only_is_a_switch():
+  default = TextbookTask(seed=0).request(3)[0].messages[1]["content"]
+  strict = TextbookTask(seed=0, stdlib_only=True).request(3)[0].messages[1]["content"]
+  assert "numpy" in default and "standard library only" not in default
+  assert "standard library only" in strict and "numpy" not in strict
+
+
+def test_every_prompt_carries_three_seed_words_from_the_shipped_list():
+  from data_gen.tables import load_words
+  vocabulary = set(load_words("seed_words"))
+  task = TextbookTask(seed=0)
+  triples = [task.constraints(s)["seed_words"] for s in range(3000)]
+  assert all(len(set(t)) == 3 and set(t) <= vocabulary for t in triples)
+  assert len({frozenset(t) for t in triples}) == 3000  # distinct sets, not only orderings
+  prompt = task.request(0)[0].messages[1]["content"]
+  assert all(f'"{w}"' in prompt for w in triples[0])
+
+
+def test_keep_invalid_keeps_the_answer_flagged(tmp_path):
+  bad = "Only prose, no code. " * 40
+  with FakeOpenAI(responder=lambda body: bad) as server:
+
+    async def run(keep):
+      async with LLM("gpt-4o-mini", base_url=server.base_url, api_key="sk-test",
+                     cache=str(tmp_path / "cache.sqlite")) as llm:
+        with ShardWriter(str(tmp_path / f"out{keep}"), kind="textbooks") as writer:
+          return await generate(TextbookTask(seed=3, keep_invalid=keep), llm, writer, 5,
+                                progress=False, max_rejects=20)
+
+    strict, kept = asyncio.run(run(False)), asyncio.run(run(True))
+  assert strict.stored == 0 and strict.rejects["no_code"] > 20
+  assert kept.ok and kept.invalid == {"no_code": 5}
+  records = read_records(str(tmp_path / "outTrue"))
+  assert [(r["valid"], r["invalid_reason"]) for r in records] == [(False, "no_code")] * 5
+  assert records[0]["text"] == bad.strip() + "\n"

@@ -23,7 +23,8 @@ Faults (each attempt is faulted with probability `fault_rate`, kind drawn unifor
 Canned answers are deterministic in the request body (same body, same text) and look like what the
 prompt asks for: a chat prompt containing "function named `NAME`" gets one ```python block defining
 NAME with type hints, a docstring and a body that runs; any other chat prompt gets a textbook-style
-section (prose interleaved with ```python blocks that parse); /v1/completions gets a function body.
+section (prose interleaved with ```python blocks that parse), except "List N distinct ..." which gets
+N short lines (a topic-tree expansion); /v1/completions gets a function body.
 `max_tokens` is honoured (token = 4 characters here): longer answers are cut, finish_reason "length".
 Pass `responder=lambda body: "text"` to answer with your own text instead.
 
@@ -141,6 +142,10 @@ def default_answer(body: dict, key: str | None = None) -> str:
   match = re.search(r"function named `([A-Za-z_][A-Za-z0-9_]*)`", prompt)
   if match:
     return exercise_text(match.group(1), rng)
+  match = re.search(r"List (\d+) distinct", prompt)
+  if match:  # a topic-tree expansion: one short phrase per line
+    return "\n".join(f"- {' '.join(rng.choices(_WORDS, k=rng.randint(2, 5)))}"
+                     for _ in range(int(match.group(1)))) + "\n"
   topic = re.search(r'"([^"]{3,120})"', prompt)
   return textbook_text(topic.group(1) if topic else "Programming", rng)
 
