@@ -96,7 +96,16 @@ def table3(root, decontaminated_dir, bench: str = "humaneval") -> list[dict]:
   (the `unpruned` run) and of the run retrained on the data pruned at that tau, each beside the
   paper's. Reads each run's eval_<bench>/samples.jsonl (sweep --eval) and the decontamination
   report.json (the similar / non-similar split at each tau)."""
-  report = json.loads((pathlib.Path(decontaminated_dir) / "report.json").read_text())
+  report_path = pathlib.Path(decontaminated_dir) / "report.json"
+  if not report_path.is_file():
+    raise FileNotFoundError(f"{report_path} not found: run `python -m data_gen decontaminate "
+                            f"--bench {bench} --out {decontaminated_dir}` first")
+  report = json.loads(report_path.read_text())
+  missing = [t for t in TAUS if str(t) not in report["taus"]]
+  if missing:
+    raise ValueError(f"{report_path} has no results at tau {missing} (it has "
+                     f"{sorted(report['taus'])}); rerun decontaminate with --taus "
+                     + ",".join(map(str, TAUS)))
   passed = {run: _passed(pathlib.Path(root) / run / f"eval_{bench}" / "samples.jsonl")
             for run in ["unpruned"] + [f"tau_{t}" for t in TAUS]}
   rows = []
@@ -134,17 +143,19 @@ def _rate(passed: dict, ids) -> tuple[float | None, int]:
 
 
 def format_table3(rows: list[dict]) -> str:
-  """Table 3 as text: ours / paper in each cell."""
-  cell = lambda ours, paper: f"{'-' if ours is None else f'{ours:.1f}'} / {paper}"
-  lines = ["tau   model       removed (paper)      similar n (paper)  similar %    "
-           "non-similar %  total %"]
-  for r in rows:
-    lines.append(f"{r['tau']:<5} {r['model']:<11} {r['removed']:>7} ({r['paper_removed'] or '-'})"
-                 f"{'':>6} {r['n_similar']:>4} ({r['paper_n_similar']}){'':>8} "
-                 f"{cell(r['similar'], r['paper_similar']):<12} "
-                 f"{cell(r['non_similar'], r['paper_non_similar']):<14} "
-                 f"{cell(r['total'], r['paper_total'])}")
-  lines.append("StarCoder-Prompted (paper only): " + "; ".join(
+  """Table 3 as aligned text, "ours / paper" in each cell."""
+  pct = lambda x: "-" if x is None else f"{x:.1f}"
+  header = ("tau", "model", "removed / paper", "similar n / paper", "similar %", "non-similar %",
+            "total %")
+  cells = [(str(r["tau"]), r["model"], f"{r['removed']} / {r['paper_removed'] or '-'}",
+            f"{r['n_similar']} / {r['paper_n_similar']}",
+            f"{pct(r['similar'])} / {r['paper_similar']}",
+            f"{pct(r['non_similar'])} / {r['paper_non_similar']}",
+            f"{pct(r['total'])} / {r['paper_total']}") for r in rows]
+  widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+  lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
+           for row in [header, *cells]]
+  lines.append("StarCoder-Prompted (paper only; similar / non-similar / total %): " + "; ".join(
       f"tau {t}: {s} / {n} / {a}" for t, (s, n, a) in PAPER_TABLE3["StarCoder-Prompted"].items()))
   return "\n".join(lines)
 
@@ -152,4 +163,7 @@ def format_table3(rows: list[dict]) -> str:
 if __name__ == "__main__":
   if len(sys.argv) != 3:
     sys.exit("usage: python -m experiments.ablation_pruning RUNS_ROOT DECONTAMINATED_DIR")
-  print(format_table3(table3(sys.argv[1], sys.argv[2])))
+  try:
+    print(format_table3(table3(sys.argv[1], sys.argv[2])))
+  except (FileNotFoundError, ValueError) as e:
+    sys.exit(f"ablation_pruning: {e}")

@@ -141,6 +141,12 @@ def test_table3_has_the_papers_rows_and_columns_beside_ours(tmp_path):
   assert by[(0.8, "retrained")]["total"] is None  # not evaluated yet: no score, not a zero
   text = module.format_table3(rows)
   assert "100.0 / 51.6" in text and "StarCoder-Prompted" in text
+  del report["taus"]["0.85"]
+  (tmp_path / "report.json").write_text(json.dumps(report))
+  with pytest.raises(ValueError, match=r"no results at tau \[0.85\]"):
+    module.table3(tmp_path / "runs", tmp_path)
+  with pytest.raises(FileNotFoundError, match="run `python -m data_gen decontaminate"):
+    module.table3(tmp_path / "runs", tmp_path / "nowhere")
 
 
 def _dry_run(experiment):
