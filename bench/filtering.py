@@ -81,31 +81,36 @@ def time_phi1_embedder(records_path: str, preset: str, n: int) -> dict:
 
 
 def ast_search_peer(records_path: str, n_records: int, workers: int, tau: float = 0.8) -> dict:
-  """Ours vs all-pairs rapidfuzz cdist on the same units; asserts identical matches."""
+  """Ours vs all-pairs rapidfuzz cdist (every sequence, statement-less ones included, against
+  every problem sequence, no length bound) on the same units; asserts identical matches."""
   import numpy as np
   from rapidfuzz import process
   from rapidfuzz.distance import Levenshtein
-  problems = dc.load_problems(["humaneval", "mbpp"])
-  sequences = [p.ast_sequence for p in problems]
+  problems = [p.ast_unit for p in dc.load_problems(["humaneval", "mbpp"])]
   units = []
   for _, r in zip(range(n_records), ingest.read_jsonl(records_path)):
     units.extend(ast_match.corpus_units(r["text"]) or [])
-  index = ast_match.AstIndex(sequences, min_nodes=ast_match.DEFAULT_MIN_NODES, workers=workers)
+  index = ast_match.AstIndex(problems, workers=workers)
   t = time.time()
   ours = {(m.unit, m.problem) for m in index.search(units, tau)}
   ours_s = time.time() - t
-  usable = index.usable
   t = time.time()
-  sim = process.cdist(units, [sequences[i] for i in usable], scorer=Levenshtein.normalized_similarity,
-                      score_cutoff=tau - 1e-6, workers=workers, dtype=np.float64)
-  lengths = np.array([len(u) for u in units])[:, None]
-  long_enough = np.maximum(lengths, np.array([len(sequences[i]) for i in usable])[None, :])
-  hits = np.nonzero((sim >= tau - 1e-9) & (long_enough >= ast_match.DEFAULT_MIN_NODES))
-  peer = {(int(u), usable[int(p)]) for u, p in zip(*hits)}
+  distinct = list(dict.fromkeys(units))
+  query, targets = ast_match._Flat(distinct), ast_match._Flat(problems)
+  distance = process.cdist(query.sequences, targets.sequences, scorer=Levenshtein.distance,
+                           workers=workers, dtype=np.int32)
+  cost = query.cost[:, None] + targets.cost[None, :]
+  rate = 1.0 - (distance + cost) / np.maximum(query.whole[:, None], targets.whole[None, :])
+  hits = np.nonzero((rate >= tau) & (cost <= 1))
+  by_unit = {}
+  for i, u in enumerate(units):
+    by_unit.setdefault(u, []).append(i)
+  peer = {(i, int(targets.owner[p])) for q, p in zip(*hits)
+          for i in by_unit[distinct[int(query.owner[q])]]}
   peer_s = time.time() - t
   if ours != peer:
     raise AssertionError(f"pruned search disagrees with all pairs: {len(ours ^ peer)} differ")
-  return {"units": len(units), "problems": len(usable), "matches": len(ours),
+  return {"units": len(units), "problems": len(problems), "matches": len(ours),
           "ours_s": ours_s, "peer_s": peer_s}
 
 

@@ -5,21 +5,34 @@ edit distance between the abstract syntax trees" of a training snippet and a Hum
 "agnostic to names, comments and docstrings". It gives no exact definition, so ours is:
 
 1. Parse the code with `ast.parse`. Walk the tree depth-first in pre-order (a node, then its
-   children in field order, as `ast.iter_child_nodes` yields them) and write down the *class name*
-   of every node: `FunctionDef`, `arguments`, `arg`, `For`, `Name`, `BinOp`, `Add`, `Constant`, ...
-   This drops, by construction,
-   - identifiers: `Name.id`, `arg.arg`, `FunctionDef.name`, `Attribute.attr`, `alias.name`, ...
-     are fields holding strings, not nodes, so renaming changes nothing;
-   - literal values: a literal is one `Constant` node whatever its value or type;
+   children in field order) and write down one symbol per node: its *class name* (`FunctionDef`,
+   `arguments`, `arg`, `For`, `Name`, `BinOp`, `Add`, `Constant`, ...). This drops, by construction,
+   - the names the code chooses: `Name.id`, `arg.arg`, `FunctionDef.name`, `alias.name`, ... are
+     fields holding strings, not nodes, so renaming changes nothing;
+   - literal values (a literal keeps only its type: `Constant:str`, `Constant:int`, ...);
    - comments and formatting: they never reach the AST.
-   We also skip docstrings (a string-constant expression that is the first statement of a module,
-   class or function body, with everything under it), and the expression-context nodes
-   `Load`/`Store`/`Del`, which are implied by their parent and would only dilute the sequence.
-2. Each node class becomes one character (a fixed table over the classes of the running Python's
-   `ast` module), so a tree becomes a string `s`.
-3. tau(a, b) = 1 - lev(s_a, s_b) / max(len(s_a), len(s_b)), with lev the Levenshtein distance
-   (unit-cost insert, delete, substitute). tau = 1 means identical trees up to names, literals,
-   comments and docstrings; tau >= 0.9 means at most one edit per ten nodes of the longer tree.
+   Three refinements keep what the code did *not* choose, because without them a short solution
+   (`return len(string)`, 9 nodes) matches a large share of all real files:
+   - a `Name` that is a builtin (`len`, `sorted`, `set`, `range`, `str`, ...) is `Name:<builtin>`;
+   - an `Attribute` whose attribute is a method of a builtin type (`.join`, `.swapcase`, `.append`)
+     is `Attribute:<method>`; other attributes stay plain `Attribute`;
+   - a `Constant` carries its type, not its value.
+   Docstrings (a string-constant expression that is the first statement of a module, class or
+   function body) and the expression contexts `Load`/`Store`/`Del` are skipped.
+2. Each symbol is one character (a fixed table over this Python's `ast` classes, builtins and
+   builtin types' methods), so a tree becomes a string `s`.
+3. tau(a, b) = 1 - lev(s_a, s_b) / max(len(s_a), len(s_b)), lev the Levenshtein distance
+   (unit-cost insert, delete, substitute), with one more kind of edit: inserting or removing one
+   *small statement* (at most `STATEMENT_EDIT_MAX_NODES` = 8 nodes, e.g. `count = 0`,
+   `print(x)`, `assert n >= 0`, `if not xs: return None`) counts as one edit, like a changed node.
+   So a copy with one statement added or dropped still matches: without this, `count = 0` (3
+   nodes) inserted into a 12-node solution alone gives tau = 0.8. Only one such edit per pair, and
+   never the only statement of a block (that would turn any one-line body into any other).
+   tau = 1 means identical trees up to names, literal values, comments and docstrings.
+
+Every problem has a tau, however short (no minimum size): the refinements above, not an
+exemption, keep short solutions from matching unrelated code (measured on the standard library in
+tests/test_ast_match.py and tests/test_decontaminate.py).
 
 Units compared. A benchmark problem is the concatenation, in source order, of the sequences of its
 solution's top-level function and class definitions (HumanEval: prompt + canonical solution, which
@@ -28,51 +41,50 @@ units: every function definition at any depth (methods and nested functions incl
 pair of consecutive top-level definitions (so a planted solution with its helper still matches as
 one unit). A record's tau against a problem is the best over its units.
 
-Very short problems (fewer than `min_nodes` = 16 nodes) get no tau: `def f(a, b): return a + b`
-has ten nodes and matches thousands of unrelated functions exactly, so a tau on it is no evidence of
-contamination. That leaves out 13 of HumanEval's 164 problems and 164 of MBPP's 974 (measured on
-the standard library, 16 keeps false positives at tau = 0.9 under 1% of files; 12 gives 2.6%).
-The n-gram and embedding measures still see them.
-
-Speed. All pairs would be (units x problems) edit distances; we prune with bounds that never drop
-a pair whose tau could reach the cut-off, and compare identical unit strings once:
-- length: lev >= |len_a - len_b|, so tau >= t needs min/max length >= t. Units are sorted by length
-  and cut into buckets (lengths within 10%); each bucket meets only the problems whose length can
-  reach the cut-off against some unit of the bucket, in one call of rapidfuzz's multi-threaded C++
-  `process.cdist` (bit-parallel Levenshtein with the cut-off); exact tau is then recomputed for the
-  few pairs that pass.
-- without rapidfuzz (numpy dynamic programme, ~100x slower per pair), a per-unit length bound plus a
-  node-class histogram bound, lev >= max(sum(h_a - h_b)+, sum(h_b - h_a)+) (every node class one
-  side has in excess must be deleted or substituted away), keep the edit distances to a handful.
+Speed. All pairs would be (units x problems) edit distances. Sequences are sorted by length and cut
+into buckets (lengths within 10%); each bucket meets only the problem sequences whose length can
+reach the cut-off (lev >= |len_a - len_b|, widened by the statement edit), in one call of
+rapidfuzz's multi-threaded C++ `process.cdist` (bit-parallel Levenshtein with a cut-off, which
+returns exact distances under it).
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
+import builtins
 import dataclasses
 import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
+from rapidfuzz import process as _rf_process
+from rapidfuzz.distance import Levenshtein as _rf_levenshtein
 
-try:  # C++ edit distance; optional (pip install rapidfuzz), numpy fallback below.
-  from rapidfuzz import process as _rf_process
-  from rapidfuzz.distance import Levenshtein as _rf_levenshtein
-except ImportError:  # pragma: no cover - exercised only where rapidfuzz is absent
-  _rf_process = _rf_levenshtein = None
-
-DEFAULT_MIN_NODES = 16
+STATEMENT_EDIT_MAX_NODES = 8
+VERSION = 2  # of the definition above: saved scans made under another are not reused
 
 _NODE_CLASSES = sorted(
     name for name in dir(ast)
     if isinstance(getattr(ast, name), type) and issubclass(getattr(ast, name), ast.AST))
-# One character per node class; code points from U+0100 keep them printable and distinct.
-_CHAR_OF = {name: chr(0x100 + i) for i, name in enumerate(_NODE_CLASSES)}
-_CHAR_BY_TYPE = {getattr(ast, name): char for name, char in _CHAR_OF.items()}
-N_NODE_CLASSES = len(_CHAR_OF) + 1  # + one slot for classes unknown to this table
+_BUILTIN_NAMES = sorted(n for n in vars(builtins) if not n.startswith("_"))
+_BUILTIN_METHODS = sorted({m for t in (str, bytes, list, tuple, dict, set, int, float)
+                           for m in dir(t) if not m.startswith("_")})
+_CONSTANT_TYPES = ("str", "bytes", "int", "float", "complex", "bool", "NoneType", "ellipsis")
+# One character per symbol; code points from U+0100 keep them printable and distinct.
+_SYMBOLS = (_NODE_CLASSES + [f"Name:{n}" for n in _BUILTIN_NAMES]
+            + [f"Attribute:{m}" for m in _BUILTIN_METHODS] + [f"Constant:{t}" for t in _CONSTANT_TYPES])
+_CHAR_OF = {name: chr(0x100 + i) for i, name in enumerate(_SYMBOLS)}
+_CHAR_BY_TYPE = {getattr(ast, name): _CHAR_OF[name] for name in _NODE_CLASSES}
+_BUILTIN_CHAR = {n: _CHAR_OF[f"Name:{n}"] for n in _BUILTIN_NAMES}
+_METHOD_CHAR = {m: _CHAR_OF[f"Attribute:{m}"] for m in _BUILTIN_METHODS}
+_CONSTANT_CHAR = {t: _CHAR_OF[f"Constant:{t}"] for t in _CONSTANT_TYPES}
+_UNKNOWN = "\uffff"
 _DEF_TYPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_FUNCTION_TYPES = (ast.FunctionDef, ast.AsyncFunctionDef)
 _DEF_SET = frozenset(_DEF_TYPES)
 _DEF_OR_MODULE = frozenset((ast.Module, *_DEF_TYPES))
+_NO_STATEMENT_EDITS = frozenset((ast.Module, ast.ClassDef))  # blocks outside any function
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
@@ -101,42 +113,98 @@ def _child_fields(cls: type) -> tuple[str, ...]:
   return fields
 
 
-def _traverse(root: ast.AST) -> tuple[list[str], dict[ast.AST, tuple[int, int]]]:
-  """One pre-order walk: the node-class characters, and the [start, end) span of every function
-  and class definition (a subtree is contiguous in pre-order, so its sequence is a slice)."""
+def _symbol(n: ast.AST, cls: type) -> str:
+  if cls is ast.Name:
+    return _BUILTIN_CHAR.get(n.id, _CHAR_BY_TYPE[cls])
+  if cls is ast.Attribute:
+    return _METHOD_CHAR.get(n.attr, _CHAR_BY_TYPE[cls])
+  if cls is ast.Constant:
+    return _CONSTANT_CHAR.get(type(n.value).__name__, _CHAR_BY_TYPE[cls])
+  return _CHAR_BY_TYPE.get(cls, _UNKNOWN)
+
+
+_REFINED = frozenset((ast.Name, ast.Attribute, ast.Constant))
+
+
+@dataclasses.dataclass
+class _Walk:
+  chars: list[str]
+  spans: dict[ast.AST, tuple[int, int]]     # [start, end) of every function and class definition
+  statements: list[tuple[int, int]]         # [start, end) of statements a statement edit may drop
+
+
+def _traverse(root: ast.AST) -> _Walk:
+  """One pre-order walk (a subtree is contiguous in pre-order, so its sequence is a slice)."""
   chars: list[str] = []
   spans: dict[ast.AST, tuple[int, int]] = {}
+  statements: list[tuple[int, int]] = []
+  droppable: set[int] = set()  # ids of statements that are small-edit candidates
   stack: list = [root]
   char_by_type, child_fields = _CHAR_BY_TYPE, _CHILD_FIELDS
   while stack:
     n = stack.pop()
     cls = type(n)
-    if cls is tuple:  # (definition, start): its subtree is done
-      spans[n[0]] = (n[1], len(chars))
+    if cls is tuple:  # (node, start, is_definition): its subtree is done
+      node, start, is_def = n
+      if is_def:
+        spans[node] = (start, len(chars))
+      elif len(chars) - start <= STATEMENT_EDIT_MAX_NODES:
+        statements.append((start, len(chars)))
       continue
-    char = char_by_type.get(cls)
+    char = _symbol(n, cls) if cls in _REFINED else char_by_type.get(cls)
     if char is None:
       if not isinstance(n, ast.AST):  # None in a list field (Dict.keys for `**mapping`), or a
         continue                      # scalar in a field this table does not know
-      char = "\uffff"
-    chars.append(char)
+      char = _UNKNOWN
     if cls in _DEF_SET:
-      stack.append((n, len(chars) - 1))
+      stack.append((n, len(chars), True))
+    elif id(n) in droppable:
+      stack.append((n, len(chars), False))
+    chars.append(char)
     fields = child_fields.get(cls)  # the cache looked up inline: one call less per node
     for field in fields if fields is not None else _child_fields(cls):
       value = getattr(n, field, None)
       if type(value) is list:
         if field == "body" and cls in _DEF_OR_MODULE and value and _is_docstring(value[0]):
           value = value[1:]
+        if len(value) >= 2 and cls not in _NO_STATEMENT_EDITS and isinstance(value[0], ast.stmt):
+          droppable.update(id(s) for s in value)
         stack.extend(reversed(value))
       elif value is not None:
         stack.append(value)
-  return chars, spans
+  statements.sort()
+  return _Walk(chars, spans, statements)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+  """A unit's sequence and the sequences it has with one small statement removed."""
+  sequence: str
+  statement_less: tuple[str, ...] = ()
+
+  def __len__(self) -> int:
+    return len(self.sequence)
+
+
+def _unit(walk: _Walk, pieces: Sequence[tuple[int, int]]) -> Unit:
+  """The unit made of the `pieces` (spans) of a walk, with its one-statement-less variants."""
+  chars = walk.chars
+  sequence = "".join("".join(chars[a:b]) for a, b in pieces)
+  variants = []
+  for a, b in pieces:
+    i = bisect.bisect_left(walk.statements, (a + 1, -1))
+    while i < len(walk.statements) and walk.statements[i][0] < b:
+      s, e = walk.statements[i]
+      i += 1
+      if e <= b:
+        variants.append("".join("".join(chars[x:y]) if (x, y) != (a, b) else
+                                "".join(chars[a:s]) + "".join(chars[e:b]) for x, y in pieces))
+  return Unit(sequence, tuple(dict.fromkeys(variants)))
 
 
 def node_sequence(node: ast.AST) -> str:
-  """The pre-order node-class string of `node` (see the module docstring for what is dropped)."""
-  return "".join(_traverse(node)[0])
+  """The pre-order symbol string of `node` (see the module docstring for what is dropped)."""
+  return "".join(_traverse(node).chars)
 
 
 def parse(code: str) -> ast.Module | None:
@@ -149,168 +217,149 @@ def parse(code: str) -> ast.Module | None:
     return None
 
 
-def benchmark_sequence(code: str) -> str | None:
+def benchmark_unit(code: str) -> Unit | None:
   """A benchmark solution as one unit: its top-level definitions concatenated, or the module."""
   tree = parse(code)
   if tree is None:
     return None
-  chars, spans = _traverse(tree)
-  top = [spans[s] for s in tree.body if isinstance(s, _DEF_TYPES)]
-  if not top:
-    return "".join(chars)
-  return "".join("".join(chars[a:b]) for a, b in top)
+  walk = _traverse(tree)
+  top = [walk.spans[s] for s in tree.body if isinstance(s, _DEF_TYPES)]
+  return _unit(walk, top or [(0, len(walk.chars))])
 
 
-def corpus_units(code: str) -> list[str] | None:
+def corpus_units(code: str) -> list[Unit] | None:
   """A corpus record's units: every function (any depth) and consecutive top-level def pairs."""
   tree = parse(code)
   if tree is None:
     return None
-  chars, spans = _traverse(tree)
-  units = ["".join(chars[a:b]) for node, (a, b) in spans.items()
-           if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
-  top = ["".join(chars[slice(*spans[s])]) for s in tree.body if isinstance(s, _DEF_TYPES)]
-  units.extend(a + b for a, b in zip(top, top[1:]))
+  walk = _traverse(tree)
+  units = [_unit(walk, [span]) for node, span in walk.spans.items()
+           if isinstance(node, _FUNCTION_TYPES)]
+  top = [walk.spans[s] for s in tree.body if isinstance(s, _DEF_TYPES)]
+  units.extend(Unit("".join(walk.chars[a:b]) + "".join(walk.chars[c:d]))
+               for (a, b), (c, d) in zip(top, top[1:]))
   return units
 
 
 def match_rate(a: str, b: str) -> float:
-  """tau(a, b) = 1 - lev(a, b) / max(len(a), len(b)); 1.0 for two empty sequences."""
+  """Plain tau(a, b) = 1 - lev(a, b) / max(len(a), len(b)); 1.0 for two empty sequences."""
   longest = max(len(a), len(b))
   if longest == 0:
     return 1.0
-  return 1.0 - levenshtein(a, b) / longest
+  return 1.0 - _rf_levenshtein.distance(a, b) / longest
 
 
-def levenshtein(a: str, b: str, max_dist: int | None = None) -> int:
-  """Unit-cost edit distance; with `max_dist`, any value above it may be returned as max_dist + 1."""
-  if _rf_levenshtein is not None:
-    return _rf_levenshtein.distance(a, b, score_cutoff=max_dist)
-  return _levenshtein_numpy(a, b, max_dist)
+def unit_match_rate(a: Unit, b: Unit) -> float:
+  """tau with the statement edit: the best of the plain tau and, for each small statement removed
+  from one side, 1 - (lev + 1) / max(len(a), len(b)) (lengths of the whole units)."""
+  longest = max(len(a), len(b))
+  if longest == 0:
+    return 1.0
+  best = _rf_levenshtein.distance(a.sequence, b.sequence)
+  for x, y in [(v, b.sequence) for v in a.statement_less] + [(a.sequence, v) for v in b.statement_less]:
+    best = min(best, _rf_levenshtein.distance(x, y, score_cutoff=best) + 1)
+  return 1.0 - best / longest
 
 
-def _levenshtein_numpy(a: str, b: str, max_dist: int | None = None) -> int:
-  """Row-by-row DP; the in-row insertion chain is resolved with a running minimum."""
-  if len(a) < len(b):
-    a, b = b, a
-  if not b:
-    return len(a)
-  b_codes = np.frombuffer(b.encode("utf-32-le"), dtype=np.uint32)
-  cols = np.arange(len(b) + 1, dtype=np.int64)
-  prev = cols.copy()
-  a_codes = np.frombuffer(a.encode("utf-32-le"), dtype=np.uint32)
-  for i, ch in enumerate(a_codes, 1):
-    sub = prev[:-1] + (b_codes != ch)
-    best = np.empty_like(prev)
-    best[0] = i
-    best[1:] = np.minimum(prev[1:] + 1, sub)
-    # cur[j] = min_k<=j (best[k] + j - k): the insertion chain along the row.
-    prev = np.minimum.accumulate(best - cols) + cols
-    if max_dist is not None and prev.min() > max_dist:
-      return max_dist + 1
-  return int(prev[-1])
-
-
-def histogram(seq: str) -> np.ndarray:
-  """Counts of each node class in `seq`, shape [N_NODE_CLASSES]."""
-  codes = np.frombuffer(seq.encode("utf-32-le"), dtype=np.uint32).astype(np.int64) - 0x100
-  codes = np.where((codes >= 0) & (codes < N_NODE_CLASSES - 1), codes, N_NODE_CLASSES - 1)
-  return np.bincount(codes, minlength=N_NODE_CLASSES).astype(np.int32)
+def best_tau(units: Iterable[Unit], problem: Unit | None) -> float | None:
+  """A record's tau against one problem: the best over its units (None: nothing to compare)."""
+  if problem is None:
+    return None
+  return max((unit_match_rate(u, problem) for u in units), default=None)
 
 
 @dataclasses.dataclass(frozen=True)
 class Match:
-  unit: int        # index into the queried unit sequences
+  unit: int        # index into the queried units
   problem: int     # index into the index's problems
   tau: float
 
 
+class _Flat:
+  """Every sequence of a list of units (the unit's, and its statement-less ones), sorted by length:
+  owner unit, whole-unit length, and cost (0, or 1 for a statement edit)."""
+
+  def __init__(self, units: Sequence[Unit | None]):
+    rows = []
+    for k, u in enumerate(units):
+      if u is None:
+        continue
+      rows.append((len(u.sequence), u.sequence, k, len(u), 0))
+      rows.extend((len(v), v, k, len(u), 1) for v in u.statement_less)
+    rows.sort(key=lambda r: r[0])
+    self.sequences = [r[1] for r in rows]
+    self.lengths = np.array([r[0] for r in rows], np.int64)
+    self.owner = np.array([r[2] for r in rows], np.int64)
+    self.whole = np.array([r[3] for r in rows], np.int64)
+    self.cost = np.array([r[4] for r in rows], np.int64)
+
+
 class AstIndex:
-  """Benchmark problems' sequences, searchable for units with tau >= a cut-off."""
+  """Benchmark problems' units, searchable for corpus units with tau >= a cut-off."""
 
-  def __init__(self, problem_sequences: Sequence[str | None], *, min_nodes: int = DEFAULT_MIN_NODES,
-               use_rapidfuzz: bool = True, workers: int = 1):
-    self.min_nodes = min_nodes
+  def __init__(self, problems: Sequence[Unit | None], *, workers: int = 1):
     self.workers = workers
-    self.use_rapidfuzz = use_rapidfuzz and _rf_process is not None
-    self.sequences = list(problem_sequences)
-    self.usable = [i for i, s in enumerate(self.sequences) if s is not None and len(s) >= min_nodes]
-    usable = sorted(self.usable, key=lambda i: len(self.sequences[i]))
-    self._order = np.array(usable, dtype=np.int64)
-    self._sorted = [self.sequences[i] for i in usable]
-    self._lengths = np.array([len(s) for s in self._sorted], dtype=np.int64)
-    self._hists = (np.stack([histogram(s) for s in self._sorted])
-                   if usable else np.zeros((0, N_NODE_CLASSES), np.int32))
-    self.pairs_considered = 0     # units x usable problems
-    self.pairs_after_length = 0   # left by the length bound
-    self.pairs_edit_distance = 0  # edit distances actually computed (with a cut-off)
+    self.problems = list(problems)
+    self.n_usable = sum(p is not None for p in self.problems)
+    self._flat = _Flat(self.problems)
+    # Sequence pairs (statement-less variants included) of distinct units x problems, and the
+    # edit distances computed (with a cut-off) after the length bound.
+    self.pairs_considered = 0
+    self.pairs_edit_distance = 0
 
-  def pair_counts(self) -> tuple[int, int, int]:
-    return self.pairs_considered, self.pairs_after_length, self.pairs_edit_distance
+  def pair_counts(self) -> tuple[int, int]:
+    return self.pairs_considered, self.pairs_edit_distance
 
   def _length_window(self, lo_len: int, hi_len: int, tau_min: float) -> tuple[int, int]:
-    """Problems (sorted positions) whose length can reach tau_min against a length in [lo, hi]."""
-    lo = int(np.ceil(lo_len * tau_min - 1e-9))
-    hi = int(np.floor(hi_len / tau_min + 1e-9)) if tau_min > 0 else np.iinfo(np.int64).max
-    return (int(np.searchsorted(self._lengths, lo, side="left")),
-            int(np.searchsorted(self._lengths, hi, side="right")))
+    """Problem sequences (sorted positions) whose length can reach tau_min against a sequence of
+    length in [lo, hi]: |la - lb| <= lev <= (1 - t) max(whole lengths), and a whole length is at
+    most its sequence's + STATEMENT_EDIT_MAX_NODES."""
+    slack = STATEMENT_EDIT_MAX_NODES * (1.0 - tau_min)
+    lo = int(np.ceil(tau_min * lo_len - slack - 1e-9))
+    hi = (int(np.floor((hi_len + slack) / tau_min + 1e-9)) if tau_min > 0
+          else np.iinfo(np.int64).max)
+    lengths = self._flat.lengths
+    return (int(np.searchsorted(lengths, lo, side="left")),
+            int(np.searchsorted(lengths, hi, side="right")))
 
-  def search(self, units: Iterable[str], tau_min: float) -> list[Match]:
-    """Every (unit, problem) with tau >= tau_min, over problems of at least min_nodes nodes."""
+  def search(self, units: Iterable[Unit], tau_min: float) -> list[Match]:
+    """The best tau of every (unit, problem) pair with tau >= tau_min."""
     units = list(units)
-    by_seq: dict[str, list[int]] = {}
+    by_unit: dict[Unit, list[int]] = {}
     for i, u in enumerate(units):
-      by_seq.setdefault(u, []).append(i)
-    distinct = list(by_seq)
-    self.pairs_considered += len(distinct) * len(self._order)
-    search = self._search_rapidfuzz if self.use_rapidfuzz else self._search_numpy
-    matches = []
-    for k, problem, tau in search(distinct, tau_min):
-      matches.extend(Match(u, problem, tau) for u in by_seq[distinct[k]])
-    return matches
+      by_unit.setdefault(u, []).append(i)
+    distinct = list(by_unit)
+    query = _Flat(distinct)
+    self.pairs_considered += len(query.sequences) * len(self._flat.sequences)
+    best: dict[tuple[int, int], float] = {}
+    for k, problem, tau in self._search(query, tau_min):
+      if tau > best.get((k, problem), -1.0):
+        best[(k, problem)] = tau
+    return [Match(u, problem, tau) for (k, problem), tau in sorted(best.items())
+            for u in by_unit[distinct[k]]]
 
-  def _search_rapidfuzz(self, seqs: list[str], tau_min: float):
-    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
-    start = 0
-    while start < len(order):
-      first = len(seqs[order[start]])
-      stop = start
-      while stop < len(order) and len(seqs[order[stop]]) <= max(first * 1.1, first + 2):
-        stop += 1
-      bucket = order[start:stop]
+  def _search(self, query: _Flat, tau_min: float):
+    problems = self._flat
+    start, n = 0, len(query.sequences)
+    while start < n:
+      first = int(query.lengths[start])
+      stop = int(np.searchsorted(query.lengths, max(first * 1.1, first + 2), side="right"))
+      lo, hi = self._length_window(first, int(query.lengths[stop - 1]), tau_min)
+      rows = slice(start, stop)
       start = stop
-      lo, hi = self._length_window(first, len(seqs[bucket[-1]]), tau_min)
       if hi <= lo:
         continue
-      self.pairs_after_length += len(bucket) * (hi - lo)
-      self.pairs_edit_distance += len(bucket) * (hi - lo)
-      similarity = _rf_process.cdist(
-          [seqs[k] for k in bucket], self._sorted[lo:hi],
-          scorer=_rf_levenshtein.normalized_similarity, score_cutoff=max(tau_min - 1e-6, 0.0),
-          workers=self.workers, dtype=np.float64)
-      for row, col in zip(*np.nonzero(similarity > 0)):
-        seq, problem_seq = seqs[bucket[row]], self._sorted[lo + col]
-        longest = max(len(seq), len(problem_seq))
-        if longest < self.min_nodes:
+      longest = max(int(query.whole[rows].max()), int(problems.whole[lo:hi].max()))
+      cutoff = int(np.floor((1.0 - tau_min) * longest + 1e-9))
+      self.pairs_edit_distance += (rows.stop - rows.start) * (hi - lo)
+      distance = _rf_process.cdist(query.sequences[rows], problems.sequences[lo:hi],
+                                   scorer=_rf_levenshtein.distance, score_cutoff=cutoff,
+                                   workers=self.workers, dtype=np.int32)
+      for row, col in zip(*np.nonzero(distance <= cutoff)):
+        q, p = rows.start + row, lo + col
+        cost = query.cost[q] + problems.cost[p]
+        if cost > 1:  # one statement edit per pair
           continue
-        tau = 1.0 - _rf_levenshtein.distance(seq, problem_seq) / longest  # exact, not float32
+        tau = 1.0 - (int(distance[row, col]) + cost) / max(query.whole[q], problems.whole[p])
         if tau >= tau_min:
-          yield bucket[row], int(self._order[lo + col]), tau
-
-  def _search_numpy(self, seqs: list[str], tau_min: float):
-    for k, seq in enumerate(seqs):
-      n = len(seq)
-      lo, hi = self._length_window(n, n, tau_min)
-      if hi <= lo:
-        continue
-      self.pairs_after_length += hi - lo
-      diff = self._hists[lo:hi] - histogram(seq)[None, :]
-      lower_bound = np.maximum(np.clip(diff, 0, None).sum(1), np.clip(-diff, 0, None).sum(1))
-      longest = np.maximum(self._lengths[lo:hi], n)
-      max_dist = np.floor((1.0 - tau_min) * longest + 1e-9).astype(np.int64)
-      keep = np.nonzero((lower_bound <= max_dist) & (longest >= self.min_nodes))[0]
-      self.pairs_edit_distance += len(keep)
-      for j in keep:
-        d = levenshtein(seq, self._sorted[lo + j], int(max_dist[j]))
-        if d <= max_dist[j]:
-          yield k, int(self._order[lo + j]), 1.0 - d / int(longest[j])
+          yield int(query.owner[q]), int(problems.owner[p]), float(tau)

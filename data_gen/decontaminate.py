@@ -1,24 +1,29 @@
-"""Decontaminate a corpus against HumanEval and MBPP: n-gram overlap, embedding distance, AST match.
+"""Decontaminate a corpus against HumanEval (paper §5, Table 3): embedding distance + AST match rate.
 
-phi-1 §5 checks its training data three ways; we run all three per (record, benchmark problem):
+phi-1 §5 checks its training data three ways; we compute all three per (record, benchmark problem):
 - n-gram: distinct word 13-grams (lower-cased `\\w+` tokens) shared with the problem's docstring /
-  statement or its solution code. Any shared 13-gram flags the pair.
+  statement or its solution code. The paper used 13-gram overlap as a diagnostic (4 hits, all false
+  positives), not to prune: it is reported, and prunes only with `--remove-by ...,ngram`.
 - embedding: L2 distance between the L2-normalised embeddings of the record and of the problem's
-  prompt + solution (the paper used CodeGen-Mono-350M; we use a configured `Embedder`, see
-  data_gen/filtering/embed.py). Flags when distance <= `embed_threshold` (default 0.16, the distance
-  of the flagged pair shown in the paper). Off, and reported as off, when no embedder is configured.
-  The whole record is embedded (the embedder truncates long ones): right for exercise-sized records,
-  the paper's case; inside long files the AST measure is the function-level check.
-- AST match rate tau (data_gen/ast_match.py documents the exact definition): flags the pair at each
-  tau in {0.95, 0.9, 0.85, 0.8} that the record's best unit reaches.
+  prompt + solution, with the paper's CodeGen-Mono-350M when `--embedder phi1:DIR` names a
+  `CodeGenForCausalLM.save_pretrained` directory (mean-pooled final hidden states, see
+  data_gen/filtering/embed.py). The paper fixes a threshold but does not give it (0.16 is the
+  distance of one example pair it shows). Ours is calibrated per embedder unless given
+  (`--embed-threshold`): the distance under which `calibration_fpr` (1%) of a reference set of
+  known-clean functions (the standard library's) fall from their nearest problem. Off, and
+  reported as off, when no embedder is configured.
+- AST match rate tau (data_gen/ast_match.py documents the exact definition): the record's best
+  unit's tau against the problem, kept when it reaches the loosest tau of {0.95, 0.9, 0.85, 0.8}.
 
-A record is removed at tau when any enabled measure flags it against any problem (n-gram and
-embedding flags do not depend on tau). For each tau the report lists the removed ids and splits each
-benchmark into "similar" problems (some removed record matched them) and "non-similar" ones, so an
-eval can be reported on both parts as in the paper's Table 3; a pruned copy of the corpus is written
-per tau.
+Pruning ("we fix a threshold for the embedding distance, and we test several match rate tau"): a
+record is removed at tau when its embedding distance to some problem is under the fixed threshold
+OR its AST match rate reaches tau (`combine="union"`, the default; docs/fidelity.md says why), or,
+with `combine="embedding_then_ast"`, when one pair passes both. For each tau the report gives the
+removed count beside the paper's (42.5K at tau 0.95 to 354K at 0.8, of 879.5K exercises), and splits
+each benchmark into "similar" problems (some removed record matched them) and "non-similar" ones,
+for Table 3's pass@1 on both parts; a pruned copy of the corpus is written per tau.
 
-  python -m data_gen decontaminate --input DIR --bench humaneval,mbpp --out DIR [--embedder SPEC]
+  python -m data_gen decontaminate --input DIR --out DIR [--bench humaneval] [--embedder phi1:DIR]
 
 `--out DIR` gets report.json, flagged.jsonl (one line per flagged (record, problem) pair at the
 loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match) and pruned/tau_<t>/
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -49,8 +55,18 @@ from data_gen.filtering import ingest
 
 TAUS = (0.95, 0.9, 0.85, 0.8)
 NGRAM_N = 13
-DEFAULT_EMBED_THRESHOLD = 0.16
 BENCHMARKS = ("humaneval", "mbpp")
+DEFAULT_BENCHMARKS = ("humaneval",)  # Table 3 prunes against HumanEval
+MEASURES = ("ngram", "embedding", "ast")
+DEFAULT_REMOVE_BY = ("embedding", "ast")  # §5: n-grams were a diagnostic, not a pruning rule
+COMBINE = ("union", "embedding_then_ast")
+AST_PAIR_COUNTS = ("all", "edit_distances")  # stats["ast_pairs"] keys (see ast_match.AstIndex)
+CALIBRATION_FPR = 0.01
+CALIBRATION_SIZE = 1000
+# Paper Table 3 / §5: CodeExercises pruned against HumanEval. Removed counts are given for the
+# two ends of the tau range only; "similar" = HumanEval problems with a close match.
+PAPER = {"corpus": 879_500, "removed": {"0.95": 42_500, "0.8": 354_000},
+         "similar_humaneval": {"0.95": 71, "0.9": 93, "0.85": 106, "0.8": 116}}
 _WORD = re.compile(r"\w+")
 _FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
@@ -62,7 +78,7 @@ class Problem:
   task_id: str
   prose: str      # docstring / statement
   code: str       # full solution as a model would write it
-  ast_sequence: str | None = None
+  ast_unit: ast_match.Unit | None = None
 
 
 def load_problems(benchmarks: Sequence[str], *, humaneval_path: str | None = None,
@@ -89,7 +105,7 @@ def load_problems(benchmarks: Sequence[str], *, humaneval_path: str | None = Non
     else:
       raise ValueError(f"unknown benchmark {name!r}; choose from {BENCHMARKS}")
   for p in problems:
-    p.ast_sequence = ast_match.benchmark_sequence(p.code)
+    p.ast_unit = ast_match.benchmark_unit(p.code)
   return problems
 
 
@@ -134,7 +150,7 @@ class NgramIndex:
 
 
 # ------------------------------------------------------------------------------------- per record
-def record_units(text: str) -> list[str] | None:
+def record_units(text: str) -> list[ast_match.Unit] | None:
   """AST units of a record; prose with fenced code (textbooks, Q/A) contributes its code blocks."""
   units = ast_match.corpus_units(text)
   if units is not None:
@@ -149,7 +165,7 @@ class RecordScan:
   ngram: dict[int, int]
   ast: dict[int, float]        # problem -> best tau (>= loosest tau, or exact for n-gram hits)
   parsed: bool
-  ast_pairs: tuple[int, int, int]  # (all, after length bound, after histogram bound)
+  ast_pairs: tuple[int, int]  # (all distinct unit x problem pairs, edit distances computed)
 
 
 _WORKER: dict = {}
@@ -169,17 +185,11 @@ def _scan(text: str) -> RecordScan:
     for m in ast_index.search(units, _WORKER["tau_min"]):
       ast[m.problem] = max(ast.get(m.problem, 0.0), m.tau)
     for i in ngram.keys() - ast.keys():  # exact tau for pairs the n-grams flagged
-      tau = best_tau(units, problems[i].ast_sequence, ast_index.min_nodes)
+      tau = ast_match.best_tau(units, problems[i].ast_unit)
       if tau is not None:
         ast[i] = tau
   after = ast_index.pair_counts()
   return RecordScan(ngram, ast, units is not None, tuple(b - a for a, b in zip(before, after)))
-
-
-def best_tau(units: Iterable[str], problem_sequence: str | None, min_nodes: int) -> float | None:
-  if not problem_sequence or len(problem_sequence) < min_nodes:
-    return None  # too short to be evidence (see data_gen/ast_match.py)
-  return max((ast_match.match_rate(u, problem_sequence) for u in units), default=None)
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -187,23 +197,83 @@ def best_tau(units: Iterable[str], problem_sequence: str | None, min_nodes: int)
 class Config:
   taus: tuple[float, ...] = TAUS
   ngram_n: int = NGRAM_N
-  min_nodes: int = ast_match.DEFAULT_MIN_NODES
-  embed_threshold: float = DEFAULT_EMBED_THRESHOLD
-  remove_by: tuple[str, ...] = ("ngram", "embedding", "ast")
+  embed_threshold: float | None = None  # None: calibrated (calibrate_embed_threshold)
+  calibration_fpr: float = CALIBRATION_FPR
+  calibration_size: int = CALIBRATION_SIZE
+  remove_by: tuple[str, ...] = DEFAULT_REMOVE_BY
+  combine: str = "union"
   workers: int = 1          # processes per call; the engine's tasks are the scale-out
   chunk: int = 256
+
+  def __post_init__(self):
+    if set(self.remove_by) - set(MEASURES):
+      raise ValueError(f"remove_by takes {MEASURES}; got {sorted(set(self.remove_by) - set(MEASURES))}")
+    if self.combine not in COMBINE:
+      raise ValueError(f"combine must be one of {COMBINE}, got {self.combine!r}")
+    if not all(0.0 < t <= 1.0 for t in self.taus):
+      raise ValueError(f"taus must be in (0, 1], got {self.taus}")
+
+
+def embed_threshold(config: Config, embedder, problem_vectors_PD: np.ndarray | None) -> float | None:
+  """The fixed embedding threshold: the configured one, or calibrated for `embedder` (None: the
+  embedding measure is off). Deterministic, so every engine task computes the same value."""
+  if embedder is None:
+    return None
+  if config.embed_threshold is not None:
+    return config.embed_threshold
+  return calibrate_embed_threshold(embedder, problem_vectors_PD,
+                                   reference_functions(config.calibration_size),
+                                   config.calibration_fpr)
+
+
+def calibrate_embed_threshold(embedder, problem_vectors_PD: np.ndarray,
+                              reference_texts: Sequence[str], fpr: float = CALIBRATION_FPR) -> float:
+  """The distance under which a fraction `fpr` of known-clean reference texts fall from their
+  nearest problem: the paper fixes one threshold per embedder but does not publish it."""
+  if not reference_texts:
+    raise ValueError("no reference texts to calibrate the embedding threshold on")
+  x_ND = embedder.embed(list(reference_texts))
+  nearest_N = np.sqrt(np.maximum(2.0 - 2.0 * (x_ND @ problem_vectors_PD.T).max(axis=1), 0.0))
+  return float(np.quantile(nearest_N, fpr))
+
+
+@functools.lru_cache(maxsize=4)
+def reference_functions(n: int = CALIBRATION_SIZE, seed: int = 0) -> tuple[str, ...]:
+  """Source of `n` functions sampled from this machine's standard library: code that is not a
+  benchmark's, of the same shape as an exercise (one function with its docstring)."""
+  import ast
+  import random
+  files = sorted(ingest.default_roots()["stdlib"].rglob("*.py"))
+  random.Random(seed).shuffle(files)
+  out: list[str] = []
+  for path in files:
+    try:
+      text = path.read_text("utf-8")
+    except (UnicodeDecodeError, OSError):
+      continue
+    tree = ast_match.parse(text)
+    for node in ast.walk(tree) if tree is not None else ():
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        segment = ast.get_source_segment(text, node)
+        if segment and 50 <= len(segment) <= 4000:
+          out.append(segment)
+          break  # one per file: spread over the library
+    if len(out) >= n:
+      break
+  return tuple(out)
 
 
 def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: Config = Config(),
                   embedder=None, progress: bool = False) -> dict:
-  """Scans `records`; returns {"pairs": [...], "stats": {...}} (one engine task calls this on its
+  """Scans `records`; returns {"pairs", "stats", "embed_threshold"} (one engine task calls this on its
   share of the corpus; `merge` joins the tasks' results)."""
   tau_min = min(config.taus)
   t0 = time.time()
-  pairs, stats, ast_pairs = [], _zero_stats(), np.zeros(3, np.int64)
+  pairs, stats, ast_pairs = [], _zero_stats(), np.zeros(2, np.int64)
   ngram_index = NgramIndex(problems, config.ngram_n)
-  ast_index = ast_match.AstIndex([p.ast_sequence for p in problems], min_nodes=config.min_nodes)
+  ast_index = ast_match.AstIndex([p.ast_unit for p in problems])
   problem_vectors = embedder.embed([p.code for p in problems]) if embedder is not None else None
+  threshold = embed_threshold(config, embedder, problem_vectors)
   init = (problems, ngram_index, ast_index, tau_min)
   pool = None
   if config.workers > 1:
@@ -227,7 +297,7 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
         stats["bytes"] += len(r["text"].encode("utf-8", "replace"))
         stats["unparsable"] += not scan.parsed
         ast_pairs += scan.ast_pairs
-        close = ({int(i) for i in np.nonzero(distances[k] <= config.embed_threshold)[0]}
+        close = ({int(i) for i in np.nonzero(distances[k] <= threshold)[0]}
                  if distances is not None else set())
         flagged = set(scan.ngram) | set(scan.ast) | close
         if not flagged:
@@ -236,7 +306,7 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
         for i in sorted(flagged):
           tau = scan.ast.get(i)
           if tau is None and units:
-            tau = best_tau(units, problems[i].ast_sequence, config.min_nodes)
+            tau = ast_match.best_tau(units, problems[i].ast_unit)
           pairs.append({"id": r["id"], "benchmark": problems[i].benchmark,
                         "task_id": problems[i].task_id, "ngram": scan.ngram.get(i, 0),
                         "embedding_distance": (round(float(distances[k, i]), 4)
@@ -249,54 +319,72 @@ def decontaminate(records: Iterable[dict], problems: Sequence[Problem], config: 
     if pool is not None:
       pool.terminate()
   stats["seconds"] = time.time() - t0
-  stats["ast_pairs"] = dict(zip(("all", "after_length_bound", "edit_distances"),
-                                map(int, ast_pairs)))
-  return {"pairs": pairs, "stats": stats}
+  stats["ast_pairs"] = dict(zip(AST_PAIR_COUNTS, map(int, ast_pairs)))
+  return {"pairs": pairs, "stats": stats, "embed_threshold": threshold}
 
 
 def _zero_stats() -> dict:
   return dict(records=0, bytes=0, unparsable=0, seconds_embedding=0.0)
 
 
-def removed_at(pairs: Sequence[dict], tau: float, config: Config, embedding_on: bool) -> list[dict]:
-  """The flagged pairs that remove their record at `tau` under `config.remove_by`."""
+def removed_at(pairs: Sequence[dict], tau: float, config: Config,
+               embed_threshold: float | None) -> list[dict]:
+  """The flagged pairs that remove their record at `tau`: under `config.combine="union"` a pair
+  any measure in `config.remove_by` flags; under "embedding_then_ast" a pair whose embedding
+  distance is under the threshold AND whose AST match rate reaches tau (n-grams, if asked, still
+  remove on their own). `embed_threshold` None: the embedding measure is off."""
   out = []
   for p in pairs:
+    close = (embed_threshold is not None and p["embedding_distance"] is not None
+             and p["embedding_distance"] <= embed_threshold)
+    ast_hit = p["ast_match"] is not None and p["ast_match"] >= tau
     by_ngram = "ngram" in config.remove_by and p["ngram"] > 0
-    by_embedding = ("embedding" in config.remove_by and embedding_on
-                    and p["embedding_distance"] is not None
-                    and p["embedding_distance"] <= config.embed_threshold)
-    by_ast = "ast" in config.remove_by and p["ast_match"] is not None and p["ast_match"] >= tau
-    if by_ngram or by_embedding or by_ast:
+    if config.combine == "embedding_then_ast":
+      hit = close and ast_hit
+    else:
+      hit = ("embedding" in config.remove_by and close) or ("ast" in config.remove_by and ast_hit)
+    if hit or by_ngram:
       out.append(p)
   return out
 
 
 def build_report(result: dict, problems: Sequence[Problem], config: Config, embedder) -> dict:
   pairs = result["pairs"]
-  embedding_on = embedder is not None
+  threshold = result.get("embed_threshold") if embedder is not None else None
+  records = result["stats"]["records"]
   report = {
-      "records": result["stats"]["records"],
+      "records": records,
       "benchmarks": {b: sum(p.benchmark == b for p in problems)
                      for b in dict.fromkeys(p.benchmark for p in problems)},
       "measures": {
-          "ngram": {"n": config.ngram_n, "flagged_records": len({p["id"] for p in pairs if p["ngram"]})},
-          "embedding": ({"enabled": True, "embedder": embedder.name, "threshold": config.embed_threshold,
+          "ngram": {"n": config.ngram_n, "prunes": "ngram" in config.remove_by,
+                    "flagged_records": len({p["id"] for p in pairs if p["ngram"]}),
+                    "flagged_pairs": sum(p["ngram"] > 0 for p in pairs)},
+          "embedding": ({"enabled": True, "embedder": embedder.name, "threshold": round(threshold, 4),
+                         "threshold_from": ("given" if config.embed_threshold is not None else
+                                            f"calibrated: {config.calibration_fpr:g} of "
+                                            f"{config.calibration_size} standard-library "
+                                            "functions under it"),
+                         "prunes": "embedding" in config.remove_by,
                          "flagged_records": len({p["id"] for p in pairs if p["embedding_distance"] is not None
-                                                 and p["embedding_distance"] <= config.embed_threshold})}
-                        if embedding_on else
-                        {"enabled": False, "reason": "no embedder configured (pass --embedder, e.g. "
-                                                     "phi1:DIR); embedding distance is off"}),
-          "ast": {"min_nodes": config.min_nodes, "unparsable_records": result["stats"]["unparsable"],
+                                                 and p["embedding_distance"] <= threshold})}
+                        if threshold is not None else
+                        {"enabled": False, "reason": "no embedder configured (pass --embedder "
+                                                     "phi1:DIR with the paper's CodeGen-Mono-350M); "
+                                                     "embedding distance is off"}),
+          "ast": {"prunes": "ast" in config.remove_by,
+                  "unparsable_records": result["stats"]["unparsable"],
                   "candidate_pairs": result["stats"]["ast_pairs"]},
       },
       "remove_by": list(config.remove_by),
+      "combine": config.combine,
+      "paper": PAPER,
       "taus": {},
       "seconds": round(result["stats"]["seconds"], 2),
-      "records_per_s": round(result["stats"]["records"] / max(result["stats"]["seconds"], 1e-9), 1),
+      "records_per_s": round(records / max(result["stats"]["seconds"], 1e-9), 1),
   }
   for tau in sorted(config.taus, reverse=True):
-    removing = removed_at(pairs, tau, config, embedding_on)
+    removing = removed_at(pairs, tau, config, threshold)
     removed_ids = sorted({p["id"] for p in removing})
     similar = {p["_problem"] for p in removing}
     split = {}
@@ -306,13 +394,39 @@ def build_report(result: dict, problems: Sequence[Problem], config: Config, embe
                   "non_similar": [t for i, t in ids if i not in similar]}
       split[b]["n_similar"], split[b]["n_non_similar"] = (len(split[b]["similar"]),
                                                           len(split[b]["non_similar"]))
-    report["taus"][str(tau)] = {
+    key = str(tau)
+    paper_removed = PAPER["removed"].get(key)
+    report["taus"][key] = {
         "removed": len(removed_ids),
-        "removed_fraction": round(len(removed_ids) / max(report["records"], 1), 5),
+        "removed_fraction": round(len(removed_ids) / max(records, 1), 5),
+        "paper_removed": paper_removed,
+        "paper_removed_fraction": (round(paper_removed / PAPER["corpus"], 5)
+                                   if paper_removed is not None else None),
+        "paper_similar_humaneval": PAPER["similar_humaneval"].get(key),
         "removed_by_ast": len({p["id"] for p in removing
                                if p["ast_match"] is not None and p["ast_match"] >= tau}),
+        "removed_by_embedding": len({p["id"] for p in removing if threshold is not None
+                                     and p["embedding_distance"] is not None
+                                     and p["embedding_distance"] <= threshold}),
         "removed_ids": removed_ids, "split": split}
   return report
+
+
+def summary_lines(report: dict) -> list[str]:
+  """One line per tau: removed count and similar/non-similar split beside the paper's."""
+  lines = []
+  for tau, v in report["taus"].items():
+    paper = ("paper: 42.5K-354K of 879.5K (4.8%-40.2%) over tau 0.95-0.8"
+             if v["paper_removed"] is None else
+             f"paper: {v['paper_removed'] / 1000:g}K of {PAPER['corpus'] / 1000:g}K "
+             f"({100 * v['paper_removed_fraction']:.1f}%)")
+    splits = ", ".join(f"{b} {s['n_similar']} similar / {s['n_non_similar']} non-similar"
+                       for b, s in v["split"].items())
+    if v["paper_similar_humaneval"] is not None and "humaneval" in v["split"]:
+      splits += f" (paper: {v['paper_similar_humaneval']} similar)"
+    lines.append(f"tau {tau}: removed {v['removed']} of {report['records']} "
+                 f"({100 * v['removed_fraction']:.1f}%) [{paper}]; {splits}")
+  return lines
 
 
 class _NoBar:
@@ -333,15 +447,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--input", required=True,
                   help="records: dir of .jsonl/.parquet, a dir of .py files, a file, or 'default'")
-  ap.add_argument("--bench", default="humaneval,mbpp", help="comma list from: humaneval, mbpp")
+  ap.add_argument("--bench", default=",".join(DEFAULT_BENCHMARKS),
+                  help="comma list from: humaneval, mbpp (default: humaneval, as Table 3)")
   ap.add_argument("--out", required=True, help="output dir: report.json, flagged.jsonl, pruned/")
   ap.add_argument("--taus", default=",".join(map(str, TAUS)))
   ap.add_argument("--embedder", default=None,
-                  help="'phi1:DIR', 'hashing', 'sentence-transformers:NAME'; default: off")
-  ap.add_argument("--embed-threshold", type=float, default=DEFAULT_EMBED_THRESHOLD)
+                  help="'phi1:DIR' (a CodeGenForCausalLM directory is the paper's "
+                       "CodeGen-Mono-350M), 'hashing', 'sentence-transformers:NAME'; default: off")
+  ap.add_argument("--embed-threshold", default="auto",
+                  help="L2 distance under which a pair is close; 'auto' (default) calibrates it "
+                       "per embedder (see --calibration-fpr)")
+  ap.add_argument("--calibration-fpr", type=float, default=CALIBRATION_FPR,
+                  help="'auto' threshold: this fraction of clean standard-library functions fall under it")
   ap.add_argument("--ngram-n", type=int, default=NGRAM_N)
-  ap.add_argument("--min-nodes", type=int, default=ast_match.DEFAULT_MIN_NODES)
-  ap.add_argument("--remove-by", default="ngram,embedding,ast")
+  ap.add_argument("--remove-by", default=",".join(DEFAULT_REMOVE_BY),
+                  help="measures that prune, from: ngram, embedding, ast (ngram is only reported "
+                       "unless named here)")
+  ap.add_argument("--combine", default="union", choices=COMBINE,
+                  help="union: embedding OR AST flags a record; embedding_then_ast: both, per pair")
   ap.add_argument("--humaneval-path", default=None)
   ap.add_argument("--mbpp-path", default=None, help="default: <repo>/../shared/data/mbpp.jsonl")
   ap.add_argument("--limit", type=int, default=None, help="only the first N records")
@@ -353,25 +476,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   return ap.parse_args(argv)
 
 
+def config_from_args(args: argparse.Namespace) -> Config:
+  try:
+    taus = tuple(float(t) for t in args.taus.split(","))
+    threshold = None if args.embed_threshold == "auto" else float(args.embed_threshold)
+  except ValueError:
+    raise ValueError(f"--taus takes numbers like 0.95,0.8 and --embed-threshold a number or "
+                     f"'auto'; got {args.taus!r} and {args.embed_threshold!r}") from None
+  return Config(taus=taus, ngram_n=args.ngram_n, embed_threshold=threshold,
+                calibration_fpr=args.calibration_fpr,
+                remove_by=tuple(m for m in args.remove_by.split(",") if m), combine=args.combine)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   args = parse_args(argv)
-  taus = tuple(float(t) for t in args.taus.split(","))
-  remove_by = tuple(m for m in args.remove_by.split(",") if m)
-  unknown = set(remove_by) - {"ngram", "embedding", "ast"}
-  if unknown:
-    print(f"error: --remove-by knows ngram, embedding, ast; got {sorted(unknown)}", file=sys.stderr)
-    return 2
-  config = Config(taus=taus, ngram_n=args.ngram_n, min_nodes=args.min_nodes,
-                  embed_threshold=args.embed_threshold, remove_by=remove_by)
   from data_gen import engine
   from data_gen import decontaminate_steps
   out = pathlib.Path(args.out)
-  settings = decontaminate_steps.Settings(
-      input=args.input, out=args.out, benchmarks=tuple(b for b in args.bench.split(",") if b),
-      config=config, embedder=args.embedder, humaneval_path=args.humaneval_path,
-      mbpp_path=args.mbpp_path, limit=args.limit, id_field=args.id_field,
-      assign_ids=args.assign_ids, prune=not args.no_prune)
   try:
+    config = config_from_args(args)
+    if config.combine == "embedding_then_ast" and not args.embedder:
+      raise ValueError("--combine embedding_then_ast needs an embedder (--embedder phi1:DIR)")
+    if not args.embedder and "embedding" in config.remove_by:
+      print("decontaminate: no --embedder, so the embedding distance is off (the paper used "
+            "CodeGen-Mono-350M: --embedder phi1:DIR)", file=sys.stderr)
+    settings = decontaminate_steps.Settings(
+        input=args.input, out=args.out, benchmarks=tuple(b for b in args.bench.split(",") if b),
+        config=config, embedder=args.embedder, humaneval_path=args.humaneval_path,
+        mbpp_path=args.mbpp_path, limit=args.limit, id_field=args.id_field,
+        assign_ids=args.assign_ids, prune=not args.no_prune)
     engine_config = engine.from_args(args)
     settings.problems()  # bad benchmark names or paths: said now, not in a task
     ingest.input_files(args.input)
@@ -384,12 +517,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({"submitted": True, "out": str(out)}))
     return 0
   report = json.loads((out / "report.json").read_text())
-  summary = {t: {"removed": v["removed"], **{b: f"{s['n_similar']} similar / {s['n_non_similar']}"
-                                             for b, s in v["split"].items()}}
+  for line in summary_lines(report):
+    print(line, file=sys.stderr)
+  summary = {t: {"removed": v["removed"], "paper_removed": v["paper_removed"],
+                 **{b: f"{s['n_similar']} similar / {s['n_non_similar']}"
+                    for b, s in v["split"].items()}}
              for t, v in report["taus"].items()}
   print(json.dumps({"records": report["records"], "seconds": report["seconds"],
-                    "embedding": report["measures"]["embedding"].get("enabled"), "taus": summary,
-                    "out": str(out)}))
+                    "embedding": report["measures"]["embedding"].get("enabled"),
+                    "embed_threshold": report["measures"]["embedding"].get("threshold"),
+                    "remove_by": report["remove_by"], "taus": summary, "out": str(out)}))
   return 0
 
 

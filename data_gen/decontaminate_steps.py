@@ -78,17 +78,17 @@ class Scan(PipelineStep):
 def merge_results(results: list[dict]) -> dict:
   """The tasks' scans as one (pairs in task order; counts summed; seconds summed over tasks)."""
   pairs, stats = [], dc._zero_stats()
-  ast_pairs = np.zeros(3, np.int64)
+  ast_pairs = np.zeros(len(dc.AST_PAIR_COUNTS), np.int64)
   stats["seconds"] = 0.0
   for result in results:
     pairs.extend(result["pairs"])
     for key in ("records", "bytes", "unparsable", "seconds_embedding", "seconds"):
       stats[key] += result["stats"][key]
-    ast_pairs += [result["stats"]["ast_pairs"][k]
-                  for k in ("all", "after_length_bound", "edit_distances")]
-  stats["ast_pairs"] = dict(zip(("all", "after_length_bound", "edit_distances"),
-                                map(int, ast_pairs)))
-  return {"pairs": pairs, "stats": stats}
+    ast_pairs += [result["stats"]["ast_pairs"][k] for k in dc.AST_PAIR_COUNTS]
+  stats["ast_pairs"] = dict(zip(dc.AST_PAIR_COUNTS, map(int, ast_pairs)))
+  # Every task computes the same embedding threshold (given, or calibrated deterministically).
+  threshold = results[0].get("embed_threshold") if results else None
+  return {"pairs": pairs, "stats": stats, "embed_threshold": threshold}
 
 
 class Merge(PipelineStep):

@@ -1,11 +1,13 @@
-"""Decontamination: AST match rate definition, pruning soundness, and the issue's two acceptance
-checks (planted, disguised HumanEval solutions found; few stdlib files flagged)."""
+"""Decontamination: the paper's defaults (Table 3: HumanEval, embedding + AST, n-grams reported),
+the report, and the acceptance check: disguised copies of all 164 HumanEval solutions found at
+tau 0.8, few standard-library files flagged. The AST measure itself: tests/test_ast_match.py."""
 
 import ast
 import builtins
 import json
 import random
 
+import numpy as np
 import pytest
 
 from data_gen import ast_match, shards
@@ -15,7 +17,7 @@ from data_gen.filtering import embed, ingest
 
 @pytest.fixture(scope="module")
 def problems():
-  return dc.load_problems(["humaneval", "mbpp"])
+  return dc.load_problems(["humaneval"])
 
 
 # ------------------------------------------------------------------------------- disguising code
@@ -47,12 +49,27 @@ class _Renamer(ast.NodeTransformer):
     return node
 
 
-def disguise(code: str, rng: random.Random) -> str:
-  """Rename every identifier, replace docstrings, reformat (2-space indent, comments, blanks)."""
+# Statements an editor might add to a copied solution: a counter, a debug print, a guard.
+INSERTED = ("count = 0", "print(value)", "assert n >= 0", "result = []",
+            "if not items:\n    return None")
+
+
+def insert_statement(tree: ast.Module, rng: random.Random) -> None:
+  """One statement from INSERTED at a random place in the last function's body."""
+  fn = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)][-1]
+  first = 1 if ast_match._is_docstring(fn.body[0]) else 0
+  fn.body.insert(rng.randint(first, len(fn.body)), ast.parse(rng.choice(INSERTED)).body[0])
+
+
+def disguise(code: str, rng: random.Random, insert: bool = True) -> str:
+  """Rename every identifier, replace docstrings, reformat (2-space indent, comments, blanks) and,
+  with `insert`, add one statement."""
   tree = ast.parse(code)
+  if insert:
+    insert_statement(tree, rng)
   tree = _Renamer(rng).visit(tree)
   for node in ast.walk(tree):
-    if isinstance(node, (ast.FunctionDef, ast.Module)) and node.body and dc.ast_match._is_docstring(
+    if isinstance(node, (ast.FunctionDef, ast.Module)) and node.body and ast_match._is_docstring(
         node.body[0]):
       node.body[0].value.value = "Reworded task description; see the tests for examples."
   lines = []
@@ -66,72 +83,22 @@ def disguise(code: str, rng: random.Random) -> str:
   return out
 
 
-# ----------------------------------------------------------------------------------- AST measure
-def test_match_rate_ignores_names_literals_comments_docstrings():
-  a = 'def add(x, y):\n    """Add two numbers."""\n    return x + y * 2\n'
-  b = 'def plus(p, q):  # comment\n    """Another docstring."""\n\n    return (p + q * 7)\n'
-  tree_a, tree_b = ast.parse(a), ast.parse(b)
-  assert ast_match.node_sequence(tree_a) == ast_match.node_sequence(tree_b)
-  assert ast_match.match_rate(ast_match.node_sequence(tree_a), ast_match.node_sequence(tree_b)) == 1.0
-  c = "def add(x, y):\n    return x - y * 2\n"  # one operator differs: one substitution
-  seq_a, seq_c = ast_match.node_sequence(tree_a), ast_match.node_sequence(ast.parse(c))
-  assert ast_match.levenshtein(seq_a, seq_c) == 1
-  assert ast_match.match_rate(seq_a, seq_c) == pytest.approx(1 - 1 / len(seq_a))
-
-
-def test_numpy_levenshtein_matches_reference():
-  rng = random.Random(0)
-
-  def reference(a, b):
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-      cur = [i]
-      for j, cb in enumerate(b, 1):
-        cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-      prev = cur
-    return prev[-1]
-
-  for _ in range(200):
-    a = "".join(rng.choice("abcd") for _ in range(rng.randrange(0, 30)))
-    b = "".join(rng.choice("abcd") for _ in range(rng.randrange(0, 30)))
-    assert ast_match._levenshtein_numpy(a, b) == reference(a, b) == ast_match.levenshtein(a, b)
-
-
-def test_pruned_search_equals_brute_force(problems):
-  sequences = [p.ast_sequence for p in problems]
-  index = ast_match.AstIndex(sequences, min_nodes=16)
-  numpy_index = ast_match.AstIndex(sequences, min_nodes=16, use_rapidfuzz=False)
-  files = sorted((ingest.default_roots()["stdlib"] / "json").glob("*.py"))
-  units = [u for f in files for u in ast_match.corpus_units(f.read_text())]
-  units += [sequences[i][:-2] for i in range(0, 160, 7)]  # near-copies of problems
-  found = {(m.unit, m.problem): m.tau for m in index.search(units, 0.8)}
-  found_numpy = {(m.unit, m.problem): m.tau for m in numpy_index.search(units, 0.8)}
-  brute = {}
-  for ui, u in enumerate(units):
-    for pi, s in enumerate(sequences):
-      if s and max(len(u), len(s)) >= 16 and len(s) >= 16:
-        tau = ast_match.match_rate(u, s)
-        if tau >= 0.8:
-          brute[(ui, pi)] = tau
-  assert found.keys() == brute.keys() == found_numpy.keys()
-  assert all(found[k] == found_numpy[k] == pytest.approx(brute[k]) for k in found)
-  assert index.pairs_edit_distance < index.pairs_considered / 4  # the bounds do prune
-  assert numpy_index.pairs_edit_distance < numpy_index.pairs_considered / 100
-
-
 # ------------------------------------------------------------------------------ acceptance checks
 def _stdlib_sample(n: int, seed: int = 0) -> list[dict]:
   records = list(ingest.iter_records("stdlib", check_python=False))
   return random.Random(seed).sample(records, n)
 
 
-def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems):
+def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems, capsys):
+  """Issue acceptance: disguised copies (renamed identifiers, new docstring, reformatted, one
+  statement inserted) of all 164 HumanEval solutions, >= 95% found at tau 0.8, and < 2% of
+  standard-library files flagged at tau 0.8, with the default settings."""
   rng = random.Random(0)
-  humaneval = [p for p in problems if p.benchmark == "humaneval"]
+  assert len(problems) == 164
   planted = [{"id": f"planted:{p.task_id}", "text": disguise(p.code, rng), "source": "planted"}
-             for p in humaneval]
+             for p in problems]
   # Half the disguised solutions are buried at the end of a real stdlib file.
-  stdlib = _stdlib_sample(300)
+  stdlib = _stdlib_sample(500)
   for k in range(0, len(planted), 2):
     host = stdlib[k % len(stdlib)]["text"]
     planted[k]["text"] = host + "\n\n" + planted[k]["text"]
@@ -141,32 +108,96 @@ def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems):
                 "--workers", "2"])
   assert rc == 0
   report = json.loads((tmp_path / "out" / "report.json").read_text())
-  removed_09 = set(report["taus"]["0.9"]["removed_ids"])
-  found = sum(r["id"] in removed_09 for r in planted)
-  assert found / len(planted) >= 0.9, f"found only {found}/{len(planted)} planted solutions"
-  stdlib_flagged = sum(r["id"] in removed_09 for r in stdlib)
-  assert stdlib_flagged / len(stdlib) < 0.02, f"{stdlib_flagged}/{len(stdlib)} stdlib files flagged"
-  # Table 3 split: planted problems are "similar"; the split covers each benchmark exactly.
-  split = report["taus"]["0.9"]["split"]["humaneval"]
-  assert split["n_similar"] >= found and split["n_similar"] + split["n_non_similar"] == 164
-  assert report["taus"]["0.95"]["removed"] <= report["taus"]["0.8"]["removed"]
+  assert report["benchmarks"] == {"humaneval": 164}  # Table 3's benchmark only, by default
+  removed = {t: set(v["removed_ids"]) for t, v in report["taus"].items()}
+  found = {t: sum(r["id"] in ids for r in planted) for t, ids in removed.items()}
+  flagged = {t: sum(r["id"] in ids for r in stdlib) for t, ids in removed.items()}
+  print(f"planted found {found}, stdlib flagged {flagged} of {len(stdlib)}")
+  assert found["0.8"] / len(planted) >= 0.95, f"found only {found['0.8']}/{len(planted)}"
+  assert flagged["0.8"] / len(stdlib) < 0.02, f"{flagged['0.8']}/{len(stdlib)} stdlib files flagged"
+  assert found["0.95"] <= found["0.9"] <= found["0.85"] <= found["0.8"]
+  # Table 3 split at every tau: planted problems are "similar"; the split covers the benchmark.
+  for tau, v in report["taus"].items():
+    split = v["split"]["humaneval"]
+    assert split["n_similar"] >= found[tau] and split["n_similar"] + split["n_non_similar"] == 164
   assert report["measures"]["embedding"]["enabled"] is False
   assert "off" in report["measures"]["embedding"]["reason"]
+  # The removed counts are printed beside the paper's.
+  err = capsys.readouterr().err
+  assert "tau 0.95: removed" in err and "paper: 42.5K of 879.5K" in err
+  assert "paper: 354K of 879.5K" in err and "(paper: 116 similar)" in err
   # flagged.jsonl: one line per flagged (record, problem) pair with the contract's fields.
   lines = [json.loads(l) for l in (tmp_path / "out" / "flagged.jsonl").read_text().splitlines()]
   assert lines and all(set(l) == {"id", "benchmark", "task_id", "ngram", "embedding_distance",
                                   "ast_match"} for l in lines)
   assert all(l["embedding_distance"] is None for l in lines)
   hit = [l for l in lines if l["id"] == "planted:HumanEval/0" and l["task_id"] == "HumanEval/0"]
-  assert hit and hit[0]["ast_match"] == 1.0
+  assert hit and hit[0]["ast_match"] >= 0.95  # one inserted statement: one edit
   # The pruned copy holds exactly the records not removed at that tau.
-  pruned = [r["id"] for r in shards.read_records(str(tmp_path / "out" / "pruned" / "tau_0.9"))]
-  assert sorted(pruned) == sorted({r["id"] for r in stdlib + planted} - removed_09)
+  pruned = [r["id"] for r in shards.read_records(str(tmp_path / "out" / "pruned" / "tau_0.8"))]
+  assert sorted(pruned) == sorted({r["id"] for r in stdlib + planted} - removed["0.8"])
   # The same command again: every task is finished, nothing is scanned twice.
   before = (tmp_path / "out" / "report.json").read_bytes()
   assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tasks", "2",
                   "--workers", "2"]) == 0
   assert (tmp_path / "out" / "report.json").read_bytes() == before
+
+
+def test_defaults_are_the_papers():
+  """§5 / Table 3: HumanEval only, pruned by embedding distance and AST tau (n-grams reported,
+  not pruning), at the four taus; no problem is exempt from the AST measure."""
+  config = dc.Config()
+  assert dc.DEFAULT_BENCHMARKS == ("humaneval",)
+  assert config.taus == (0.95, 0.9, 0.85, 0.8)
+  assert config.remove_by == ("embedding", "ast") and config.combine == "union"
+  assert config.embed_threshold is None  # calibrated: the paper does not give its threshold
+  args = dc.parse_args(["--input", "x", "--out", "y"])
+  assert args.bench == "humaneval" and dc.config_from_args(args) == config
+  problems = dc.load_problems(["humaneval"])
+  assert all(p.ast_unit is not None for p in problems)
+  with pytest.raises(ValueError, match="remove_by"):
+    dc.Config(remove_by=("ast", "bleu"))
+
+
+def test_ngrams_are_reported_and_prune_only_when_asked(problems):
+  he0 = next(p for p in problems if p.task_id == "HumanEval/0")
+  records = [{"id": "copied-docstring", "text": "# notes\n" + he0.prose}]
+  result = dc.decontaminate(records, problems, dc.Config(workers=1))
+  report = dc.build_report(result, problems, dc.Config(), None)
+  assert report["measures"]["ngram"]["flagged_records"] == 1
+  assert report["measures"]["ngram"]["prunes"] is False
+  assert all(v["removed"] == 0 for v in report["taus"].values())
+  config = dc.Config(remove_by=("ngram", "embedding", "ast"))
+  report = dc.build_report(result, problems, config, None)
+  assert all(v["removed_ids"] == ["copied-docstring"] for v in report["taus"].values())
+
+
+def test_embedding_threshold_is_calibrated_and_combined(problems):
+  """'auto': the distance under which 1% of clean stdlib functions fall from their nearest
+  problem; union removes a close pair at every tau, embedding_then_ast only where tau is reached."""
+  embedder = embed.HashingEmbedder()
+  reference = dc.reference_functions(200)
+  assert len(reference) == 200 and all(r.lstrip().startswith(("def", "async def")) for r in reference)
+  vectors = embedder.embed([p.code for p in problems])
+  threshold = dc.calibrate_embed_threshold(embedder, vectors, reference, fpr=0.05)
+  x = embedder.embed(reference)
+  nearest = np.sqrt(np.maximum(2 - 2 * (x @ vectors.T).max(1), 0))
+  assert np.mean(nearest <= threshold) == pytest.approx(0.05, abs=0.01)
+  he0 = next(p for p in problems if p.task_id == "HumanEval/0")
+  # Same text, different structure: close by the embedding, far by the AST.
+  pairs = [{"id": "a", "ngram": 0, "embedding_distance": 0.01, "ast_match": None, "_problem": 0},
+           {"id": "b", "ngram": 0, "embedding_distance": 0.01, "ast_match": 0.9, "_problem": 0},
+           {"id": "c", "ngram": 0, "embedding_distance": 0.9, "ast_match": 0.97, "_problem": 0}]
+  union = dc.Config()
+  assert {p["id"] for p in dc.removed_at(pairs, 0.95, union, 0.1)} == {"a", "b", "c"}
+  assert {p["id"] for p in dc.removed_at(pairs, 0.95, union, None)} == {"c"}  # embedding off
+  two_stage = dc.Config(combine="embedding_then_ast")
+  assert {p["id"] for p in dc.removed_at(pairs, 0.95, two_stage, 0.1)} == set()
+  assert {p["id"] for p in dc.removed_at(pairs, 0.9, two_stage, 0.1)} == {"b"}
+  result = dc.decontaminate([{"id": "v", "text": he0.code}], problems,
+                            dc.Config(workers=1, calibration_size=200), embedder=embedder)
+  assert result["embed_threshold"] == pytest.approx(dc.calibrate_embed_threshold(
+      embedder, vectors, reference, fpr=dc.CALIBRATION_FPR))
 
 
 def test_ngram_and_embedding_measures(tmp_path, problems):
@@ -176,7 +207,7 @@ def test_ngram_and_embedding_measures(tmp_path, problems):
       {"id": "unrelated", "text": "x = 1\nprint('hello world')\n", "source": "t"},
       {"id": "verbatim-code", "text": he0.code, "source": "t"},
   ]
-  config = dc.Config(workers=1)
+  config = dc.Config(workers=1, calibration_size=200)
   result = dc.decontaminate(records, problems, config, embedder=embed.HashingEmbedder())
   by_id = {}
   for p in result["pairs"]:
@@ -188,7 +219,8 @@ def test_ngram_and_embedding_measures(tmp_path, problems):
   assert "unrelated" not in by_id
   report = dc.build_report(result, problems, config, embed.HashingEmbedder())
   assert report["measures"]["embedding"]["enabled"] is True
-  assert "copied-docstring" in report["taus"]["0.95"]["removed_ids"]  # n-gram removes at every tau
+  assert report["measures"]["embedding"]["threshold_from"].startswith("calibrated")
+  assert "verbatim-code" in report["taus"]["0.95"]["removed_ids"]
 
 
 def test_bad_inputs(tmp_path, capsys):
@@ -207,7 +239,7 @@ def test_bad_inputs(tmp_path, capsys):
 def test_code_inside_prose_is_checked(problems):
   """Synthetic textbooks and Q/A records hold code in fenced blocks inside prose."""
   he = next(p for p in problems if p.task_id == "HumanEval/12")
-  disguised = disguise(he.code, random.Random(1))
+  disguised = disguise(he.code, random.Random(1), insert=False)
   text = f"## Longest string\n\nWe walk the list once.\n\n```python\n{disguised}```\n\nDone.\n"
   assert ast_match.corpus_units(text) is None  # the whole record is not Python
   result = dc.decontaminate([{"id": "book", "text": text}], problems, dc.Config(workers=1))
