@@ -80,8 +80,9 @@ def generate_main(argv) -> int:
 
 
 def convert_main(argv) -> int:
-  parser = argparse.ArgumentParser(prog="phi1 convert",
-                                   description="HF PhiForCausalLM directory <-> phi1 export.")
+  parser = argparse.ArgumentParser(
+      prog="phi1 convert",
+      description="HF PhiForCausalLM or CodeGenForCausalLM directory <-> phi1 export.")
   parser.add_argument("--from-hf", help="HF directory (config.json + safetensors) to import")
   parser.add_argument("--to-hf", help="phi1 export/workdir to write as an HF directory")
   parser.add_argument("--out", required=True)
