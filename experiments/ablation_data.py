@@ -44,9 +44,10 @@ GROUPS = (
     ("350m_26b", "350m", {"stackplus": (12_400, 0, None), "codetextbook": (12_400, 0, None)}),
     ("350m_76b", "350m", {"stackplus": (36_000, 0, None), "codetextbook": (36_000, 0, None)}),
     ("1.3b", "1.3b", {
-        "stackplus": (36_000, 0, {"a100_hours": 1090, "what": "1.3B Stack+, 76B tokens (Fig. 2.1)"}),
+        "stackplus": (36_000, 0,
+                      {"a100_hours": 1090, "what": "1.3B Stack+, 76B tokens, Fig. 2.1"}),
         "codetextbook": (PHI1_BASE_STEPS, 36_000,
-                         {"a100_hours": 770, "what": "phi-1-base, 51B tokens (§2.3, Fig. 2.1)"}),
+                         {"a100_hours": 770, "what": "phi-1-base, 51B tokens, §2.3 and Fig. 2.1"}),
     }),
 )
 # Finetuning phi-1 "takes 7 more hours on the same hardware" (8 A100s, §2.3).

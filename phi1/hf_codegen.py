@@ -82,9 +82,9 @@ def config_to_codegen(config: Phi1Config, eos_id: int | None) -> dict:
 def _qkv_rows(d_model: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Rows of the fused [3D, D] qkv_proj weight holding each feature of q, k and v.
 
-  CodeGenAttention views the fused output as [MP_NUM, 3 * D/MP_NUM] and splits each shard into
-  (q, v, k) of D/MP_NUM features: feature j of q sits in shard j // L at offset j % L (L = D/MP_NUM),
-  and v and k follow it within the shard.
+  CodeGenAttention views the fused output as [MP_NUM, 3 * L] (L = D/MP_NUM) and splits each shard
+  into (q, v, k) of L features: feature j of q sits in shard j // L at offset j % L, and v and k
+  follow it within the shard.
   """
   local = d_model // MP_NUM
   j = np.arange(d_model)
