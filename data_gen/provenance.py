@@ -45,14 +45,18 @@ def choose_run(meta: dict, settings: dict, *, new_run: bool, has_records: bool) 
   if not runs and not has_records:
     return 0, [{"run": 0, "settings": dict(settings)}]
   if not new_run:
-    latest = runs[-1] if runs else {"run": 0, "settings": {}}
-    changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in
-                        _differences(latest["settings"], settings, latest.get("legacy", False)).items())
+    if runs:
+      latest = runs[-1]
+      changes = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in
+                          _differences(latest["settings"], settings, latest.get("legacy", False)).items())
+    else:
+      changes = "unrecorded"
     raise ProvenanceError(
-        f"this directory's records were made with other settings ({changes or 'unrecorded'}). "
-        "Rerun with the recorded settings to top up, use another --out, or add --new-run to record "
-        f"a second run here (its records tagged run={len(runs)})")
-  run = max((r["run"] for r in runs), default=-1) + 1
+        f"this directory's records were made with other settings ({changes}). Rerun with the "
+        "recorded settings to top up, use another --out, or add --new-run to record a second run "
+        f"here (its records tagged run={len(runs) or 1})")
+  # Records without recorded settings are run 0: a new run never shares their ids.
+  run = max((r["run"] for r in runs), default=0 if has_records else -1) + 1
   return run, runs + [{"run": run, "settings": dict(settings)}]
 
 
