@@ -3,6 +3,7 @@
     export OPENAI_API_KEY=...
     python -m data_gen textbooks --n 20000 --out data/textbooks --model gpt-3.5-turbo --concurrency 64 --budget-usd 50
     python -m data_gen exercises --n 100000 --out data/exercises --model gpt-3.5-turbo --execute
+    python -m data_gen exercises --n 880000 --out data/exercises --model gpt-3.5-turbo --plan   # no requests
     python -m data_gen report data/exercises
 
 `--n` is the number of valid records DIR holds when the command returns: rerunning the same command

@@ -12,6 +12,7 @@ from data_gen.runner import generate
 from data_gen.shards import ShardWriter, read_records
 from data_gen.tables import load_table
 from data_gen.testing import FakeOpenAI
+from data_gen.textbooks import TextbookTask
 from data_gen.validate import check_exercise, split_function
 
 CODE = '''import math
@@ -159,3 +160,23 @@ def test_sampled_names_avoid_benchmark_entry_points():
   task = ExerciseTask(seed=0)
   names = [task.constraints(s)["function_name"] for s in range(5000)]
   assert len(set(names)) >= 4990 and not any(words(n) in banned for n in names)
+
+
+def test_requests_are_the_same_in_another_process():
+  """Resume and --shard rebuild slots in new processes (other PYTHONHASHSEED): nothing may
+  depend on process state."""
+  import json
+  import os
+  import subprocess
+  import sys
+  code = ("import json; from data_gen.exercises import ExerciseTask; "
+          "from data_gen.textbooks import TextbookTask; "
+          "print(json.dumps([ExerciseTask(seed=4).request(s)[0].messages[1]['content'] for s in "
+          "(0, 77, 10**6)] + [TextbookTask(seed=4).request(s)[0].messages[1]['content'] for s in "
+          "(0, 77, 10**6)]))")
+  env = {**os.environ, "PYTHONPATH": os.getcwd(), "PYTHONHASHSEED": "12345"}
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr[-2000:]
+  here = ([ExerciseTask(seed=4).request(s)[0].messages[1]["content"] for s in (0, 77, 10 ** 6)]
+          + [TextbookTask(seed=4).request(s)[0].messages[1]["content"] for s in (0, 77, 10 ** 6)])
+  assert json.loads(r.stdout) == here and len(set(here)) == 6
