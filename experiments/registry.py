@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import hashlib
 import json
 import math
 import pathlib
 import statistics
 import sys
+
+from phi1 import run_identity
 
 BENCHES = ("humaneval", "mbpp")
 # name -> type; the order is the table's column order.
@@ -75,7 +76,8 @@ def run_row(workdir) -> dict:
   config = _json(workdir / "config.json")
   if not config:
     raise FileNotFoundError(f"{workdir} has no readable config.json: not a training workdir")
-  info, done = _json(workdir / "run.json"), _json(workdir / "DONE")
+  info, identity = _json(workdir / "run.json"), run_identity.read(workdir)
+  done = run_identity.done_status(workdir)
   metrics = _read_jsonl(workdir / "metrics.jsonl") if (workdir / "metrics.jsonl").is_file() else []
   model = dict(config["model"])
   model_json = json.dumps(model, sort_keys=True)
@@ -92,9 +94,10 @@ def run_row(workdir) -> dict:
   row = {
       "name": info.get("name", workdir.name), "family": info.get("family", workdir.parent.name),
       "sweep": workdir.parent.name, "experiment": info.get("experiment", ""),
-      "status": "done" if done or steps >= int(config["steps"]) else "partial",
-      "config_hash": info.get("config_hash") or hashlib.sha256(
-          json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12],
+      # "stale": a DONE for another config than the one the workdir's checkpoints now hold.
+      "status": done or ("done" if steps >= int(config["steps"]) else "partial"),
+      "config_hash": (run_identity.recorded_hash(workdir) or info.get("config_hash")
+                      or identity.get("config_hash")),
       "overrides": json.dumps(info.get("overrides", {}), sort_keys=True, default=str),
       "params": params, "matmul_params": matmul, "n_layers": model["n_layers"],
       "d_model": model["d_model"], "batch_size": config["batch_size"],
@@ -103,7 +106,7 @@ def run_row(workdir) -> dict:
       "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
       "best_eval_loss": best["eval_loss"] if best else None,
       "best_eval_step": best["step"] if best else None,
-      "wall_s": info.get("wall_s") or done.get("wall_s"),
+      "wall_s": info.get("wall_s") or _json(workdir / "DONE").get("wall_s"),
       "tokens_per_sec": statistics.median(speeds) if speeds else None,
       "mfu": statistics.median(mfus) if mfus else None, "workdir": str(workdir),
   }

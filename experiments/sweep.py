@@ -15,7 +15,9 @@ that run then waits for NAME (locally it comes later in the list; on SLURM an af
 
 Locally the runs train one after another in this process (`phi1.train.run`); a run whose workdir
 holds a `DONE` marker for the same config, or the final step's checkpoint, is skipped, and an
-unfinished one resumes from its latest checkpoint. After each run the registry
+unfinished one resumes from its latest checkpoint. A workdir whose checkpoints came from another
+config is refused with the changed keys named, unless --restart or --continue-with-changes
+(phi1/run_identity.py; the dry run marks such runs STALE). After each run the registry
 (`<root>/registry.csv`, experiments/registry.py) is rewritten. `--slurm DIR` writes one sbatch
 script per run and a `submit.sh` instead (multi-host JAX: one task per node, each process calls
 jax.distributed.initialize(), which reads the SLURM environment). `--dry-run` prints the runs and
@@ -28,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import hashlib
 import io
 import itertools
 import json
@@ -45,9 +46,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python experiments/sweep.py` as well as `-m experiments.sweep`
   sys.path.insert(0, str(REPO))
 
-from phi1 import config as config_lib, demo_corpus  # noqa: E402
+from phi1 import config as config_lib, demo_corpus, preemption, run_identity  # noqa: E402
+from phi1.run_identity import config_hash  # noqa: E402,F401  (a run's identity, shared)
 
-DONE = "DONE"  # JSON marker written when a run finished: config hash, wall time, final metrics
+DONE = run_identity.DONE  # JSON marker written when a run finished: config hash, wall time, final metrics
 RUN_INFO = "run.json"  # name, experiment, overrides, config hash, accumulated wall time
 SPECIAL_KEYS = ("name", "family", "paper")
 _RUN_REF = re.compile(r"\{run:([A-Za-z0-9._-]+)\}")
@@ -69,12 +71,6 @@ class Run:
     return config_hash(self.config)
 
 
-def config_hash(config: ml_collections.ConfigDict) -> str:
-  """12 hex digits identifying everything the trainer reads (the config's canonical JSON)."""
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
-  return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 def grid(base: dict | None = None, **axes) -> list[dict]:
   """Cartesian product of `axes` (dotted key, with "." written as "__": `model__n_layers=[2, 4]`),
   each point merged into `base`; names read `n_layers-2_d_model-64`."""
@@ -91,18 +87,9 @@ def grid(base: dict | None = None, **axes) -> list[dict]:
 
 def config_diff(base: ml_collections.ConfigDict, target: ml_collections.ConfigDict) -> dict:
   """Dotted overrides that turn `base` into `target` (e.g. a finetune recipe as a sweep run)."""
-  before = _flatten(base.to_dict())
-  return {k: v for k, v in _flatten(target.to_dict()).items() if before.get(k, object()) != v}
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[f"{prefix}{key}"] = value
-  return flat
+  before = run_identity.flatten(base.to_dict())
+  return {k: v for k, v in run_identity.flatten(target.to_dict()).items()
+          if before.get(k, object()) != v}
 
 
 def _short(value) -> str:
@@ -158,11 +145,20 @@ def expand(spec: str, root=None, extra: dict | None = None) -> list[Run]:
       config_lib.phi1_config(config)  # a model the overrides make impossible fails here, not later
     except (KeyError, ValueError, TypeError) as e:
       raise ValueError(f"{spec}: run {name}: {e}") from e
+    # --set values arrive as text: record them as the config holds them (10, not "10").
+    typed_extra = {k: _lookup(config, k) for k in extra or {}}
     runs.append(Run(name=name, family=str(declared_run.get("family", stem)), experiment=spec,
-                    overrides={**overrides, **(extra or {})}, config=config,
+                    overrides={**overrides, **typed_extra}, config=config,
                     workdir=root / name, needs=sorted(set(needs)),
                     paper=dict(declared_run.get("paper") or {})))
   return runs
+
+
+def _lookup(config: ml_collections.ConfigDict, dotted: str):
+  node = config
+  for key in dotted.split("."):
+    node = node[key]
+  return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else node
 
 
 def _as_text(value) -> str:
@@ -172,15 +168,9 @@ def _as_text(value) -> str:
 
 # ------------------------------------------------------------------------------------------ status
 def is_done(run: Run) -> bool:
-  """DONE for this very config, or (a run trained with `phi1 train`) the final step's checkpoint."""
-  marker = run.workdir / DONE
-  if marker.is_file():
-    try:
-      return json.loads(marker.read_text()).get("config_hash") == run.config_hash
-    except json.JSONDecodeError:
-      return False
-  # Orbax renames a step's directory into place only when it is complete.
-  return (run.workdir / "checkpoints" / str(run.config.steps)).is_dir()
+  """DONE for this very config, or (a run trained with `phi1 train`) the final step's checkpoint;
+  either only while the workdir's checkpoints are this config's (phi1/run_identity.py)."""
+  return run_identity.is_done(run.workdir, run.config)
 
 
 def _write_json(path: pathlib.Path, obj: dict):
@@ -199,8 +189,11 @@ def _run_info(run: Run) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- local
-def train_one(run: Run, *, progress: bool = True) -> dict:
-  """Train (or resume) one run; DONE and run.json record its config hash and wall time."""
+def train_one(run: Run, *, progress: bool = True, on_change: str = "refuse") -> dict:
+  """Train (or resume) one run; DONE and run.json record its config hash and wall time.
+
+  The workdir's config identity is checked before run.json changes, so a refused rerun leaves
+  the old run's record (and the registry row) as it was."""
   import jax
   from phi1 import train
   primary = jax.process_index() == 0
@@ -209,12 +202,13 @@ def train_one(run: Run, *, progress: bool = True) -> dict:
     if not (run.workdir.parent / need / DONE).is_file():
       raise RuntimeError(f"run {run.name} needs run {need} finished first (no "
                          f"{run.workdir.parent / need / DONE}); run the sweep without --only")
+  run_identity.check_and_record(run.workdir, run.config, on_change=on_change, primary=primary)
   info = _run_info(run)
   if primary:
     _write_json(run.workdir / RUN_INFO, info)
   start = time.perf_counter()
   try:
-    last = train.run(run.config, run.workdir, progress=progress)
+    last = train.run(run.config, run.workdir, progress=progress, on_change="continue")
   finally:
     info["wall_s"] += time.perf_counter() - start
     if primary:
@@ -262,7 +256,8 @@ def _eval_cli(argv: list[str], summary_path: pathlib.Path) -> dict:
 
 
 def run_local(runs: list[Run], *, benches=(), eval_limit=None, max_new_tokens=512,
-              progress=True, best_of_n=True, log=print) -> list[Run]:
+              progress=True, best_of_n=True, log=print, on_change: str = "refuse"
+              ) -> list[Run]:
   """Train every run not yet done, in order; evaluate; rewrite the registry after each."""
   import jax
   from experiments import registry
@@ -272,7 +267,7 @@ def run_local(runs: list[Run], *, benches=(), eval_limit=None, max_new_tokens=51
       log(f"[{i}/{len(runs)}] {run.name}: done already ({run.workdir}), skipped")
     else:
       log(f"[{i}/{len(runs)}] {run.name}: training in {run.workdir}")
-      train_one(run, progress=progress)
+      train_one(run, progress=progress, on_change=on_change)
       trained.append(run)
     if jax.process_count() == 1:  # evals run on one host (SLURM jobs call them after srun)
       for bench in benches:
@@ -371,7 +366,7 @@ def dry_run(runs: list[Run], *, gpu="A100", mfu=0.4, gpus=8, reference_gpu_hours
   for run in runs:
     e = estimate(run, gpu, mfu)
     estimates.append(e)
-    status = "done" if is_done(run) else "to run"
+    status = run_identity.status(run.workdir, run.config)
     needs = f"; after {', '.join(run.needs)}" if run.needs else ""
     log(explain(run, e, gpus) + _paper_line(run, e) + f"\n  status      {status}{needs}\n")
   total_flops = sum(e.flops for e in estimates)
@@ -489,7 +484,15 @@ def main(argv=None) -> int:
       demo_corpus.default_cache_dir(), "jax_compilation"),
                  help="JAX persistent compilation cache: runs of one shape compile once ('' = off)")
   p.add_argument("--no-progress", action="store_true")
+  change = p.add_mutually_exclusive_group()
+  change.add_argument("--restart", action="store_true",
+                      help="a run whose checkpoints came from another config starts over (the old "
+                           "files move to WORKDIR/superseded/)")
+  change.add_argument("--continue-with-changes", action="store_true",
+                      help="such a run continues from its latest checkpoint with the new config "
+                           "(recorded in WORKDIR/identity.json)")
   args = p.parse_args(argv)
+  on_change = "restart" if args.restart else "continue" if args.continue_with_changes else "refuse"
 
   benches = [b for b in args.eval.split(",") if b]
   unknown = [b for b in benches if b not in ("humaneval", "mbpp")]
@@ -533,10 +536,13 @@ def main(argv=None) -> int:
   try:
     run_local(runs, benches=benches, eval_limit=args.eval_limit,
               max_new_tokens=args.eval_max_new_tokens, progress=not args.no_progress,
-              best_of_n=not args.eval_export_only)
-  except RuntimeError as e:  # a failed eval or a missing dependency: say which, no traceback
+              best_of_n=not args.eval_export_only, on_change=on_change)
+  except (RuntimeError, run_identity.ConfigChanged) as e:  # say which, no traceback
     print(f"sweep: {e}", file=sys.stderr)
     return 1
+  except preemption.Stopped as e:  # SIGTERM/SIGINT: the run saved a checkpoint; rerun resumes
+    print(f"sweep: {e}", file=sys.stderr)
+    return e.exit_code
   print(f"sweep: {len(runs)} run(s) in {root} ({time.perf_counter() - start:.0f} s); "
         f"registry: {root / 'registry.csv'}")
   return 0

@@ -1,6 +1,8 @@
 """`phi1 train | eval | generate | convert | pretokenize | demo`: argument parsing only.
 
-Everything here calls a function a notebook can call too.
+Everything here calls a function a notebook can call too. Expected failures (a bad key, a missing
+path, a checkpoint that does not fit) print one line, `phi1 COMMAND: what to fix`, and exit 1;
+`--debug` (anywhere on the line) shows the traceback instead.
 """
 
 import argparse
@@ -45,17 +47,58 @@ def maybe_init_distributed():
     jax.distributed.initialize()
 
 
+TRAIN_HELP = """\
+overrides:
+  --config.KEY=VALUE sets any key of the resolved config (dotted: --config.optimizer.peak_lr=3e-4,
+  --config.model.n_layers=4); values are Python literals or bare strings, parsed to the key's type.
+  An unknown key is an error with the closest known one. --print-config shows every key.
+
+resume:
+  Rerunning the same command continues from WORKDIR's latest checkpoint (model, optimizer, step,
+  data position): the losses are those of an uninterrupted run. SIGTERM (a SLURM preemption) or
+  Ctrl-C finishes the current step, saves a checkpoint and exits (0 for SIGTERM, 130 for Ctrl-C);
+  rerun the same command to resume. A larger --config.steps extends a finished run.
+
+changed config:
+  A rerun whose config differs from the one WORKDIR's checkpoints were made with is refused,
+  naming the changed keys; --restart starts over (old files move to WORKDIR/superseded/) and
+  --continue-with-changes continues with the new config. Both are recorded in
+  WORKDIR/identity.json, with every run's config hash.
+"""
+
+
 def train_main(argv) -> int:
   argv, overrides = _split_overrides(argv)
-  parser = argparse.ArgumentParser(prog="phi1 train", description="Train or resume a phi-1 model.")
-  parser.add_argument("--config", required=True, help="experiments/NAME.py[:ARG]")
-  parser.add_argument("--workdir", required=True, help="metrics, checkpoints and plots go here")
+  parser = argparse.ArgumentParser(
+      prog="phi1 train", description="Train a phi-1 model, or resume it where it stopped.",
+      epilog=TRAIN_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True,
+                      help="an experiment file, any path: experiments/NAME.py[:ARG]")
+  parser.add_argument("--workdir", help="metrics, checkpoints, plots and the export go here")
+  parser.add_argument("--print-config", action="store_true",
+                      help="print the resolved config (after overrides) and exit")
+  change = parser.add_mutually_exclusive_group()
+  change.add_argument("--restart", action="store_true",
+                      help="WORKDIR holds another config's checkpoints: start over")
+  change.add_argument("--continue-with-changes", action="store_true",
+                      help="WORKDIR holds another config's checkpoints: continue from the latest "
+                           "with this config (recorded)")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
-  maybe_init_distributed()
-  from phi1 import config as config_lib, train
+  if not args.print_config and not args.workdir:
+    parser.error("--workdir is required (or --print-config to only show the config)")
+  from phi1 import config as config_lib
   config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
-  last = train.run(config, args.workdir, progress=not args.no_progress)
+  if args.print_config:
+    print(config)
+    return 0
+  maybe_init_distributed()
+  from phi1 import preemption, train
+  on_change = "restart" if args.restart else "continue" if args.continue_with_changes else "refuse"
+  try:
+    last = train.run(config, args.workdir, progress=not args.no_progress, on_change=on_change)
+  except preemption.Stopped as e:  # checkpoint saved and the message printed by train.run
+    return e.exit_code
   print(f"done: {last}\nworkdir: {os.path.abspath(args.workdir)}")
   return 0
 
@@ -113,14 +156,42 @@ COMMANDS = {
     "pretokenize": lambda argv: __import__("phi1.pretokenize", fromlist=["main"]).main(argv),
     "demo": lambda argv: __import__("phi1.demo", fromlist=["main"]).main(argv),
 }
+SUMMARIES = {
+    "train": "Train a model from an experiment config, or resume/extend a run in its workdir.",
+    "eval": "HumanEval / MBPP pass@k of samples on disk, an OpenAI-compatible server or a checkpoint.",
+    "generate": "Complete prompts with a trained model (export, workdir or HF directory).",
+    "convert": "Convert between a HF PhiForCausalLM directory and a phi1 export.",
+    "pretokenize": "Tokenize a large corpus once into ArrayRecord shards for training.",
+    "demo": "Run the whole pipeline on a CPU in minutes: corpus, tokenizer, train, finetune, eval.",
+}
+# Failures a user fixes by changing the command line or the files it names: one line, no traceback.
+EXPECTED_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
+
+
+def usage() -> str:
+  width = max(map(len, COMMANDS))
+  lines = ["usage: phi1 COMMAND [options]   (phi1 COMMAND --help for its options; --debug anywhere "
+           "shows tracebacks)", "", "commands:"]
+  lines += [f"  {name.ljust(width)}  {SUMMARIES[name]}" for name in COMMANDS]
+  return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
+  argv = list(sys.argv[1:] if argv is None else argv)
+  debug = "--debug" in argv
+  argv = [a for a in argv if a != "--debug"]
   if not argv or argv[0] not in COMMANDS:
-    print(f"usage: phi1 {{{'|'.join(COMMANDS)}}} ...  (phi1 COMMAND --help for its options)")
+    print(usage())
     return 0 if not argv or argv[0] in ("-h", "--help") else 2
-  return COMMANDS[argv[0]](argv[1:]) or 0
+  command = argv[0]
+  try:
+    return COMMANDS[command](argv[1:]) or 0
+  except EXPECTED_ERRORS as e:
+    if debug:
+      raise
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    print(f"phi1 {command}: {message}  (--debug shows the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 1000
   c.eval_batches = 16
   c.checkpoint_every = 1000
+  c.checkpoint_every_minutes = 0.0  # also save when this much time passed since the last (0: off)
   c.keep_last = 3  # keep the newest N checkpoints ...
   c.keep_every = 1000  # ... plus every K-th step forever (the paper keeps every 1000 finetune steps)
   c.init_from = ""  # params-only export or HF directory to start from (finetuning)

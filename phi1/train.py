@@ -30,7 +30,8 @@ from flax import nnx
 
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
-from phi1 import flops, losses, metrics as metrics_lib, precision, sharding
+from phi1 import flops, losses, metrics as metrics_lib, precision, preemption, run_identity
+from phi1 import sharding
 from phi1 import model as model_lib
 from phi1.model import Phi1
 
@@ -232,11 +233,16 @@ class Trainer:
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
-        mesh=None) -> dict:
-  """Train in `workdir`, resuming from its latest checkpoint; returns the last logged metrics."""
+        mesh=None, on_change: str = "refuse") -> dict:
+  """Train in `workdir`, resuming from its latest checkpoint; returns the last logged metrics.
+
+  Checkpoints made with a different config are refused unless `on_change` is "restart" or
+  "continue" (phi1/run_identity.py)."""
   from phi1 import data as data_lib
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  run_identity.check_and_record(workdir, config, on_change=on_change,
+                                primary=jax.process_index() == 0)
   trainer = Trainer(config, mesh=mesh)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
@@ -263,6 +269,9 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   bench_evals = during_training.build(config, trainer)
   bar = _progress_bar(progress, start, config.steps)
   last, window_start, window_tokens = {}, time.perf_counter(), 0
+  # SIGTERM/SIGINT finish the step, checkpoint and stop; optional time-based checkpoints.
+  stop = preemption.StopSignals(config.get("checkpoint_every_minutes", 0))
+  stop.install()
   try:
     try:
       for step in range(start, config.steps):
@@ -293,22 +302,30 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
         if bench_evals and (bench_metrics := bench_evals.run(state, done, config.steps, eval_step)):
           writer.write(done, bench_metrics)
           last.update(bench_metrics)
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if done % config.checkpoint_every == 0 or done == config.steps or stop.save_due(done):
           loss = float(local_value(step_metrics["loss"]))
           check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state
           ckpt_lib.save(manager, done, state, train_data)
           last_good = done
+          stop.saved()
         bar.update(1)
+        if stop.requested and done < config.steps:
+          break
       manager.wait_until_finished()
     finally:
       # A full disk also fails the metrics file's and TensorBoard's last flush: while an error
       # is on its way out, those secondary failures must not replace it.
       bar.close()
-      _close_all(writer.close, manager.close)
+      _close_all(writer.close, manager.close, stop.uninstall)
   except (OSError, ValueError) as e:  # a save fails here, or in its async thread (ValueError)
     if is_disk_full(e):
       raise _disk_full(workdir, manager) from e
     raise
+  if stop.requested and last_good is not None and last_good < config.steps:
+    stopped = preemption.Stopped(last_good, stop.signum)
+    if jax.process_index() == 0:
+      print(stopped, flush=True)
+    raise stopped
   ckpt_lib.export_params(trainer.model(state), workdir / "export",
                          tokenizer_path=config.data.tokenizer or None)
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():

@@ -148,3 +148,35 @@ def test_cpu_sweep_trains_fills_the_registry_plots_a_fit_and_skips_finished_runs
   code, out = run_main(*args)  # a rerun finds every run finished
   assert code == 0 and out.count("skipped") == 4
   assert markers == {p: p.stat().st_mtime_ns for p in root.glob("*/DONE")}
+
+
+def test_a_finished_run_with_a_changed_config_is_stale_refused_and_not_relabelled(experiment,
+                                                                                  tmp_path):
+  from phi1 import run_identity
+  root = tmp_path / "root"
+  run = sweep.expand(str(experiment), root)[0]
+  # What a finished sweep run leaves (without training): identity, checkpoint, DONE, run.json.
+  run_identity.check_and_record(run.workdir, run.config)
+  (run.workdir / "checkpoints" / "10").mkdir(parents=True)
+  (run.workdir / "config.json").write_text(run.config.to_json_best_effort())
+  (run.workdir / "DONE").write_text(json.dumps({"config_hash": run.config_hash}))
+  (run.workdir / "run.json").write_text(json.dumps({"overrides": run.overrides}))
+  assert sweep.is_done(run)
+
+  changed = sweep.expand(str(experiment), root, {"seed": "5"})[0]
+  assert changed.overrides["seed"] == 5  # typed as the config holds it, not the text "5"
+  assert not sweep.is_done(changed)
+  code, out = run_main(experiment, "--root", root, "--set", "seed=5", "--only", run.name,
+                       "--dry-run")
+  assert code == 0 and "STALE: checkpoints up to step 10 come from another config (seed: 0 -> 5)" in out
+  err = io.StringIO()
+  with contextlib.redirect_stderr(err):
+    code, out = run_main(experiment, "--root", root, "--set", "seed=5", "--only", run.name,
+                         "--no-progress")
+  assert code == 1 and "seed: 0 -> 5" in err.getvalue() and "--restart" in err.getvalue()
+  assert json.loads((run.workdir / "run.json").read_text()) == {"overrides": run.overrides}
+  assert registry.run_row(run.workdir)["status"] == "done"
+  # Continued with the change: the old DONE no longer describes the workdir.
+  run_identity.check_and_record(run.workdir, changed.config, on_change="continue")
+  assert registry.run_row(run.workdir)["status"] == "stale"
+  assert registry.run_row(run.workdir)["config_hash"] == changed.config_hash

@@ -1,0 +1,79 @@
+"""A workdir remembers the config its checkpoints came from: changed configs are refused with the
+keys named, unless restarted or continued on the record; steps may grow."""
+
+import json
+
+import pytest
+
+from phi1 import cli, metrics, run_identity, train
+from test_train import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
+
+
+def _fake_checkpoint(workdir, step):
+  (workdir / "checkpoints" / str(step)).mkdir(parents=True)
+
+
+def test_changed_config_is_refused_naming_the_key(corpus, tmp_path):  # noqa: F811
+  run_identity.check_and_record(tmp_path, tiny_config(corpus))
+  _fake_checkpoint(tmp_path, 5)
+  changed = tiny_config(corpus, **{"optimizer.peak_lr": 1e-3, "log_every": 3})
+  with pytest.raises(run_identity.ConfigChanged) as e:
+    run_identity.check_and_record(tmp_path, changed)
+  assert "optimizer.peak_lr: 0.003 -> 0.001" in str(e.value) and "log_every" not in str(e.value)
+  assert "--restart" in str(e.value) and "--continue-with-changes" in str(e.value)
+  # A bookkeeping change alone (when to log) is allowed, and recorded.
+  events = run_identity.check_and_record(tmp_path, tiny_config(corpus, log_every=3))
+  assert [e["event"] for e in events] == ["bookkeeping_changed"]
+
+
+def test_continue_with_changes_is_recorded_and_restart_moves_the_old_run_aside(corpus, tmp_path):  # noqa: F811
+  run_identity.check_and_record(tmp_path, tiny_config(corpus))
+  _fake_checkpoint(tmp_path, 5)
+  changed = tiny_config(corpus, **{"optimizer.peak_lr": 1e-3})
+  run_identity.check_and_record(tmp_path, changed, on_change="continue")
+  record = json.loads((tmp_path / "identity.json").read_text())
+  assert record["config_hash"] == run_identity.config_hash(changed)
+  last = record["history"][-1]
+  assert last["event"] == "continue_with_changes" and last["at_step"] == 5
+  assert last["changes"] == {"optimizer.peak_lr": [0.003, 0.001]}
+  run_identity.check_and_record(tmp_path, changed)  # the same config again: no conflict
+
+  with pytest.raises(run_identity.ConfigChanged, match="different architecture.*model.d_model"):
+    run_identity.check_and_record(tmp_path, tiny_config(corpus, **{"model.d_model": 64}),
+                                  on_change="continue")
+  run_identity.check_and_record(tmp_path, tiny_config(corpus, seed=1), on_change="restart")
+  assert not (tmp_path / "checkpoints").exists()
+  moved = list((tmp_path / "superseded").iterdir())
+  assert len(moved) == 1 and (moved[0] / "checkpoints" / "5").is_dir()
+  assert json.loads((tmp_path / "identity.json").read_text())["history"][-1]["event"] == "restart"
+
+
+def test_checkpoint_past_a_shorter_end_is_refused(corpus, tmp_path):  # noqa: F811
+  run_identity.check_and_record(tmp_path, tiny_config(corpus, steps=10))
+  _fake_checkpoint(tmp_path, 10)
+  with pytest.raises(run_identity.ConfigChanged, match="steps=5 but a checkpoint at step 10"):
+    run_identity.check_and_record(tmp_path, tiny_config(corpus, steps=5))
+
+
+def test_a_real_run_refuses_a_changed_lr_and_extends_its_steps(corpus, tmp_path, capsys):  # noqa: F811
+  workdir = tmp_path / "run"
+  train.run(tiny_config(corpus, steps=4, checkpoint_every=2), workdir, progress=False)
+  # The same through `phi1 train`: one line naming the key, no traceback, nothing trained.
+  cfg_file = tmp_path / "exp.py"
+  cfg_file.write_text(
+      "import sys\nsys.path.insert(0, %r)\nfrom test_train import tiny_config\n"
+      "def get_config():\n  return tiny_config(%r, steps=4, checkpoint_every=2)\n"
+      % (str(__import__("pathlib").Path(__file__).parent), corpus))
+  capsys.readouterr()
+  code = cli.main(["train", "--config", str(cfg_file), "--workdir", str(workdir), "--no-progress",
+                   "--config.optimizer.peak_lr=1e-3"])
+  err = capsys.readouterr().err
+  assert code == 1 and len(err.strip().splitlines()) == 1
+  assert "optimizer.peak_lr: 0.003 -> 0.001" in err and "Traceback" not in err
+
+  train.run(tiny_config(corpus, steps=6, checkpoint_every=2), workdir, progress=False)
+  steps = [r["step"] for r in metrics.read_metrics(workdir) if "loss" in r]
+  assert steps == [1, 2, 3, 4, 5, 6]
+  history = json.loads((workdir / "identity.json").read_text())["history"]
+  assert [h["event"] for h in history] == ["start", "steps_changed"]
+  assert history[1]["steps"] == [4, 6] and history[1]["at_step"] == 4
