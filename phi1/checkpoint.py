@@ -121,6 +121,11 @@ def load_model(path, **config_overrides) -> Phi1:
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
                         nnx.to_pure_dict(abstract_params))
+  mismatch = _shape_mismatch(path / EXPORT_PARAMS, target)
+  if mismatch:
+    raise ValueError(f"the parameters in {path / EXPORT_PARAMS} do not fit the architecture in "
+                     f"{path / EXPORT_CONFIG} ({mismatch}): the config and the weights come from "
+                     "different models")
   try:
     with ocp.StandardCheckpointer() as ckptr:
       params = ckptr.restore(path / EXPORT_PARAMS, target)
@@ -167,6 +172,24 @@ def load_training_step(workdir, step: int) -> tuple[Phi1, str]:
                rngs=nnx.Rngs(0))
   nnx.update(model, state.params)
   return model, config.data.tokenizer
+
+
+def _shape_mismatch(params_dir: pathlib.Path, target) -> str:
+  """'' when the saved arrays have the target's names and shapes, else the first differences."""
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      saved = ckptr.metadata(params_dir).item_metadata.tree
+  except Exception:  # noqa: BLE001 - unreadable metadata: the restore below reports it
+    return ""
+  def shapes(tree):
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat}
+  have, want = shapes(saved), shapes(target)
+  problems = [f"{k}: saved {have[k]}, config needs {want[k]}" for k in want
+              if k in have and have[k] != want[k]]
+  problems += [f"{k} missing" for k in want if k not in have]
+  problems += [f"{k} not in the model" for k in have if k not in want]
+  return "; ".join(problems[:3]) + (f"; {len(problems) - 3} more" if len(problems) > 3 else "")
 
 
 def load_for_inference(path, step: int | None = None):

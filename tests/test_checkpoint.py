@@ -45,3 +45,18 @@ def test_eval_at_a_step_and_a_step_that_was_not_kept(workdir, tmp_path, capsys):
   summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert rc == 0 and summary["protocol"]["generator"]["step"] == 2
   assert summary["num_tasks"] == 2 and summary["pass@1"] == 0.0
+
+
+def test_an_export_whose_architecture_does_not_match_says_so(workdir, tmp_path, capsys):
+  import shutil
+  from phi1 import cli as phi1_cli
+  bad = tmp_path / "bad_export"
+  shutil.copytree(workdir / "export", bad)
+  config = json.loads((bad / checkpoint.EXPORT_CONFIG).read_text())
+  (bad / checkpoint.EXPORT_CONFIG).write_text(json.dumps({**config, "n_layers": 3}))
+  with pytest.raises(ValueError, match="do not fit the architecture") as e:
+    checkpoint.load_model(bad)
+  assert "partial copy" not in str(e.value) and "missing" in str(e.value)
+  code = phi1_cli.main(["generate", "--checkpoint", str(bad), "--prompt", "def f():"])
+  err = capsys.readouterr().err
+  assert code == 1 and len(err.strip().splitlines()) == 1 and "do not fit" in err

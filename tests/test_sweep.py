@@ -180,3 +180,15 @@ def test_a_finished_run_with_a_changed_config_is_stale_refused_and_not_relabelle
   run_identity.check_and_record(run.workdir, changed.config, on_change="continue")
   assert registry.run_row(run.workdir)["status"] == "stale"
   assert registry.run_row(run.workdir)["config_hash"] == changed.config_hash
+
+
+def test_grid_names_tell_every_run_apart():
+  long_a = [{"path": "data/a/records.jsonl", "weight": 1.0}]
+  long_b = [{"path": "data/a/records.jsonl", "weight": 2.0}]
+  runs = sweep.grid({"steps": 5}, model__resid_dropout=[0.0, 0.1], data__resid_dropout=[0.0],
+                    data__sources=[long_a, long_b], seed=[1])
+  names = [r["name"] for r in runs]
+  assert len(set(names)) == 4  # the long values shorten alike: a digest separates them
+  assert all(n.startswith("model-resid_dropout-") for n in names)  # data.resid_dropout has one value
+  assert "seed" not in names[0] and "data-resid_dropout" not in names[0]
+  assert runs[0]["data.resid_dropout"] == 0.0 and runs[0]["seed"] == 1
