@@ -24,9 +24,15 @@ import shutil
 
 IDENTITY = "identity.json"
 DONE = "DONE"
-# Keys that decide when things are logged or saved, not what a training step computes.
-BOOKKEEPING = ("log_every", "eval_every", "eval_batches", "checkpoint_every",
-               "checkpoint_every_minutes", "keep_last", "keep_every", "wandb_project")
+# Keys that decide when things are logged, evaluated or saved, or how fast data is read, not what
+# a training step computes (every top-level `eval_*` key too: evals only read the weights).
+BOOKKEEPING = ("log_every", "checkpoint_every", "checkpoint_every_minutes", "keep_last",
+               "keep_every", "wandb_project", "data.cache_dir", "data.read_threads",
+               "data.prefetch_batches")
+
+
+def is_bookkeeping(key: str) -> bool:
+  return key in BOOKKEEPING or key.startswith("eval_")
 ON_CHANGE = ("refuse", "restart", "continue")
 # Keys that change the parameters' shapes: a checkpoint cannot continue under them.
 SHAPE_KEYS = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
@@ -103,8 +109,8 @@ class Comparison:
     self.new = _plain(config)
     everything = diff(self.record["config"], self.new) if self.record else {}
     self.steps = everything.pop("steps", None)
-    self.bookkeeping = {k: v for k, v in everything.items() if k in BOOKKEEPING}
-    self.changes = {k: v for k, v in everything.items() if k not in BOOKKEEPING}
+    self.bookkeeping = {k: v for k, v in everything.items() if is_bookkeeping(k)}
+    self.changes = {k: v for k, v in everything.items() if not is_bookkeeping(k)}
     # Checkpoints past the new end would be exported as if they were the end: refuse.
     self.past_end = (self.latest is not None and self.latest > int(self.new["steps"]))
 
