@@ -183,7 +183,9 @@ def _shape_mismatch(params_dir: pathlib.Path, target) -> str:
     return ""
   def shapes(tree):
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in flat}
+    # Saved metadata names list indices as strings ('0'): compare names as text.
+    return {"/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in k): tuple(v.shape)
+            for k, v in flat}
   have, want = shapes(saved), shapes(target)
   problems = [f"{k}: saved {have[k]}, config needs {want[k]}" for k in want
               if k in have and have[k] != want[k]]
