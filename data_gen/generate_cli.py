@@ -10,6 +10,7 @@ together hold the records one unsharded run would (the same slots make the same 
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import sys
@@ -121,8 +122,9 @@ def settings(kind: str, args, table: dict, tree: dict | None) -> dict:
     return {**common, "prompt_version": textbooks.PROMPT_VERSION,
             "topic_tree_sha256": tree and tree.get("_sha256"), "stdlib_only": args.stdlib_only}
   from data_gen.name_space import benchmark_names
+  excluded = hashlib.sha256("\n".join(sorted(benchmark_names())).encode()).hexdigest()[:16]
   return {**common, "prompt_version": exercises.PROMPT_VERSION,
-          "excluded_names": len(benchmark_names()), "docstring_examples": args.docstring_examples,
+          "excluded_names_sha256": excluded, "docstring_examples": args.docstring_examples,
           "execute": args.execute, "exec_timeout": args.exec_timeout if args.execute else None}
 
 

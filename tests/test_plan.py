@@ -81,3 +81,16 @@ def test_shard_plan_covers_its_share_of_the_slots(tmp_path, capsys):
   with pytest.raises(SystemExit) as exit_info:
     main(["exercises", "--n", "10", "--out", str(tmp_path), "--model", "m", "--plan", "--shard", "3/3"])
   assert exit_info.value.code == 2 and "0 <= I < W" in capsys.readouterr().err
+
+
+def test_textbook_plan_uses_the_expanded_tree_when_there_is_one(tmp_path, capsys):
+  from data_gen.topic_tree import write_tree
+  (tmp_path / "table.yaml").write_text(
+      "topics:\n  - {name: loops, subtopics: [for loops]}\naudiences: [a]\nstyles: [b, c]\n")
+  write_tree(str(tmp_path / "tree.yaml"), {"topics": {"loops": {"for loops": ["x", "y", "z"]}}})
+  assert main(["textbooks", "--n", "12", "--out", str(tmp_path / "out"), "--model", "m", "--plan",
+               "--table", str(tmp_path / "table.yaml"), "--topic-tree", str(tmp_path / "tree.yaml")]) == 0
+  result = json.loads(capsys.readouterr().out.strip())
+  assert "topic_tree" not in result and result["cells_per_round"] == 6
+  assert result["distinct_cells"] == 6 and result["max_cell_repeats"] == 2
+  assert result["distinct_prompts"] == 12
