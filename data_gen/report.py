@@ -154,6 +154,9 @@ def _coverage(kind: str, records: list[dict], table: dict | None, tree: dict | N
     names = collections.Counter(c.get("function_name") for c in constraints)
     out["function_names_requested"] = len(names)
     out["max_records_per_function_name"] = max(names.values()) if names else 0
+    if table is not None:
+      from data_gen.name_space import topic_name_spaces
+      out["function_names_in_space"] = sum(len(s) for s in topic_name_spaces(table))
   return out
 
 

@@ -49,6 +49,7 @@ def test_clean_corpus_is_not_flagged(corpus):
   coverage = report["coverage"]
   assert coverage["topics_in_table"] == 24 and 20 <= coverage["topics_seen"] <= 24
   assert coverage["function_names_requested"] == 300 and coverage["max_records_per_function_name"] == 1
+  assert coverage["function_names_in_space"] > 1_500_000
   words = report["lengths"]["words"]
   assert 0 < words["min"] <= words["p10"] <= words["p50"] <= words["p90"] <= words["max"]
   assert report["validity"] == {"invalid_kept": 0, "by_reason": {}}
