@@ -112,3 +112,21 @@ def test_pipeline_with_phi1_embedder(tmp_path, server):
       config, embedder, engine_config=one_task).fingerprint("dedup")
   with pytest.raises(ValueError, match="trained on 'phi1-random:tiny'"):
     other.run(stages=("score",))
+
+
+def test_a_half_finished_stage_refuses_other_settings(tmp_path):
+  config = pipeline.FilterConfig(input="stdlib", limit=30, workdir=str(tmp_path))
+  two = engine.EngineConfig(tasks=2, workers=1)
+  pipeline.Pipeline(config, log=lambda m: None, engine_config=two).run(stages=("ingest",))
+  # Killed after one of its two tasks (the summary comes last), then started with another limit.
+  (tmp_path / "ingest" / "_engine" / "ingest" / "completions" / "00001").unlink()
+  (tmp_path / "ingest" / "_engine" / "finish" / "completions" / "00000").unlink()
+  (tmp_path / "ingest" / "summary.json").unlink()
+  changed = pipeline.Pipeline(dataclasses.replace(config, limit=40), log=lambda m: None,
+                              engine_config=two)
+  with pytest.raises(engine.SettingsChanged, match=r"ingest.limit: 30 -> 40.*delete"):
+    changed.run(stages=("ingest",))
+  # The same settings finish it: only the missing task runs.
+  summary = pipeline.Pipeline(config, log=lambda m: None, engine_config=two).run(
+      stages=("ingest",))["ingest"]
+  assert summary["status"] == "ran" and summary["docs_out"] == 30

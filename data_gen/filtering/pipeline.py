@@ -112,14 +112,18 @@ class Pipeline:
     self.log = log or (lambda msg: print(msg, file=sys.stderr))
     self.summaries: dict[str, dict] = {}
 
-  def fingerprint(self, stage: str) -> str:
+  def settings(self, stage: str) -> dict:
+    """What a stage's output depends on: its settings and every upstream stage's."""
     upto = STAGES[:STAGES.index(stage) + 1]
-    settings = {s: {k: getattr(self.config, k) for k in _STAGE_KEYS[s]} for s in upto}
+    settings = {f"{s}.{k}": getattr(self.config, k) for s in upto for k in _STAGE_KEYS[s]}
     settings["skipped"] = sorted(set(self.config.skip) & set(upto))
     settings["tasks"] = self.engine.tasks  # the shards: their order is the records' order
     if self._embedder_given is not None and "embed" in upto:
       settings["embedder_object"] = self._embedder_given
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json.loads(json.dumps(settings, default=str))
+
+  def fingerprint(self, stage: str) -> str:
+    return hashlib.sha256(json.dumps(self.settings(stage), sort_keys=True).encode()).hexdigest()[:16]
 
   def records_dir(self) -> pathlib.Path:
     stage = "ingest" if "dedup" in self.config.skip else "dedup"
@@ -158,7 +162,7 @@ class Pipeline:
         engine.reset(stage_dir)
       if self.engine.executor != "slurm":
         self._check_inputs(stage)
-      engine.check_settings(stage_dir, {"fingerprint": fingerprint})
+      engine.check_settings(stage_dir, self.settings(stage))
       t0 = time.time()
       depends = engine.run(stage_dir, steps, self.engine, depends=depends, log=self.log)
       if self.engine.executor == "slurm":
