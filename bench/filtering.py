@@ -1,26 +1,35 @@
-"""Filtering throughput on the embedded default corpus, per stage, and projected hours for 35M files.
+"""Filtering throughput on the datatrove engine: per stage at 1 and 2 workers, scaling, projections.
 
-    .venv/bin/python bench/filtering.py [--limit 3000] [--workers 2] [--sample-size 600]
+    .venv/bin/python bench/filtering.py [--limit 2000] [--sample-size 600]
 
-Runs the whole filter pipeline (ingest -> dedup -> annotate -> embed -> classify -> score -> select)
-on the first `--limit` files of the installed Python source (stdlib, then site-packages) with every
-core, the loopback OpenAI-compatible server and the offline judge standing in for GPT-4; then
-decontaminates the deduplicated records against HumanEval + MBPP, and times the phi1 embedder (an
-untrained model of `--phi1-preset` size: throughput only) on the same texts.
+Runs the whole filter pipeline (ingest -> dedup -> annotate -> embed -> classify -> score ->
+select) on the first `--limit` files of the installed Python source twice, at `--tasks 1` and at
+`--tasks 2 --workers 2` (the loopback OpenAI-compatible server and the offline judge stand in for
+GPT-4), then decontaminates the deduplicated records against HumanEval + MBPP the same two ways.
 
-It prints docs/s and MB/s per stage, where the time goes, and the hours 35M files (The Stack's
-Python subset, paper §2.1) would take on one such machine at these rates. Annotation is projected
+Per stage it prints docs/s at 1 and 2 workers, their ratio, the figures of the single-process
+implementation this replaced (bench/RESULTS.md, `--limit 0` with a 2-process pool), and the hours
+35M files (The Stack's Python subset, paper §2.1) would take on 64 and 512 cores at the measured
+2-worker rate per core (linear in cores: the one-task steps - exact_find, minhash_cluster,
+select's histogram - and shared storage are what would bend that line). Annotation is projected
 for the paper's ~100K labels, not 35M, and a loopback server says nothing about a real API's rate
-limits: that line is a floor.
+limits: that line is a floor. embed and classify see the labelled sample only.
 
-Peer (the last JSON line): the AST-match search of decontamination, ours (length and node-histogram
-bounds, then rapidfuzz with a cut-off) against all-pairs rapidfuzz `process.cdist` with the same
-cut-off and the same worker count, on the same units; both must find the same matches.
+Peer (the JSON line at the end): datatrove's own MinHash example pipeline (JsonlReader ->
+MinhashDedupSignature -> Buckets -> Cluster -> JsonlReader -> MinhashDedupFilter -> JsonlWriter,
+its default MinhashConfig and English word tokenizer, which is spaCy's; without spaCy installed,
+a whitespace split stands in and the peer is faster than the real example) on the same ingested
+records with the same executor at 2 workers; ours is the whole filter pipeline's docs/s at 2
+workers. Its JsonlReader/Writer need `orjson` (pip install 'orjson>=3.10,<4'). A line before it
+times decontamination's AST-match search against all-pairs rapidfuzz on the same units (both must
+find the same matches).
 """
 
 import argparse
+import contextlib
 import json
 import os
+import pathlib
 import sys
 import tempfile
 import time
@@ -28,56 +37,98 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OPENAI_API_KEY", "loopback")  # the loopback server accepts any key
 
-from data_gen import ast_match  # noqa: E402
+from data_gen import ast_match, shards  # noqa: E402
 from data_gen import decontaminate as dc  # noqa: E402
-from data_gen.filtering import annotate, ingest, pipeline  # noqa: E402
+from data_gen import engine  # noqa: E402
+from data_gen.filtering import annotate, pipeline  # noqa: E402
 from data_gen.testing import FakeOpenAI  # noqa: E402
 
 TARGET_FILES = 35_000_000
 PAPER_LABELS = 100_000
+CORES = (64, 512)
+# The single-process implementation's docs/s (bench/RESULTS.md: 19,889 files, 2-process pools).
+BEFORE = {"ingest": 556, "dedup": 656, "score": 586, "decontaminate": 254}
 
 
 def machine() -> str:
-  try:
-    import jax
-    gpus = [d for d in jax.devices() if d.platform == "gpu"]
-  except Exception:  # noqa: BLE001 - no jax / no backend: CPU only
-    gpus = []
-  cores = os.cpu_count()
-  return f"{cores}-core CPU, " + (f"{len(gpus)}x {gpus[0].device_kind}" if gpus else "no GPU")
+  """Cores and the load average over the run: on a shared machine the load says how much of the
+  cores the bench had (a load of 2 on 2 cores leaves it none to spare)."""
+  return f"{os.cpu_count()}-core CPU, no GPU, load average {os.getloadavg()[1]:.1f} (5 min)"
 
 
-def run_pipeline(args, workdir: str) -> dict:
-  config = pipeline.FilterConfig(
-      input=args.input, workdir=workdir, limit=args.limit, workers=args.workers,
-      sample_size=args.sample_size, n_estimators=args.n_estimators, embedder=args.embedder,
-      concurrency=32)
+def run_pipeline(args, workdir: str, tasks: int, workers: int) -> dict:
+  config = pipeline.FilterConfig(input=args.input, workdir=workdir, limit=args.limit,
+                                 sample_size=args.sample_size, n_estimators=args.n_estimators,
+                                 embedder=args.embedder, concurrency=32)
   with FakeOpenAI(responder=annotate.offline_judge) as server:
     config.base_url = server.base_url
-    return pipeline.Pipeline(config, log=lambda m: print(m, file=sys.stderr)).run()
+    quiet = lambda m: None
+    return pipeline.Pipeline(config, log=quiet,
+                             engine_config=engine.EngineConfig(tasks=tasks, workers=workers)).run()
 
 
-def time_decontaminate(records_path: str, workers: int) -> dict:
-  problems = dc.load_problems(["humaneval", "mbpp"])
-  records = list(ingest.read_jsonl(records_path))
+def time_decontaminate(records_dir: str, out: str, tasks: int, workers: int) -> dict:
   t = time.time()
-  result = dc.decontaminate(records, problems, dc.Config(workers=workers))
+  with contextlib.redirect_stdout(sys.stderr):
+    rc = dc.main(["--input", records_dir, "--out", out, "--tasks", str(tasks), "--workers",
+                  str(workers), "--no-prune"])
   seconds = time.time() - t
-  n_bytes = sum(len(r["text"].encode("utf-8", "replace")) for r in records)
-  return {"docs_in": len(records), "bytes_in": n_bytes, "seconds": seconds,
-          "flagged_pairs": len(result["pairs"]), "ast_pairs": result["stats"]["ast_pairs"]}
+  if rc != 0:
+    raise RuntimeError("decontaminate failed")
+  report = json.loads((pathlib.Path(out) / "report.json").read_text())
+  return {"docs_in": report["records"], "seconds": seconds}
 
 
-def time_phi1_embedder(records_path: str, preset: str, n: int) -> dict:
-  from data_gen.filtering.embed import Phi1Embedder
-  texts = [r["text"] for _, r in zip(range(n), ingest.read_jsonl(records_path))]
-  embedder = Phi1Embedder.random(preset, batch_size=16, buckets=(128, 256, 512, 1024, 2048))
-  embedder.embed(texts[:32])  # compile the common buckets outside the timing
+from datatrove.utils.word_tokenizers import WordTokenizer  # noqa: E402
+
+
+class _SplitTokenizer(WordTokenizer):
+  """Stands in for spaCy's tokenizer (datatrove's, also behind its WhitespaceTokenizer) where
+  spaCy is not installed: words split at whitespace."""
+
+  def word_tokenize(self, text):
+    return text.split()
+
+  def sent_tokenize(self, text):
+    return text.splitlines()
+
+  def span_tokenize(self, text):
+    return []
+
+
+def datatrove_minhash_example(records_dir: str, work: str, tasks: int, workers: int) -> dict:
+  """datatrove's example MinHash pipeline, stage by stage, on the same executor."""
+  from datatrove.executor import LocalPipelineExecutor
+  from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
+                                                MinhashDedupCluster, MinhashDedupFilter,
+                                                MinhashDedupSignature)
+  from datatrove.pipeline.readers import JsonlReader
+  from datatrove.pipeline.writers.jsonl import JsonlWriter
+  config = MinhashConfig()
+  try:
+    import spacy  # noqa: F401  (the example's English word tokenizer)
+    language, tokenizer = "en", "spaCy (datatrove's English default)"
+  except ImportError:
+    language = _SplitTokenizer()
+    tokenizer = "str.split (spaCy, the example's, is not installed; spaCy is slower)"
+  reader = lambda: JsonlReader(records_dir, glob_pattern="shard-*.jsonl.gz")
+  stages = [
+      ([reader(), MinhashDedupSignature(f"{work}/signatures", config, language=language)], tasks),
+      ([MinhashDedupBuckets(f"{work}/signatures", f"{work}/buckets", config=config)],
+       config.num_buckets),
+      ([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove_ids", config=config)], 1),
+      ([reader(), MinhashDedupFilter(f"{work}/remove_ids",
+                                     exclusion_writer=JsonlWriter(f"{work}/removed")),
+        JsonlWriter(f"{work}/deduplicated_output")], tasks)]
   t = time.time()
-  embedder.embed(texts)
+  for i, (steps, n) in enumerate(stages):
+    LocalPipelineExecutor(steps, tasks=n, workers=min(n, workers), logging_dir=f"{work}/logs/{i}",
+                          start_method="fork").run()
   seconds = time.time() - t
-  return {"docs_in": len(texts), "bytes_in": sum(len(x.encode()) for x in texts),
-          "seconds": seconds, "embedder": embedder.name}
+  stats = json.loads(pathlib.Path(f"{work}/logs/3/stats.json").read_text())
+  docs = next(block["stats"]["documents"] for block in stats if "documents" in block["stats"])
+  docs = docs["total"] if isinstance(docs, dict) else docs
+  return {"docs_in": docs, "seconds": seconds, "tokenizer": tokenizer}
 
 
 def ast_search_peer(records_path: str, n_records: int, workers: int, tau: float = 0.8) -> dict:
@@ -88,7 +139,7 @@ def ast_search_peer(records_path: str, n_records: int, workers: int, tau: float 
   from rapidfuzz.distance import Levenshtein
   problems = [p.ast_unit for p in dc.load_problems(["humaneval", "mbpp"])]
   units = []
-  for _, r in zip(range(n_records), ingest.read_jsonl(records_path)):
+  for _, r in zip(range(n_records), shards.read_records(records_path)):
     units.extend(ast_match.corpus_units(r["text"]) or [])
   index = ast_match.AstIndex(problems, workers=workers)
   t = time.time()
@@ -117,67 +168,73 @@ def ast_search_peer(records_path: str, n_records: int, workers: int, tau: float 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--input", default="default")
-  ap.add_argument("--limit", type=int, default=3000, help="files; 0 = the whole default corpus "
-                                                          "(~20K files, ~315 MB here)")
-  ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+  ap.add_argument("--limit", type=int, default=2000, help="files; 0 = the whole default corpus")
   ap.add_argument("--sample-size", type=int, default=600)
   ap.add_argument("--n-estimators", type=int, default=200)
   ap.add_argument("--embedder", default="hashing")
-  ap.add_argument("--phi1-preset", default="tiny")
-  ap.add_argument("--phi1-docs", type=int, default=128)
-  ap.add_argument("--peer-records", type=int, default=400)
+  ap.add_argument("--peer-records", type=int, default=400, help="records for the AST-search peer")
   args = ap.parse_args()
   args.limit = args.limit or None
 
-  rows = {}
-  with tempfile.TemporaryDirectory() as workdir:
-    summaries = run_pipeline(args, workdir)
-    for name, s in summaries.items():
-      rows[name] = {"docs_in": s["docs_in"], "bytes_in": s.get("bytes_in", 0), "seconds": s["seconds"]}
-    score = summaries["score"]
-    records_path = os.path.join(workdir, "dedup", "records.jsonl")
-    rows["decontaminate"] = time_decontaminate(records_path, args.workers)
-    rows[f"embed ({args.phi1_preset} phi1, CPU)"] = time_phi1_embedder(
-        records_path, args.phi1_preset, args.phi1_docs)
-    peer = ast_search_peer(records_path, args.peer_records, args.workers)
+  runs = {}
+  with tempfile.TemporaryDirectory() as tmp:
+    for tasks, workers in ((1, 1), (2, 2)):
+      workdir = f"{tmp}/w{workers}"
+      t = time.time()
+      summaries = run_pipeline(args, workdir, tasks, workers)
+      wall = time.time() - t
+      rows = {name: {"docs_in": s["docs_in"], "seconds": s["seconds"]}
+              for name, s in summaries.items()}
+      rows["decontaminate"] = time_decontaminate(f"{workdir}/dedup/records", f"{tmp}/dc{workers}",
+                                                 tasks, workers)
+      runs[workers] = {"rows": rows, "pipeline_seconds": wall,
+                       "pipeline_docs": summaries["ingest"]["docs_in"]}
+      print(f"[{workers} worker(s)] pipeline {wall:.1f} s", file=sys.stderr)
+    peer = datatrove_minhash_example(f"{tmp}/w2/ingest/records", f"{tmp}/peer", 2, 2)
+    ast_peer = ast_search_peer(f"{tmp}/w2/dedup/records", args.peer_records, 2)
 
-  # 35M-file projection: every stage sees every file except annotation (a ~100K sample) and the
-  # classifier fit (on the sample's embeddings; its time does not grow with the corpus).
-  total_h = 0.0
-  print(f"\n{'stage':34s} {'docs':>7s} {'s':>8s} {'docs/s':>9s} {'MB/s':>7s} {'h @35M files':>13s}")
-  for name, r in rows.items():
-    rate = r["docs_in"] / max(r["seconds"], 1e-9)
-    mbs = r["bytes_in"] / 1e6 / max(r["seconds"], 1e-9)
+  one, two = runs[1]["rows"], runs[2]["rows"]
+  print(f"\n{'stage':14s} {'docs':>6s} {'1w docs/s':>10s} {'2w docs/s':>10s} {'2w/1w':>6s} "
+        f"{'before':>7s} {'h@64 cores':>11s} {'h@512 cores':>12s}")
+  table = {}
+  for name in two:
+    rate1 = one[name]["docs_in"] / max(one[name]["seconds"], 1e-9)
+    rate2 = two[name]["docs_in"] / max(two[name]["seconds"], 1e-9)
+    per_core = rate2 / 2
     if name == "annotate":
-      hours, note = PAPER_LABELS / rate / 3600, "(100K labels, floor)"
+      hours = [PAPER_LABELS / rate2 / 3600] * len(CORES)  # one task: the API account's limits
     elif name in ("embed", "classify"):
-      hours, note = 0.0, "(sample only)"
+      hours = [0.0] * len(CORES)
     else:
-      hours, note = TARGET_FILES / rate / 3600, ""
-    if not name.startswith("embed ("):
-      total_h += hours
-    r.update(docs_per_s=round(rate, 1), mb_per_s=round(mbs, 2), projected_hours=round(hours, 1))
-    print(f"{name:34s} {r['docs_in']:7d} {r['seconds']:8.2f} {rate:9.1f} {mbs:7.2f} {hours:10.1f} {note}")
-  score_split = {"embed_s": score.get("worker_seconds_embed"),
-                 "classify_s": score.get("worker_seconds_classify")}
-  print(f"score stage split (seconds summed over workers): {score_split}")
-  print(f"classifier (held-out offline-judge labels, {summaries['classify']['held_out']} docs): "
-        + json.dumps(summaries["classify"]["metrics"]))
-  phi1 = rows[f"embed ({args.phi1_preset} phi1, CPU)"]
-  print(f"total projected for 35M files with the '{args.embedder}' embedder: {total_h:.0f} h on this "
-        f"machine; a phi1 embedder instead of it adds {phi1['projected_hours']:.0f} h at the "
-        f"measured {args.phi1_preset}-model CPU rate (use a GPU)")
-  shares = {k: r["seconds"] for k, r in rows.items() if not k.startswith("embed (")}
-  total_s = sum(shares.values())
-  print("where the time goes (this run): " + ", ".join(
-      f"{k} {100 * v / total_s:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])))
-  print(f"AST search: {peer['units']} units x {peer['problems']} problems, {peer['matches']} matches; "
-        f"ours {peer['ours_s']:.2f}s, all-pairs rapidfuzz {peer['peer_s']:.2f}s")
-  print(json.dumps({"stages": rows, "projected_hours_35M": round(total_h, 1), "ast_peer": peer}))
-  ours = peer["units"] / peer["ours_s"]
-  theirs = peer["units"] / peer["peer_s"]
-  print(json.dumps({"name": "decontaminate_ast_search", "ours": round(ours, 1), "peer": round(theirs, 1),
-                    "ratio": round(ours / theirs, 2), "unit": "corpus functions/s vs HumanEval+MBPP",
+      hours = [TARGET_FILES / (per_core * c) / 3600 for c in CORES]
+    table[name] = {"docs_in": two[name]["docs_in"], "docs_per_s_1w": round(rate1, 1),
+                   "docs_per_s_2w": round(rate2, 1), "scaling": round(rate2 / rate1, 2),
+                   "before_docs_per_s": BEFORE.get(name),
+                   "projected_hours": dict(zip(map(str, CORES), (round(h, 2) for h in hours)))}
+    before = f"{BEFORE[name]:7d}" if name in BEFORE else f"{'-':>7s}"
+    print(f"{name:14s} {two[name]['docs_in']:6d} {rate1:10.1f} {rate2:10.1f} {rate2 / rate1:6.2f} "
+          f"{before} {hours[0]:11.2f} {hours[1]:12.2f}")
+  whole1 = runs[1]["pipeline_docs"] / runs[1]["pipeline_seconds"]
+  whole2 = runs[2]["pipeline_docs"] / runs[2]["pipeline_seconds"]
+  total_h = {str(c): round(sum(r["projected_hours"][str(c)] for r in table.values()), 1)
+             for c in CORES}
+  print(f"whole filter pipeline: {whole1:.1f} docs/s at 1 worker, {whole2:.1f} at 2 "
+        f"({whole2 / whole1:.2f}x; target >= 1.7x)")
+  print(f"35M files, all stages incl. decontamination: {total_h['64']} h on 64 cores, "
+        f"{total_h['512']} h on 512 cores (annotation: 100K labels through one task)")
+  peer_rate = peer["docs_in"] / peer["seconds"]
+  print(f"datatrove's MinHash example, same input, 2 workers: {peer_rate:.1f} docs/s "
+        f"(tokenizer: {peer['tokenizer']}); our dedup stage alone: "
+        f"{table['dedup']['docs_per_s_2w']:.1f} docs/s (exact + near)")
+  print(f"AST search (decontamination): {ast_peer['units']} units x {ast_peer['problems']} problems, "
+        f"{ast_peer['matches']} matches; ours {ast_peer['ours_s']:.2f}s, all-pairs rapidfuzz "
+        f"{ast_peer['peer_s']:.2f}s")
+  print(json.dumps({"ast_peer": ast_peer, "stages": table, "whole_pipeline": {"1w": round(whole1, 1), "2w": round(whole2, 1)},
+                    "projected_hours_35M": total_h, "peer": {**peer, "docs_per_s": round(peer_rate, 1)}}))
+  print(json.dumps({"name": "filter_pipeline_datatrove", "ours": round(whole2, 1),
+                    "peer": round(peer_rate, 1), "ratio": round(whole2 / peer_rate, 3),
+                    "scaling_2w_vs_1w": round(whole2 / whole1, 2),
+                    "unit": "docs/s (whole filter pipeline vs datatrove's MinHash example, 2 workers)",
                     "machine": machine()}))
 
 
