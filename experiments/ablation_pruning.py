@@ -11,7 +11,7 @@ recipe (experiments/recipes.py: 6,000 steps, batch 256, LR 1e-4) from the same p
 only the exercises differ.
 
 1. Pruned copies against HumanEval, as Table 3 (data_gen/decontaminate.py writes
-   DIR/pruned/tau_<t>/records.jsonl and report.json):
+   DIR/pruned/tau_<t>/ record shards and report.json):
      python -m data_gen decontaminate --input data/exercises --bench humaneval \
          --out data/exercises_decontaminated
 2. The runs, each evaluated on HumanEval after training (`--dry-run`: their compute, and the MFU
@@ -62,8 +62,9 @@ def _cpu(arg: str) -> bool:
 
 
 def pruned_path(decontaminated_dir: str, tau: float) -> str:
-  """Where `python -m data_gen decontaminate --out DIR` writes the copy pruned at tau."""
-  return os.path.join(decontaminated_dir, "pruned", f"tau_{tau}", "records.jsonl")
+  """Where `python -m data_gen decontaminate --out DIR` writes the copy pruned at tau (a
+  directory of record shards with manifest.json, which phi1.data reads as a source)."""
+  return os.path.join(decontaminated_dir, "pruned", f"tau_{tau}")
 
 
 def get_config(arg: str = ""):

@@ -97,7 +97,7 @@ def test_paper_ablation_grids():
   pruning = sweep.expand(str(REPO / "experiments/ablation_pruning.py"), "/tmp/unused")
   sources = {r.name: r.config.data.sources[0]["path"] for r in pruning}
   for tau in (0.95, 0.9, 0.85, 0.8):  # data_gen/decontaminate.py's layout
-    assert sources[f"tau_{tau}"].endswith(f"pruned/tau_{tau}/records.jsonl")
+    assert sources[f"tau_{tau}"].endswith(f"pruned/tau_{tau}")
 
   knobs = {r.name: r.config for r in sweep.expand(str(REPO / "experiments/ablation_knobs.py"),
                                                   "/tmp/unused")}
