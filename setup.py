@@ -46,7 +46,7 @@ setup(
     description="phi-1 (Textbooks Are All You Need) in JAX: model, data generation, training, evaluation",
     python_requires=">=3.11",
     packages=find_packages(include=["phi1", "phi1.*", "data_gen", "data_gen.*"]),
-    package_data={"data_gen": ["tables/*.yaml", "tables/*.txt"], "phi1": ["evals/data/*.jsonl"]},
+    package_data={"data_gen": ["tables/*.yaml", "tables/*.txt"], "phi1": ["evals/data/*.jsonl", "evals/data/*.md"]},
     install_requires=CORE + DATA_GEN,
     extras_require={"test": TEST, "hf": HF, "ray": RAY},
     entry_points={"console_scripts": ["phi1=phi1.cli:main"]},

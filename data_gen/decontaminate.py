@@ -466,7 +466,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--combine", default="union", choices=COMBINE,
                   help="union: embedding OR AST flags a record; embedding_then_ast: both, per pair")
   ap.add_argument("--humaneval-path", default=None)
-  ap.add_argument("--mbpp-path", default=None, help="default: <repo>/../shared/data/mbpp.jsonl")
+  ap.add_argument("--mbpp-path", default=None, help="default: the copy shipped in phi1/evals/data/")
   ap.add_argument("--limit", type=int, default=None, help="only the first N records")
   ap.add_argument("--id-field", default="id")
   ap.add_argument("--assign-ids", action="store_true")

@@ -5,7 +5,7 @@ A checkpoint is a directory written by `transformers.PhiForCausalLM.save_pretrai
 `config.json`
 plus `model.safetensors`, or several shards listed in `model.safetensors.index.json`. Tensors are
 read with the `safetensors` library; PyTorch `Linear` weights are [out, in] and our kernels are
-[in, out], so those are transposed. Names (../shared/PAPER.md):
+[in, out], so those are transposed. Names (HF PhiForCausalLM):
 
   model.embed_tokens.weight                          embed_tokens.embedding
   model.layers.{i}.input_layernorm.{weight,bias}     layers.{i}.input_layernorm.{scale,bias}

