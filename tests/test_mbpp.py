@@ -1,5 +1,7 @@
-"""MBPP from ../shared/data/mbpp.jsonl: splits, both prompt styles, reference solutions executed."""
+"""MBPP as shipped in phi1/evals/data: the verified release, splits, both prompt styles, reference
+solutions executed."""
 
+import hashlib
 import json
 import os
 
@@ -9,11 +11,18 @@ from phi1.evals import mbpp
 from phi1.evals.sandbox import Sandbox
 
 PATH = mbpp.default_path()
-pytestmark = pytest.mark.skipif(not os.path.exists(PATH),
-                                reason=f"MBPP data not found at {PATH} (shared/ next to the repo)")
-# Interpreter-dependent expectations in the original data (shared/data/README.md): set ordering
-# (341, 642) and sys.getsizeof values (596).
+# sha256 of the original release (google-research/google-research mbpp/mbpp.jsonl).
+RELEASE_SHA256 = "0b7004a79cd62d9ec7ecdd5a6e5f0ef1210ff00b286df3c5d5b57bf38c58e19a"
+# Interpreter-dependent expectations in the original data: set ordering (341, 642) and
+# sys.getsizeof values (596).
 KNOWN_BAD = {"Mbpp/341", "Mbpp/596", "Mbpp/642"}
+
+
+def test_shipped_copy_is_the_release():
+  with open(PATH, "rb") as f:
+    assert hashlib.sha256(f.read()).hexdigest() == RELEASE_SHA256
+  notice = os.path.join(os.path.dirname(PATH), "MBPP_NOTICE.md")
+  assert "CC-BY-4.0" in open(notice, encoding="utf-8").read()
 
 
 def test_standard_splits():
