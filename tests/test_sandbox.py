@@ -186,3 +186,54 @@ def test_without_bubblewrap_installed_own_namespaces_take_over(monkeypatch):
   assert any("bwrap not installed" in m for m in isolation.off)
   with pytest.raises(RuntimeError, match="bubblewrap cannot be used"):
     sandbox_lib.decide_isolation(bwrap=True)
+
+
+def test_deep_tree_is_removed_without_recursion(tmp_path):
+  from phi1.evals import _worker
+  root = tmp_path / "workdir"
+  root.mkdir()
+  fd = os.open(root, os.O_RDONLY)
+  for _ in range(1100):  # its full path exceeds PATH_MAX, its depth Python's recursion limit
+    os.mkdir("d", dir_fd=fd)
+    inner = os.open("d", os.O_RDONLY, dir_fd=fd)
+    os.close(fd)
+    fd = inner
+  os.close(os.open("leftover", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+  os.close(fd)
+  assert _worker._cleanup(str(root), {"program_tmpfs": False}) is None
+  assert not root.exists()
+
+
+# Speaks the worker protocol; a program containing "leave" reports, like a real worker whose
+# cleanup left something behind, that it retires.
+FAKE_WORKER = r'''
+import json, os, struct, sys
+def send(message):
+  data = json.dumps(message).encode()
+  os.write(1, struct.pack(">I", len(data)) + data)
+send(dict(ready=True, pid=os.getpid(), protections={}))
+while True:
+  header = sys.stdin.buffer.read(4)
+  if len(header) < 4:
+    break
+  program = json.loads(sys.stdin.buffer.read(struct.unpack(">I", header)[0]))
+  retire = "leave" in program["code"]
+  send(dict(status="passed", error=None, duration_s=0.0, output=str(os.getpid()),
+            **(dict(retire="working directory not removed") if retire else {})))
+  if retire:
+    break
+'''
+
+
+def test_a_worker_whose_cleanup_left_something_is_replaced(monkeypatch):
+  sb = Sandbox(workers=1, cgroup=False, quiet=True)
+  monkeypatch.setattr(sb, "_command", lambda cgroup: [sys.executable, "-c", FAKE_WORKER])
+  try:
+    results = sb.run(["leave", "a", "b", "leave", "c"])
+  finally:
+    sb.close()
+  assert [r.status for r in results] == ["passed"] * 5
+  pids = [r.output for r in results]
+  # the requests queued behind a retiring worker ran on its replacement
+  assert pids[0] != pids[1] == pids[2] == pids[3] != pids[4]
+  assert sb.workers_replaced == 2
