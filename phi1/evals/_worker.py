@@ -136,9 +136,9 @@ def _child(program, tokens, out_w, res_w, workdir, cfg):
   for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
                        (resource.RLIMIT_CPU, cpu),
                        (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
-                       (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),  # None: cgroup
+                       (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),
                        (resource.RLIMIT_CORE, 0)):
-    if value is not None:
+    if value is not None:  # nproc is None where the worker's pids cgroup bounds processes
       resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
   if cfg["ipc_namespace"]:
     ns.new_ipc_namespace()
@@ -180,8 +180,8 @@ def _referenced_names(code):
   return frozenset(names)
 
 
-def _run_program(code, test, entry_point, tokens, verdict_pipe, _write=os.write, _exit=os._exit, _exec=exec,
-                 _compile=compile, _frames=sys._current_frames, _getpid=os.getpid,
+def _run_program(code, test, entry_point, tokens, verdict_pipe, _write=os.write, _exit=os._exit,
+                 _exec=exec, _compile=compile, _frames=sys._current_frames, _getpid=os.getpid,
                  _fstat=os.fstat, _AssertionError=AssertionError, _BaseException=BaseException,
                  _type=type, _str=str, _len=len, _dict=dict, _builtins=_BUILTINS,
                  _referenced=_referenced_names):

@@ -8,27 +8,30 @@
     results[0].error     # "AssertionError: ..." for failed/error, the reason for timeout/crashed
     check_program("assert 1 + 1 == 2", timeout_s=3.0).passed   # one-off: starts a worker each call
 
-A program is a string (run it; passed = it ran to the end) or a `Program(code, test)`: `code` runs,
-then `test` runs in the same namespace (a HumanEval `check(candidate)` call, MBPP asserts). Statuses:
-  passed   the harness wrote this program's random token after the last line returned;
+A program is a string (run it; passed = it ran to the end) or a `Program(code, test, entry_point)`:
+`code` runs, then `test` runs in a fresh namespace holding the program's objects it names, copied by
+value (a HumanEval `check(candidate)` call, MBPP asserts; builtins' names only for `entry_point`).
+Statuses:
+  passed   the harness, still the original process, wrote this program's pass token on fd 3;
   failed   an AssertionError escaped;          error    another exception (its type in `error`);
   timeout  wall clock or CPU time ran out;     crashed  died without a verdict (os._exit, a signal).
 The verdict never comes from the exit code: `sys.exit(0)` is an error, `os._exit(0)` a crash.
 Results come back in input order; `run` can be called many times on the same warm workers.
 For data generation: `Sandbox(workers=N).run(exercises)` and keep those with `.passed` (a program
 with asserts that raise is "failed"; one that only defines functions passes if it runs cleanly).
-Programs run as `nobody` with a read-only filesystem: they can write only in their working directory.
+Programs run as `nobody` in an allow-listed read-only view of the filesystem: they can write only
+in their working directory (also TMPDIR), a tmpfs of their own. Output is kept only when asked.
 
-How (DESIGN.md section 4; details and what is out of scope in docs/sandbox.md): each worker is a
-fork server (`_worker.py`, stdlib only, no JAX) started with a clean environment (nothing of the
-parent's, e.g. OPENAI_API_KEY), in its own memory+pids cgroup, inside bubblewrap when installed
-(read-only view of the filesystem) or, as root, in namespaces of its own: PID 1 of a new PID
-namespace, with a new network namespace. Per program it forks once; the child calls setsid, gets a
-fresh temp cwd, stdin from /dev/null, stdout/stderr into a pipe of which only `max_output_bytes` are
-kept, rlimits (address space, CPU, file size, open files, processes, no core), no_new_privs, and (as
-root) becomes `nobody`. Afterwards every process it started is killed, setsid'd grandchildren
-included. Protections the machine does not allow are listed once on stderr at start, and in
-`Sandbox.protections_off`.
+How (DESIGN.md section 4; each protection, the attack it stops and what is out of scope in
+docs/sandbox.md): each worker is a fork server (`_worker.py`, no JAX) started with a clean
+environment (nothing of the parent's, e.g. OPENAI_API_KEY), in its own memory+pids cgroup, inside
+bubblewrap when installed or, as root, in namespaces of its own: PID 1 of a new PID namespace, with
+new network, mount, IPC and UTS namespaces and a view built from `filesystem_view()`. Per program it
+forks once; the child calls setsid, gets its tmpfs cwd, stdin from /dev/null, stdout/stderr into a
+pipe, rlimits (address space, CPU, file size, open files, no core), a new IPC namespace,
+no_new_privs, (as root) `nobody`, and last a seccomp filter (`_seccomp.py`). Afterwards every
+process it started is killed, setsid'd grandchildren included, and its cwd unmounted. Protections
+the machine does not allow are listed once on stderr at start, and in `Sandbox.protections_off`.
 """
 
 from __future__ import annotations
@@ -184,7 +187,8 @@ def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = Non
     raise RuntimeError(f"bwrap=True but bubblewrap cannot be used: {why_no_bwrap}")
   own_namespaces = bwrap_path is None and namespaces is not False and root
   if own_namespaces:
-    off.append(f"bubblewrap: off ({why_no_bwrap}); own namespaces and an allow-listed read-only view instead")
+    off.append(f"bubblewrap: off ({why_no_bwrap}); own namespaces and an allow-listed read-only "
+               "view instead")
   elif bwrap_path is None:
     why = "disabled by the caller" if namespaces is False else "not root"
     off.append(f"read-only filesystem, PID and network namespaces: off (no bubblewrap: "
