@@ -122,6 +122,15 @@ def test_cgroup_bounds_a_forking_memory_bomb():
   assert "9" in result.output, result.output  # a child ended by SIGKILL (the cgroup's OOM killer)
 
 
+def test_the_filter_can_be_switched_off_and_says_so():
+  unix_socket = "import socket\nsocket.socket(socket.AF_UNIX).close()"
+  with Sandbox(workers=1, seccomp=False, quiet=True) as sb:
+    unfiltered, = sb.run([unix_socket])
+  assert unfiltered.passed
+  assert any(m.startswith("seccomp: off (disabled by the caller)") for m in sb.protections_off)
+  assert check_program(unix_socket).status == "error"  # filtered: EPERM
+
+
 def test_check_program():
   assert check_program("assert sum(range(4)) == 6").passed
   assert check_program("assert sum(range(4)) == 7").status == "failed"

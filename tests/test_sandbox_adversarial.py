@@ -57,6 +57,19 @@ def relay():
     os.write(real, record)
 threading.Thread(target=relay, daemon=True).start()
 """
+# The same relay in a forked process, which outlives the harness's _exit.
+PROCESS_FORGERY = """
+import os
+real = os.dup(3)
+r, w = os.pipe()
+if os.fork() == 0:
+  os.close(w)
+  token = os.read(r, 4096).split(b'\\t')[0]
+  for record in (token + b'\\tpassed\\t\\t\\n', token + b'\\t\\t\\n'):
+    os.write(real, record)
+  os._exit(0)
+os.dup2(w, 3)
+"""
 # Class 2: a str subclass key "check" unequal to the test's `def check` when it is stored, equal
 # when the test calls it, so the call would land on the program's no-op.
 SHADOWED_CHECK = """
@@ -108,7 +121,8 @@ import os
 for _ in range(1100):
   os.mkdir('d')
   os.chdir('d')
-open('leftover', 'w').write('x')
+for i in range(10):  # 150 MiB at the bottom: two such leftovers would fill a shared 256 MiB /tmp
+  open('leftover%d' % i, 'wb').write(b'x' * (15 << 20))
 """
 # What an honest program does; one runs after every attack, on the same workers.
 HONEST = [
@@ -205,6 +219,8 @@ def attacks(victim_dir, victim, port, unix_socket):
       ("verdict forged through a fork's harness", failing(FORK_FORGERY), "crashed", None),
       ("verdict forged through a swapped fd 3 and a thread", failing(THREAD_FORGERY), "crashed",
        None),
+      ("verdict forged through a swapped fd 3 and a relay process", failing(PROCESS_FORGERY),
+       "crashed", None),
       ("check shadowed by a str-subclass key",
        Program(SHADOWED_CHECK, test="def check(candidate):\n  assert candidate() == 2\ncheck(f)\n"),
        "failed", "AssertionError"),
@@ -359,3 +375,15 @@ def test_one_programs_processes_do_not_starve_another_worker(mode):
     result, = honest_box.run([HONEST[1]])
     hog.join()
   assert result.passed, result
+
+
+@pytest.mark.skipif(not ROOT, reason="the isolation guarantees tested here need root")
+@pytest.mark.parametrize("mode", MODES)
+def test_leftovers_never_reach_the_next_program_on_the_same_worker(mode):
+  """Class 5 on one worker, so each probe runs right after the attack, on the same server."""
+  probe = HONEST[4]  # empty working directory, no SysV object, 8 MiB writable, socketpair
+  with Sandbox(workers=1, timeout_s=TIMEOUT_S, memory_mb=512, quiet=True, **mode) as sandbox:
+    results = sandbox.run([SYSV_LEFTOVERS, probe, DEEP_TREE, probe, SYSV_LEFTOVERS, DEEP_TREE,
+                           *HONEST])
+    assert sandbox.workers_replaced == 0  # the tmpfs working directory went with one unmount
+  assert [r.status for r in results] == ["passed"] * len(results), results

@@ -32,7 +32,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _namespaces as ns  # noqa: E402
 try:
   import _seccomp  # noqa: E402
-except ImportError as e:  # pyseccomp or libseccomp missing: said at start, as every protection off
+# pyseccomp missing (ImportError), libseccomp missing (RuntimeError) or too old (AttributeError):
+# said at start, as every protection that is off.
+except (ImportError, RuntimeError, OSError, AttributeError) as e:
   _seccomp, SECCOMP_MISSING = None, e
 del sys.path[0]
 
@@ -427,7 +429,7 @@ def _per_program_protections(cfg, tmp_root, protections):
       if _seccomp is None:
         raise SECCOMP_MISSING
       SYSCALL_FILTER = _seccomp.build()
-    except (ImportError, OSError) as e:
+    except (ImportError, RuntimeError, OSError, AttributeError) as e:
       if cfg["seccomp"]:
         raise RuntimeError(f"seccomp=True but no filter could be built: {e}") from e
       protections["seccomp"] = (f"off ({e}; pip install pyseccomp, apt-get install libseccomp2): "
