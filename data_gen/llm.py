@@ -13,9 +13,9 @@ What a run of millions of requests needs, in the order a request meets it:
   retries   exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
             connections / malformed bodies, honouring Retry-After; other 4xx fail fast;
   cache     the response is stored (group-committed, see data_gen.cache) before it is returned.
-The `openai` client builds each endpoint's request once (URL, query, auth, organisation/project,
-user agent and platform headers: see `LLM._endpoint`) and its HTTP client sends every attempt; we
-skip only the SDK's per-request layer (option models, URL re-parsing, header merging, pydantic
+Each endpoint's request is built once from the `openai` client's public attributes (URL, query,
+auth, organisation/project, user agent and platform headers: see `LLM._endpoint`) and the client's
+HTTP client sends every attempt; we skip only the SDK's per-request layer (option models, URL re-parsing, header merging, pydantic
 responses), which costs ~0.5 ms of CPU per request and caps a 2-core machine far below 1,000
 requests/s. Responses come back as raw bytes that `parse_response` checks itself.
 The API key comes from the argument or OPENAI_API_KEY and is never logged or written anywhere.
@@ -36,7 +36,6 @@ from typing import Any
 import aiohttp
 import httpx2
 import openai
-from openai._models import FinalRequestOptions
 
 from data_gen.cache import ResponseCache
 from data_gen.pricing import Prices, prices_for
@@ -298,22 +297,34 @@ class LLM:
     self._endpoints: dict[str, tuple] = {}
 
   def _endpoint(self, path: str) -> tuple[httpx2.URL, httpx2.Headers, dict]:
-    """(URL, headers, extensions) of a JSON POST to `path`, built once by the SDK itself.
+    """(URL, headers, extensions) of a JSON POST to `path`, built once from the client's public
+    attributes (`base_url`, `default_query`, `default_headers`, `auth_headers`, `timeout`) and
+    its HTTP client's `build_request`.
 
-    Everything the SDK would put on the request is in it: base URL and `default_query`, the
-    bearer token, organisation/project, user agent, platform and read-timeout headers, and the
-    timeout extension; per attempt we add the body and the retry count, as the SDK does.
-    `tests/test_llm.py` checks them against what `chat.completions.create` sends. Only static
-    API-key auth is supported (a token provider's refresh happens in the SDK's per-request
-    layer)."""
+    Everything the SDK puts on its own request is in it: base URL and `default_query`, the bearer
+    token, organisation/project, user agent, platform and read-timeout headers, and the timeout
+    extension; per attempt we add the body and the retry count, as the SDK does.
+    `tests/test_llm.py` checks them against what `chat.completions.create` sends, so an SDK release
+    that adds a header fails that test instead of silently diverging. Only static API-key auth is
+    supported (a token provider's refresh happens in the SDK's per-request layer)."""
     endpoint = self._endpoints.get(path)
     if endpoint is None:
-      template = self.client._build_request(FinalRequestOptions.construct(
-          method="post", url=path, content=b"", headers={"Content-Type": "application/json"}))
-      per_attempt = ("content-length", "x-stainless-retry-count")
+      client = self.client
+      url = httpx2.URL(str(client.base_url).rstrip("/") + "/" + path.lstrip("/"))
+      if client.default_query:
+        url = url.copy_merge_params(dict(client.default_query))
+      merged = {**client.auth_headers, **client.default_headers}
+      headers = httpx2.Headers({k: v for k, v in merged.items() if isinstance(v, str)})
+      timeout = client.timeout
+      read_s = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
+      if read_s is not None:
+        headers["x-stainless-read-timeout"] = str(read_s)
+      # The HTTP client's own defaults (accept-encoding, connection) merged in, as the SDK does.
+      template = self._http.build_request("POST", url, headers=headers, content=b"")
       headers = httpx2.Headers([(k, v) for k, v in template.headers.multi_items()
-                                if k.lower() not in per_attempt])
-      endpoint = self._endpoints[path] = (template.url, headers, template.extensions)
+                                if k.lower() != "content-length"])
+      extensions = {"timeout": httpx2.Timeout(timeout).as_dict()}
+      endpoint = self._endpoints[path] = (template.url, headers, extensions)
     return endpoint
 
   def key(self, request: Request) -> str:

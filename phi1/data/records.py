@@ -184,11 +184,30 @@ def is_shard_directory(path: str) -> bool:
   return os.path.isdir(path) and os.path.isfile(os.path.join(path, "manifest.json"))
 
 
+def manifest_shards(path: str) -> list[str]:
+  """The finished shards a data_gen output directory's manifest.json lists, in order.
+
+  The manifest is the contract between data_gen and phi1 (phi1 never imports data_gen): the writer
+  rewrites it atomically after each shard is complete, so every file it names is whole."""
+  manifest_path = os.path.join(path, "manifest.json")
+  try:
+    with open(manifest_path) as f:
+      shards = json.load(f)["shards"]
+    files = [os.path.join(path, shard["file"]) for shard in shards]
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{manifest_path} is not a data_gen manifest (expected a 'shards' list of "
+                     f"{{'file': ...}} entries): {e}") from e
+  missing = [f for f in files if not os.path.isfile(f)]
+  if missing:
+    raise FileNotFoundError(f"{manifest_path} lists shards that are not there: {missing[:3]}; "
+                            "copy the whole output directory")
+  return files
+
+
 def source_files(path: str) -> list[str]:
   """The files a source reads: finished data_gen shards, .py files of a directory, or itself."""
   if is_shard_directory(path):
-    from data_gen.shards import shard_files  # pylint: disable=import-outside-toplevel
-    return shard_files(path)
+    return manifest_shards(path)
   return python_files(path) if os.path.isdir(path) else [path]
 
 
