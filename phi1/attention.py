@@ -31,8 +31,11 @@ def attention_mask(segment_ids_BT, causal: bool, T: int, S: int):
   return mask
 
 
-def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, dropout_rng=None):
-  """Reference attention. Scores and softmax in fp32 (HF Phi upcasts too: fp16 overflows otherwise)."""
+def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, dropout_rng=None,
+                  return_probs=False):
+  """Reference attention. Scores and softmax in fp32 (HF Phi upcasts too: fp16 overflows otherwise).
+
+  With `return_probs`, returns (out_BTHK, probs_BHTS), the probabilities before dropout."""
   K = q_BTHK.shape[-1]
   scores_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
   scores_BHTS = scores_BHTS / jnp.sqrt(jnp.float32(K))
@@ -42,11 +45,14 @@ def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, d
   if mask_B1TS is not None:
     # Rows with no visible key (padding) would otherwise spread uniform weight over masked keys.
     probs_BHTS = jnp.where(mask_B1TS.any(axis=-1, keepdims=True), probs_BHTS, 0.0)
+  softmax_BHTS = probs_BHTS
   if dropout_rate > 0.0:
     keep_BHTS = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BHTS.shape)
     probs_BHTS = jnp.where(keep_BHTS, probs_BHTS / (1.0 - dropout_rate), 0.0)
   out_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK,
                         preferred_element_type=jnp.float32)
+  if return_probs:
+    return out_BTHK.astype(q_BTHK.dtype), softmax_BHTS
   return out_BTHK.astype(q_BTHK.dtype)
 
 

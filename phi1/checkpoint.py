@@ -70,8 +70,10 @@ def restore(mngr: ocp.CheckpointManager, abstract_state, data_iterator, step=Non
   return restored["state"]
 
 
-def export_params(model: Phi1, out_dir, tokenizer_path=None):
+def export_params(model: Phi1, out_dir, tokenizer_path=None, model_fn: str = ""):
   """Params-only, float32, plus config and tokenizer: what `load_for_inference` reads.
+
+  `model_fn` (an import path, phi1/model_fn.py) is saved beside the config when the run used one.
 
   Every process calls this (orbax writes each host's shards); process 0 writes the rest.
   """
@@ -85,6 +87,8 @@ def export_params(model: Phi1, out_dir, tokenizer_path=None):
     return out
   config = dict(model.config.__dict__)
   config["dtype"] = "float32"
+  if model_fn:
+    config["model_fn"] = model_fn
   (out / EXPORT_CONFIG).write_text(json.dumps(config, indent=2))
   if tokenizer_path is not None:
     tokenizer_path = pathlib.Path(tokenizer_path)
@@ -114,8 +118,11 @@ def load_model(path, **config_overrides) -> Phi1:
     raise FileNotFoundError(
         f"{path} is neither a params export (with {EXPORT_CONFIG}) nor an HF directory "
         f"(with config.json); `phi1 train` writes an export to WORKDIR/export when it finishes{hint}")
-  config = Phi1Config(**{**json.loads((path / EXPORT_CONFIG).read_text()), **config_overrides})
-  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
+  from phi1 import model_fn as model_fn_lib
+  fields = json.loads((path / EXPORT_CONFIG).read_text())
+  build = model_fn_lib.resolve(fields.pop("model_fn", ""))
+  config = Phi1Config(**{**fields, **config_overrides})
+  abstract = nnx.eval_shape(lambda: build(config, rngs=nnx.Rngs(0)))
   abstract_params = nnx.state(abstract, nnx.Param)
   # Onto one local device, whatever mesh wrote it (a multi-host run reads back on a laptop).
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -132,7 +139,7 @@ def load_model(path, **config_overrides) -> Phi1:
   except Exception as e:  # orbax raises several types for missing/corrupt files
     raise RuntimeError(f"could not read parameters from {path / EXPORT_PARAMS}: {e}. Re-export "
                        "the checkpoint; a partial copy is the usual cause") from e
-  model = Phi1(config, rngs=nnx.Rngs(0))
+  model = build(config, rngs=nnx.Rngs(0))
   nnx.replace_by_pure_dict(abstract_params, params)
   nnx.update(model, abstract_params)
   return model

@@ -20,7 +20,11 @@ from phi1.model import Phi1Config
 
 
 def model_config(config: Phi1Config) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dataclasses.asdict(config))
+  """The `model` section of an experiment config. The compute dtype is not in it: `precision` is
+  its one source of truth (see `phi1_config`), so config.json records what ran."""
+  fields = dataclasses.asdict(config)
+  del fields["dtype"]
+  return ml_collections.ConfigDict(fields)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -64,6 +68,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_every = 1000  # ... plus every K-th step forever (the paper keeps every 1000 finetune steps)
   c.init_from = ""  # params-only export or HF directory to start from (finetuning)
   c.wandb_project = ""  # set to log to Weights & Biases as well
+  c.model_fn = ""  # "package.module:name" building the model (phi1/model_fn.py); "" is Phi1
+  c.sharding_rules = {}  # logical axis -> mesh axis (or list, or None) over the mesh preset's rules
+  c.profile_steps = ()  # (start, stop): a jax.profiler trace of those steps in WORKDIR/profile
 
   # Benchmark evals during training (phi1/evals/during_training.py documents each key).
   c.eval_solution_loss = ()  # e.g. ("humaneval", "mbpp"): reference-solution NLL at eval steps
@@ -138,5 +145,7 @@ def phi1_config(config: ml_collections.ConfigDict) -> Phi1Config:
   """The model config, with the compute dtype taken from the precision policy."""
   from phi1 import precision
   fields = dict(config.model)
-  fields["dtype"] = precision.compute_dtype(config.precision)
-  return Phi1Config(**fields)
+  if "dtype" in fields:
+    raise ValueError(f"model.dtype={fields['dtype']!r} is not a config key: the compute dtype "
+                     f"comes from precision (fp32 | bf16 | fp16); set precision instead")
+  return Phi1Config(**fields, dtype=precision.compute_dtype(config.precision))

@@ -12,6 +12,11 @@ interleaved rotary and no attention biases: `rotary_style="gptj"`, `attn_bias=Fa
 
 Every parameter carries `logical_axes` metadata and every large activation passes through
 `sharding.constrain` with logical names; `phi1/sharding.py` alone maps those names to the mesh.
+
+Extending: `Attention` runs as project -> rotate -> attend, so a variant overrides one step; the MLP
+is picked by `Phi1Config.mlp` from `MLPS` (a name in config.json, so sweeps tell variants apart);
+`Phi1.capture` returns sown attention probabilities and per-layer outputs (off, and free, unless
+asked for); `scan_layers` runs one compiled block under `nnx.scan` instead of n_layers copies.
 """
 
 import dataclasses
@@ -25,6 +30,7 @@ from phi1 import sharding
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "dots", "full")
 ROTARY_STYLES = ("neox", "gptj")
+MLP_KINDS = ("gelu", "swiglu")  # keys of MLPS, defined below the classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,8 @@ class Phi1Config:
   dtype: str = "float32"  # compute dtype; parameters stay float32 (see phi1/precision.py)
   remat: str = "none"  # "none" | "dots" | "full": activation recomputation per block
   init_std: float = 0.02  # HF PhiConfig.initializer_range
+  mlp: str = "gelu"  # phi-1's fc1 -> gelu_new -> fc2; "swiglu" is the gated variant (MLPS)
+  scan_layers: bool = False  # one block compiled once and scanned over stacked layer params
 
   @classmethod
   def phi1(cls, **overrides) -> "Phi1Config":
@@ -83,6 +91,8 @@ class Phi1Config:
       raise ValueError(f"rotary_style must be one of {ROTARY_STYLES}, got {self.rotary_style!r}")
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+    if self.mlp not in MLP_KINDS:
+      raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if self.attention_impl not in attention_lib.IMPLS:
@@ -134,6 +144,8 @@ def rotary(x_BTHK, positions_BT, rotary_dim: int, theta: float, style: str = "ne
 
 
 class Attention(nnx.Module):
+  """Self-attention as three overridable steps: `project` (x -> q, k, v), `rotate` (positions),
+  `attend` (softmax attention or a KV cache), then the `dense` output projection."""
 
   def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
     self.config = config
@@ -144,27 +156,49 @@ class Attention(nnx.Module):
     self.v_proj = _linear(D, D, ("embed", "heads"), config, rngs, bias)
     self.dense = _linear(D, D, ("heads", "embed"), config, rngs, bias)
     self.deterministic = False  # toggled by model.train() / model.eval()
+    self.sow_intermediates = False  # toggled by Phi1.capture
 
-  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, rngs=None):
-    """`cache` (decoding only) is a `LayerCache`; returns (out_BTD, new_cache)."""
+  def project(self, x_BTD):
+    """(q, k, v), each [B, T, H, K]."""
     c = self.config
     B, T, _ = x_BTD.shape
     split = lambda y: sharding.constrain(y.reshape(B, T, c.n_heads, c.head_dim),
                                          ("batch", "seq", "act_heads", "head_dim"))
-    q_BTHK, k_BTHK, v_BTHK = split(self.q_proj(x_BTD)), split(self.k_proj(x_BTD)), split(
-        self.v_proj(x_BTD))
-    q_BTHK = rotary(q_BTHK, positions_BT, c.rotary_dim, c.rope_theta, c.rotary_style)
-    k_BTHK = rotary(k_BTHK, positions_BT, c.rotary_dim, c.rope_theta, c.rotary_style)
-    dropout = c.attn_dropout if not self.deterministic else 0.0
-    if cache is None:
-      out_BTHK = attention_lib.attention(
-          q_BTHK, k_BTHK, v_BTHK, causal=True, segment_ids=segment_ids_BT,
-          impl=c.attention_impl, dropout_rate=dropout,
-          dropout_rng=_dropout_key(rngs) if dropout > 0 else None)
-    else:
+    return split(self.q_proj(x_BTD)), split(self.k_proj(x_BTD)), split(self.v_proj(x_BTD))
+
+  def rotate(self, q_BTHK, k_BTHK, positions_BT):
+    c = self.config
+    return (rotary(q_BTHK, positions_BT, c.rotary_dim, c.rope_theta, c.rotary_style),
+            rotary(k_BTHK, positions_BT, c.rotary_dim, c.rope_theta, c.rotary_style))
+
+  def attend(self, q_BTHK, k_BTHK, v_BTHK, segment_ids_BT, cache=None, rngs=None):
+    """(out_BTHK, new_cache): attention over this call's keys, or over the cache when decoding."""
+    c = self.config
+    if cache is not None:
       cache = cache.update(k_BTHK, v_BTHK, segment_ids_BT)
-      out_BTHK = cache.attend(q_BTHK)
-    return self.dense(out_BTHK.reshape(B, T, c.d_model)), cache
+      return cache.attend(q_BTHK), cache
+    dropout = c.attn_dropout if not self.deterministic else 0.0
+    dropout_rng = _dropout_key(rngs) if dropout > 0 else None
+    if self.sow_intermediates and c.attention_impl == "xla":
+      T = q_BTHK.shape[1]
+      mask = attention_lib.attention_mask(segment_ids_BT, True, T, T)
+      out_BTHK, probs_BHTS = attention_lib.xla_attention(
+          q_BTHK, k_BTHK, v_BTHK, mask, dropout_rate=dropout, dropout_rng=dropout_rng,
+          return_probs=True)
+      self.sow(nnx.Intermediate, "attention_probs", probs_BHTS)
+      return out_BTHK, cache
+    out_BTHK = attention_lib.attention(
+        q_BTHK, k_BTHK, v_BTHK, causal=True, segment_ids=segment_ids_BT,
+        impl=c.attention_impl, dropout_rate=dropout, dropout_rng=dropout_rng)
+    return out_BTHK, cache
+
+  def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, rngs=None):
+    """`cache` (decoding only) is a `LayerCache`; returns (out_BTD, new_cache)."""
+    B, T, D = x_BTD.shape
+    q_BTHK, k_BTHK, v_BTHK = self.project(x_BTD)
+    q_BTHK, k_BTHK = self.rotate(q_BTHK, k_BTHK, positions_BT)
+    out_BTHK, cache = self.attend(q_BTHK, k_BTHK, v_BTHK, segment_ids_BT, cache, rngs)
+    return self.dense(out_BTHK.reshape(B, T, D)), cache
 
 
 class MLP(nnx.Module):
@@ -178,20 +212,42 @@ class MLP(nnx.Module):
     return self.fc2(jax.nn.gelu(h_BTF, approximate=True))  # gelu_new is the tanh approximation
 
 
+class SwiGLUMLP(nnx.Module):
+  """w2(silu(w1 x) * w3 x) (Shazeer 2020, "GLU Variants Improve Transformer"; LLaMA's MLP). Not
+  phi-1's: an ablation. Three matrices of d_ff, so d_ff = 2/3 of gelu's keeps the parameter count."""
+
+  def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
+    self.w1 = _linear(config.d_model, config.d_ff, ("embed", "mlp"), config, rngs)
+    self.w3 = _linear(config.d_model, config.d_ff, ("embed", "mlp"), config, rngs)
+    self.w2 = _linear(config.d_ff, config.d_model, ("mlp", "embed"), config, rngs)
+
+  def __call__(self, x_BTD):
+    gate_BTF = sharding.constrain(self.w1(x_BTD), ("batch", "seq", "act_mlp"))
+    up_BTF = sharding.constrain(self.w3(x_BTD), ("batch", "seq", "act_mlp"))
+    return self.w2(jax.nn.silu(gate_BTF) * up_BTF)
+
+
+MLPS = {"gelu": MLP, "swiglu": SwiGLUMLP}
+assert tuple(MLPS) == MLP_KINDS
+
+
 class Block(nnx.Module):
 
   def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
     self.input_layernorm = _layer_norm(config, rngs)
     self.self_attn = Attention(config, rngs)
-    self.mlp = MLP(config, rngs)
+    self.mlp = MLPS[config.mlp](config, rngs)
     self.resid_dropout = nnx.Dropout(config.resid_dropout)
     self.dtype = DTYPES[config.dtype]
+    self.sow_intermediates = False  # toggled by Phi1.capture
 
   def __call__(self, x_BTD, positions_BT, segment_ids_BT, cache=None, rngs=None):
     h_BTD = self.input_layernorm(x_BTD).astype(self.dtype)
     attn_BTD, cache = self.self_attn(h_BTD, positions_BT, segment_ids_BT, cache, rngs)
     mlp_BTD = self.mlp(h_BTD)
     x_BTD = x_BTD + self.resid_dropout(attn_BTD, rngs=rngs) + self.resid_dropout(mlp_BTD, rngs=rngs)
+    if self.sow_intermediates:
+      self.sow(nnx.Intermediate, "output", x_BTD)  # the residual stream after this block
     return sharding.constrain(x_BTD, ("batch", "seq", "act_embed")), cache
 
 
@@ -209,7 +265,10 @@ class Phi1(nnx.Module):
         embedding_init=nnx.initializers.normal(config.init_std), rngs=rngs,
         embedding_metadata={"logical_axes": ("vocab", "embed")})
     self.embd_dropout = nnx.Dropout(config.embd_dropout)
-    self.layers = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
+    if config.scan_layers:
+      self.layers = _stacked_blocks(config, rngs)
+    else:
+      self.layers = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
     self.final_layernorm = _layer_norm(config, rngs)
     self.lm_head = _linear(config.d_model, config.vocab_size, ("embed", "vocab"), config, rngs)
 
@@ -240,8 +299,10 @@ class Phi1(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     x_BTD = self.embd_dropout(self.embed_tokens(tokens_BT), rngs=rngs)
     x_BTD = sharding.constrain(x_BTD.astype(jnp.float32), ("batch", "seq", "act_embed"))
+    if self.config.scan_layers and cache is None:
+      return self.final_layernorm(self._scan_blocks(x_BTD, positions, segment_ids, rngs))
     new_layers = []
-    for i, block in enumerate(self.layers):
+    for i, block in enumerate(self.blocks()):
       layer_cache = None if cache is None else cache.layer(i)
       if cache is None and self.config.remat != "none":
         x_BTD, _ = _remat(self.config.remat)(block, x_BTD, positions, segment_ids, None, rngs)
@@ -252,6 +313,48 @@ class Phi1(nnx.Module):
     if cache is None:
       return h_BTD
     return h_BTD, cache.replace_layers(new_layers, advance=T)
+
+  def blocks(self):
+    """The blocks in order, as separate modules (one slice each of a scanned stack)."""
+    if not self.config.scan_layers:
+      return list(self.layers)
+    graphdef, state = nnx.split(self.layers)
+    return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+            for i in range(self.config.n_layers)]
+
+  def _scan_blocks(self, x_BTD, positions, segment_ids, rngs):
+    """All blocks as one `nnx.scan` over the stacked parameters: XLA compiles one block, not
+    n_layers copies. Each layer draws its dropout key from one split of the step's key."""
+    c = self.config
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), c.n_layers)
+
+    def one_block(x_BTD, block, key):
+      block_rngs = None if key is None else nnx.Rngs(dropout=key)
+      if c.remat != "none":
+        x_BTD, _ = _remat(c.remat)(block, x_BTD, positions, segment_ids, None, block_rngs)
+      else:
+        x_BTD, _ = block(x_BTD, positions, segment_ids, None, block_rngs)
+      return x_BTD
+
+    scan = nnx.scan(one_block, in_axes=(nnx.Carry, 0, None if keys is None else 0),
+                    out_axes=nnx.Carry)
+    return scan(x_BTD, self.layers, keys)
+
+  def capture(self, tokens_BT, segment_ids=None, positions=None):
+    """(logits_BTV, intermediates) of one forward pass, through NNX's `sow` / `nnx.capture`.
+
+    `intermediates["layers"][i]["output"]` is block i's residual-stream output [B, T, D], and
+    with attention_impl="xla", `intermediates["layers"][i]["self_attn"]["attention_probs"]` is its
+    softmax [B, H, T, S] (fp32, before dropout). Each is a tuple with one entry per call. The flag
+    that turns sowing on is set only for this call, so training never pays for it."""
+    if self.config.scan_layers:
+      raise ValueError("capture needs unrolled layers: build the model with scan_layers=False "
+                       "(the parameters are the same, only stacked)")
+    self.set_attributes(sow_intermediates=True, raise_if_not_found=False)
+    try:
+      return nnx.capture(self, nnx.Intermediate)(tokens_BT, segment_ids, positions)
+    finally:
+      self.set_attributes(sow_intermediates=False, raise_if_not_found=False)
 
   def logits(self, h_BTD):
     # The LM head may run in bf16/fp16 but accumulates and returns fp32: the loss needs fp32 logits.
@@ -270,6 +373,21 @@ def _dropout_key(rngs):
     raise ValueError("attention dropout is on: call the model with rngs=nnx.Rngs(dropout=key), "
                      "or model.eval() to turn dropout off")
   return rngs.dropout()
+
+
+def _stacked_blocks(config: Phi1Config, rngs: nnx.Rngs) -> Block:
+  """One Block whose parameters carry a leading [n_layers] axis (logical name "layers")."""
+
+  @nnx.split_rngs(splits=config.n_layers)
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def make(rngs):
+    return Block(config, rngs)
+
+  stacked = make(rngs)
+  for _, var in nnx.iter_graph(stacked):
+    if isinstance(var, nnx.Param):
+      var.set_metadata("logical_axes", ("layers", *var.get_metadata()["logical_axes"]))
+  return stacked
 
 
 def _remat(policy: str):

@@ -28,7 +28,7 @@ DONE = "DONE"
 # a training step computes (every top-level `eval_*` key too: evals only read the weights).
 BOOKKEEPING = ("log_every", "checkpoint_every", "checkpoint_every_minutes", "keep_last",
                "keep_every", "wandb_project", "data.cache_dir", "data.read_threads",
-               "data.prefetch_batches")
+               "data.prefetch_batches", "profile_steps")
 
 
 def is_bookkeeping(key: str) -> bool:

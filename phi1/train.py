@@ -18,7 +18,6 @@ import functools
 import math
 import pathlib
 import sys
-import time
 from typing import Any
 
 import jax
@@ -30,9 +29,10 @@ from flax import nnx
 
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
-from phi1 import flops, losses, metrics as metrics_lib, precision, preemption, run_identity
-from phi1 import sharding
+from phi1 import flops, log_window, losses, metrics as metrics_lib, precision, preemption
+from phi1 import profiling, run_identity, sharding
 from phi1 import model as model_lib
+from phi1 import model_fn as model_fn_lib
 from phi1.model import Phi1
 
 
@@ -59,10 +59,15 @@ def make_schedule(opt: ml_collections.ConfigDict, steps: int):
        optax.linear_schedule(opt.peak_lr, opt.end_lr, decay)], [warmup])
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, steps: int):
+def make_optimizer(opt: ml_collections.ConfigDict, steps: int, stacked_layers: bool = False):
   schedule = make_schedule(opt, steps)
-  # Decay matrices (linear kernels, embeddings) only: biases and LayerNorm parameters are 1-D.
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  # Decay matrices (linear kernels, embeddings) only: biases and LayerNorm parameters are 1-D
+  # (under scan_layers, parameters in `layers` carry one more, stacked, axis).
+  def decay_mask(params):
+    def is_matrix(path, p):
+      stacked = stacked_layers and getattr(path[0], "key", None) == "layers"
+      return p.ndim - int(stacked) >= 2
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
   parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                            weight_decay=opt.weight_decay, mask=decay_mask))
@@ -133,11 +138,17 @@ def eval_step(params, batch, *, graphdef):
 class Trainer:
   """Builds the sharded state and the jitted steps for one config; `run(workdir)` trains."""
 
-  def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+  def __init__(self, config: ml_collections.ConfigDict, mesh=None, model_fn=None):
+    """`model_fn(model_config, rngs=...)` builds the model (default: `config.model_fn`, an import
+    path, or Phi1); its import path is recorded in `self.config.model_fn` (phi1/model_fn.py)."""
+    config = config.copy_and_resolve_references()
+    if model_fn is not None:
+      config.model_fn = model_fn_lib.import_path(model_fn)
+    self.model_fn = model_fn or model_fn_lib.resolve(config.model_fn)
     self.config = config
     self.model_config = config_lib.phi1_config(config)
     self.mesh = mesh or sharding.make_mesh(config.mesh, tensor=config.tensor_parallel)
-    self.rules = sharding.RULES[config.mesh]
+    self.rules = sharding.rules_for(config.mesh, config.sharding_rules)
     n_batch = sharding.batch_shards(self.mesh)
     if config.batch_size % (n_batch * config.grad_accum):
       raise ValueError(
@@ -147,10 +158,12 @@ class Trainer:
     if config.seq_len > self.model_config.max_seq_len:
       raise ValueError(f"seq_len={config.seq_len} exceeds model.max_seq_len="
                        f"{self.model_config.max_seq_len}")
-    self.tx, self.schedule = make_optimizer(config.optimizer, config.steps)
+    self.tx, self.schedule = make_optimizer(config.optimizer, config.steps,
+                                            self.model_config.scan_layers)
     self.replicated = sharding.replicated(self.mesh)
 
-    abstract_model = nnx.eval_shape(lambda: Phi1(self.model_config, rngs=nnx.Rngs(0)))
+    abstract_model = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
+    model_fn_lib.check_interface(abstract_model, config.model_fn)
     abstract_model.train()  # dropout on: `deterministic` is static, so each mode has a graphdef
     self.graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
     abstract_model.eval()
@@ -169,8 +182,11 @@ class Trainer:
         in_shardings=(self.state_shardings.params, self.batch_sharding),
         out_shardings=self.replicated)
 
+  def _build(self, rngs):
+    return self.model_fn(self.model_config, rngs=rngs)
+
   def _init_state(self) -> TrainState:
-    model = Phi1(self.model_config, rngs=nnx.Rngs(self.config.seed))
+    model = self._build(nnx.Rngs(self.config.seed))
     params = nnx.state(model, nnx.Param)
     return TrainState(
         step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
@@ -179,7 +195,9 @@ class Trainer:
         key=jax.random.key_data(jax.random.key(self.config.seed)))
 
   def _state_shardings(self, abstract_params) -> TrainState:
-    param_sh = sharding.param_shardings(abstract_params, self.mesh, self.rules)
+    c = self.model_config
+    dim_names = {c.vocab_size: "vocab", c.d_ff: "mlp", c.d_model: "embed"}
+    param_sh = sharding.param_shardings(abstract_params, self.mesh, self.rules, dim_names)
     opt_sh = optax.tree_map_params(
         self.tx, lambda _, s: s, self.abstract_state.opt_state, param_sh,
         transform_non_params=lambda _: self.replicated,
@@ -233,17 +251,19 @@ class Trainer:
 
 
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
-        mesh=None, on_change: str = "refuse") -> dict:
+        mesh=None, on_change: str = "refuse", model_fn=None) -> dict:
   """Train in `workdir`, resuming from its latest checkpoint; returns the last logged metrics.
 
   Checkpoints made with a different config are refused unless `on_change` is "restart" or
-  "continue" (phi1/run_identity.py)."""
+  "continue" (phi1/run_identity.py). `model_fn(model_config, rngs=...)` swaps in another model
+  (see `Trainer`); its import path is part of the recorded config."""
   from phi1 import data as data_lib
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  trainer = Trainer(config, mesh=mesh, model_fn=model_fn)
+  config = trainer.config  # with model_fn's import path recorded
   run_identity.check_and_record(workdir, config, on_change=on_change,
                                 primary=jax.process_index() == 0)
-  trainer = Trainer(config, mesh=mesh)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   pipeline = data_lib.build(config.data, seq_len=config.seq_len, batch_size=config.batch_size)
@@ -268,33 +288,41 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   from phi1.evals import during_training  # solution loss and pass@k, when the config asks
   bench_evals = during_training.build(config, trainer)
   bar = _progress_bar(progress, start, config.steps)
-  last, window_start, window_tokens = {}, time.perf_counter(), 0
+  last, window, pending = {}, log_window.LogWindow(tokens_per_step(config)), None
+  profiler = profiling.StepProfiler(config.profile_steps, workdir)
   # SIGTERM/SIGINT finish the step, checkpoint and stop; optional time-based checkpoints.
   stop = preemption.StopSignals(config.get("checkpoint_every_minutes", 0))
   stop.install()
+
+  def log(pending):  # a closed window's numbers, fetched after the next step was dispatched
+    last.update(pending.fetch())
+    last.update(mfu=mfu(config, trainer.model_config, last["tokens_per_sec"]),
+                data_bad_records=float(pipeline.stats.problems))
+    check_finite(last["loss"], pending.step, last_good, workdir)
+    writer.write(pending.step, last)
+    bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec']:,.0f}")
+
   try:
     try:
       for step in range(start, config.steps):
+        profiler.before(step)
         state, step_metrics = trainer.step(state, next(train_data))
-        window_tokens += tokens_per_step(config)
+        profiler.after(step, step_metrics)
+        window.add(step_metrics, timed=step != start)
         done = step + 1
         if step == start:  # keep compilation out of the throughput numbers
           jax.block_until_ready(step_metrics)
-          window_start, window_tokens = time.perf_counter(), 0
+          window.restart_clock()
+        if pending is not None:
+          log(pending)
+          pending = None
         if done % config.log_every == 0 or done == config.steps:
-          step_metrics = jax.tree.map(local_value, step_metrics)
-          elapsed = time.perf_counter() - window_start
-          tokens_per_sec = window_tokens / max(elapsed, 1e-9)
-          last = {k: float(v) for k, v in step_metrics.items()}
-          last.update(tokens_per_sec=tokens_per_sec,
-                      mfu=mfu(config, trainer.model_config, tokens_per_sec),
-                      data_bad_records=float(pipeline.stats.problems))
-          check_finite(last["loss"], done, last_good, workdir)
-          writer.write(done, last)
-          bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{tokens_per_sec:,.0f}")
-          window_start, window_tokens = time.perf_counter(), 0
+          pending = window.close(done)
         eval_step = bool(config.eval_every) and (done % config.eval_every == 0
                                                  or done == config.steps)
+        if eval_step and pending is not None:  # the eval blocks anyway: log the window first
+          log(pending)
+          pending = None
         if eval_step:
           eval_loss = trainer.eval_loss(state.params, pipeline.eval_batches(config.eval_batches))
           writer.write(done, {"eval_loss": eval_loss})
@@ -311,8 +339,11 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
         bar.update(1)
         if stop.requested and done < config.steps:
           break
+      if pending is not None:
+        log(pending)
       manager.wait_until_finished()
     finally:
+      profiler.close()
       # A full disk also fails the metrics file's and TensorBoard's last flush: while an error
       # is on its way out, those secondary failures must not replace it.
       bar.close()
@@ -327,7 +358,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
       print(stopped, flush=True)
     raise stopped
   ckpt_lib.export_params(trainer.model(state), workdir / "export",
-                         tokenizer_path=config.data.tokenizer or None)
+                         tokenizer_path=config.data.tokenizer or None, model_fn=config.model_fn)
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
     metrics_lib.plot_losses(workdir)
   return last
