@@ -264,3 +264,34 @@ def test_schedule_ends_at_the_runs_steps_unless_schedule_steps_is_set():
   assert float(schedule(55)) == pytest.approx(0.5e-3)
   opt.schedule_steps = 200  # a run stopped early on a longer schedule (phi-1-base: 24K of 36K)
   assert float(train.make_schedule(opt, 100)(100)) == pytest.approx(1e-3 * 100 / 190)
+
+
+def test_bf16_run_logs_window_mean_loss_records_bf16_and_writes_a_profile(corpus, tmp_path):
+  """The logged train loss is the mean over its log window (log_every=3 at step 3 equals the mean
+  of log_every=1's steps 1-3); config.json records the precision that ran; profile_steps traces."""
+  every_step = tiny_config(corpus, steps=3, precision="bf16", checkpoint_every=100,
+                           profile_steps=(1, 2))
+  train.run(every_step, tmp_path / "a", progress=False)
+  windowed = tiny_config(corpus, steps=3, precision="bf16", checkpoint_every=100, log_every=3)
+  train.run(windowed, tmp_path / "b", progress=False)
+  a = [r["loss"] for r in metrics.read_metrics(tmp_path / "a") if "loss" in r]
+  b = [(r["step"], r["loss"]) for r in metrics.read_metrics(tmp_path / "b") if "loss" in r]
+  assert len(a) == 3 and len(set(a)) == 3
+  assert b == [(3, pytest.approx(np.mean(a), rel=1e-6))]
+  recorded = json.loads((tmp_path / "a" / "config.json").read_text())
+  assert recorded["precision"] == "bf16" and "dtype" not in recorded["model"]
+  assert config_lib.phi1_config(config_lib.apply_overrides(
+      config_lib.base_config(), {"precision": "bf16"})).dtype == "bfloat16"
+  traces = list((tmp_path / "a" / "profile").rglob("*.xplane.pb"))
+  assert traces and traces[0].stat().st_size > 0
+  assert list((tmp_path / "a" / "profile").rglob("*.trace.json.gz"))
+  assert not (tmp_path / "b" / "profile").exists()
+
+
+def test_model_dtype_is_not_a_config_key(corpus):
+  with pytest.raises(KeyError, match="unknown config key 'model.dtype'"):
+    tiny_config(corpus, **{"model.dtype": "bfloat16"})
+  cfg = tiny_config(corpus)
+  cfg.model.dtype = "float16"
+  with pytest.raises(ValueError, match="set precision instead"):
+    train.Trainer(cfg)
