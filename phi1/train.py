@@ -295,12 +295,13 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   stop.install()
 
   def log(pending):  # a closed window's numbers, fetched after the next step was dispatched
-    last.update(pending.fetch())
-    last.update(mfu=mfu(config, trainer.model_config, last["tokens_per_sec"]),
-                data_bad_records=float(pipeline.stats.problems))
-    check_finite(last["loss"], pending.step, last_good, workdir)
-    writer.write(pending.step, last)
-    bar.set_postfix(loss=f"{last['loss']:.3f}", tok_s=f"{last['tokens_per_sec']:,.0f}")
+    logged = pending.fetch()
+    logged.update(mfu=mfu(config, trainer.model_config, logged["tokens_per_sec"]),
+                  data_bad_records=float(pipeline.stats.problems))
+    check_finite(logged["loss"], pending.step, last_good, workdir)
+    writer.write(pending.step, logged)
+    last.update(logged)
+    bar.set_postfix(loss=f"{logged['loss']:.3f}", tok_s=f"{logged['tokens_per_sec']:,.0f}")
 
   try:
     try:
