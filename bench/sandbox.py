@@ -114,11 +114,12 @@ def out_of_scope(tasks, workers: int) -> dict[str, int]:
 
 # Run in a fresh small interpreter, like the worker (the bench's own process is larger, and its
 # forks slower). Each cycle is what the server and child do per program: [mount the tmpfs] fork,
-# [new IPC namespace, new session keyring, load the seccomp filter], exit, wait [unmount]. A
-# protection's cost is the cycle with every protection minus the cycle without that one (so costs
-# the steps share, such as copy-on-write faults of ctypes' pages, are not counted twice). CPU time
-# of this process and its children, best of 5 interleaved rounds (wall time would mostly measure
-# the other jobs on the machine; work the kernel defers to its own threads is not counted).
+# [new IPC namespace], exit, wait [unmount], in a helper process that [has loaded the seccomp
+# filter, which the children inherit, as in the worker]. A protection's cost is the cycle with every
+# protection minus the cycle without that one (so costs the steps share are not counted twice); a
+# fresh session keyring per program, made only where there is no filter, against the bare cycle.
+# CPU time of the helper and its children, best of 5 interleaved rounds (wall time would mostly
+# measure the other jobs on the machine; work the kernel defers to its own threads is not counted).
 COSTS = """
 import json, os, resource, sys, tempfile
 sys.path.insert(0, sys.argv[1])
@@ -126,42 +127,47 @@ import _namespaces as ns, _seccomp
 cycles, syscall_filter, workdir = int(sys.argv[2]), _seccomp.build(), tempfile.mkdtemp()
 ns.check(ns._libc.unshare(ns.CLONE_NEWNS), "unshare")  # our mounts never touch the host's
 ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)
-def load_filter():
-  ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
-  syscall_filter.load()
-CHILD = {"ipc_namespace": ns.new_ipc_namespace, "session_keyring": ns.new_session_keyring,
-         "seccomp_filter": load_filter}
-PROTECTIONS = ["program_tmpfs", *CHILD]
+PROTECTIONS = ["program_tmpfs", "ipc_namespace", "seccomp_filter"]
 def cycle(on):
   if "program_tmpfs" in on:
     ns.mount_program_tmpfs(workdir, 65534, 65534, 256)
   pid = os.fork()
   if pid == 0:
-    for name in on:
-      if name in CHILD:
-        CHILD[name]()
+    if "ipc_namespace" in on:
+      ns.new_ipc_namespace()
+    if "session_keyring" in on:
+      ns.new_session_keyring()
     os._exit(0)
   os.waitpid(pid, 0)
   if "program_tmpfs" in on:
     ns.unmount(workdir)
-def cpu():
-  me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-  return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-variants = {"none": [], "all": PROTECTIONS,
-            **{name: [p for p in PROTECTIONS if p != name] for name in PROTECTIONS}}
+def helper(on):  # CPU seconds per cycle of a process that runs `cycles` of them
+  r, w = os.pipe()
+  if os.fork() == 0:
+    if "seccomp_filter" in on:
+      syscall_filter.load()
+    for _ in range(cycles):
+      cycle(on)
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    os.write(w, repr(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime).encode())
+    os._exit(0)
+  os.close(w)
+  seconds = float(os.read(r, 100))
+  os.close(r)
+  os.wait()
+  return seconds / cycles
+variants = {"none": [], "all": PROTECTIONS, "session_keyring": ["session_keyring"],
+            **{"without_" + name: [p for p in PROTECTIONS if p != name] for name in PROTECTIONS}}
 times = {name: [] for name in variants}
 for _ in range(5):
   for name, on in variants.items():
-    start = cpu()
-    for _ in range(cycles):
-      cycle(on)
-    times[name].append((cpu() - start) / cycles)
+    times[name].append(helper(on))
 os.rmdir(workdir)
 print(json.dumps({k: min(v) for k, v in times.items()}))
 """
 
 
-def protection_costs_us(cycles: int = 300) -> dict[str, float] | None:
+def protection_costs_us(cycles: int = 400) -> dict[str, float] | None:
   """CPU microseconds per program: the fork-exit cycle alone, with every per-program protection,
   and what each protection adds to it (root only)."""
   if os.geteuid() != 0:
@@ -171,8 +177,11 @@ def protection_costs_us(cycles: int = 300) -> dict[str, float] | None:
                        capture_output=True, text=True, timeout=600)
   best = json.loads(out.stdout)
   base, every = best.pop("none"), best.pop("all")
-  return dict(fork_exit_cycle=round(base * 1e6, 1), with_every_protection=round(every * 1e6, 1),
-              **{name: round((every - without) * 1e6, 1) for name, without in best.items()})
+  costs = dict(fork_exit_cycle=round(base * 1e6, 1), with_every_protection=round(every * 1e6, 1))
+  costs.update({name[len("without_"):]: round((every - without) * 1e6, 1)
+                for name, without in best.items() if name.startswith("without_")})
+  costs["session_keyring_without_filter"] = round((best["session_keyring"] - base) * 1e6, 1)
+  return costs
 
 
 def run_ours(tasks, workers: int, **protections) -> tuple[float, float, tuple[str, ...]]:

@@ -13,8 +13,9 @@ Isolation is set up once per worker, so the per-program cost is one fork:
     kills its descendants one generation at a time, which is equally exact.
   * the filesystem is an allow-listed, read-only view (sandbox.filesystem_view), built by bwrap's
     arguments or by `_namespaces.enter_view`.
-Per program, as root: a tmpfs working directory (removed by one unmount), a new IPC namespace and
-a new session keyring; always: the seccomp filter of `_seccomp.py`, loaded last.
+Then the server leaves the host's session keyring and loads the seccomp filter of `_seccomp.py`,
+which every program's child inherits. Per program, as root: a tmpfs working directory (removed by
+one unmount) and a new IPC namespace.
 """
 
 import json
@@ -160,8 +161,6 @@ def _child(program, tokens, out_w, res_w, workdir, cfg):
   sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
   sys.stderr = sys.stdout
   sys.stdin = open(0, closefd=False)
-  if SYSCALL_FILTER is not None:
-    SYSCALL_FILTER.load()
   verdict = os.fstat(3)
   _run_program(program["code"], program["test"], program["entry_point"], tokens,
                (verdict.st_dev, verdict.st_ino))
@@ -496,6 +495,8 @@ def main():
   tmp_root = tempfile.mkdtemp(prefix="phi1-sandbox-")
   os.chmod(tmp_root, 0o711)
   _per_program_protections(cfg, tmp_root, protections)
+  if SYSCALL_FILTER is not None:  # last: from here on the server and every program run under it
+    SYSCALL_FILTER.load()
   import gc
   gc.freeze()  # forked children then leave the pre-imported objects' pages shared
   _send(dict(ready=True, pid=os.getpid(), protections=protections))
