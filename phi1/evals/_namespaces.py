@@ -1,7 +1,8 @@
-"""Namespaces and mounts for the sandbox's fork server (`_worker.py`), through libc via ctypes.
+"""Namespaces, mounts and the session keyring for the sandbox's fork server (`_worker.py`), through
+libc via ctypes.
 
-Python 3.11 has no os.unshare, and mount(2) has no Python binding at all. Everything here changes
-only the calling process's own namespaces, never the host's.
+Python 3.11 has no os.unshare, and mount(2) and keyctl(2) have no Python binding at all. Everything
+here changes only the calling process's own namespaces and keyring, never the host's.
 """
 
 import ctypes

@@ -18,6 +18,7 @@ which every program's child inherits. Per program, as root: a tmpfs working dire
 one unmount) and a new IPC namespace.
 """
 
+import errno
 import json
 import os
 import resource
@@ -464,7 +465,10 @@ def _per_program_protections(cfg, tmp_root, protections):
     cfg["session_keyring"] = SYSCALL_FILTER is None
   except OSError as e:
     cfg["session_keyring"] = False
-    protections["session_keyring"] = f"off ({e}): programs see the host's session keyring"
+    if e.errno in (errno.EPERM, errno.ENOSYS):  # the host's own filter (a container's): ours too
+      protections["session_keyring"] = f"on (keyctl refused here, to programs as well: {e})"
+    else:
+      protections["session_keyring"] = f"off ({e}): programs see the host's session keyring"
 
 
 def main():

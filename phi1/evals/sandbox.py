@@ -29,7 +29,8 @@ bubblewrap when installed or, as root, in namespaces of its own: PID 1 of a new 
 new network, mount, IPC and UTS namespaces and a view built from `filesystem_view()`. Per program it
 forks once; the child calls setsid, gets its tmpfs cwd, stdin from /dev/null, stdout/stderr into a
 pipe, rlimits (address space, CPU, file size, open files, no core), a new IPC namespace,
-no_new_privs, (as root) `nobody`, and last a seccomp filter (`_seccomp.py`). Afterwards every
+no_new_privs, (as root) `nobody`, and runs under the seccomp filter (`_seccomp.py`) the server
+loaded once and it inherited. Afterwards every
 process it started is killed, setsid'd grandchildren included, and its cwd unmounted. Protections
 the machine does not allow are listed once on stderr at start, and in `Sandbox.protections_off`.
 """
