@@ -19,6 +19,9 @@ from data_gen import engine, shards
 from data_gen.filtering import dedup
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# 4 x 4 MinHash buckets instead of 14 x 8: the bucket step runs one task per bucket, and each Ray
+# task or Slurm array entry costs seconds of start-up here (dedup quality: tests/test_dedup.py).
+SMALL = ["--bands", "4", "--rows", "4"]
 
 
 def _corpus(path: pathlib.Path, n: int = 120, seed: int = 0):
@@ -52,7 +55,7 @@ def corpus(tmp_path_factory):
   root = tmp_path_factory.mktemp("engine")
   _corpus(root / "in")
   assert dedup.main(["--input", str(root / "in"), "--out", str(root / "local"), "--tasks", "2",
-                     "--workers", "2"]) == 0
+                     "--workers", "2", *SMALL]) == 0
   local = _outputs(root / "local")
   assert len(local) == 8 and json.loads((root / "local" / "summary.json").read_text())["kept"] < 120
   return root, local
@@ -64,7 +67,7 @@ def test_ray_equals_local(corpus):
   ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
   try:
     assert dedup.main(["--input", str(root / "in"), "--out", str(root / "ray"), "--tasks", "2",
-                       "--executor", "ray", "--mem-per-cpu-gb", "0.25"]) == 0
+                       "--executor", "ray", "--mem-per-cpu-gb", "0.25", *SMALL]) == 0
   finally:
     ray.shutdown()
   assert _outputs(root / "ray") == local
@@ -123,13 +126,13 @@ def test_slurm_submissions_chain_and_equal_local(corpus, tmp_path, monkeypatch):
   assert dedup.main(["--input", str(root / "in"), "--out", str(tmp_path / "slurm"), "--tasks", "2",
                      "--executor", "slurm", "--slurm-partition", "cpu", "--slurm-time", "1:00:00",
                      "--cpus-per-task", "2", "--mem-per-cpu-gb", "3",
-                     "--slurm-job-name", "dd"]) == 0
+                     "--slurm-job-name", "dd", *SMALL]) == 0
   jobs = [json.loads(l) for l in (tmp_path / "sbatch.jsonl").read_text().splitlines()]
   arrays = [j for j in jobs if j["runs"]]
   names = [j["sbatch"]["job-name"] for j in arrays]
   assert names == [f"dd-{s}" for s in ("exact_signatures", "exact_find", "minhash_signatures",
                                        "minhash_buckets", "minhash_cluster", "filter", "finish")]
-  assert [j["sbatch"]["array"] for j in arrays] == ["0-1", "0-0", "0-1", "0-13", "0-0", "0-1",
+  assert [j["sbatch"]["array"] for j in arrays] == ["0-1", "0-0", "0-1", "0-3", "0-0", "0-1",
                                                     "0-0"]
   for before, after in zip(arrays, arrays[1:]):  # each stage waits for the one before it
     assert f"--dependency=afterok:{before['id']}" in after["args"]
@@ -144,7 +147,7 @@ def test_sigkill_then_rerun_gives_the_same_bytes(corpus, tmp_path):
   root, local = corpus
   out = tmp_path / "killed"
   cmd = [sys.executable, "-m", "data_gen", "dedup", "--input", str(root / "in"), "--out", str(out),
-         "--tasks", "2", "--workers", "1"]
+         "--tasks", "2", "--workers", "1", *SMALL]
   env = dict(os.environ, PYTHONPATH=str(REPO))
   for marker in ("exact_signatures/completions/00000", "minhash_signatures/completions/00000",
                  "filter/completions/00000"):
