@@ -33,8 +33,11 @@ def to_record(doc: Document) -> dict:
 def input_shards(input_dir: str | os.PathLike) -> list[str]:
   files = shards.shard_files(str(input_dir))
   if not files and not os.path.isfile(os.path.join(input_dir, "manifest.json")):
-    raise FileNotFoundError(f"{input_dir} holds no finished record shards (shard-*.jsonl.gz or "
-                            ".parquet with their .done markers): run the stage that writes it first")
+    raise FileNotFoundError(
+        f"{input_dir} holds no finished record shards (shard-*.jsonl.gz or .parquet with their "
+        ".done markers): run the stage that writes it first, or for raw files (.py, .jsonl, "
+        "Parquet) `python -m data_gen filter --input PATH --skip annotate,embed,classify,score,"
+        "select`, whose ingest/records/ and dedup/records/ are shards")
   return files
 
 
