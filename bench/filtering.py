@@ -8,10 +8,12 @@ select) on the first `--limit` files of the installed Python source twice, at `-
 GPT-4), then decontaminates the deduplicated records against HumanEval + MBPP the same two ways.
 
 Per stage it prints docs/s at 1 and 2 workers, their ratio, the figures of the single-process
-implementation this replaced (bench/RESULTS.md, `--limit 0` with a 2-process pool), and the hours
-35M files (The Stack's Python subset, paper §2.1) would take on 64 and 512 cores at the measured
-2-worker rate per core (linear in cores: the one-task steps - exact_find, minhash_cluster,
-select's histogram - and shared storage are what would bend that line). Annotation is projected
+implementation this replaced (bench/RESULTS.md, `--limit 0` with a 2-process pool), the CPU time
+per document (this process and its task processes; on a shared machine wall time measures the
+other jobs as much as this one, CPU time does not), and the hours 35M files (The Stack's Python
+subset, paper §2.1) would take on 64 and 512 busy cores at the 2-worker run's CPU time per
+document (the one-task steps - exact_find, minhash_cluster, select's histogram - and shared
+storage are what would bend that line). Annotation is projected
 for the paper's ~100K labels, not 35M, and a loopback server says nothing about a real API's rate
 limits: that line is a floor. embed and classify see the labelled sample only.
 
@@ -30,6 +32,7 @@ import contextlib
 import json
 import os
 import pathlib
+import resource
 import sys
 import tempfile
 import time
@@ -56,27 +59,39 @@ def machine() -> str:
   return f"{os.cpu_count()}-core CPU, no GPU, load average {os.getloadavg()[1]:.1f} (5 min)"
 
 
-def run_pipeline(args, workdir: str, tasks: int, workers: int) -> dict:
+def cpu_seconds() -> float:
+  """CPU time of this process and of its finished children (the engine's task processes)."""
+  own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+  return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_pipeline(args, workdir: str, tasks: int, workers: int) -> tuple[dict, dict]:
+  """Runs the stages one by one: (summaries, CPU seconds per stage)."""
   config = pipeline.FilterConfig(input=args.input, workdir=workdir, limit=args.limit,
                                  sample_size=args.sample_size, n_estimators=args.n_estimators,
                                  embedder=args.embedder, concurrency=32)
+  cpu = {}
   with FakeOpenAI(responder=annotate.offline_judge) as server:
     config.base_url = server.base_url
-    quiet = lambda m: None
-    return pipeline.Pipeline(config, log=quiet,
-                             engine_config=engine.EngineConfig(tasks=tasks, workers=workers)).run()
+    runner = pipeline.Pipeline(config, log=lambda m: None,
+                               engine_config=engine.EngineConfig(tasks=tasks, workers=workers))
+    for stage in pipeline.STAGES:
+      before = cpu_seconds()
+      runner.run(stages=(stage,))
+      cpu[stage] = cpu_seconds() - before  # (annotate's includes the loopback server's threads)
+  return runner.summaries, cpu
 
 
 def time_decontaminate(records_dir: str, out: str, tasks: int, workers: int) -> dict:
-  t = time.time()
+  t, before = time.time(), cpu_seconds()
   with contextlib.redirect_stdout(sys.stderr):
     rc = dc.main(["--input", records_dir, "--out", out, "--tasks", str(tasks), "--workers",
                   str(workers), "--no-prune"])
-  seconds = time.time() - t
+  seconds, cpu = time.time() - t, cpu_seconds() - before
   if rc != 0:
     raise RuntimeError("decontaminate failed")
   report = json.loads((pathlib.Path(out) / "report.json").read_text())
-  return {"docs_in": report["records"], "seconds": seconds}
+  return {"docs_in": report["records"], "seconds": seconds, "cpu_seconds": cpu}
 
 
 from datatrove.utils.word_tokenizers import WordTokenizer  # noqa: E402
@@ -181,9 +196,9 @@ def main() -> None:
     for tasks, workers in ((1, 1), (2, 2)):
       workdir = f"{tmp}/w{workers}"
       t = time.time()
-      summaries = run_pipeline(args, workdir, tasks, workers)
+      summaries, cpu = run_pipeline(args, workdir, tasks, workers)
       wall = time.time() - t
-      rows = {name: {"docs_in": s["docs_in"], "seconds": s["seconds"]}
+      rows = {name: {"docs_in": s["docs_in"], "seconds": s["seconds"], "cpu_seconds": cpu[name]}
               for name, s in summaries.items()}
       rows["decontaminate"] = time_decontaminate(f"{workdir}/dedup/records", f"{tmp}/dc{workers}",
                                                  tasks, workers)
@@ -195,25 +210,31 @@ def main() -> None:
 
   one, two = runs[1]["rows"], runs[2]["rows"]
   print(f"\n{'stage':14s} {'docs':>6s} {'1w docs/s':>10s} {'2w docs/s':>10s} {'2w/1w':>6s} "
-        f"{'before':>7s} {'h@64 cores':>11s} {'h@512 cores':>12s}")
+        f"{'before':>7s} {'CPU ms/doc 1w':>14s} {'2w':>6s} {'h@64 cores':>11s} {'h@512 cores':>12s}")
   table = {}
   for name in two:
     rate1 = one[name]["docs_in"] / max(one[name]["seconds"], 1e-9)
     rate2 = two[name]["docs_in"] / max(two[name]["seconds"], 1e-9)
-    per_core = rate2 / 2
+    cpu1 = one[name]["cpu_seconds"] / max(one[name]["docs_in"], 1)
+    cpu2 = two[name]["cpu_seconds"] / max(two[name]["docs_in"], 1)
     if name == "annotate":
       hours = [PAPER_LABELS / rate2 / 3600] * len(CORES)  # one task: the API account's limits
     elif name in ("embed", "classify"):
       hours = [0.0] * len(CORES)
-    else:
-      hours = [TARGET_FILES / (per_core * c) / 3600 for c in CORES]
+    else:  # every core busy at the measured CPU cost per document (2-worker run)
+      hours = [TARGET_FILES * cpu2 / c / 3600 for c in CORES]
     table[name] = {"docs_in": two[name]["docs_in"], "docs_per_s_1w": round(rate1, 1),
                    "docs_per_s_2w": round(rate2, 1), "scaling": round(rate2 / rate1, 2),
-                   "before_docs_per_s": BEFORE.get(name),
+                   "before_docs_per_s": BEFORE.get(name), "cpu_ms_per_doc_1w": round(1e3 * cpu1, 2),
+                   "cpu_ms_per_doc_2w": round(1e3 * cpu2, 2),
                    "projected_hours": dict(zip(map(str, CORES), (round(h, 2) for h in hours)))}
     before = f"{BEFORE[name]:7d}" if name in BEFORE else f"{'-':>7s}"
     print(f"{name:14s} {two[name]['docs_in']:6d} {rate1:10.1f} {rate2:10.1f} {rate2 / rate1:6.2f} "
-          f"{before} {hours[0]:11.2f} {hours[1]:12.2f}")
+          f"{before} {1e3 * cpu1:14.1f} {1e3 * cpu2:6.1f} {hours[0]:11.2f} {hours[1]:12.2f}")
+  cpu_all = {w: sum(r["cpu_seconds"] for n, r in runs[w]["rows"].items() if n != "decontaminate")
+             for w in (1, 2)}
+  print(f"CPU seconds, whole filter pipeline: {cpu_all[1]:.1f} at 1 worker, {cpu_all[2]:.1f} at 2 "
+        f"(parallel overhead {cpu_all[2] / cpu_all[1] - 1:+.0%}); machine: {machine()}")
   whole1 = runs[1]["pipeline_docs"] / runs[1]["pipeline_seconds"]
   whole2 = runs[2]["pipeline_docs"] / runs[2]["pipeline_seconds"]
   total_h = {str(c): round(sum(r["projected_hours"][str(c)] for r in table.values()), 1)
