@@ -168,3 +168,13 @@ def test_bad_engine_settings_are_clear():
     engine.EngineConfig(executor="slurm")
   with pytest.raises(ValueError, match="--tasks"):
     engine.EngineConfig(tasks=0)
+
+
+def test_a_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+  step = engine.Step("nothing", [], 1)
+  with pytest.raises(ImportError, match=r"pip install 'phi1\[ray\]'"):
+    engine.run(tmp_path, [step], engine.EngineConfig(executor="ray"))
+  monkeypatch.setitem(sys.modules, "datatrove", None)
+  with pytest.raises(ImportError, match=r"pip install 'datatrove==0.10.1'"):
+    engine.require_datatrove()
