@@ -376,6 +376,17 @@ def _paper_line(run: Run, e: Estimate) -> str:
           f"{implied_mfu(e.flops, hours):.3f}")
 
 
+def _duration(seconds: float) -> str:
+  if seconds < 120:
+    return f"{seconds:.2g} s"
+  return f"{seconds / 60:,.1f} min" if seconds < 7200 else f"{seconds / 3600:,.1f} h"
+
+
+def _short_value(value) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _human(n: float) -> str:
   for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
     if n >= size:
@@ -389,13 +400,30 @@ def dry_run(runs: list[Run], *, gpu="A100", mfu=0.4, gpus=8, reference_gpu_hours
   log(f"{runs[0].experiment}: {len(runs)} run(s); compute by phi1/flops.py (6N + causal "
       f"attention per token, forward + backward; remat recompute not counted), on {gpu} "
       f"({flops.PEAK_FLOPS[gpu] / 1e12:g} TFLOP/s dense bf16/fp16 peak) at MFU {mfu:g}\n")
-  estimates = []
+  from experiments import preflight
+  estimates, missing = [], 0
+  differs = preflight.differing_keys(runs) if len(runs) > 1 else {}
+  if differs and next(iter(differs.values())):
+    log("the runs differ in: " + ", ".join(next(iter(differs.values()))) + "\n")
   for run in runs:
     e = estimate(run, gpu, mfu)
     estimates.append(e)
     status = run_identity.status(run.workdir, run.config)
     needs = f"; after {', '.join(run.needs)}" if run.needs else ""
-    log(explain(run, e, gpus) + _paper_line(run, e) + f"\n  status      {status}{needs}\n")
+    lines = [explain(run, e, gpus) + _paper_line(run, e)]
+    if differs.get(run.name):
+      lines.append("  differs     " + ", ".join(f"{k}={_short_value(v)}"
+                                                for k, v in differs[run.name].items()))
+    if e.flops < preflight.CPU_FLOPS_LIMIT:
+      seconds, peak = preflight.cpu_wall_s(e.flops)
+      lines.append(f"  CPU wall    {e.flops:.4g} / ({peak / 1e9:.3g} GFLOP/s measured here x MFU "
+                   f"{preflight.CPU_MFU:g}) = {_duration(seconds)} (compiles and evals extra)")
+    problems = preflight.missing_paths(run)
+    missing += len(problems)
+    lines += [f"  MISSING     {p}" for p in problems]
+    log("\n".join(lines) + f"\n  status      {status}{needs}\n")
+  if missing:
+    log(f"{missing} input path(s) missing (MISSING above): create them or fix the config first\n")
   total_flops = sum(e.flops for e in estimates)
   total_hours = sum(e.gpu_hours for e in estimates)
   log(f"total: {len(runs)} run(s), {_human(sum(e.tokens for e in estimates))} tokens, "

@@ -97,7 +97,7 @@ def test_dry_run_of_phi1_pretrain_shows_50B_tokens_and_the_gpu_hour_arithmetic()
   assert 500 < hours < 1500  # same order as the paper's 770 A100-hours
   implied = float(re.search(r"means MFU = .* = ([\d.]+)", out).group(1))
   assert implied == pytest.approx(total / (770 * 3600 * 312e12), rel=1e-2)
-  assert "6 x N + 6 x L x T x d" in out
+  assert "6 x N + 6 x L x T x d" in out and "CPU wall" not in out  # not a CPU-sized run
 
 
 def test_slurm_scripts_use_one_task_per_node_and_dependencies(experiment, tmp_path):
@@ -192,3 +192,39 @@ def test_grid_names_tell_every_run_apart():
   assert all(n.startswith("model-resid_dropout-") for n in names)  # data.resid_dropout has one value
   assert "seed" not in names[0] and "data-resid_dropout" not in names[0]
   assert runs[0]["data.resid_dropout"] == 0.0 and runs[0]["seed"] == 1
+
+
+def test_dry_run_shows_differences_missing_paths_and_a_cpu_wall_estimate(tmp_path):
+  data = tmp_path / "data.jsonl"
+  data.write_text('{"text": "x"}\n')
+  path = tmp_path / "exp" / "small.py"
+  path.parent.mkdir()
+  path.write_text(textwrap.dedent(f'''
+      from phi1 import config as config_lib
+      from phi1.model import Phi1Config
+
+      def get_config(arg=""):
+        c = config_lib.base_config()
+        c.model = config_lib.model_config(Phi1Config.tiny())
+        c.steps, c.batch_size, c.seq_len = 10, 8, 64
+        c.data.sources = [{{"path": {str(data)!r}, "weight": 1.0}}]
+        return c
+
+      def get_sweep(arg=""):
+        return [{{"name": "base"}},
+                {{"name": "lr", "optimizer.peak_lr": 3e-3,
+                  "data.sources": [{{"path": {str(tmp_path / "pruned" / "missing.jsonl")!r}}}]}},
+                {{"name": "ft", "init_from": "{{run:base}}/export"}},
+                {{"name": "ft2", "init_from": {str(tmp_path / "no_such_export")!r}}}]
+  '''))
+  code, out = run_main(path, "--root", tmp_path / "root", "--dry-run")
+  assert code == 0, out
+  assert "the runs differ in: data.sources, init_from, optimizer.peak_lr" in out
+  blocks = {b.split("  (")[0]: b for b in out.split("\n\n")}
+  assert "optimizer.peak_lr=0.003" in blocks["lr"] and "optimizer.peak_lr=0.001" in blocks["base"]
+  assert f"MISSING     data.sources[0]: {tmp_path / 'pruned' / 'missing.jsonl'}" in blocks["lr"]
+  assert "MISSING" not in blocks["base"] and "MISSING" not in blocks["ft"]  # made by run base
+  assert f"MISSING     init_from: {tmp_path / 'no_such_export'}" in blocks["ft2"]
+  assert "2 input path(s) missing" in out
+  value, unit = re.search(r"CPU wall .* = ([\d.e+-]+) (s|min) \(", blocks["base"]).groups()
+  assert 0 < float(value) * (60 if unit == "min" else 1) < 3600
