@@ -18,6 +18,14 @@ Hoffmann et al. 2022); `--fit-on final` takes one point per run (its final loss)
 Writes loss_vs_compute, loss_vs_tokens and (when any run has them) pass_at_1_vs_compute and
 solution_loss_vs_compute (benchmark reference-solution loss, logged during training or by
 `phi1 eval --solution-loss`) as PNG and SVG, and fits.json.
+
+Reading aids: every run's line carries its name; the points a fit used are ringed; a fit is drawn
+only over the compute it was fitted on; families are in natural order (d64 before d128); log
+axes spanning less than a decade label 1-2-5 ticks (1e15, 2e15, 5e15); pass@1 sits on a [0, 1]
+axis with binomial standard errors sqrt(p(1-p)/n), n = problems scored (in the legend). Fitting
+intermediate evals of runs whose learning rate decays over the run prints a warning (and records
+it in fits.json): before the decay ends a run's loss is above what a run of that length would
+reach, which flattens the fitted exponent; `--fit-on final` avoids it.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import re
 import sys
 
 import numpy as np
@@ -150,19 +159,60 @@ def final_loss(row: dict, loss: str):
   return row.get("final_eval_loss")
 
 
+def natural_key(text: str) -> list:
+  """'d64' < 'd128', 'n_layers-2' < 'n_layers-10': digits compare as numbers."""
+  return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+          for part in re.split(r"(\d+)", str(text)) if part]
+
+
 def families(rows) -> dict[str, list[dict]]:
+  """Family label -> its runs, both in natural order."""
   groups = {}
   several = len({r["sweep_label"] for r in rows}) > 1
   for row in rows:
     family = row.get("family") or row["sweep_label"]
     label = f"{row['sweep_label']}/{family}" if several and family != row["sweep_label"] else family
     groups.setdefault(label, []).append(row)
-  return groups
+  return {label: sorted(groups[label], key=lambda r: natural_key(r.get("name") or ""))
+          for label in sorted(groups, key=natural_key)}
+
+
+def decaying_schedule(row: dict) -> bool:
+  """The run's learning rate decays (end_lr < peak_lr) over its own steps (its config.json)."""
+  try:
+    config = json.loads((pathlib.Path(row.get("workdir") or "") / "config.json").read_text())
+    opt = config["optimizer"]
+    return float(opt["end_lr"]) < float(opt["peak_lr"]) and int(opt["warmup_steps"]) < int(
+        config["steps"])
+  except (OSError, KeyError, ValueError, TypeError):
+    return False
+
+
+def readable_log_axis(axis):
+  """Tick labels a reader can use on a log axis: decades as 1e15 (not 10^15 in mathtext), and
+  1-2-5 ticks labelled too when the data spans less than about a decade."""
+  import matplotlib.ticker as ticker
+  lo, hi = sorted(axis.get_view_interval())
+  subs = (1.0, 2.0, 5.0) if lo > 0 and hi / lo < 30 else (1.0,)
+  axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+  axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _compact(v)))
+  axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _compact(value: float) -> str:
+  if value <= 0:
+    return ""
+  if 1e-3 <= value < 1e4:
+    return f"{value:g}"
+  mantissa, exponent = f"{value:.0e}".split("e")
+  return f"{mantissa}e{int(exponent)}"
 
 
 # ------------------------------------------------------------------------------------------- plots
 def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
-         fit_on: str = "frontier") -> dict:
+         fit_on: str = "frontier", keep_figures: bool = False) -> dict:
+  """Writes the figures and fits.json; `keep_figures` returns the matplotlib figures (by file stem)
+  under "figures", open, for a caller that inspects them."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -185,24 +235,31 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
   fig_t, ax_t = plt.subplots(figsize=(7, 5))
   for i, (label, members) in enumerate(groups.items()):
     color = colors[i % len(colors)]
-    curve_points = []
+    curve_points, intermediate = [], False
     for row in members:
       points = curve(row, loss)
       curve_points += [(c, l) for _, c, l in points]
+      intermediate |= any(t < row["tokens"] for t, _, _ in points) and decaying_schedule(row)
       if points:
         tokens, compute, losses = zip(*points)
-        ax_c.plot(compute, losses, color=color, alpha=0.35, lw=1)
-        ax_t.plot(tokens, losses, color=color, alpha=0.35, lw=1)
+        ax_c.plot(compute, losses, color=color, alpha=0.35, lw=1, gid=f"run:{row['name']}")
+        ax_t.plot(tokens, losses, color=color, alpha=0.35, lw=1, gid=f"run:{row['name']}")
+        for ax, x in ((ax_c, compute[-1]), (ax_t, tokens[-1])):  # name each run's line
+          ax.annotate(row["name"], (x, losses[-1]), fontsize=7, alpha=0.7, color=color,
+                      xytext=(3, 3), textcoords="offset points")
       final = final_loss(row, loss)
       if final is not None and row.get("flops"):
         marker = sweep_marker[row["sweep_label"]]
         ax_c.scatter(row["flops"], final, color=color, marker=marker, zorder=3)
         ax_t.scatter(row["tokens"], final, color=color, marker=marker, zorder=3)
-        ax_t.annotate(row["name"], (row["tokens"], final), fontsize=7, alpha=0.7,
-                      xytext=(3, 3), textcoords="offset points")
+        if not points:
+          for ax, x in ((ax_c, row["flops"]), (ax_t, row["tokens"])):
+            ax.annotate(row["name"], (x, final), fontsize=7, alpha=0.7, color=color,
+                        xytext=(3, 3), textcoords="offset points")
     finals = [(r["flops"], final_loss(r, loss)) for r in members
               if r.get("flops") and final_loss(r, loss) is not None]
-    fit_points = frontier(curve_points) if fit_on == "frontier" and curve_points else finals
+    use_curves = fit_on == "frontier" and curve_points
+    fit_points = frontier(curve_points) if use_curves else finals
     ax_c.scatter([], [], color=color, label=label)
     try:
       fit = fit_power_law(*zip(*fit_points), offset=offset) if fit_points else None
@@ -210,12 +267,21 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
       print(f"plot: no fit for {label}: {e}", file=sys.stderr)
       fit = None
     if fit is not None:
-      grid = np.geomspace(min(c for c, _ in fit_points), max(c for c, _ in fit_points) * 1.5, 100)
-      ax_c.plot(grid, fit(grid), "--", color=color,
+      # Ring the points the fit used; draw the fit over their compute range only.
+      ax_c.scatter(*zip(*fit_points), s=70, facecolors="none", edgecolors=color, lw=1.2,
+                   zorder=4, gid=f"fit-points:{label}", label=f"{label}: fitted points")
+      grid = np.geomspace(min(c for c, _ in fit_points), max(c for c, _ in fit_points), 100)
+      ax_c.plot(grid, fit(grid), "--", color=color, gid=f"fit:{label}",
                 label=f"{label} fit: b = {fit.b:.3f} ± {fit.b_err:.3f}")
       fits[label] = {**dataclasses.asdict(fit), "A (C in FLOPs)": fit.coefficient,
                      "formula": fit.describe(), "fit_on": fit_on, "loss": loss,
                      "points": [list(p) for p in fit_points]}
+      if use_curves and intermediate:
+        warning = (f"{label}: the fit uses intermediate evals of runs whose learning rate decays "
+                   "over the run; before the decay ends their loss is above what a run of that "
+                   "length would reach (the exponent comes out flatter). Use --fit-on final")
+        print(f"plot: warning: {warning}", file=sys.stderr)
+        fits[label]["warning"] = warning
   for ax, xlabel in ((ax_c, "training compute C (FLOPs, 6N + attention)"),
                      (ax_t, "training tokens")):
     ax.set_xscale("log")
@@ -225,12 +291,13 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # 6.5, not 6.5 x 10^0
     ax.yaxis.set_major_formatter(plain)
     ax.yaxis.set_minor_formatter(plain)
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
+    readable_log_axis(ax.xaxis)
     ax.grid(alpha=0.3, which="both")
   ax_c.set_title(f"loss vs compute; fit L = a (C/C0)^-b{' + c' if offset else ''} on the "
                  f"{'compute frontier' if fit_on == 'frontier' else 'final points'}", fontsize=9)
   ax_t.set_title("loss vs tokens (lines: logged evals; markers: final)", fontsize=9)
   ax_c.legend(fontsize=8)
+  figures = {"loss_vs_compute": fig_c, "loss_vs_tokens": fig_t}
   for fig, name in ((fig_c, "loss_vs_compute"), (fig_t, "loss_vs_tokens")):
     written += _save(fig, out / name)
 
@@ -240,10 +307,15 @@ def plot(sources, out_dir, *, loss: str = "eval", offset: bool = False,
     fig = _benchmark_figure(plt, groups, metric, ylabel, colors, markers)
     if fig is not None:
       written += _save(fig, out / stem)
+      figures[stem] = fig
   (out / "fits.json").write_text(json.dumps(fits, indent=2))
   written.append(out / "fits.json")
-  plt.close("all")
-  return {"fits": fits, "files": [str(p) for p in written]}
+  result = {"fits": fits, "files": [str(p) for p in written]}
+  if keep_figures:
+    result["figures"] = figures
+  else:
+    plt.close("all")
+  return result
 
 
 def _benchmark_figure(plt, groups, metric: str, ylabel: str, colors, markers):
@@ -265,17 +337,36 @@ def _benchmark_figure(plt, groups, metric: str, ylabel: str, colors, markers):
         if points:
           ax.plot([c for _, c, _ in points], [v for _, _, v in points], color=color, ls=style,
                   alpha=0.35, lw=1)
-      if finals:
+      if finals and metric == "pass@1":  # binomial standard error over the n problems scored
+        ns = {r["flops"]: problems_scored(r, bench) for r in members
+              if r.get(key) is not None and r.get("flops")}
+        errors = [math.sqrt(p * (1 - p) / ns[c]) if ns.get(c) else 0.0 for c, p in finals]
+        n_text = ", ".join(sorted({str(n) for n in ns.values() if n})) or "?"
+        ax.errorbar(*zip(*finals), yerr=errors, marker=markers[j], ls=style, color=color,
+                    capsize=3, label=f"{label} {bench} (n={n_text})")
+      elif finals:
         ax.plot(*zip(*finals), marker=markers[j], ls=style, color=color, label=f"{label} {bench}")
       drawn = True
   if not drawn:
     return None
   ax.set_xscale("log")
+  readable_log_axis(ax.xaxis)
+  if metric == "pass@1":
+    ax.set_ylim(0, 1)
   ax.set_xlabel("training compute C (FLOPs)")
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3, which="both")
   ax.legend(fontsize=8)
   return fig
+
+
+def problems_scored(row: dict, bench: str) -> int | None:
+  """How many problems the run's pass@1 averages over (its eval protocol's dataset size)."""
+  try:
+    dataset = json.loads(row.get(f"{bench}_protocol") or "{}").get("dataset", {})
+    return int(dataset["num_tasks"]) if isinstance(dataset, dict) else None
+  except (ValueError, KeyError, TypeError):
+    return None
 
 
 def _save(fig, stem: pathlib.Path) -> list[pathlib.Path]:
