@@ -45,7 +45,9 @@ setup(
     version="0.1.0",
     description="phi-1 (Textbooks Are All You Need) in JAX: model, data generation, training, evaluation",
     python_requires=">=3.11",
-    packages=find_packages(include=["phi1", "phi1.*", "data_gen", "data_gen.*"]),
+    # experiments: the helpers experiment files import (recipes, sweep), from any working directory
+    packages=find_packages(include=["phi1", "phi1.*", "data_gen", "data_gen.*", "experiments",
+                                    "experiments.*"]),
     package_data={"data_gen": ["tables/*.yaml", "tables/*.txt"], "phi1": ["evals/data/*.jsonl", "evals/data/*.md"]},
     install_requires=CORE + DATA_GEN,
     extras_require={"test": TEST, "hf": HF, "ray": RAY},

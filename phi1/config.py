@@ -100,16 +100,26 @@ def load_module(spec: str):
   file = pathlib.Path(path)
   if not file.is_file():
     raise FileNotFoundError(f"config file {path} not found (expected experiments/NAME.py)")
-  # Experiment files import their siblings as `experiments.<name>`: make the folder above importable.
-  root = str(file.resolve().parent.parent)
-  if root not in sys.path:
-    sys.path.insert(0, root)
+  _make_experiment_helpers_importable(file)
   module_spec = importlib.util.spec_from_file_location(f"phi1_experiment_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise ValueError(f"{path} must define get_config()")
   return module, arg
+
+
+def _make_experiment_helpers_importable(file: pathlib.Path):
+  """An experiment file anywhere imports the project's helpers as `experiments.recipes` (the
+  installed package; from a plain checkout, the folder beside `phi1`) and modules beside itself,
+  whatever the working directory."""
+  if importlib.util.find_spec("experiments") is None:
+    project = pathlib.Path(__file__).resolve().parents[1]
+    if (project / "experiments" / "__init__.py").is_file():
+      sys.path.append(str(project))
+  folder = str(file.resolve().parent)
+  if folder not in sys.path:
+    sys.path.append(folder)
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]):
