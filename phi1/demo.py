@@ -1,8 +1,12 @@
-"""The main job on one CPU: corpus -> tokenizer -> pretrain -> finetune -> generate -> HumanEval.
+"""The main job on one CPU: corpus -> tokenizer -> pretrain -> finetune -> generate -> HumanEval,
+then the data comparison of paper Figure 2.1 in miniature.
 
 `phi1 demo --workdir DIR` (or `make demo`) runs experiments/cpu_demo.py twice (pretrain, then
 finetune from the pretrained export), completes a few HumanEval prompts, scores HumanEval on a
-subset with the sandboxed harness, and writes everything under DIR. Rerunning resumes or reuses.
+subset with the sandboxed harness, then trains experiments/figure21_cpu.py's runs (raw files vs
+CodeTextbook-like data vs + exercises, two sizes, two budgets, two seeds) and ends with their
+figure (HumanEval solution loss vs compute) and one line with the measured gap and its seed spread.
+Everything goes under DIR; rerunning resumes or reuses.
 """
 
 import argparse
@@ -22,6 +26,9 @@ def main(argv=None) -> int:
   parser.add_argument("--finetune-steps", type=int, default=None)
   parser.add_argument("--humaneval-limit", type=int, default=20,
                       help="HumanEval problems to score (0 skips the evaluation)")
+  parser.add_argument("--figure21", default="full", choices=("full", "ci", "off"),
+                      help="end with the CPU Figure 2.1 (experiments/figure21_cpu.py): full size "
+                           "(~15 min on an idle 2-core machine), the CI size, or not at all")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
   from phi1 import checkpoint, config as config_lib, generate, metrics, train
@@ -58,6 +65,9 @@ def main(argv=None) -> int:
                      "--limit", str(args.humaneval_limit), "--max-new-tokens", "128",
                      "--out", str(workdir / "humaneval"), "--no-progress"])
     summary["humaneval"] = json.loads(out.getvalue().strip().splitlines()[-1])
+  if args.figure21 != "off":
+    summary["figure21"] = figure21(workdir / "figure21", "" if args.figure21 == "full" else "ci",
+                                   progress=not args.no_progress)
   summary["wall_s"] = round(time.perf_counter() - start, 1)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   metrics.plot_losses(workdir / "pretrain")
@@ -68,4 +78,21 @@ finetune    {workdir / 'finetune'}
 completions {workdir / 'completions.json'}
 humaneval   {workdir / 'humaneval'}  pass@1 = {summary.get('humaneval', {}).get('pass@1')}
 summary     {workdir / 'summary.json'}""")
+  if "figure21" in summary:
+    print(f"figure 2.1  {summary['figure21']['figure']}\n{summary['figure21']['line']}")
   return 0
+
+
+def figure21(root: pathlib.Path, arg: str, progress: bool) -> dict:
+  """The data comparison of paper Figure 2.1 at CPU size: train its runs (resuming), draw it."""
+  import sys
+  repo = str(EXPERIMENT.parents[1])
+  if repo not in sys.path:
+    sys.path.insert(0, repo)
+  from experiments import figure21_report, sweep
+  spec = str(EXPERIMENT.parent / "figure21_cpu.py") + (f":{arg}" if arg else "")
+  print(f"== figure 2.1 (CPU): {spec} in {root} ==")
+  sweep.run_local(sweep.expand(spec, root=root), progress=progress)
+  result, line, files = figure21_report.report(root)
+  print(figure21_report.format_table(result))
+  return {"line": line, "figure": files[0], "gaps": result["gaps"]}

@@ -8,7 +8,7 @@ Config keys (set in phi1/config.py's base_config; 0 / () turns each off):
   eval_humaneval_every / eval_mbpp_every   every N steps (and at the last step): generate with the
                          current params (jitted KV-cache decoding, batched), execute in the sandbox,
                          log `<bench>_pass@1` (and `_pass@k` for k <= eval_samples)
-  eval_limit             the first N problems only (0: all)
+  eval_limit             the first N problems only, for both (0: all)
   eval_samples, eval_temperature, eval_max_new_tokens, eval_batch_size   generation settings
                          (greedy by default, as the paper's pass@1)
   eval_mbpp_path         MBPP jsonl (default: phi1/evals/mbpp.py's)
@@ -51,7 +51,8 @@ class TrainingEvals:
       for bench in config.eval_solution_loss:
         splits = (decontamination_splits(config.eval_solution_loss_split, bench)
                   if config.get("eval_solution_loss_split") else None)
-        scorer = SolutionLoss(load_tasks(bench, config), tokenizer,
+        scorer = SolutionLoss(_limited(load_tasks(bench, config), config.get("eval_limit", 0)),
+                              tokenizer,
                               max_len=trainer.model_config.max_seq_len,
                               batch_size=_multiple_of(8, _batch_shards(trainer)))
         self.solution[bench] = (scorer, splits)
