@@ -57,17 +57,17 @@ def test_training_logs_solution_loss_and_pass_at_1_that_the_registry_and_plot_us
 
   # The logged value is the metric of the exported params (the same computation offline).
   model, _ = checkpoint.load_for_inference(workdir)
-  scorer = solution_loss.SolutionLoss(humaneval.load(), load_tokenizer(corpus["tokenizer"]),
-                                      max_len=256)
+  scorer = solution_loss.SolutionLoss(humaneval.load()[:3], load_tokenizer(corpus["tokenizer"]),
+                                      max_len=256)  # eval_limit=3 limits both evals
   np.testing.assert_allclose(scorer(model)["solution_loss"], solution[4], rtol=1e-4)
 
   # `phi1 eval --solution-loss` computes it for any checkpoint; the registry prefers that file.
   from phi1.evals import cli as eval_cli
   assert eval_cli.main(["--bench", "humaneval", "--solution-loss", "--checkpoint", str(workdir),
-                        "--out", str(workdir / "eval_humaneval")]) == 0
+                        "--limit", "3", "--out", str(workdir / "eval_humaneval")]) == 0
   offline = json.loads((workdir / "eval_humaneval" / "solution_loss.json").read_text())
   assert offline["solution_loss"] == pytest.approx(solution[4], rel=1e-4)
-  assert len(offline["per_task"]) == 164 and offline["protocol"]["dataset"]["name"] == "humaneval"
+  assert len(offline["per_task"]) == 3 and offline["protocol"]["dataset"]["name"] == "humaneval"
   row = registry.run_row(workdir)
   assert row["humaneval_solution_loss"] == pytest.approx(solution[4])
   assert row["humaneval_pass@1"] == 0.0
