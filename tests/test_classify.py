@@ -79,4 +79,22 @@ def test_select_by_threshold_and_budget(tmp_path):
   assert on_disk["examples"]["top_kept"][0]["id"] == "r4"
   assert on_disk["examples"]["borderline_dropped"][0]["id"] == "r2"
   assert (tmp_path / "score_distribution.png").stat().st_size > 1000
-  assert select.approx_tokens("def f(x): return x+1") == 10
+
+
+def test_token_budget_counts_with_the_real_tokenizer(tmp_path):
+  """Select's token counts are a tokenizer's (the one the model trains with), not regex words."""
+  from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.train_from_iterator(["def f(x): return x+1\n" * 50], trainers.BpeTrainer(
+      vocab_size=300, special_tokens=["<|endoftext|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.save(str(tmp_path / "tokenizer.json"))
+  count = select.token_counter(str(tmp_path / "tokenizer.json"))
+  text = "def f(x): return x+1\nprint(f(2))\n"
+  assert count(text) == len(tok.encode(text).ids) != len(text.split())
+  from data_gen.filtering import embed
+  with pytest.raises(ValueError, match="no tokenizer"):
+    select.token_counter("embedder", embed.HashingEmbedder())
+  with pytest.raises(FileNotFoundError, match="--tokenizer takes"):
+    select.token_counter(str(tmp_path / "missing.model"))

@@ -84,3 +84,53 @@ def test_data_gen_does_not_import_jax():
           "data_gen.decontaminate.load_problems(['humaneval', 'mbpp'])\n"
           "assert 'jax' not in sys.modules, 'data_gen imported jax'\n")
   subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture(scope="module")
+def codegen_dir(tmp_path_factory):
+  """A small random CodeGenForCausalLM and a byte-level BPE tokenizer, saved as transformers and
+  tokenizers save them (the shape of a codegen-350M-mono download)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  path = tmp_path_factory.mktemp("codegen")
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(TEXTS * 4, trainers.BpeTrainer(
+      vocab_size=300, special_tokens=["<|endoftext|>"],
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.save(str(path / "tokenizer.json"))
+  torch.manual_seed(0)
+  model = transformers.CodeGenForCausalLM(transformers.CodeGenConfig(
+      vocab_size=320, n_positions=256, n_embd=64, n_layer=2, n_head=4, rotary_dim=8, n_inner=128,
+      bos_token_id=None, eos_token_id=None))
+  model.save_pretrained(str(path))
+  return path, model.eval(), tok
+
+
+def test_codegen_embedder_is_mean_pooled_final_hidden_states(codegen_dir):
+  """The paper's embedder spec: `codegen:DIR` equals the masked mean of transformers' CodeGen final
+  (ln_f) hidden states over the document's tokens, L2-normalised."""
+  import torch
+  path, reference, tok = codegen_dir
+  embedder = embed.make_embedder(f"codegen:{path}")
+  assert embedder.name == f"codegen:{path}" and embedder.dim == 64
+  x = embedder.embed(TEXTS)
+  for i, text in enumerate(TEXTS):
+    ids = tok.encode(text).ids
+    assert embedder.encode(text) == ids  # phi-1's tokenizer is CodeGen's: it also counts tokens
+    with torch.no_grad():
+      h = reference.transformer(torch.tensor([ids])).last_hidden_state[0].numpy()
+    ref = h.mean(0) / np.linalg.norm(h.mean(0))
+    np.testing.assert_allclose(x[i], ref, atol=1e-4)
+
+
+def test_codegen_spec_refuses_what_is_not_codegen(tmp_path, codegen_dir):
+  with pytest.raises(FileNotFoundError, match="CodeGen-350M-mono"):
+    embed.check_spec(f"codegen:{tmp_path / 'missing'}")
+  (tmp_path / "phi").mkdir()
+  (tmp_path / "phi" / "config.json").write_text('{"model_type": "phi"}')
+  with pytest.raises(ValueError, match="not CodeGen"):
+    embed.check_spec(f"codegen:{tmp_path / 'phi'}")
+  embed.check_spec(f"codegen:{codegen_dir[0]}")  # the real thing passes

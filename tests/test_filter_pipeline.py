@@ -7,7 +7,7 @@ import json
 import pytest
 
 from data_gen import engine, shards
-from data_gen.filtering import annotate, cli, pipeline
+from data_gen.filtering import annotate, cli, ingest, pipeline
 from phi1.data import records as trainer_records
 from data_gen.testing import FakeOpenAI
 
@@ -23,14 +23,24 @@ def api_key(monkeypatch):
   monkeypatch.setenv("OPENAI_API_KEY", "test-key")
 
 
-def _args(workdir, server, *extra):
-  return ["--input", "stdlib", "--limit", "240", "--workdir", str(workdir), "--base-url",
-          server.base_url, "--sample-size", "200", "--n-estimators", "60", "--tasks", "2", "--workers", "2",
-          *extra]
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  """A small real tokenizer (the CPU preset's is the demo's, trained on the whole stdlib)."""
+  from phi1.tokenizer import train_sentencepiece
+  texts = [r["text"] for _, r in zip(range(60), ingest.iter_records("stdlib", check_python=False))]
+  path = tmp_path_factory.mktemp("tok") / "tok.model"
+  train_sentencepiece(texts, path, vocab_size=512)
+  return str(path)
 
 
-def test_end_to_end_then_resume(tmp_path, server, capsys):
-  assert cli.main(_args(tmp_path, server)) == 0
+def _args(workdir, server, tokenizer, *extra):
+  return ["--preset", "cpu", "--input", "stdlib", "--limit", "240", "--workdir", str(workdir),
+          "--base-url", server.base_url, "--sample-size", "200", "--n-estimators", "60",
+          "--tokenizer", tokenizer, "--tasks", "2", "--workers", "2", *extra]
+
+
+def test_end_to_end_then_resume(tmp_path, server, tokenizer, capsys):
+  assert cli.main(_args(tmp_path, server, tokenizer)) == 0
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   stages = out["stages"]
   assert list(stages) == list(pipeline.STAGES)
@@ -43,7 +53,14 @@ def test_end_to_end_then_resume(tmp_path, server, capsys):
     assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and 0 <= m["f1"] <= 1
     assert m["roc_auc"] > 0.6, (kind, m)  # the judge's signal is learnable from embeddings
   labels = [json.loads(l) for l in (tmp_path / "annotate" / "labels.jsonl").read_text().splitlines()]
-  assert len(labels) == 200 and all(0 <= l["label"] <= 5 for l in labels)
+  assert len(labels) == 200 and {l["label"] for l in labels} == {0, 1}  # the paper's yes/no
+  assert all(l["scale"] == "binary" for l in labels)
+  # Token counts are the tokenizer's, not words.
+  from phi1.tokenizer import load_tokenizer
+  tok = load_tokenizer(tokenizer)
+  scores = {r["id"]: r["tokens"] for r in shards.read_records(str(tmp_path / "score" / "scores"))}
+  first = shards.read_records(str(tmp_path / "dedup" / "records"))[0]
+  assert scores[first["id"]] == len(tok.encode(first["text"]))
   metrics = json.loads((tmp_path / "classify" / "metrics.json").read_text())
   assert len(metrics["models"]["random_forest"]["sweep"]) == 19
   report = json.loads((tmp_path / "select" / "report.json").read_text())
@@ -58,38 +75,45 @@ def test_end_to_end_then_resume(tmp_path, server, capsys):
   assert {"docs_per_s", "mb_per_s", "near_duplicates", "exact_duplicates"} <= set(dedup_summary)
 
   # Same command: everything resumes. A new token budget reruns select only.
-  assert cli.main(_args(tmp_path, server)) == 0
+  assert cli.main(_args(tmp_path, server, tokenizer)) == 0
   again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
   assert all(s["status"] == "resumed" for s in again.values())
-  assert cli.main(_args(tmp_path, server, "--token-budget", "50000")) == 0
+  assert cli.main(_args(tmp_path, server, tokenizer, "--token-budget", "50000")) == 0
   budget = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
   assert [n for n, s in budget.items() if s["status"] == "ran"] == ["select"]
   report = json.loads((tmp_path / "select" / "report.json").read_text())
   assert report["tokens_kept"] <= 50000 and report["selected_by"] == "token_budget"
 
 
-def test_skip_dedup_and_reuse_labels(tmp_path, server, capsys):
+def test_skip_dedup_and_reuse_labels(tmp_path, server, tokenizer, capsys):
   first = tmp_path / "a"
-  assert cli.main(_args(first, server, "--skip", "dedup", "--limit", "120", "--sample-size",
+  assert cli.main(_args(first, server, tokenizer, "--skip", "dedup", "--limit", "120", "--sample-size",
                         "100")) == 0
   stages = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
   assert stages["dedup"]["status"] == "skipped" and stages["score"]["docs_in"] == 120
   # Labels made elsewhere feed a run that skips annotation (no LLM calls).
   second = tmp_path / "b"
-  assert cli.main(_args(second, server, "--limit", "120", "--labels",
+  assert cli.main(_args(second, server, tokenizer, "--limit", "120", "--labels",
                         str(first / "annotate" / "labels.jsonl"), "--base-url",
                         "http://127.0.0.1:9/v1")) == 0
   stages = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["stages"]
   assert stages["annotate"]["docs_out"] == 100
 
 
-def test_clear_errors(tmp_path, server, capsys):
-  assert cli.main(_args(tmp_path, server, "--skip", "annotate", "--limit", "30")) == 2
+def test_clear_errors(tmp_path, server, tokenizer, capsys):
+  assert cli.main(_args(tmp_path, server, tokenizer, "--skip", "annotate", "--limit", "30")) == 2
   assert "labels" in capsys.readouterr().err
-  assert cli.main(_args(tmp_path / "x", server, "--skip", "bogus")) == 2
+  assert cli.main(_args(tmp_path / "x", server, tokenizer, "--skip", "bogus")) == 2
   assert "unknown stages" in capsys.readouterr().err
-  assert cli.main(["--input", str(tmp_path / "missing"), "--workdir", str(tmp_path / "y")]) == 2
+  assert cli.main(["--preset", "cpu", "--input", str(tmp_path / "missing"), "--workdir",
+                   str(tmp_path / "y"), "--tokenizer", tokenizer]) == 2
   assert "does not exist" in capsys.readouterr().err
+  # The paper preset needs its CodeGen directory: said before anything runs (or is paid for).
+  assert cli.main(["--input", "stdlib", "--workdir", str(tmp_path / "z")]) == 2
+  assert "CodeGen-350M-mono" in capsys.readouterr().err and not (tmp_path / "z").exists()
+  assert cli.main(["--preset", "cpu", "--tokenizer", "embedder", "--workdir",
+                   str(tmp_path / "z")]) == 2
+  assert "no tokenizer" in capsys.readouterr().err
 
 
 def test_pipeline_with_phi1_embedder(tmp_path, server):
@@ -98,7 +122,8 @@ def test_pipeline_with_phi1_embedder(tmp_path, server):
   embedder = Phi1Embedder.random("tiny", batch_size=16, buckets=(256,))
   config = pipeline.FilterConfig(input="stdlib", limit=60, workdir=str(tmp_path),
                                  base_url=server.base_url, sample_size=60, n_estimators=20,
-                                 embed_batch=64)
+                                 embed_batch=64, label_scale="additive", token_budget=None,
+                                 embedder="hashing")  # the object below overrides it
   one_task = engine.EngineConfig(tasks=1)  # the model object stays in this process
   summaries = pipeline.Pipeline(config, embedder=embedder, log=lambda m: None,
                                 engine_config=one_task).run()

@@ -1,26 +1,48 @@
 """Annotate: LLM labels of educational value on a sample of the corpus, through data_gen/llm.py.
 
-phi-1 §2.1: GPT-4 labelled ~100K samples of The Stack + StackOverflow with the prompt "determine its
-educational value for a student whose goal is to learn basic coding concepts"; a classifier trained on
-those labels filters the rest. The paper does not publish its prompt, so we use its criterion with
-an additive 0-5 scale, the format FineWeb-Edu and Stack-Edu used (points accumulate per criterion,
-which gives steadier labels than a holistic score). The answer ends with "Educational score: N".
+phi-1 §2.1: GPT-4 labelled ~100K samples of The Stack + StackOverflow, prompted to "determine its
+educational value for a student whose goal is to learn basic coding concepts"; a classifier trained
+on those labels filters the rest. The paper does not publish its prompt or answer format. Two
+scales (`SCALES`):
+- "binary" (default): the paper's question as asked, answered "Educational value: yes|no" -> 1/0;
+- "additive": the same criterion on an additive 0-5 scale, the format FineWeb-Edu and Stack-Edu
+  used (points accumulate per criterion), answered "Educational score: N".
+Either answer is preceded by a short justification.
 
-Each label line stores: id, label (0-5, or null when the answer had no score), rationale, model (as
-the server reported it), prompt_hash (sha256 of the template, so labels from different prompts are
-never mixed silently), request_hash, cost_usd and cached. Calls go through `data_gen.llm.LLM`, so
-reruns are free (content-addressed cache), rate limits and retries are handled, and cost is counted.
+Each label line stores: id, label (0/1 or 0-5, or null when the answer had none), rationale, model
+(as the server reported it), scale, prompt_hash (sha256 of the template, so labels from different
+prompts are never mixed silently), request_hash, cost_usd and cached. Calls go through
+`data_gen.llm.LLM`, so reruns are free (content-addressed cache), rate limits and retries are
+handled, cost is counted, printed as labelling goes, and capped by `budget_usd`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import heapq
 import re
+import sys
+import time
 from typing import Iterable, Sequence
 
-PROMPT_TEMPLATE = """\
+CRITERION = "educational value for a student whose goal is to learn basic coding concepts"
+
+BINARY_TEMPLATE = """\
+Below is an extract from a code file or a programming question-and-answer page. Determine its \
+educational value for a student whose goal is to learn basic coding concepts.
+
+The extract:
+<extract>
+{extract}
+</extract>
+
+Does the extract have educational value for such a student? Briefly justify your answer in up to \
+100 words, then conclude with "Educational value: yes" or "Educational value: no".\
+"""
+
+ADDITIVE_TEMPLATE = """\
 Below is an extract from a code file or a programming question-and-answer page. Judge its \
 educational value for a student whose goal is to learn basic coding concepts, with the additive \
 5-point system below. Points add up as each criterion is met:
@@ -47,23 +69,49 @@ After examining the extract:
 - Conclude with the score in the format: "Educational score: <total points>"\
 """
 
-PROMPT_HASH = hashlib.sha256(PROMPT_TEMPLATE.encode()).hexdigest()
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  name: str
+  template: str
+  answer: re.Pattern          # the last match is the label
+  values: dict[str, int]      # matched text (lower-case) -> label
+  positive_label: int         # labels >= this count as educational for the classifier
+
+  @property
+  def prompt_hash(self) -> str:
+    return hashlib.sha256(self.template.encode()).hexdigest()
+
+  @property
+  def n_labels(self) -> int:
+    return max(self.values.values()) + 1
+
+
+SCALES = {
+    "binary": Scale("binary", BINARY_TEMPLATE,
+                    re.compile(r"Educational value:\s*\**\s*(yes|no)\b", re.I), {"yes": 1, "no": 0}, 1),
+    # 3 of 0-5: FineWeb-Edu's cut.
+    "additive": Scale("additive", ADDITIVE_TEMPLATE,
+                      re.compile(r"Educational score:\s*\**\s*([0-5])\b", re.I),
+                      {str(i): i for i in range(6)}, 3),
+}
+DEFAULT_SCALE = "binary"
 MAX_EXTRACT_CHARS = 6000   # ~1.5K tokens: enough to judge a file, bounds the cost of huge ones
-_SCORE = re.compile(r"Educational score:\s*\**\s*([0-5])\b", re.I)
 
 
-def prompt_for(text: str, max_chars: int = MAX_EXTRACT_CHARS) -> str:
+def prompt_for(text: str, scale: str = DEFAULT_SCALE, max_chars: int = MAX_EXTRACT_CHARS) -> str:
   extract = text if len(text) <= max_chars else text[:max_chars] + "\n[... truncated ...]"
-  return PROMPT_TEMPLATE.format(extract=extract)
+  return SCALES[scale].template.format(extract=extract)
 
 
-def parse_score(answer: str) -> tuple[int | None, str]:
-  """(score 0-5 or None, rationale): the last "Educational score: N" wins; the rest is rationale."""
-  matches = list(_SCORE.finditer(answer))
+def parse_label(answer: str, scale: str = DEFAULT_SCALE) -> tuple[int | None, str]:
+  """(label or None, rationale): the scale's last answer line wins; the rest is rationale."""
+  spec = SCALES[scale]
+  matches = list(spec.answer.finditer(answer))
   if not matches:
     return None, answer.strip()
   last = matches[-1]
-  return int(last.group(1)), answer[:last.start()].strip()
+  return spec.values[last.group(1).lower()], answer[:last.start()].strip()
 
 
 def sample_ids(ids: Iterable[str], n: int, seed: int = 0) -> list[str]:
@@ -75,45 +123,98 @@ def sample_ids(ids: Iterable[str], n: int, seed: int = 0) -> list[str]:
   return heapq.nsmallest(n, ids, key=rank)  # == sorted(ids, key=rank)[:n]
 
 
-async def annotate(records: Sequence[dict], llm, *, max_tokens: int = 256,
-                   temperature: float = 0.0, progress: bool = False) -> list[dict]:
-  """One label dict per record (same order); `llm` is a `data_gen.llm.LLM`."""
-  from data_gen.llm import Request
+class CostReport:
+  """Prints labelling progress and cost to stderr every `every_s` seconds (and at the end), as
+  `textbooks` shows its cost: a 100K-label run is hours of paid requests."""
 
+  def __init__(self, total: int, llm, budget_usd: float | None, every_s: float = 10.0,
+               stream=None):
+    self.total, self.llm, self.budget_usd, self.every_s = total, llm, budget_usd, every_s
+    self.stream = stream if stream is not None else sys.stderr
+    self.done, self.last = 0, time.monotonic()
+
+  def line(self) -> str:
+    s = self.llm.stats
+    budget = f" of ${self.budget_usd:.2f} budget" if self.budget_usd is not None else ""
+    return (f"annotate: {self.done}/{self.total} labelled, ${s.cost_usd:.4f} spent{budget} "
+            f"({s.cache_hits} cached, {s.requests} requests)")
+
+  def update(self, n: int = 1) -> None:
+    self.done += n
+    if time.monotonic() - self.last >= self.every_s:
+      self.last = time.monotonic()
+      print(self.line(), file=self.stream, flush=True)
+
+
+class BudgetSpent(RuntimeError):
+  """Some records were not labelled: the next request could have passed the budget."""
+
+
+async def annotate(records: Sequence[dict], llm, *, scale: str = DEFAULT_SCALE,
+                   max_tokens: int = 256, temperature: float = 0.0, progress: bool = False,
+                   report: CostReport | None = None) -> list[dict]:
+  """One label dict per record (same order); `llm` is a `data_gen.llm.LLM`. Requests the budget
+  refuses do not stop the ones in flight (they are paid for and cached); BudgetSpent then says
+  how many were refused."""
+  from data_gen.llm import BudgetExhausted, Request
+
+  spec = SCALES[scale]
   bar = None
   if progress:
     from tqdm import tqdm
     bar = tqdm(total=len(records), desc="annotate", unit="doc")
 
   async def one(record: dict) -> dict:
-    request = Request(messages=[{"role": "user", "content": prompt_for(record["text"])}],
+    request = Request(messages=[{"role": "user", "content": prompt_for(record["text"], scale)}],
                       params={"temperature": temperature, "max_tokens": max_tokens})
-    completion = await llm.complete(request)
-    label, rationale = parse_score(completion.text)
+    try:
+      completion = await llm.complete(request)
+    except BudgetExhausted:
+      return None
+    label, rationale = parse_label(completion.text, scale)
     if bar is not None:
       bar.update(1)
+      bar.set_postfix_str(f"${llm.stats.cost_usd:.4f}")
+    if report is not None:
+      report.update()
     return {"id": record["id"], "label": label, "rationale": rationale, "model": completion.model,
-            "prompt_hash": PROMPT_HASH, "request_hash": completion.request_hash,
-            "cost_usd": completion.cost_usd, "cached": completion.cached}
+            "scale": scale, "prompt_hash": spec.prompt_hash,
+            "request_hash": completion.request_hash, "cost_usd": completion.cost_usd,
+            "cached": completion.cached}
 
   try:
-    return list(await asyncio.gather(*(one(r) for r in records)))
+    labels = list(await asyncio.gather(*(one(r) for r in records)))
   finally:
     if bar is not None:
       bar.close()
+  refused = sum(l is None for l in labels)
+  if refused:
+    raise BudgetSpent(f"{refused} of {len(records)} records not labelled")
+  return labels
 
 
 def annotate_sync(records: Sequence[dict], *, model: str, base_url: str | None = None,
                   api_key: str | None = None, cache: str | None = None, concurrency: int = 16,
-                  progress: bool = False, **kwargs) -> tuple[list[dict], dict]:
-  """Runs `annotate` on a fresh event loop; returns (labels, LLM stats incl. cost)."""
-  from data_gen.llm import LLM
+                  progress: bool = False, scale: str = DEFAULT_SCALE,
+                  budget_usd: float | None = None, prices=None, report_every_s: float = 10.0,
+                  **kwargs) -> tuple[list[dict], dict]:
+  """Runs `annotate` on a fresh event loop; returns (labels, LLM stats incl. cost). With
+  `budget_usd`, new requests stop before the spend could pass it (cached answers are free) and a
+  RuntimeError says how far labelling got; rerunning with a larger budget pays only for the rest."""
+  from data_gen.llm import LLM, Budget
 
   async def run():
-    llm = LLM(model, base_url=base_url, api_key=api_key, cache=cache, concurrency=concurrency)
+    llm = LLM(model, base_url=base_url, api_key=api_key, cache=cache, concurrency=concurrency,
+              prices=prices, budget=Budget(budget_usd) if budget_usd is not None else None)
+    report = CostReport(len(records), llm, budget_usd, every_s=report_every_s)
     try:
-      labels = await annotate(records, llm, progress=progress, **kwargs)
+      labels = await annotate(records, llm, scale=scale, progress=progress, report=report, **kwargs)
+      print(report.line(), file=sys.stderr, flush=True)
       return labels, llm.stats.as_dict()
+    except BudgetSpent as e:
+      raise RuntimeError(f"{report.line()}; {e}: the --budget-usd ${budget_usd:.2f} would be "
+                         "passed by the next request; raise it and rerun (answers so far are "
+                         "cached and free)") from None
     finally:
       await llm.aclose()
 
@@ -144,4 +245,6 @@ def offline_judge(body: dict) -> str:
   ]
   score = sum(ok for _, ok in checks)
   reasons = "; ".join(f"{name}: {'yes' if ok else 'no'}" for name, ok in checks)
+  if "Educational value: yes" in prompt:  # the binary question: yes at the additive cut
+    return f"{reasons}.\nEducational value: {'yes' if score >= 3 else 'no'}"
   return f"{reasons}.\nEducational score: {score}"

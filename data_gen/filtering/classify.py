@@ -6,8 +6,9 @@ to score the rest of The Stack + StackOverflow; it publishes no accuracy. We tra
 precision, recall and F1 of the positive class at the chosen probability threshold, plus a sweep of
 thresholds so the operating point can be chosen knowingly.
 
-The target is binary: label >= `positive_label` (default 3 of 0-5, FineWeb-Edu's cut) counts as
-"educational". Records whose answer had no score (label None) are left out and counted.
+The target is binary: label >= `positive_label` counts as "educational" (the paper's yes/no
+question: 1 = yes; the additive 0-5 scale: 3, FineWeb-Edu's cut). Records whose answer had no label
+(None) are left out and counted.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def train_and_evaluate(x_ND: np.ndarray, labels: Sequence[int | None], *,
   classifiers, report = {}, {"labels": len(y), "unscored_labels": int((~labelled).sum()),
                              "train": len(train_idx), "held_out": len(test_idx),
                              "positive_label": positive_label,
-                             "label_histogram": np.bincount(y, minlength=6).tolist(), "models": {}}
+                             "label_histogram": np.bincount(y).tolist(), "models": {}}
   for kind in kinds:
     c = Classifier(kind=kind, threshold=threshold, positive_label=positive_label, seed=seed,
                    workers=workers, embedder=embedder)

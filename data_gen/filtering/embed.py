@@ -2,16 +2,19 @@
 
 The paper embeds code with a pretrained CodeGen model and trains a random forest on the embeddings
 (phi-1 §2.1); decontamination compares L2 distances of normalised CodeGen-Mono-350M embeddings (§5).
-Our default, `Phi1Embedder`, is the same recipe on our own architecture: mean-pool the final
-LayerNorm outputs of a phi1 model (one we trained, or one imported from HF with `phi1.hf.from_hf`)
-over a document's tokens, batched and jitted per length bucket.
+`Phi1Embedder` runs that model in our code: a `CodeGenForCausalLM.save_pretrained` directory loads
+through `phi1.hf.from_hf` (phi-1 descends from CodeGen: same block, same tokenizer), and a
+document's embedding is the mean of the final LayerNorm outputs over its tokens (the paper does not
+say how it pools; docs/fidelity.md), batched and jitted per length bucket. Any phi1 model (one we
+trained, or an HF Phi) works the same way.
 
 Every embedder has `name`, `dim` and `embed(texts) -> float32 [N, dim]`, rows L2-normalised.
 - `Phi1Embedder`  : phi1 checkpoint, mean-pooled hidden states. JAX is imported only here, lazily.
 - `HashingEmbedder`: hashed token uni+bigram counts; deterministic, no model, ~1000x cheaper; for CI
                      and as a no-GPU baseline.
 - `SentenceTransformerEmbedder`: any sentence-transformers model, if that package is installed.
-`make_embedder(spec)` builds one from a CLI string: "phi1:DIR" (export, workdir or HF directory),
+`make_embedder(spec)` builds one from a CLI string: "codegen:DIR" (a CodeGen save_pretrained
+directory, checked to be one: the paper's embedder), "phi1:DIR" (export, workdir or HF directory),
 "hashing[:DIM]", "sentence-transformers:NAME", "phi1-random:PRESET" (throughput only).
 """
 
@@ -95,7 +98,8 @@ class Phi1Embedder:
   @classmethod
   def from_checkpoint(cls, path: str | os.PathLike, **kwargs) -> "Phi1Embedder":
     """Model + tokenizer from a params export, a training workdir, or an HF `save_pretrained` dir
-    (phi-1 itself, or any PhiForCausalLM), via `phi1.checkpoint.load_for_inference`."""
+    (phi-1 itself, any PhiForCausalLM or CodeGenForCausalLM), via
+    `phi1.checkpoint.load_for_inference`."""
     from phi1 import checkpoint  # lazy: pulls JAX
     model, tokenizer = checkpoint.load_for_inference(path)
     return cls(model, tokenizer.encode, name=f"phi1:{path}", **kwargs)
@@ -160,9 +164,45 @@ class SentenceTransformerEmbedder:
     return l2_normalise(np.asarray(x, np.float32))
 
 
-def make_embedder(spec: str) -> Embedder:
-  """'phi1:DIR' | 'hashing[:DIM]' | 'sentence-transformers:NAME' | 'phi1-random:PRESET'."""
+def check_codegen_dir(path: str) -> None:
+  """Raises a one-line error unless `path` is a CodeGenForCausalLM save_pretrained directory with
+  its tokenizer (checked before a run spends hours and labels on reaching the embed stage)."""
+  import json
+  config = os.path.join(path, "config.json")
+  if not os.path.isfile(config):
+    raise FileNotFoundError(
+        f"no CodeGen model at {path!r}: the paper embeds with CodeGen-350M-mono; save it there with "
+        "transformers (CodeGenForCausalLM and its tokenizer, save_pretrained), pass --embedder "
+        "codegen:DIR, or use --preset cpu")
+  with open(config) as f:
+    model_type = json.load(f).get("model_type")
+  if model_type != "codegen":
+    raise ValueError(f"{config} is a {model_type!r} model, not CodeGen; use --embedder phi1:{path}")
+  if not any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json",)):
+    raise FileNotFoundError(f"no tokenizer.json beside the CodeGen model in {path}: save its "
+                            "tokenizer there too (AutoTokenizer.save_pretrained)")
+
+
+def check_spec(spec: str) -> None:
+  """What can be checked of an embedder spec without loading a model."""
   kind, _, arg = spec.partition(":")
+  if kind == "codegen":
+    check_codegen_dir(arg)
+  elif kind in ("phi1", "phi1-hf") and not os.path.exists(arg):
+    raise FileNotFoundError(f"embedder checkpoint {arg!r} not found")
+  elif kind not in ("hashing", "phi1-random", "sentence-transformers", "phi1", "phi1-hf"):
+    make_embedder(spec)  # the unknown-kind error
+
+
+def make_embedder(spec: str) -> Embedder:
+  """'codegen:DIR' | 'phi1:DIR' | 'hashing[:DIM]' | 'sentence-transformers:NAME' |
+  'phi1-random:PRESET'."""
+  kind, _, arg = spec.partition(":")
+  if kind == "codegen":
+    check_codegen_dir(arg)
+    embedder = Phi1Embedder.from_checkpoint(arg)
+    embedder.name = f"codegen:{arg}"
+    return embedder
   if kind == "hashing":
     return HashingEmbedder(int(arg) if arg else 1024)
   if kind in ("phi1", "phi1-hf"):
@@ -174,5 +214,5 @@ def make_embedder(spec: str) -> Embedder:
     return Phi1Embedder.random(arg or "tiny")
   if kind == "sentence-transformers":
     return SentenceTransformerEmbedder(arg or "all-MiniLM-L6-v2")
-  raise ValueError(f"unknown embedder {spec!r}; use 'phi1:DIR', 'hashing[:DIM]', "
+  raise ValueError(f"unknown embedder {spec!r}; use 'codegen:DIR', 'phi1:DIR', 'hashing[:DIM]', "
                    f"'sentence-transformers:NAME' or 'phi1-random:PRESET'")

@@ -35,9 +35,11 @@ import time
 from typing import Callable
 
 from data_gen import engine
+from data_gen.filtering import annotate as annotate_lib
 from data_gen.filtering import classify as classify_lib
 from data_gen.filtering import dedup as dedup_lib
 from data_gen.filtering import ingest as ingest_lib
+from data_gen.filtering import presets as presets_lib
 from data_gen.filtering import shard_steps
 from data_gen.filtering import stages as stages_lib
 
@@ -57,29 +59,42 @@ class FilterConfig:
   shingle: int = 5
   bands: int = 14
   rows: int = 8
-  # annotate
-  sample_size: int = 2000          # the paper labelled ~100K
+  # annotate (defaults: the paper's, data_gen/filtering/presets.py)
+  sample_size: int = 100_000       # "~100K" labels (§2.1)
   sample_seed: int = 0
   model: str = "gpt-4"
+  label_scale: str = annotate_lib.DEFAULT_SCALE  # the paper's question, yes/no; or "additive" 0-5
   base_url: str | None = None
   concurrency: int = 16
   labels: str | None = None        # labels.jsonl made elsewhere (with annotate skipped)
+  budget_usd: float | None = None  # the most labelling may spend on new requests
+  price_in: float | None = None    # USD per 1M tokens, for a model the price table lacks
+  price_out: float | None = None
   # embed / classify / score
-  embedder: str = "hashing"
+  embedder: str = f"codegen:{presets_lib.PAPER_CODEGEN_DIR}"
   embed_batch: int = 256
   classifier: str = "random_forest"   # which trained classifier scores the corpus
   n_estimators: int = 200
   held_out: float = 0.2
   threshold: float = 0.5
-  positive_label: int = 3
+  positive_label: int | None = None   # None: the label scale's (binary 1 = yes; additive 3)
   seed: int = 0
+  # token counts (select's budget): "embedder" (its tokenizer), "demo", or a tokenizer path
+  tokenizer: str = "embedder"
   # select: one of these; neither = the classifier threshold
   select_threshold: float | None = None
-  token_budget: int | None = None
+  token_budget: int | None = 6_000_000_000  # ~6B tokens kept (§2.1)
   skip: tuple[str, ...] = ()
   progress: bool = False
 
   def __post_init__(self):
+    if self.label_scale not in annotate_lib.SCALES:
+      raise ValueError(f"label_scale must be one of {sorted(annotate_lib.SCALES)}, got "
+                       f"{self.label_scale!r}")
+    if self.positive_label is None:
+      self.positive_label = annotate_lib.SCALES[self.label_scale].positive_label
+    if (self.price_in is None) != (self.price_out is None):
+      raise ValueError("give both --price-in and --price-out (USD per 1M tokens), or neither")
     unknown = set(self.skip) - set(STAGES)
     if unknown:
       raise ValueError(f"unknown stages to skip {sorted(unknown)}; stages are {STAGES}")
@@ -93,10 +108,10 @@ class FilterConfig:
 _STAGE_KEYS = {
     "ingest": ("input", "limit", "max_bytes", "id_field", "assign_ids", "format"),
     "dedup": ("shingle", "bands", "rows"),
-    "annotate": ("sample_size", "sample_seed", "model", "labels"),
+    "annotate": ("sample_size", "sample_seed", "model", "labels", "label_scale"),
     "embed": ("embedder",),
     "classify": ("n_estimators", "held_out", "threshold", "positive_label", "seed"),
-    "score": ("classifier",),
+    "score": ("classifier", "tokenizer"),
     "select": ("select_threshold", "token_budget"),
 }
 

@@ -4,25 +4,41 @@ phi-1 kept ~6B of >35B tokens (§2.1): a budget, not a fixed threshold. `select(
 keeps the best-scoring records until N tokens; `threshold=t` keeps every record scoring >= t. The
 report (JSON + PNG) shows the score distribution, the operating point and examples on both sides.
 
-Token counts are estimated as the number of word and punctuation tokens (`\\w+|[^\\w\\s]`), which
-tracks a code BPE's count within tens of percent and costs no tokenizer; pass `count_tokens` to use
-a real tokenizer's.
+Token counts are the tokenizer's the model trains with (`token_counter`): CodeGen's, which is
+phi-1's, when the embedder is CodeGen; the CPU demo's; or any tokenizer file.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
-import re
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+TOKENIZERS = "'embedder' (the embedder's own), 'demo' (the CPU demo's), or a tokenizer path"
 
 
-def approx_tokens(text: str) -> int:
-  return len(_TOKEN.findall(text))
+def token_counter(spec: str, embedder=None) -> Callable[[str], int]:
+  """text -> token count with the tokenizer `spec` names (TOKENIZERS)."""
+  if spec == "embedder":
+    encode = getattr(embedder, "encode", None)
+    if encode is None:
+      raise ValueError(f"the {getattr(embedder, 'name', embedder)!r} embedder has no tokenizer to "
+                       "count the token budget with: pass --tokenizer PATH (tokenizer.json, *.model "
+                       "or an HF directory) or --tokenizer demo")
+    return lambda text: len(encode(text))
+  from phi1 import tokenizer as tokenizer_lib  # lazy: phi1 is the trainer's package
+  if spec == "demo":
+    from phi1 import demo_corpus
+    path = demo_corpus.build(demo_corpus.default_cache_dir()).tokenizer_path
+  elif os.path.exists(spec):
+    path = spec
+  else:
+    raise FileNotFoundError(f"tokenizer {spec!r} not found; --tokenizer takes {TOKENIZERS}")
+  encode = tokenizer_lib.load_tokenizer(path).encode
+  return lambda text: len(encode(text))
 
 
 def select(scores: np.ndarray, tokens: np.ndarray, *, threshold: float | None = None,

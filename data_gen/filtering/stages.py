@@ -76,16 +76,21 @@ class Annotate(_OneTask):
     chosen = set(annotate_lib.sample_ids((r["id"] for r in _all_records(self.records_dir)),
                                          c.sample_size, c.sample_seed))
     records = [r for r in _all_records(self.records_dir) if r["id"] in chosen]
+    from data_gen.pricing import Prices
+    scale = annotate_lib.SCALES[c.label_scale]
     labels, llm_stats = annotate_lib.annotate_sync(
         records, model=c.model, base_url=c.base_url, cache=str(self.out("annotate") / "cache.sqlite"),
-        concurrency=c.concurrency, progress=c.progress)
+        concurrency=c.concurrency, progress=c.progress, scale=c.label_scale,
+        budget_usd=c.budget_usd,
+        prices=Prices(c.price_in, c.price_out) if c.price_in is not None else None)
     ingest_lib.write_jsonl(labels, out)
     scored = [l["label"] for l in labels if l["label"] is not None]
     return {"docs_in": len(records), "docs_out": len(labels),
             "bytes_in": sum(len(r["text"].encode("utf-8", "replace")) for r in records),
-            "unscored": len(labels) - len(scored),
-            "label_histogram": np.bincount(scored, minlength=6).tolist() if scored else [0] * 6,
-            "prompt_hash": annotate_lib.PROMPT_HASH, "cost_usd": round(llm_stats["cost_usd"], 4),
+            "unscored": len(labels) - len(scored), "label_scale": c.label_scale,
+            "label_histogram": np.bincount(scored, minlength=scale.n_labels).tolist() if scored
+            else [0] * scale.n_labels,
+            "prompt_hash": scale.prompt_hash, "cost_usd": round(llm_stats["cost_usd"], 4),
             "llm": {k: llm_stats[k] for k in ("requests", "cache_hits", "retries",
                                               "prompt_tokens", "completion_tokens")}}
 
@@ -155,6 +160,7 @@ class Score(PipelineStep):
     if classifier.embedder and classifier.embedder != embedder.name:
       raise ValueError(f"the classifier was trained on {classifier.embedder!r} embeddings but the "
                        f"embedder is now {embedder.name!r}; rerun the embed and classify stages")
+    count_tokens = select_lib.token_counter(c.tokenizer, embedder)
     for batch in batched(data, c.embed_batch):
       t = time.time()
       x_ND = embedder.embed([d.text for d in batch])
@@ -164,7 +170,7 @@ class Score(PipelineStep):
       self.stat_update("seconds_classify", value=time.time() - t, unit="batch")
       for doc, s in zip(batch, scores):
         doc.metadata["score"] = {"score": round(float(s), 5),
-                                 "tokens": select_lib.approx_tokens(doc.text)}
+                                 "tokens": count_tokens(doc.text)}
         yield doc
 
 
