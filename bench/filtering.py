@@ -69,7 +69,8 @@ def run_pipeline(args, workdir: str, tasks: int, workers: int) -> tuple[dict, di
   """Runs the stages one by one: (summaries, CPU seconds per stage)."""
   config = pipeline.FilterConfig(input=args.input, workdir=workdir, limit=args.limit,
                                  sample_size=args.sample_size, n_estimators=args.n_estimators,
-                                 embedder=args.embedder, concurrency=32)
+                                 embedder=args.embedder, concurrency=32,
+                                 tokenizer="demo", token_budget=None)  # the cpu preset's
   cpu = {}
   with FakeOpenAI(responder=annotate.offline_judge) as server:
     config.base_url = server.base_url
