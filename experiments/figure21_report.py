@@ -1,6 +1,6 @@
 """The CPU Figure 2.1's figure and its one-line result, from a sweep root of experiments/figure21_cpu.py.
 
-  python -m experiments.figure21_report runs/figure21 [--out DIR]
+  python -m experiments.figure21_report runs/figure21 [more roots] [--out DIR]
 
 Per (size, budget, data column): the mean and standard deviation over seeds of the final
 `humaneval_solution_loss` (phi1/evals/solution_loss.py) and of the held-out standard-library loss.
@@ -103,6 +103,7 @@ def plot(result: dict, out_dir) -> list[str]:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.ticker
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   sizes = sorted({r["size"] for r in result["rows"]}, key=lambda s: int(s[1:]))
@@ -116,6 +117,7 @@ def plot(result: dict, out_dir) -> list[str]:
         x, y, e = zip(*points)
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=LABELS[family])
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # decades only: no overlap
     ax.set_title(f"{size}", fontsize=10)
     ax.set_xlabel("training compute (FLOPs)")
     ax.grid(alpha=0.3, which="both")
@@ -132,9 +134,11 @@ def plot(result: dict, out_dir) -> list[str]:
   return [str(p) for p in paths] + [str(out / "figure21.json")]
 
 
-def report(root, out_dir=None) -> tuple[dict, str, list[str]]:
-  result = summary(cells(registry.collect([root])))
-  return result, gap_line(result), plot(result, out_dir or root)
+def report(roots, out_dir=None) -> tuple[dict, str, list[str]]:
+  """`roots`: one sweep root or a list of them (e.g. one per size, run side by side)."""
+  roots = [roots] if isinstance(roots, (str, pathlib.Path)) else list(roots)
+  result = summary(cells(registry.collect(roots)))
+  return result, gap_line(result), plot(result, out_dir or roots[0])
 
 
 def format_table(result: dict) -> str:
@@ -149,11 +153,11 @@ def format_table(result: dict) -> str:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.figure21_report", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("root", help="sweep root of experiments/figure21_cpu.py")
-  p.add_argument("--out", help="where the figure goes (default: the root)")
+  p.add_argument("roots", nargs="+", help="sweep root(s) of experiments/figure21_cpu.py")
+  p.add_argument("--out", help="where the figure goes (default: the first root)")
   args = p.parse_args(argv)
   try:
-    result, line, files = report(args.root, args.out)
+    result, line, files = report(args.roots, args.out)
   except FileNotFoundError as e:
     print(f"figure21_report: {e}", file=sys.stderr)
     return 2
