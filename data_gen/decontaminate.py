@@ -5,7 +5,7 @@ phi-1 §5 checks its training data three ways; we compute all three per (record,
   statement or its solution code. The paper used 13-gram overlap as a diagnostic (4 hits, all false
   positives), not to prune: it is reported, and prunes only with `--remove-by ...,ngram`.
 - embedding: L2 distance between the L2-normalised embeddings of the record and of the problem's
-  prompt + solution, with the paper's CodeGen-Mono-350M when `--embedder phi1:DIR` names a
+  prompt + solution, with the paper's CodeGen-Mono-350M when `--embedder codegen:DIR` names a
   `CodeGenForCausalLM.save_pretrained` directory (mean-pooled final hidden states, see
   data_gen/filtering/embed.py). The paper fixes a threshold but does not give it (0.16 is the
   distance of one example pair it shows). Ours is calibrated per embedder unless given
@@ -23,7 +23,7 @@ removed count beside the paper's (42.5K at tau 0.95 to 354K at 0.8, of 879.5K ex
 each benchmark into "similar" problems (some removed record matched them) and "non-similar" ones,
 for Table 3's pass@1 on both parts; a pruned copy of the corpus is written per tau.
 
-  python -m data_gen decontaminate --input DIR --out DIR [--bench humaneval] [--embedder phi1:DIR]
+  python -m data_gen decontaminate --input DIR --out DIR [--bench humaneval] [--embedder codegen:DIR]
 
 `--out DIR` gets report.json, flagged.jsonl (one line per flagged (record, problem) pair at the
 loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match) and pruned/tau_<t>/
@@ -370,7 +370,7 @@ def build_report(result: dict, problems: Sequence[Problem], config: Config, embe
                                                  and p["embedding_distance"] <= threshold})}
                         if threshold is not None else
                         {"enabled": False, "reason": "no embedder configured (pass --embedder "
-                                                     "phi1:DIR with the paper's CodeGen-Mono-350M); "
+                                                     "codegen:DIR with the paper's CodeGen-Mono-350M); "
                                                      "embedding distance is off"}),
           "ast": {"prunes": "ast" in config.remove_by,
                   "unparsable_records": result["stats"]["unparsable"],
@@ -452,8 +452,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--out", required=True, help="output dir: report.json, flagged.jsonl, pruned/")
   ap.add_argument("--taus", default=",".join(map(str, TAUS)))
   ap.add_argument("--embedder", default=None,
-                  help="'phi1:DIR' (a CodeGenForCausalLM directory is the paper's "
-                       "CodeGen-Mono-350M), 'hashing', 'sentence-transformers:NAME'; default: off")
+                  help="'codegen:DIR' (a CodeGenForCausalLM save_pretrained directory: the "
+                       "paper's CodeGen-Mono-350M), 'phi1:DIR', 'hashing', "
+                       "'sentence-transformers:NAME'; default: off")
   ap.add_argument("--embed-threshold", default="auto",
                   help="L2 distance under which a pair is close; 'auto' (default) calibrates it "
                        "per embedder (see --calibration-fpr)")
@@ -496,10 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     config = config_from_args(args)
     if config.combine == "embedding_then_ast" and not args.embedder:
-      raise ValueError("--combine embedding_then_ast needs an embedder (--embedder phi1:DIR)")
+      raise ValueError("--combine embedding_then_ast needs an embedder (--embedder codegen:DIR)")
     if not args.embedder and "embedding" in config.remove_by:
       print("decontaminate: no --embedder, so the embedding distance is off (the paper used "
-            "CodeGen-Mono-350M: --embedder phi1:DIR)", file=sys.stderr)
+            "CodeGen-Mono-350M: --embedder codegen:DIR)", file=sys.stderr)
     settings = decontaminate_steps.Settings(
         input=args.input, out=args.out, benchmarks=tuple(b for b in args.bench.split(",") if b),
         config=config, embedder=args.embedder, humaneval_path=args.humaneval_path,
