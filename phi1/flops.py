@@ -24,7 +24,8 @@ PEAK_FLOPS = {  # dense, per chip, bf16/fp16
 
 
 def matmul_params(c: Phi1Config) -> int:
-  per_layer = 4 * c.d_model * c.d_model + 2 * c.d_model * c.d_ff
+  mlp_matrices = 3 if c.mlp == "swiglu" else 2  # SwiGLU: gate, up and down
+  per_layer = 4 * c.d_model * c.d_model + mlp_matrices * c.d_model * c.d_ff
   return c.n_layers * per_layer + c.d_model * c.vocab_size
 
 

@@ -234,3 +234,13 @@ def test_mlp_is_chosen_by_config():
   assert sorted(nnx.state(swiglu.layers[0].mlp, nnx.Param)) == ["w1", "w2", "w3"]
   with pytest.raises(ValueError, match="mlp must be one of"):
     tiny(mlp="relu")
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_flops_count_every_matmul_kernel(mlp):
+  from phi1 import flops
+  config = tiny(n_layers=2, mlp=mlp)
+  model = Phi1(config, rngs=nnx.Rngs(0))
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  kernels = sum(v.get_value().size for path, v in flat if path[-1] == "kernel")
+  assert flops.matmul_params(config) == kernels
