@@ -26,7 +26,7 @@ exercises for CodeExercises (phi1/demo_corpus.py):
 """
 
 from experiments import recipes
-from experiments import sweep
+from experiments import cpu_switch, grid
 from phi1.model import Phi1Config
 
 # The Python subset of deduplicated The Stack + StackOverflow, unfiltered (paper §2). Point it at
@@ -56,16 +56,10 @@ CPU_STEPS = {12_400: 25, 36_000: 75, PHI1_BASE_STEPS: 50}
 CPU_GROUPS = {"350m_26b": "d64_25steps", "350m_76b": "d64_75steps", "1.3b": "d128"}
 
 
-def _cpu(arg: str) -> bool:
-  if arg not in ("", "cpu"):
-    raise ValueError(f"ablation_data takes '' or 'cpu', got {arg!r}")
-  return arg == "cpu"
-
-
 def get_config(arg: str = ""):
   """The base every run overrides: CodeTextbook pretraining of phi-1-small (350M)."""
   c = recipes.pretrain(Phi1Config.phi1_small())
-  return recipes.cpu_size(c, "pretrain") if _cpu(arg) else c
+  return recipes.cpu_size(c, "pretrain") if cpu_switch.is_cpu(arg, "ablation_data") else c
 
 
 def _data(cpu: bool) -> dict:
@@ -77,7 +71,7 @@ def _data(cpu: bool) -> dict:
 
 
 def get_sweep(arg: str = ""):
-  cpu = _cpu(arg)
+  cpu = cpu_switch.is_cpu(arg, "ablation_data")
   base = get_config(arg)
   sizes, data = (CPU_SIZES if cpu else SIZES), _data(cpu)
   runs = []
@@ -96,7 +90,7 @@ def get_sweep(arg: str = ""):
     finetune.model.update({k: getattr(model, k) for k in ARCH_KEYS})
     paper = PHI1_FINETUNE_PAPER if size == "1.3b" and not cpu else None
     runs.append({"name": f"codetextbook_exercises_{group}", "family": "codetextbook_exercises",
-                 **sweep.config_diff(base, finetune),
+                 **grid.config_diff(base, finetune),
                  "init_from": f"{{run:codetextbook_{group}}}/export",
                  **({"paper": paper} if paper else {})})
   return runs

@@ -22,7 +22,7 @@ CPU switch (`:cpu`): a tiny baseline (d 128, 2 layers) on the CPU demo corpus:
 """
 
 from experiments import recipes
-from experiments import sweep
+from experiments import cpu_switch, grid
 from phi1.model import Phi1Config
 
 STEPS, BATCH = 8_000, 256
@@ -31,22 +31,16 @@ WIDTH_DEPTH = {"wide_shallow": (1280, 12, 20, 5120), "narrow_deep": (768, 36, 12
 WIDTH_DEPTH_CPU = {"wide_shallow": (192, 1, 6, 768), "narrow_deep": (64, 8, 2, 256)}
 
 
-def _cpu(arg: str) -> bool:
-  if arg not in ("", "cpu"):
-    raise ValueError(f"ablation_knobs takes '' or 'cpu', got {arg!r}")
-  return arg == "cpu"
-
-
 def get_config(arg: str = ""):
   """The baseline: phi-1-small pretraining at the ablation budget."""
   c = recipes.pretrain(Phi1Config.phi1_small())
   c.steps, c.batch_size, c.grad_accum = STEPS, BATCH, 4  # 256 = 8 GPUs x 8 sequences x 4
   c.optimizer.schedule_steps = STEPS
-  return recipes.cpu_size(c, "pretrain") if _cpu(arg) else c
+  return recipes.cpu_size(c, "pretrain") if cpu_switch.is_cpu(arg, "ablation_knobs") else c
 
 
 def get_sweep(arg: str = ""):
-  cpu = _cpu(arg)
+  cpu = cpu_switch.is_cpu(arg, "ablation_knobs")
   base = get_config(arg)
   head_dim = base.model.d_model // base.model.n_heads
   rotary = base.model.rotary_dim
@@ -72,6 +66,6 @@ def get_sweep(arg: str = ""):
   for on_prompt in (True, False):
     finetune.data.loss_on_prompt = on_prompt
     runs.append({"name": f"finetune_loss_on_prompt_{on_prompt}".lower(),
-                 "family": "loss_on_prompt", **sweep.config_diff(base, finetune),
+                 "family": "loss_on_prompt", **grid.config_diff(base, finetune),
                  "init_from": "{run:baseline}/export"})
   return runs

@@ -33,7 +33,7 @@ import pathlib
 import sys
 
 from experiments import recipes
-from experiments import sweep
+from experiments import cpu_switch, grid
 from phi1.model import Phi1Config
 
 TAUS = (0.95, 0.9, 0.85, 0.8)
@@ -55,12 +55,6 @@ PRUNED = "data/exercises_decontaminated"  # `decontaminate --out` of the full Co
 PRUNED_CPU = "runs/decontaminated_demo"  # `decontaminate --out` of the demo exercises
 
 
-def _cpu(arg: str) -> bool:
-  if arg not in ("", "cpu"):
-    raise ValueError(f"ablation_pruning takes '' or 'cpu', got {arg!r}")
-  return arg == "cpu"
-
-
 def pruned_path(decontaminated_dir: str, tau: float) -> str:
   """Where `python -m data_gen decontaminate --out DIR` writes the copy pruned at tau (a
   directory of record shards with manifest.json, which phi1.data reads as a source)."""
@@ -70,19 +64,19 @@ def pruned_path(decontaminated_dir: str, tau: float) -> str:
 def get_config(arg: str = ""):
   """The phi-1 finetune recipe on the unpruned exercises (the baseline run)."""
   c = recipes.finetune(Phi1Config.phi1(), init_from="runs/phi1_base/export")
-  if _cpu(arg):
+  if cpu_switch.is_cpu(arg, "ablation_pruning"):
     c = recipes.cpu_size(c, "finetune")
     c.data.packing = "document"  # exercises are short: one per segment (as experiments/cpu_demo.py)
   return c
 
 
 def get_sweep(arg: str = ""):
-  cpu = _cpu(arg)
+  cpu = cpu_switch.is_cpu(arg, "ablation_pruning")
   base = get_config(arg)
   runs = []
   if cpu:  # the tiny model has no phi-1-base: pretrain one first
     pretrain = recipes.cpu_size(recipes.pretrain(Phi1Config.phi1()), "pretrain")
-    runs.append({"name": "base", "family": "pretrain", **sweep.config_diff(base, pretrain)})
+    runs.append({"name": "base", "family": "pretrain", **grid.config_diff(base, pretrain)})
   init = {"init_from": "{run:base}/export"} if cpu else {"paper": PAPER_FINETUNE}
   runs.append({"name": "unpruned", "family": "pruning", **init})
   for tau in TAUS:

@@ -7,10 +7,10 @@ CPU smoke run: phi1 train --config experiments/phi1_small_finetune.py:cpu --work
       --config.init_from=runs/phi1_small_base_cpu/export
 """
 
-from experiments import recipes
+from experiments import cpu_switch, recipes
 from phi1.model import Phi1Config
 
 
 def get_config(arg: str = ""):
   c = recipes.finetune(Phi1Config.phi1_small(), init_from="runs/phi1_small_base/export")
-  return recipes.cpu_size(c, "finetune") if arg == "cpu" else c
+  return recipes.cpu_size(c, "finetune") if cpu_switch.is_cpu(arg, "phi1_small_finetune") else c

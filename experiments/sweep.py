@@ -31,8 +31,6 @@ import contextlib
 import dataclasses
 import datetime
 import io
-import hashlib
-import itertools
 import json
 import os
 import pathlib
@@ -49,6 +47,7 @@ if str(REPO) not in sys.path:  # `python experiments/sweep.py` as well as `-m ex
 
 from phi1 import config as config_lib, demo_corpus, preemption, run_identity  # noqa: E402
 from phi1.run_identity import config_hash  # noqa: E402,F401  (a run's identity, shared)
+from experiments.grid import short_label  # noqa: E402  (run names label values as grid does)
 
 DONE = run_identity.DONE  # JSON marker written when a run finished: config hash, wall time, final metrics
 RUN_INFO = "run.json"  # name, experiment, overrides, config hash, accumulated wall time
@@ -72,58 +71,6 @@ class Run:
     return config_hash(self.config)
 
 
-def grid(base: dict | None = None, **axes) -> list[dict]:
-  """Cartesian product of `axes` (dotted key, with "." written as "__": `model__n_layers=[2, 4]`),
-  each point merged into `base`; names read `n_layers-2_d_model-64`.
-
-  A name holds every axis with more than one value (one value does not tell runs apart), under
-  the shortest key suffix no other axis shares (`model.dropout` vs `data.dropout`), and values
-  that shorten alike (long lists, paths) get a short digest so no two runs share a name."""
-  keys = list(axes)
-  dotted = {k: k.replace("__", ".") for k in keys}
-  labels = {k: _unique_suffix(dotted[k], [dotted[o] for o in keys if o != k]) for k in keys}
-  texts = {k: _value_labels(axes[k]) for k in keys}
-  runs = []
-  for index in itertools.product(*(range(len(axes[k])) for k in keys)):
-    run = dict(base or {})
-    run.update({dotted[k]: axes[k][i] for k, i in zip(keys, index)})
-    run.setdefault("name", "_".join(f"{labels[k]}-{texts[k][i]}" for k, i in zip(keys, index)
-                                    if len(axes[k]) > 1) or "base")
-    runs.append(run)
-  return runs
-
-
-def _unique_suffix(key: str, others: list[str]) -> str:
-  parts = key.split(".")
-  for n in range(1, len(parts) + 1):
-    suffix = ".".join(parts[-n:])
-    if not any(o == suffix or o.endswith("." + suffix) for o in others):
-      return suffix.replace(".", "-")
-  return key.replace(".", "-")
-
-
-def _value_labels(values: list) -> list[str]:
-  """Short readable labels, made distinct with a digest where two different values shorten alike."""
-  labels = [_short(v) for v in values]
-  for i, label in enumerate(labels):
-    if any(labels[j] == label and repr(values[j]) != repr(values[i]) for j in range(len(values))):
-      digest = hashlib.sha256(repr(values[i]).encode()).hexdigest()[:6]
-      labels[i] = f"{label[:16]}-{digest}"
-  return labels
-
-
-def config_diff(base: ml_collections.ConfigDict, target: ml_collections.ConfigDict) -> dict:
-  """Dotted overrides that turn `base` into `target` (e.g. a finetune recipe as a sweep run)."""
-  before = run_identity.flatten(base.to_dict())
-  return {k: v for k, v in run_identity.flatten(target.to_dict()).items()
-          if before.get(k, object()) != v}
-
-
-def _short(value) -> str:
-  text = str(value) if not isinstance(value, float) else f"{value:g}"
-  return re.sub(r"[^A-Za-z0-9.]+", "", text)[:24] or "x"
-
-
 def load_experiment(spec: str):
   """The module of `path/to/NAME.py[:ARG]` and ARG."""
   return config_lib.load_module(spec)
@@ -141,8 +88,8 @@ def expand(spec: str, root=None, extra: dict | None = None) -> list[Run]:
     raise ValueError(f"{spec}: get_sweep returned no runs")
   names = []
   for i, run in enumerate(declared):
-    name = run.get("name") or "_".join(f"{k.split('.')[-1]}-{_short(v)}" for k, v in run.items()
-                                       if k not in SPECIAL_KEYS) or f"run{i}"
+    name = run.get("name") or "_".join(f"{k.split('.')[-1]}-{short_label(v)}"
+                                       for k, v in run.items() if k not in SPECIAL_KEYS) or f"run{i}"
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
       raise ValueError(f"{spec}: run name {name!r} must use only letters, digits, '.', '_', '-'")
     names.append(name)

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from experiments import plot, registry, sweep
+from experiments import grid, plot, registry, sweep
 from phi1 import flops
 from phi1.model import Phi1Config
 
@@ -31,7 +31,7 @@ def experiment(tmp_path):
   path.write_text(textwrap.dedent('''
       from phi1 import config as config_lib
       from phi1.model import Phi1Config
-      from experiments import sweep
+      from experiments import grid
 
       def get_config(arg=""):
         c = config_lib.base_config()
@@ -40,7 +40,7 @@ def experiment(tmp_path):
         return c
 
       def get_sweep(arg=""):
-        runs = sweep.grid({"family": "grid"}, model__n_layers=[1, 2], optimizer__peak_lr=[1e-3, 3e-3])
+        runs = grid.grid({"family": "grid"}, model__n_layers=[1, 2], optimizer__peak_lr=[1e-3, 3e-3])
         runs.append({"name": "ft", "init_from": "{run:n_layers-2_peak_lr-0.001}/export", "steps": 5})
         return runs
   '''))
@@ -185,7 +185,7 @@ def test_a_finished_run_with_a_changed_config_is_stale_refused_and_not_relabelle
 def test_grid_names_tell_every_run_apart():
   long_a = [{"path": "data/a/records.jsonl", "weight": 1.0}]
   long_b = [{"path": "data/a/records.jsonl", "weight": 2.0}]
-  runs = sweep.grid({"steps": 5}, model__resid_dropout=[0.0, 0.1], data__resid_dropout=[0.0],
+  runs = grid.grid({"steps": 5}, model__resid_dropout=[0.0, 0.1], data__resid_dropout=[0.0],
                     data__sources=[long_a, long_b], seed=[1])
   names = [r["name"] for r in runs]
   assert len(set(names)) == 4  # the long values shorten alike: a digest separates them
