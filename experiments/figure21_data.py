@@ -109,7 +109,7 @@ def build(corpus=None, log=print) -> Figure21Data:
   """The four sources (built once per corpus, then reused)."""
   if corpus is None:
     from experiments import recipes
-    corpus = recipes.demo_corpus()
+    corpus = recipes.build_demo_corpus()
   key = hashlib.sha256(json.dumps([_VERSION, corpus.directory, FILTER_DOCUMENTED_SHARE, MIN_DEFS,
                                    MAX_FREE_NAMES, DECONTAMINATION_TAU]).encode()).hexdigest()[:10]
   directory = os.path.join(os.path.dirname(corpus.directory), f"figure21-{key}")

@@ -59,7 +59,14 @@ def finetune(model: Phi1Config, init_from: str):
 
 
 def demo_corpus():
-  """The CPU-size stand-in for the paper's data: the stdlib corpus (built once, then cached)."""
+  """Where the CPU-size stand-in for the paper's data (the stdlib corpus) lives. Builds nothing, so
+  get_config stays pure: `train.run` builds the corpus when a run names its files."""
+  from phi1 import demo_corpus as demo_corpus_lib
+  return demo_corpus_lib.locate(demo_corpus_lib.default_cache_dir())
+
+
+def build_demo_corpus():
+  """The stdlib corpus, built now if it is not cached yet (for code that reads its files)."""
   from phi1 import demo_corpus as demo_corpus_lib
   return demo_corpus_lib.build(demo_corpus_lib.default_cache_dir(), log=lambda *_: None)
 

@@ -198,6 +198,18 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
                log=log)
 
 
+def build_if_named(paths, cache_dir=None):
+  """Build the corpus of `cache_dir` (default settings) if any of `paths` lies in it and is missing.
+
+  Experiment files name the corpus's files through `locate`, which builds nothing (their
+  get_config stays pure, also for `--dry-run`); a run that reads them calls this first."""
+  cache_dir = cache_dir or default_cache_dir()
+  directory = locate(cache_dir).directory + os.sep
+  named = [p for p in paths if p and os.path.abspath(os.fspath(p)).startswith(directory)]
+  if named and not all(os.path.exists(p) for p in named):
+    build(cache_dir)
+
+
 def default_cache_dir() -> str:
   """$PHI1_CACHE, else ~/.cache/phi1: the demo corpus, tokenized copies and compiled programs."""
   return os.environ.get("PHI1_CACHE", os.path.expanduser("~/.cache/phi1"))

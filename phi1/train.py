@@ -29,6 +29,7 @@ from flax import nnx
 
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
+from phi1 import demo_corpus
 from phi1 import flops, log_window, losses, metrics as metrics_lib, precision, preemption
 from phi1 import profiling, run_identity, sharding
 from phi1 import model as model_lib
@@ -265,6 +266,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   run_identity.check_and_record(workdir, config, on_change=on_change,
                                 primary=jax.process_index() == 0)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  demo_corpus.build_if_named(_data_paths(config.data))  # experiment files only name its files
 
   pipeline = data_lib.build(config.data, seq_len=config.seq_len, batch_size=config.batch_size)
   if pipeline.vocab_size is not None and pipeline.vocab_size > trainer.model_config.vocab_size:
@@ -363,6 +365,12 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
     metrics_lib.plot_losses(workdir)
   return last
+
+
+def _data_paths(data_config) -> list[str]:
+  sources = [*data_config.sources, *data_config.get("eval_sources", [])]
+  return [s["path"] if isinstance(s, dict) or hasattr(s, "keys") else s for s in sources] + [
+      data_config.get("tokenizer", "")]
 
 
 def _progress_bar(enabled: bool, start: int, total: int):

@@ -177,3 +177,21 @@ def test_exercises_feed_the_finetuning_pipeline_with_prompt_masking(built):
                      if m and t != tok.eos_id])
   assert kept == "".join(e["completion"] for e in exercises)
   assert int((targets.reshape(-1)[mask.reshape(-1) > 0] == tok.eos_id).sum()) == len(exercises)
+
+
+def test_experiment_configs_name_the_corpus_without_building_it(tmp_path, monkeypatch):
+  """get_config is pure: the CPU configs only name the corpus's files (also on --dry-run)."""
+  from phi1 import config as config_lib
+  monkeypatch.setenv("PHI1_CACHE", str(tmp_path))
+  built = []
+  monkeypatch.setattr(demo_corpus, "build", lambda *a, **k: built.append(a))
+  for spec in ("experiments/cpu_demo.py", "experiments/cpu_sweep.py",
+               "experiments/phi1_small_pretrain.py:cpu"):
+    config = config_lib.load(spec)
+    assert config.data.tokenizer.startswith(str(tmp_path))
+  assert built == [] and not any(tmp_path.iterdir())
+  # A run that reads those files builds the corpus first; paths elsewhere build nothing.
+  demo_corpus.build_if_named([str(tmp_path / "elsewhere.jsonl")])
+  assert built == []
+  demo_corpus.build_if_named([config.data.tokenizer])
+  assert built == [(str(tmp_path),)]
