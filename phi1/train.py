@@ -60,18 +60,22 @@ def make_schedule(opt: ml_collections.ConfigDict, steps: int):
        optax.linear_schedule(opt.peak_lr, opt.end_lr, decay)], [warmup])
 
 
+def decay_mask(params, stacked_layers: bool = False):
+  """True for the parameters weight decay applies to: matrices (linear kernels, embeddings), not
+  biases or LayerNorm parameters, which are 1-D (under scan_layers, parameters in `layers` carry
+  one more, stacked, axis)."""
+  def is_matrix(path, p):
+    stacked = stacked_layers and getattr(path[0], "key", None) == "layers"
+    return p.ndim - int(stacked) >= 2
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
 def make_optimizer(opt: ml_collections.ConfigDict, steps: int, stacked_layers: bool = False):
   schedule = make_schedule(opt, steps)
-  # Decay matrices (linear kernels, embeddings) only: biases and LayerNorm parameters are 1-D
-  # (under scan_layers, parameters in `layers` carry one more, stacked, axis).
-  def decay_mask(params):
-    def is_matrix(path, p):
-      stacked = stacked_layers and getattr(path[0], "key", None) == "layers"
-      return p.ndim - int(stacked) >= 2
-    return jax.tree_util.tree_map_with_path(is_matrix, params)
+  mask = functools.partial(decay_mask, stacked_layers=stacked_layers)
   parts = [optax.clip_by_global_norm(opt.grad_clip)] if opt.grad_clip > 0 else []
   parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
-                           weight_decay=opt.weight_decay, mask=decay_mask))
+                           weight_decay=opt.weight_decay, mask=mask))
   return optax.chain(*parts), schedule
 
 

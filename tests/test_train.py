@@ -295,3 +295,19 @@ def test_model_dtype_is_not_a_config_key(corpus):
   cfg.model.dtype = "float16"
   with pytest.raises(ValueError, match="set precision instead"):
     train.Trainer(cfg)
+
+
+def test_scan_layers_trains_sharded_and_decays_only_matrices(corpus):
+  trainer = train.Trainer(tiny_config(corpus, mesh="fsdp", **{"model.scan_layers": True}))
+  spec = trainer.state_shardings.params["layers"]["mlp"]["fc1"]["kernel"].get_value().spec
+  assert tuple(spec) == (None, "fsdp", None)  # [layers, embed, mlp]: the stack is not split
+  state, losses, batch = trainer.init_state(), [], synthetic_batch(0, 8, 64)
+  for _ in range(4):  # one batch again and again: the loss must fall
+    state, m = trainer.step(state, batch)
+    losses.append(float(m["loss"]))
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  mask = nnx.to_pure_dict(train.decay_mask(trainer.abstract_state.params, stacked_layers=True))
+  layer = mask["layers"]
+  assert layer["mlp"]["fc1"]["kernel"] and layer["self_attn"]["q_proj"]["kernel"]
+  assert not layer["mlp"]["fc1"]["bias"] and not layer["input_layernorm"]["scale"]
+  assert mask["embed_tokens"]["embedding"] and not mask["final_layernorm"]["bias"]
