@@ -172,4 +172,4 @@ def constrain(x, names):
   if active is None:
     return x
   mesh, rules = active
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, rules)))
+  return nn.with_logical_constraint(x, tuple(names), rules=tuple(rules.items()), mesh=mesh)
