@@ -4,7 +4,7 @@ solution loss, phi1/evals/solution_loss.py, is continuous and moves with the dat
 
 Columns (experiments/figure21_data.py builds them from the demo corpus):
   raw                      standard-library files as they are (The Stack+'s stand-in)
-  codetextbook             documented files + textbook-like functions, an equal mix
+  codetextbook             documented files + textbook-like functions, mixed by size
   codetextbook_exercises   codetextbook, then a short finetune on exercises decontaminated
                            against HumanEval (its compute is the pretrain's plus its own)
 at two compute budgets (separate runs of BUDGETS steps, each with its own schedule) and two sizes,
@@ -67,8 +67,8 @@ def get_sweep(arg: str = ""):
   data = figure21_data.build(log=lambda *_: None)
   columns = {
       "raw": [{"path": data.raw, "weight": 1.0, "name": "raw"}],
-      # Equal shares of tokens: the paper mixes CodeTextbook by size, but 0.4M characters of
-      # textbook-like functions among 3.4M of files would be 11% of a few hundred steps.
+      # Mixed by size as the paper's CodeTextbook (data.mixture="tokens": 89% files, 11%
+      # textbook-like functions); `--set data.mixture=weights` gives equal shares instead.
       "codetextbook": [{"path": data.filtered, "weight": 1.0, "name": "filtered"},
                        {"path": data.textbook, "weight": 1.0, "name": "textbook"}],
   }
