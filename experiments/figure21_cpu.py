@@ -30,16 +30,18 @@ SETTINGS = {
 
 
 def _settings(arg: str) -> dict:
-  if arg not in SETTINGS:
-    raise ValueError(f"figure21_cpu takes '' (full) or 'ci', got {arg!r}")
-  return SETTINGS[arg]
+  if arg not in SETTINGS and arg != "cpu":
+    raise ValueError(f"figure21_cpu takes '' (full, CPU-sized already; 'cpu' is the same) or "
+                     f"'ci', got {arg!r}")
+  return SETTINGS["" if arg == "cpu" else arg]
 
 
 def get_config(arg: str = ""):
   s = _settings(arg)
   data = figure21_data.build(log=lambda *_: None)
   c = recipes.cpu_size(recipes.pretrain(Phi1Config.phi1_small()), "pretrain")
-  c.model.update(dict(n_layers=2, rotary_dim=16, max_seq_len=1024 if arg == "" else 128,
+  full = arg != "ci"
+  c.model.update(dict(n_layers=2, rotary_dim=16, max_seq_len=1024 if full else 128,
                       **next(iter(s["sizes"].values()))))
   c.batch_size, c.seq_len = s["batch"], s["seq"]
   c.steps = c.optimizer.schedule_steps = s["budgets"][-1]
@@ -47,12 +49,12 @@ def get_config(arg: str = ""):
   c.data.sources = [{"path": data.raw, "weight": 1.0, "name": "raw"}]
   c.data.eval_sources = [data.eval_files]
   c.data.eval_fraction = 0.0
-  c.eval_batches = 4 if arg == "" else 1
-  c.log_every = 10 if arg == "" else 2
+  c.eval_batches = 4 if full else 1
+  c.log_every = 10 if full else 2
   c.keep_last, c.keep_every = 1, 0
   c.eval_solution_loss = ("humaneval",)
   c.eval_solution_loss_split = data.decontamination_report
-  c.eval_limit = 0 if arg == "" else 16  # CI: the first 16 HumanEval problems
+  c.eval_limit = 0 if full else 16  # CI: the first 16 HumanEval problems
   return c
 
 
@@ -81,7 +83,7 @@ def get_sweep(arg: str = ""):
         for family, sources in columns.items():
           runs.append({"name": f"{family}_{tag}", "family": family, "seed": seed,
                        "data.shuffle_seed": seed, "data.sources": sources,
-                       **model, **_schedule(steps, evals=2 if arg == "" else 1)})
+                       **model, **_schedule(steps, evals=1 if arg == "ci" else 2)})
         ft = s["finetune_steps"]
         runs.append({"name": f"codetextbook_exercises_{tag}", "family": "codetextbook_exercises",
                      "seed": seed, "data.shuffle_seed": seed,
