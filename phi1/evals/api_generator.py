@@ -43,6 +43,24 @@ def extract_code(reply: str) -> str:
   return reply[start:end if end != -1 else len(reply)]
 
 
+async def first_failure_cancels(tasks: Sequence[asyncio.Task]) -> list:
+  """The tasks' results in order; the first exception cancels the rest and is raised.
+
+  FIRST_EXCEPTION returns it while the others still run, so a dead server ends the run at once
+  instead of after every queued request has used up its retries.
+  """
+  if not tasks:
+    return []
+  done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+  for task in pending:
+    task.cancel()
+  await asyncio.gather(*pending, return_exceptions=True)
+  for task in done:
+    if task.exception() is not None:
+      raise task.exception()
+  return [task.result() for task in tasks]
+
+
 def generate_into(jobs: Sequence[tuple[Task, int]], emit: Callable[[str, int, str], None], *,
                   base_url: str, model: str, max_new_tokens: int, temperature: float, top_p: float,
                   stops: Sequence[str], chat: bool = False, concurrency: int = 8, seed: int = 0,
@@ -75,16 +93,9 @@ def generate_into(jobs: Sequence[tuple[Task, int]], emit: Callable[[str, int, st
         emit(task.task_id, j, extract_code(reply.text) if chat else reply.text)
         bar.update(1)
 
-    workers = [asyncio.create_task(worker()) for _ in range(min(concurrency, len(jobs)))]
     try:
-      # The first failure ends the run: FIRST_EXCEPTION returns it while the others still run.
-      done, pending = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
-      for w in pending:
-        w.cancel()
-      await asyncio.gather(*pending, return_exceptions=True)
-      for w in done:
-        if w.exception() is not None:
-          raise w.exception()
+      await first_failure_cancels(
+          [asyncio.create_task(worker()) for _ in range(min(concurrency, len(jobs)))])
     finally:
       bar.close()
       await llm.aclose()

@@ -93,7 +93,7 @@ def grade(tasks: Sequence[Task], rubrics: dict[str, str], samples, *, model: str
           max_attempts: int = 6, concurrency: int = 8) -> list[dict]:
   """One row per sample: task_id, sample_id, score (None if the reply had none), reply, cached."""
   from data_gen import llm as llm_lib  # the one cache / budget / retry implementation
-  from phi1.evals.api_generator import GenerationFailed, retry_policy
+  from phi1.evals.api_generator import GenerationFailed, first_failure_cancels, retry_policy
   by_id = {t.task_id: t for t in tasks}
 
   async def run():
@@ -114,16 +114,9 @@ def grade(tasks: Sequence[Task], rubrics: dict[str, str], samples, *, model: str
       return dict(task_id=sample.task_id, sample_id=sample.sample_id,
                   score=parse_score(reply.text), reply=reply.text, cached=reply.cached)
 
-    jobs = [asyncio.create_task(one(s)) for s in samples]
     try:
-      done, pending = await asyncio.wait(jobs, return_when=asyncio.FIRST_EXCEPTION)
-      for job in pending:
-        job.cancel()
-      await asyncio.gather(*pending, return_exceptions=True)
-      for job in done:
-        if job.exception() is not None:
-          raise job.exception()
-      return [job.result() for job in jobs], llm.stats.as_dict()
+      rows = await first_failure_cancels([asyncio.create_task(one(s)) for s in samples])
+      return rows, llm.stats.as_dict()
     finally:
       await llm.aclose()
 
