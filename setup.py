@@ -32,7 +32,7 @@ DATA_GEN = [
     "xxhash>=3.5,<4",  # datatrove's dedup hashes str, which xxhash 4 refuses
     "aiohttp>=3.14,<4",
     "rapidfuzz>=3.14,<4",
-    "httpx2>=2.16,<3",  # the transport under openai; data_gen plugs aiohttp into it
+    "httpx2>=2.16,<3",  # the transport under openai; phi1.llm plugs aiohttp into it
 ]
 TEST = ["pytest>=9,<10", "pytest-timeout>=2.4,<3", "nbclient>=0.11,<0.12", "nbformat>=5.11,<6",
         "ipykernel>=7,<8"]

@@ -1,4 +1,4 @@
-"""Throughput of data_gen's LLM layer against the loopback OpenAI-compatible server.
+"""Throughput of the LLM client (phi1.llm, what data_gen runs on) against the loopback server.
 
     python bench/llm_throughput.py [--concurrency 64] [--latency 0.05] [--requests 4000]
 
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import openai  # noqa: E402
 
-from data_gen.llm import LLM, Budget, Request  # noqa: E402
+from phi1.llm.client import LLM, Budget, Request  # noqa: E402
 from data_gen.runner import generate  # noqa: E402
 from data_gen.shards import ShardWriter  # noqa: E402
 from data_gen.tables import load_table  # noqa: E402
@@ -116,7 +116,7 @@ def main():
                                            os.path.join(cache_dir, "job")))
   load = max(load_before, os.getloadavg()[0])
   machine = f"{os.cpu_count()}-core {platform.machine()} CPU, no GPU"
-  print(f"data_gen.llm: {m['ours']:.0f} requests/s at concurrency {args.concurrency}, "
+  print(f"phi1.llm.client: {m['ours']:.0f} requests/s at concurrency {args.concurrency}, "
         f"{args.latency * 1000:.0f} ms latency; ideal {ideal:.0f} requests/s "
         f"({m['ours'] / ideal:.0%} of ideal; target >= 80%)")
   print(f"client CPU {m['cpu_us']:.0f} us/request (one free core: ~{1e6 / m['cpu_us']:.0f} "

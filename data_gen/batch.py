@@ -11,8 +11,8 @@ import io
 import json
 import time
 
-from data_gen.llm import LLM, BudgetExhausted, Request, cache_key, parse_response, request_body, \
-    worst_case_tokens
+from phi1.llm.client import (LLM, BudgetExhausted, Request, cache_key, parse_response,
+                             request_body, worst_case_tokens)
 from data_gen.runner import RunSummary, Slots, generate, record_id, run_of
 from data_gen.shards import ShardWriter
 

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from data_gen.llm import Completion, Request
+from phi1.llm.client import Completion, Request
 from data_gen.name_space import topic_name_spaces
 from data_gen.permutation import StratifiedAllocation
 from data_gen.tables import load_table, load_words, name_of, require, weighted

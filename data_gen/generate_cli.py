@@ -130,7 +130,7 @@ def settings(kind: str, args, table: dict, tree: dict | None) -> dict:
 
 def _plan(kind: str, args, table: dict, out_dir: str, slots) -> int:
   from data_gen.plan import plan
-  from data_gen.pricing import Prices, prices_for
+  from phi1.llm.pricing import Prices, prices_for
   tree, note = None, None
   if kind == "textbooks":
     from data_gen.topic_tree import load_tree
@@ -205,8 +205,8 @@ def main(kind: str, argv: list[str]) -> int:
 
 
 async def _run(kind: str, args, table: dict, out_dir: str, slots):
-  from data_gen.llm import LLM, Budget, FatalAPIError, RetryPolicy
-  from data_gen.pricing import Prices
+  from phi1.llm.client import LLM, Budget, FatalAPIError, RetryPolicy
+  from phi1.llm.pricing import Prices
   from data_gen.provenance import ProvenanceError, choose_run
   from data_gen.runner import generate
   from data_gen.shards import OutputLocked, ShardWriter

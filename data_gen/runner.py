@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from typing import Protocol
 
-from data_gen.llm import (LLM, BudgetExhausted, Completion, FatalAPIError, Request, RetriesExhausted,
-                          canonical_json, sha256)
+from phi1.llm.client import (LLM, BudgetExhausted, Completion, FatalAPIError, Request,
+                             RetriesExhausted, canonical_json, sha256)
 from data_gen.shards import ShardWriter
 
 

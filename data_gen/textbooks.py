@@ -16,7 +16,7 @@ import hashlib
 import math
 import random
 
-from data_gen.llm import Completion, Request
+from phi1.llm.client import Completion, Request
 from data_gen.permutation import Permutation, StratifiedAllocation
 from data_gen.tables import load_table, load_words, name_of, require
 from data_gen.topic_tree import leaves_by_topic, placeholder

@@ -18,7 +18,7 @@ import re
 
 import yaml
 
-from data_gen.llm import Request
+from phi1.llm.client import Request
 
 PROMPT = """List {width} distinct, specific subtopics of "{topic}: {subtopic}" that one section of a \
 Python programming textbook could be about. One per line, each under ten words, no numbering and no \

@@ -1,5 +1,5 @@
 """Annotation: the paper's yes/no question (default) and the additive 0-5 prompt, label parsing,
-sampling, calls through data_gen.llm to a loopback OpenAI-compatible server, the cost printed as
+sampling, calls through phi1.llm.client to a loopback OpenAI-compatible server, the cost printed as
 labelling goes and the budget."""
 
 import pytest
@@ -98,8 +98,8 @@ def test_binary_labels_cost_printed_as_it_goes_and_budget(tmp_path, monkeypatch,
     assert stats["cost_usd"] > 0 and f"${stats['cost_usd']:.4f} spent" in lines[-1]
     # A budget smaller than the run: stops before passing it, says how far it got.
     # Each request reserves its worst case (prompt bytes + max_tokens) first: room for about 4.
-    from data_gen.llm import worst_case_tokens
-    from data_gen.pricing import prices_for
+    from phi1.llm.client import worst_case_tokens
+    from phi1.llm.pricing import prices_for
     body = {"messages": [{"role": "user", "content": annotate.prompt_for(records[0]["text"])}],
             "max_tokens": 256}
     budget = 4.5 * prices_for("gpt-4").cost(*worst_case_tokens(body))

@@ -1,5 +1,6 @@
-"""Package boundaries: phi1 never imports data_gen (manifest.json is their contract), and data_gen
-uses only the openai SDK's public API (private modules and methods change without notice)."""
+"""Package boundaries: phi1 never imports data_gen (manifest.json is their contract; the LLM client
+both use lives in phi1.llm), and the LLM client uses only the openai SDK's public API (private
+modules and methods change without notice)."""
 
 import ast
 import pathlib
@@ -21,20 +22,15 @@ def _imported_modules(path: pathlib.Path) -> list[str]:
   return names
 
 
-# The eval harness's API clients (generation through an OpenAI-compatible server, the graded
-# bench's grader) reuse data_gen's LLM layer, imported inside the functions that need it.
-API_CLIENTS = {"phi1/evals/api_generator.py", "phi1/evals/graded.py"}
-
-
 def test_no_module_under_phi1_imports_data_gen():
   offenders = {str(p.relative_to(REPO)): name for p in (REPO / "phi1").rglob("*.py")
-               for name in _imported_modules(p) if name.split(".")[0] == "data_gen"
-               and str(p.relative_to(REPO)) not in API_CLIENTS}
+               for name in _imported_modules(p) if name.split(".")[0] == "data_gen"}
   assert not offenders, f"phi1 must not import data_gen: {offenders}"
 
 
 def test_importing_the_trainer_and_data_pipeline_loads_no_data_gen():
-  code = ("import sys, phi1.train, phi1.data, phi1.data.records, phi1.cli, phi1.evals.cli\n"
+  code = ("import sys, phi1.train, phi1.data, phi1.data.records, phi1.cli, phi1.evals.cli, "
+          "phi1.evals.api_generator, phi1.evals.graded, phi1.llm.client\n"
           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'data_gen'))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        cwd=REPO, env={"PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"})
@@ -44,9 +40,9 @@ def test_importing_the_trainer_and_data_pipeline_loads_no_data_gen():
 _PRIVATE_ATTRIBUTE = re.compile(r"\b(?:openai|client|self\.client|_client)\._[a-zA-Z]\w*")
 
 
-def test_data_gen_uses_only_the_public_openai_api():
+def test_llm_client_and_data_gen_use_only_the_public_openai_api():
   offenders = []
-  for path in (REPO / "data_gen").rglob("*.py"):
+  for path in [*(REPO / "phi1").rglob("*.py"), *(REPO / "data_gen").rglob("*.py")]:
     private_imports = [n for n in _imported_modules(path)
                        if n.split(".")[0] == "openai" and any(p.startswith("_") for p in n.split(".")[1:])]
     private_calls = _PRIVATE_ATTRIBUTE.findall(path.read_text())

@@ -176,7 +176,7 @@ def test_batch_backend_generates_and_tops_up(tmp_path, small_table):
 
 
 def test_generation_stack_does_not_import_jax():
-  code = ("import sys, data_gen.__main__, data_gen.llm, data_gen.runner, data_gen.textbooks, "
+  code = ("import sys, data_gen.__main__, phi1.llm.client, data_gen.runner, data_gen.textbooks, "
           "data_gen.exercises, data_gen.batch, data_gen.report, data_gen.shards, data_gen.testing; "
           "from data_gen.exercises import make_checker; make_checker().close(); "
           "print('jax' in sys.modules)")

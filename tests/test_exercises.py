@@ -7,7 +7,7 @@ import pytest
 
 from data_gen.exercises import ExerciseTask, SandboxChecker, SubprocessChecker, exercise_cells, \
     function_names
-from data_gen.llm import LLM, RetryPolicy
+from phi1.llm.client import LLM, RetryPolicy
 from data_gen.runner import generate
 from data_gen.shards import ShardWriter, read_records
 from data_gen.tables import load_table

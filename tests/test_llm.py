@@ -1,4 +1,5 @@
-"""data_gen.llm against the real loopback OpenAI-compatible server, through the real openai client."""
+"""phi1.llm.client against the real loopback OpenAI-compatible server, through the real openai
+client."""
 
 import asyncio
 import time
@@ -7,10 +8,10 @@ import httpx2
 import openai
 import pytest
 
-from data_gen.llm import (LLM, Budget, BudgetExhausted, FatalAPIError, MissingAPIKey, Request,
+from phi1.llm.client import (LLM, Budget, BudgetExhausted, FatalAPIError, MissingAPIKey, Request,
                           RetriesExhausted, RetryPolicy)
-from data_gen.pricing import Prices, prices_for
-from data_gen.ratelimit import TokenBucket
+from phi1.llm.pricing import Prices, prices_for
+from phi1.llm.ratelimit import TokenBucket
 from data_gen.testing import FakeOpenAI, body_hash
 
 FAST_RETRY = RetryPolicy(max_attempts=12, base_s=0.005, max_s=0.02)

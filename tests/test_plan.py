@@ -10,7 +10,7 @@ import pytest
 from data_gen.__main__ import main
 from data_gen.exercises import ExerciseTask
 from data_gen.plan import plan
-from data_gen.pricing import prices_for
+from phi1.llm.pricing import prices_for
 from data_gen.runner import Slots
 from data_gen.textbooks import TextbookTask
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from data_gen.exercises import ExerciseTask
-from data_gen.llm import LLM
+from phi1.llm.client import LLM
 from data_gen.report import build_report, main, near_duplicates
 from data_gen.runner import generate
 from data_gen.shards import ShardWriter, read_records

@@ -3,7 +3,7 @@
 import asyncio
 import collections
 
-from data_gen.llm import LLM, Completion
+from phi1.llm.client import LLM, Completion
 from data_gen.runner import generate
 from data_gen.shards import ShardWriter, read_records
 from data_gen.tables import load_table

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 import yaml
 
-from data_gen.llm import LLM
+from phi1.llm.client import LLM
 from data_gen.testing import FakeOpenAI
 from data_gen.textbooks import TextbookTask
 from data_gen.topic_tree import expand, leaves_by_topic, load_tree, parse_leaves, write_tree

@@ -1,4 +1,4 @@
-"""Annotate: LLM labels of educational value on a sample of the corpus, through data_gen/llm.py.
+"""Annotate: LLM labels of educational value on a sample of the corpus, through phi1/llm/client.py.
 
 phi-1 §2.1: GPT-4 labelled ~100K samples of The Stack + StackOverflow, prompted to "determine its
 educational value for a student whose goal is to learn basic coding concepts"; a classifier trained
@@ -12,7 +12,7 @@ Either answer is preceded by a short justification.
 Each label line stores: id, label (0/1 or 0-5, or null when the answer had none), rationale, model
 (as the server reported it), scale, prompt_hash (sha256 of the template, so labels from different
 prompts are never mixed silently), request_hash, cost_usd and cached. Calls go through
-`data_gen.llm.LLM`, so reruns are free (content-addressed cache), rate limits and retries are
+`phi1.llm.client.LLM`, so reruns are free (content-addressed cache), rate limits and retries are
 handled, cost is counted, printed as labelling goes, and capped by `budget_usd`.
 """
 
@@ -153,10 +153,10 @@ class BudgetSpent(RuntimeError):
 async def annotate(records: Sequence[dict], llm, *, scale: str = DEFAULT_SCALE,
                    max_tokens: int = 256, temperature: float = 0.0, progress: bool = False,
                    report: CostReport | None = None) -> list[dict]:
-  """One label dict per record (same order); `llm` is a `data_gen.llm.LLM`. Requests the budget
+  """One label dict per record (same order); `llm` is a `phi1.llm.client.LLM`. Requests the budget
   refuses do not stop the ones in flight (they are paid for and cached); BudgetSpent then says
   how many were refused."""
-  from data_gen.llm import BudgetExhausted, Request
+  from phi1.llm.client import BudgetExhausted, Request
 
   spec = SCALES[scale]
   bar = None
@@ -201,7 +201,7 @@ def annotate_sync(records: Sequence[dict], *, model: str, base_url: str | None =
   """Runs `annotate` on a fresh event loop; returns (labels, LLM stats incl. cost). With
   `budget_usd`, new requests stop before the spend could pass it (cached answers are free) and a
   RuntimeError says how far labelling got; rerunning with a larger budget pays only for the rest."""
-  from data_gen.llm import LLM, Budget
+  from phi1.llm.client import LLM, Budget
 
   async def run():
     llm = LLM(model, base_url=base_url, api_key=api_key, cache=cache, concurrency=concurrency,

@@ -76,7 +76,7 @@ class Annotate(_OneTask):
     chosen = set(annotate_lib.sample_ids((r["id"] for r in _all_records(self.records_dir)),
                                          c.sample_size, c.sample_seed))
     records = [r for r in _all_records(self.records_dir) if r["id"] in chosen]
-    from data_gen.pricing import Prices
+    from phi1.llm.pricing import Prices
     scale = annotate_lib.SCALES[c.label_scale]
     labels, llm_stats = annotate_lib.annotate_sync(
         records, model=c.model, base_url=c.base_url, cache=str(self.out("annotate") / "cache.sqlite"),

@@ -1,4 +1,4 @@
-"""Generation through an OpenAI-compatible server, on data_gen's LLM layer (data_gen/llm.py).
+"""Generation through an OpenAI-compatible server, on the project's one LLM client (phi1.llm).
 
 That layer's retries (exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
 connections, honouring Retry-After; a 429 pauses every request) and bounded concurrency are used as
@@ -24,9 +24,9 @@ class GenerationFailed(RuntimeError):
 
 
 def retry_policy(max_attempts: int):
-  """data_gen's retry policy with a backoff ceiling of 30 s: a dead server is given up on (and
+  """The LLM client's retry policy with a backoff ceiling of 30 s: a dead server is given up on (and
   the run stopped) within about a minute of its first failure at the default 6 attempts."""
-  from data_gen import llm as llm_lib
+  from phi1.llm import client as llm_lib
   if max_attempts < 1:
     raise ValueError(f"--max-attempts must be at least 1, got {max_attempts}")
   return llm_lib.RetryPolicy(max_attempts=max_attempts, base_s=1.0, max_s=30.0,
@@ -66,7 +66,7 @@ def generate_into(jobs: Sequence[tuple[Task, int]], emit: Callable[[str, int, st
                   stops: Sequence[str], chat: bool = False, concurrency: int = 8, seed: int = 0,
                   retry=None, timeout_s: float = 300.0, progress: bool = True):
   """Request every (task, sample) of `jobs`; emit(task_id, sample_id, raw) per answer."""
-  from data_gen import llm as llm_lib  # the one retry / rate-limit implementation
+  from phi1.llm import client as llm_lib  # the one retry / rate-limit implementation
 
   async def run():
     llm = llm_lib.LLM(model, base_url=base_url, concurrency=concurrency, retry=retry,

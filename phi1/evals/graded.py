@@ -10,8 +10,9 @@ id, prompt, and a reference and/or rubric notes; `test` optional).
     phi1 eval --bench graded --problems mine.jsonl --openai-base-url URL --model M --grader-model G
 
 The model continues each prompt (HumanEval's format: signature + docstring). Each completion goes to
-an OpenAI-compatible grader through data_gen's LLM layer: the response cache (--out/grader_cache.sqlite:
-a rerun pays nothing for grades it has), a USD budget (--grader-budget-usd), retries with backoff.
+an OpenAI-compatible grader through phi1.llm, the client data_gen uses too: the response cache
+(--out/grader_cache.sqlite: a rerun pays nothing for grades it has), a USD budget
+(--grader-budget-usd), retries with backoff.
 The grader sees the problem, the reference, the rubric notes and the student's solution, and ends
 its reply with "Score: N" (0-10; temperature 0). The score is the mean over completions, as a
 percentage (Table 2's unit). Problems with a test are also executed: pass@1 is reported beside it.
@@ -92,7 +93,7 @@ def grade(tasks: Sequence[Task], rubrics: dict[str, str], samples, *, model: str
           base_url: str | None, cache: str | None, budget_usd: float | None = None,
           max_attempts: int = 6, concurrency: int = 8) -> list[dict]:
   """One row per sample: task_id, sample_id, score (None if the reply had none), reply, cached."""
-  from data_gen import llm as llm_lib  # the one cache / budget / retry implementation
+  from phi1.llm import client as llm_lib  # the one cache / budget / retry implementation
   from phi1.evals.api_generator import GenerationFailed, first_failure_cancels, retry_policy
   by_id = {t.task_id: t for t in tasks}
 

@@ -1,4 +1,5 @@
-"""Async LLM client for corpus generation on the official `openai` client (any OpenAI-compatible URL).
+"""Async LLM client on the official `openai` client (any OpenAI-compatible URL), for corpus
+generation (data_gen) and evaluation (phi1.evals).
 
     llm = LLM("gpt-3.5-turbo", cache="out/cache.sqlite", concurrency=64)
     completion = await llm.complete(Request(messages=[{"role": "user", "content": "..."}],
@@ -12,7 +13,7 @@ What a run of millions of requests needs, in the order a request meets it:
   semaphore bounded concurrency (the SDK's aiohttp transport: see `http`);
   retries   exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
             connections / malformed bodies, honouring Retry-After; other 4xx fail fast;
-  cache     the response is stored (group-committed, see data_gen.cache) before it is returned.
+  cache     the response is stored (group-committed, see phi1.llm.cache) before it is returned.
 Each endpoint's request is built once from the `openai` client's public attributes (URL, query,
 auth, organisation/project, user agent and platform headers: see `LLM._endpoint`) and the client's
 HTTP client sends every attempt; we skip only the SDK's per-request layer (option models, URL re-parsing, header merging, pydantic
@@ -37,9 +38,9 @@ import aiohttp
 import httpx2
 import openai
 
-from data_gen.cache import ResponseCache
-from data_gen.pricing import Prices, prices_for
-from data_gen.ratelimit import RateLimiter
+from phi1.llm.cache import ResponseCache
+from phi1.llm.pricing import Prices, prices_for
+from phi1.llm.ratelimit import RateLimiter
 
 
 class MissingAPIKey(RuntimeError):
