@@ -79,10 +79,8 @@ def describe(changes: dict) -> str:
 
 
 def latest_step(workdir) -> int | None:
-  directory = pathlib.Path(workdir) / "checkpoints"
-  steps = [int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit()] \
-      if directory.is_dir() else []
-  return max(steps, default=None)
+  from phi1.checkpoint import kept_steps  # flax and orbax load only when a workdir is compared
+  return max(kept_steps(workdir), default=None)
 
 
 def read(workdir) -> dict:
