@@ -116,13 +116,19 @@ def test_budget_stops_cleanly_before_it_is_exceeded(tmp_path):
   manifest = json.load(open(out / "manifest.json"))
   assert manifest["records"] == summary["stored"] and manifest["usage"]["cost_usd"] <= budget
   assert len(read_records(str(out))) == summary["stored"]
-  # The budget covers the directory: the same command again adds nothing and spends nothing.
+  # The budget covers the directory, not each run: the same command again stays under it in total.
+  # (It may still add a record or two: requests differ in worst-case cost, and a shorter prompt
+  # than the one the first run stopped on can fit in what is left. A fresh budget would add ~as
+  # many records as the first run did.)
   with FakeOpenAI() as server:
     r = subprocess.run(_command("exercises", 500, out, server, "--budget-usd", str(budget)),
                        env=_env(OPENAI_API_KEY=KEY), capture_output=True, text=True, timeout=120)
   again = json.loads(r.stdout.strip().splitlines()[-1])
-  assert r.returncode == 0 and again["stopped"] == "budget" and again["added"] == 0
-  assert json.load(open(out / "manifest.json"))["usage"]["cost_usd"] <= budget
+  assert r.returncode == 0 and again["stopped"] == "budget"
+  assert again["added"] <= summary["stored"] // 4
+  manifest = json.load(open(out / "manifest.json"))
+  assert manifest["usage"]["cost_usd"] <= budget
+  assert manifest["records"] == summary["stored"] + again["added"] == len(read_records(str(out)))
 
 
 def test_output_of_another_kind_is_a_clear_error(tmp_path, small_table):
