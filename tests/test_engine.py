@@ -178,3 +178,21 @@ def test_a_missing_extra_names_the_pip_command(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, "datatrove", None)
   with pytest.raises(ImportError, match=r"pip install 'datatrove==0.10.1'"):
     engine.require_datatrove()
+
+
+def test_corpus_stages_leave_jax_unloaded_so_workers_fork():
+  # A process with JAX loaded starts its engine workers with forkserver (~0.5 s a step, and their
+  # CPU time is not this process's to measure); the filter stages' imports, the demo tokenizer
+  # included, must not pull it in through phi1.data's package imports.
+  code = textwrap.dedent("""
+      import sys
+      from data_gen import engine
+      from data_gen.filtering import pipeline, select, stages
+      from phi1 import demo_corpus
+      from phi1.data import records
+      assert "jax" not in sys.modules and "grain" not in sys.modules, "JAX was imported"
+      print(engine._start_method())
+  """)
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == "fork"
