@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from phi1 import sharding
 from phi1.kv_cache import KVCache
 from phi1.model import DTYPES, Phi1
 
@@ -156,7 +157,8 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
                     max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                     eos_id: int | None = None, seed: int = 0, batch_size: int | None = None,
                     should_stop: Callable[[list[int]], bool] | None = None,
-                    check_every: int = 16, vocab_limit: int | None = None) -> list[list[int]]:
+                    check_every: int = 16, vocab_limit: int | None = None,
+                    mesh: jax.sharding.Mesh | None = None) -> list[list[int]]:
   """Generate up to `max_new_tokens` after each prompt; returns the new tokens only.
 
   A row ends at `eos_id` (excluded from the output) or when `should_stop(tokens_so_far)` is true;
@@ -165,6 +167,11 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   `vocab_limit` (default: the model's vocab_size) are generated. Prompts are
   sorted by length and run `batch_size` at a time (default: all at once); the last batch is padded
   to the same size so it reuses the compiled functions.
+
+  With `mesh` (the params' mesh, as in a training run) each batch is split over the mesh's
+  data-parallel axes: every device decodes its own rows, on every process of a multi-host run, and
+  the tokens are gathered back so each process returns all of them. Every process must call this
+  with the same prompts. `batch_size` is rounded up to a multiple of the number of batch shards.
   """
   _check_args(model, prompt_tokens, max_new_tokens, temperature, top_p, batch_size)
   c = model.config
@@ -178,6 +185,10 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   seed = np.uint32(seed % 2**32)
   order = sorted(range(len(prompt_tokens)), key=lambda i: len(prompt_tokens[i]))
   B = batch_size or len(order)
+  put = _placer(mesh)
+  if mesh is not None:
+    shards = sharding.batch_shards(mesh)
+    B = -(-B // shards) * shards
   results: list[list[int] | None] = [None] * len(order)
   for start in range(0, len(order), B):
     ids = order[start:start + B]
@@ -193,24 +204,44 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
     lengths_B = np.asarray([len(row) for row in rows], np.int32)
     row_ids_B = np.asarray(ids + [ids[0]] * (B - len(ids)), np.int32)
     sampling = dict(greedy=greedy, use_top_p=use_top_p)
+    tokens_BP, lengths_B, row_ids_B = put(tokens_BP), put(lengths_B), put(row_ids_B)
     state = _prefill(graphdef, params, tokens_BP, lengths_B, seed, row_ids_B, temperature,
                      top_p, vocab_limit, eos, cache_len=cache_len, n_out=cache_len - P, **sampling)
     while True:
       limit = max_new_tokens if should_stop is None else min(
-          int(state.step) + check_every, max_new_tokens)
+          int(_to_host(state.step)) + check_every, max_new_tokens)
       state = _decode(graphdef, params, state, np.int32(limit), seed, row_ids_B, temperature, top_p,
                       vocab_limit, eos, **sampling)
-      step, done_B, tokens_BN = jax.device_get((state.step, state.done_B, state.tokens_BN))
+      step, done_B, tokens_BN = map(_to_host, (state.step, state.done_B, state.tokens_BN))
       rows_out = [_cut_at_eos(tokens_BN[r, :step].tolist(), eos_id) for r in range(B)]
       if should_stop is None or step >= max_new_tokens or done_B.all():
         break
       stopped_B = done_B | np.asarray([should_stop(t) for t in rows_out])
       if stopped_B.all():
         break
-      state = dataclasses.replace(state, done_B=jnp.asarray(stopped_B))
+      state = dataclasses.replace(state, done_B=put(stopped_B))
     for r, i in enumerate(ids):
       results[i] = rows_out[r]
   return results
+
+
+def _placer(mesh) -> Callable[[np.ndarray], jax.Array | np.ndarray]:
+  """Host batch arrays as they enter the jitted functions: as they are without a mesh, else as
+  global arrays split over the batch axes (each process fills only its own devices' rows)."""
+  if mesh is None:
+    return lambda x: x
+  def put(x: np.ndarray) -> jax.Array:
+    where = sharding.batch_sharding(mesh, x.ndim)
+    return jax.make_array_from_callback(x.shape, where, lambda idx: x[idx])
+  return put
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+  """The whole array on this host; rows held by other processes are gathered from them."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _cut_at_eos(tokens: list[int], eos_id: int | None) -> list[int]:
@@ -227,7 +258,8 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 
 def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
              temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
-             seed: int = 0, batch_size: int | None = None, truncate: str = "error") -> list[str]:
+             seed: int = 0, batch_size: int | None = None, truncate: str = "error",
+             mesh: jax.sharding.Mesh | None = None) -> list[str]:
   """Completions of `prompts` (text), cut before the first stop string; sampling is seeded.
 
   `tokenizer` has `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id` and `vocab_size`
@@ -235,6 +267,7 @@ def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int 
   A prompt that leaves no room for `max_new_tokens` in the context raises, or with
   truncate="left" loses its first tokens (for few-shot prompts: the oldest examples go first, the
   question stays), as evaluation harnesses do; a warning says how many prompts were cut.
+  `mesh` splits each batch over the mesh's data-parallel axes (see `generate_tokens`).
   """
   if isinstance(prompts, str):
     raise ValueError("prompts must be a list of strings, not one string")
@@ -256,5 +289,6 @@ def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int 
   tokens = generate_tokens(
       model, prompt_tokens, max_new_tokens=max_new_tokens,
       temperature=temperature, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed,
-      batch_size=batch_size, should_stop=should_stop, vocab_limit=tokenizer.vocab_size)
+      batch_size=batch_size, should_stop=should_stop, vocab_limit=tokenizer.vocab_size,
+      mesh=mesh)
   return [cut_at_stop(tokenizer.decode(t), stop) for t in tokens]

@@ -181,3 +181,33 @@ def test_left_truncation_keeps_the_end_of_a_prompt_longer_than_the_context(model
   expected = gen.generate(model, tok, [tok.decode(long_ids[-120:]), tok.decode(short_ids)],
                           max_new_tokens=8)
   assert out == expected and len(out[0]) == 8
+
+
+def test_a_mesh_splits_each_batch_over_devices_and_gives_the_same_tokens(model, monkeypatch):
+  from jax.sharding import NamedSharding, PartitionSpec
+  from phi1 import sharding
+  mesh = sharding.make_mesh("dp")
+  assert sharding.batch_shards(mesh) == 8
+  graphdef, params = nnx.split(model)
+  on_mesh = nnx.merge(graphdef, jax.device_put(params, NamedSharding(mesh, PartitionSpec())))
+  rows_per_device = []
+  prefill = gen._prefill
+
+  def recording(*args, **kwargs):
+    state = prefill(*args, **kwargs)
+    rows_per_device.append({s.data.shape[0] for s in state.tokens_BN.addressable_shards})
+    return state
+
+  monkeypatch.setattr(gen, "_prefill", recording)
+  prompts = PROMPTS * 4  # 12 prompts: batch_size 5 becomes 8 (a multiple of the 8 shards)
+  alone = gen.generate_tokens(model, prompts, max_new_tokens=12, batch_size=5)
+  split = gen.generate_tokens(on_mesh, prompts, max_new_tokens=12, batch_size=5, mesh=mesh)
+  assert split == alone
+  assert rows_per_device == [{5}] * 3 + [{1}] * 2  # 3 unsplit batches, then 2 of B=8 over 8
+  tok = CharTokenizer()
+  text = [tok.decode(p) for p in prompts]
+  full = gen.generate(model, tok, text, max_new_tokens=20, temperature=0.7, seed=1)
+  stop = full[0][3:5]
+  assert (gen.generate(on_mesh, tok, text, max_new_tokens=20, temperature=0.7, seed=1,
+                       stop=[stop], mesh=mesh)
+          == gen.generate(model, tok, text, max_new_tokens=20, temperature=0.7, seed=1, stop=[stop]))

@@ -13,8 +13,9 @@ Config keys (set in phi1/config.py's base_config; 0 / () turns each off):
                          (greedy by default, as the paper's pass@1)
   eval_mbpp_path         MBPP jsonl (default: phi1/evals/mbpp.py's)
 MBPP uses the zero-shot docstring prompt here: a small model's context rarely holds the 3-shot one.
-Every process generates (the params are sharded over all of them); process 0 alone executes and
-logs. The time each eval took is logged as `<bench>_eval_s`, so its overhead per step is visible.
+Generation is split over the training mesh's data-parallel axes: each device decodes its share of
+the prompts (on every process of a multi-host run) and the tokens are gathered back; process 0
+alone executes and logs. The time each eval took is logged as `<bench>_eval_s`, so its overhead per step is visible.
 """
 
 import time
@@ -100,7 +101,7 @@ class TrainingEvals:
                               max_new_tokens=int(c.get("eval_max_new_tokens", 128)),
                               temperature=float(c.get("eval_temperature", 0.0)), stop=stops,
                               seed=int(c.seed), batch_size=int(c.get("eval_batch_size", 16)),
-                              truncate="left")
+                              truncate="left", mesh=self.trainer.mesh)
     if jax.process_index() != 0:
       return {}
     samples = [run_lib.Sample(t.task_id, j, postprocess.cut_at_stops(texts[i * n + j], stops))
