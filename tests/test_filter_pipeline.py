@@ -55,6 +55,10 @@ def test_end_to_end_then_resume(tmp_path, server, tokenizer, capsys):
   labels = [json.loads(l) for l in (tmp_path / "annotate" / "labels.jsonl").read_text().splitlines()]
   assert len(labels) == 200 and {l["label"] for l in labels} == {0, 1}  # the paper's yes/no
   assert all(l["scale"] == "binary" for l in labels)
+  # Both embed tasks' parts, merged in the labels' order (the classifier's split must not depend on
+  # the number of tasks).
+  assert json.loads((tmp_path / "embed" / "ids.json").read_text()) == [l["id"] for l in labels]
+  assert stages["embed"]["docs_in"] == 200 and len(list((tmp_path / "embed" / "_parts").iterdir())) == 2
   # Token counts are the tokenizer's, not words.
   from phi1.tokenizer import load_tokenizer
   tok = load_tokenizer(tokenizer)

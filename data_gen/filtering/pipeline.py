@@ -8,7 +8,8 @@ Ray); sharded stages run one task per shard and write one record shard per task
   workdir/dedup/records/, clusters/  kept records and duplicate clusters (exact + 4-stage MinHash)
   workdir/annotate/labels.jsonl      LLM labels of the sample (1 task: the LLM's rate limits,
                                      budget and cache are global to the API account)
-  workdir/embed/x.npy, ids.json      embeddings of the labelled sample (1 task)
+  workdir/embed/x.npy, ids.json      embeddings of the labelled sample (N tasks, each embedding
+                                     the labelled records of its shards; merged in label order)
   workdir/classify/<kind>.pkl        trained classifiers; metrics.json: held-out P/R/F1 + sweep
   workdir/score/scores/              every record's score and token count (N tasks, the model and
                                      classifier loaded once per task)

@@ -1,8 +1,8 @@
 """The filter pipeline's stages (other than dedup, see dedup.py) as datatrove steps.
 
 Each stage only declares its steps (`steps`); data_gen/engine.py runs them. Sharded stages
-(ingest, score, the select filter) run one task per shard; the stages that need the whole sample
-or corpus at once (annotate, embed, classify, select's histogram) run one task. See pipeline.py
+(ingest, embed, score, the select filter) run one task per shard; the steps that need the whole
+sample or corpus at once (annotate, classify, embed's merge, select's histogram) run one task. See pipeline.py
 for the directory layout.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import time
 from typing import Any
@@ -99,23 +100,58 @@ def _labels(workdir: pathlib.Path) -> list[dict]:
   return list(ingest_lib.read_jsonl(workdir / "annotate" / "labels.jsonl"))
 
 
-class Embed(_OneTask):
+class EmbedSample(PipelineStep):
+  """Embeds the labelled records among this task's shards (the embedder loaded once per task) into
+  embed/_parts/part-NNNNN.npz; `EmbedMerge` puts the parts together."""
+  type = "data_gen"
   name = "embed"
 
-  def work(self) -> dict:
+  def __init__(self, config, workdir: str, embedder):
+    super().__init__()
+    self.config, self.workdir, self.embedder = config, pathlib.Path(workdir), embedder
+
+  def run(self, data, rank: int = 0, world_size: int = 1):
+    labelled = {l["id"] for l in _labels(self.workdir)}
+    docs = [d for d in data if d.id in labelled]
     embedder = _embedder(self.config, self.embedder)
-    labels = {l["id"] for l in _labels(self.workdir)}
-    records = [r for r in _all_records(self.records_dir) if r["id"] in labels]
-    texts = [r["text"] for r in records]
     batch = self.config.embed_batch
-    parts = [embedder.embed(texts[i:i + batch]) for i in range(0, len(texts), batch)]
+    parts = [embedder.embed([d.text for d in docs[i:i + batch]])
+             for i in range(0, len(docs), batch)]
     x_ND = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
+    self.stat_update("docs_out", value=len(docs))
+    self.stat_update("bytes_embedded", value=sum(len(d.text.encode("utf-8", "replace"))
+                                                 for d in docs))
+    out = self.workdir / "embed" / "_parts"
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".part-{rank:05d}.npz.tmp"
+    with open(tmp, "wb") as f:
+      np.savez(f, x=x_ND, ids=np.asarray([d.id for d in docs], dtype=str),
+               embedder=np.asarray(embedder.name))
+    os.replace(tmp, out / f"part-{rank:05d}.npz")
+    return iter(())
+
+
+class EmbedMerge(_OneTask):
+  """The tasks' embeddings as one matrix, rows in the labels' order (so the classifier's split
+  does not depend on the number of tasks): embed/x.npy and ids.json."""
+  name = "embed merge"
+
+  def work(self) -> dict:
+    tasks = self.extra["tasks"]
+    parts = [np.load(self.workdir / "embed" / "_parts" / f"part-{r:05d}.npz") for r in range(tasks)]
+    row_of = {str(i): (p, j) for p in parts for j, i in enumerate(p["ids"])}
+    ids = [l["id"] for l in _labels(self.workdir) if l["id"] in row_of]
+    dim = parts[0]["x"].shape[1]
+    x_ND = (np.stack([row_of[i][0]["x"][row_of[i][1]] for i in ids]) if ids
+            else np.zeros((0, dim), np.float32))
     out = self.out("embed")
     np.save(out / "x.npy", x_ND)
-    (out / "ids.json").write_text(json.dumps([r["id"] for r in records]))
-    return {"docs_in": len(records), "docs_out": len(records), "dim": int(x_ND.shape[1]),
-            "embedder": embedder.name, "bytes_in": sum(len(t.encode("utf-8", "replace"))
-                                                        for t in texts)}
+    (out / "ids.json").write_text(json.dumps(ids))
+    stats = engine.step_stats(self.workdir / "embed", "embed")
+    return {"docs_in": len(ids), "docs_out": len(ids), "dim": int(dim),
+            "embedder": str(parts[0]["embedder"]),
+            "bytes_in": int(sum(b.get("bytes_embedded", 0) for b in stats.values())),
+            "unreadable_shards": int(sum(b.get("unreadable_shards", 0) for b in stats.values()))}
 
 
 class Classify(_OneTask):
@@ -322,7 +358,9 @@ def steps(stage: str, config, workdir: str, records_dir: str, tasks: int, embedd
   if stage == "annotate":
     return [engine.Step("annotate", [Annotate(**one)], 1)]
   if stage == "embed":
-    return [engine.Step("embed", [Embed(**one)], 1)]
+    return [engine.Step("embed", [ReadShards(records_dir), EmbedSample(config, workdir, embedder)],
+                        tasks),
+            engine.Step("merge", [EmbedMerge(**{**one, "extra": {**extra, "tasks": tasks}})], 1)]
   if stage == "classify":
     return [engine.Step("classify", [Classify(**one)], 1)]
   if stage == "score":
