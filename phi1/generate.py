@@ -158,7 +158,8 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
                     eos_id: int | None = None, seed: int = 0, batch_size: int | None = None,
                     should_stop: Callable[[list[int]], bool] | None = None,
                     check_every: int = 16, vocab_limit: int | None = None,
-                    mesh: jax.sharding.Mesh | None = None) -> list[list[int]]:
+                    mesh: jax.sharding.Mesh | None = None,
+                    sample_keys: Sequence[int] | None = None) -> list[list[int]]:
   """Generate up to `max_new_tokens` after each prompt; returns the new tokens only.
 
   A row ends at `eos_id` (excluded from the output) or when `should_stop(tokens_so_far)` is true;
@@ -167,6 +168,10 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   `vocab_limit` (default: the model's vocab_size) are generated. Prompts are
   sorted by length and run `batch_size` at a time (default: all at once); the last batch is padded
   to the same size so it reuses the compiled functions.
+
+  A row's randomness depends only on (seed, its sample key, step): the key is the prompt's index
+  unless `sample_keys` gives one per prompt (an eval that resumes passes keys that name the
+  sample, so a sample drawn after a restart equals the one an uninterrupted run drew).
 
   With `mesh` (the params' mesh, as in a training run) each batch is split over the mesh's
   data-parallel axes: every device decodes its own rows, on every process of a multi-host run, and
@@ -183,6 +188,10 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
   temperature, top_p = np.float32(max(temperature, 1e-6)), np.float32(top_p)
   vocab_limit = np.int32(c.vocab_size if vocab_limit is None else min(vocab_limit, c.vocab_size))
   seed = np.uint32(seed % 2**32)
+  if sample_keys is not None and len(sample_keys) != len(prompt_tokens):
+    raise ValueError(f"{len(sample_keys)} sample_keys for {len(prompt_tokens)} prompts")
+  keys = np.asarray(range(len(prompt_tokens)) if sample_keys is None else sample_keys,
+                    np.int64).astype(np.int32)
   order = sorted(range(len(prompt_tokens)), key=lambda i: len(prompt_tokens[i]))
   B = batch_size or len(order)
   put = _placer(mesh)
@@ -202,7 +211,7 @@ def generate_tokens(model: Phi1, prompt_tokens: Sequence[Sequence[int]], *,
     for r, row in enumerate(rows):
       tokens_BP[r, P - len(row):] = row  # left padding: every row's last prompt token is at P - 1
     lengths_B = np.asarray([len(row) for row in rows], np.int32)
-    row_ids_B = np.asarray(ids + [ids[0]] * (B - len(ids)), np.int32)
+    row_ids_B = keys[ids + [ids[0]] * (B - len(ids))]
     sampling = dict(greedy=greedy, use_top_p=use_top_p)
     tokens_BP, lengths_B, row_ids_B = put(tokens_BP), put(lengths_B), put(row_ids_B)
     state = _prefill(graphdef, params, tokens_BP, lengths_B, seed, row_ids_B, temperature,
@@ -259,7 +268,8 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int = 128,
              temperature: float = 0.0, top_p: float = 1.0, stop: list[str] | None = None,
              seed: int = 0, batch_size: int | None = None, truncate: str = "error",
-             mesh: jax.sharding.Mesh | None = None) -> list[str]:
+             mesh: jax.sharding.Mesh | None = None,
+             sample_keys: Sequence[int] | None = None) -> list[str]:
   """Completions of `prompts` (text), cut before the first stop string; sampling is seeded.
 
   `tokenizer` has `encode(text) -> list[int]`, `decode(ids) -> str`, `eos_id` and `vocab_size`
@@ -267,7 +277,8 @@ def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int 
   A prompt that leaves no room for `max_new_tokens` in the context raises, or with
   truncate="left" loses its first tokens (for few-shot prompts: the oldest examples go first, the
   question stays), as evaluation harnesses do; a warning says how many prompts were cut.
-  `mesh` splits each batch over the mesh's data-parallel axes (see `generate_tokens`).
+  `mesh` splits each batch over the mesh's data-parallel axes, and `sample_keys` fix each
+  prompt's randomness (see `generate_tokens`).
   """
   if isinstance(prompts, str):
     raise ValueError("prompts must be a list of strings, not one string")
@@ -290,5 +301,5 @@ def generate(model: Phi1, tokenizer, prompts: list[str], *, max_new_tokens: int 
       model, prompt_tokens, max_new_tokens=max_new_tokens,
       temperature=temperature, top_p=top_p, eos_id=tokenizer.eos_id, seed=seed,
       batch_size=batch_size, should_stop=should_stop, vocab_limit=tokenizer.vocab_size,
-      mesh=mesh)
+      mesh=mesh, sample_keys=sample_keys)
   return [cut_at_stop(tokenizer.decode(t), stop) for t in tokens]

@@ -211,3 +211,13 @@ def test_a_mesh_splits_each_batch_over_devices_and_gives_the_same_tokens(model, 
   assert (gen.generate(on_mesh, tok, text, max_new_tokens=20, temperature=0.7, seed=1,
                        stop=[stop], mesh=mesh)
           == gen.generate(model, tok, text, max_new_tokens=20, temperature=0.7, seed=1, stop=[stop]))
+
+
+def test_sample_keys_fix_a_prompts_draws_wherever_it_runs(model):
+  keys, kw = [101, 202, 303], dict(max_new_tokens=10, temperature=3.0, seed=4)
+  full = gen.generate_tokens(model, PROMPTS, sample_keys=keys, **kw)
+  assert gen.generate_tokens(model, PROMPTS[1:], sample_keys=keys[1:], **kw) == full[1:]
+  # By default the key is the position, which moved.
+  assert gen.generate_tokens(model, PROMPTS[1:], **kw) != full[1:]
+  with pytest.raises(ValueError, match="2 sample_keys for 3 prompts"):
+    gen.generate_tokens(model, PROMPTS, sample_keys=keys[:2], **kw)

@@ -175,3 +175,32 @@ def test_a_torn_last_line_is_dropped_and_cut(tmp_path):
   log.close()
   assert [json.loads(line) for line in path.read_text().splitlines()] == [
       {"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_a_resumed_checkpoint_eval_draws_the_samples_an_uninterrupted_one_drew(tmp_path, capsys,
+                                                                              monkeypatch):
+  """Temperature > 0 on our own model: a sample's randomness is keyed by (task, sample index), not
+  by where it sits in the batch the rerun builds from what is missing."""
+  import types
+  from flax import nnx
+  from phi1.model import Phi1, Phi1Config
+  model = Phi1(Phi1Config.tiny(max_seq_len=128), rngs=nnx.Rngs(0))
+  tokenizer = types.SimpleNamespace(encode=lambda s: [ord(c) % 500 for c in s],
+                                    decode=lambda ids: "".join(chr(i) for i in ids),
+                                    eos_id=None, vocab_size=500)
+  monkeypatch.setitem(sys.modules, "phi1.checkpoint", types.SimpleNamespace(
+      load_for_inference=lambda path: (model, tokenizer)))
+  run = lambda out: cli.main(["--bench", "humaneval", "--checkpoint", str(tmp_path), "--limit", "3",
+                              "--n", "2", "--temperature", "1.5", "--max-new-tokens", "12",
+                              "--out", str(out), "--no-progress"])
+  whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+  assert run(whole) == 0
+  lines = (whole / generations.GENERATIONS).read_text().splitlines()
+  resumed.mkdir()
+  (resumed / generations.GENERATIONS).write_text("\n".join(lines[1:5:3]) + "\n")  # 2 of 6 saved
+  assert run(resumed) == 0
+  raw = lambda out: {(r["task_id"], r["sample_id"]): r["raw"] for r in map(
+      json.loads, (out / generations.GENERATIONS).read_text().splitlines())}
+  assert len(raw(whole)) == 6 and raw(resumed) == raw(whole)
+  assert len(set(raw(whole).values())) == 6  # the samples really differ from each other
+  capsys.readouterr()

@@ -15,6 +15,7 @@ A kill can leave a torn last line: it is dropped (and cut from the file) on the 
 
 import json
 import os
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 
 from phi1.evals import postprocess
@@ -112,12 +113,20 @@ def fill(store: GenerationStore, tasks: Sequence[Task], n: int,
   return dict(loaded=store.loaded, requested=len(jobs), total=len(tasks) * n)
 
 
-def in_chunks(generate: Callable[[list[str]], list[str]], chunk: int):
-  """A batch generator (prompts -> texts) as `generate_into`, saving after every `chunk` prompts."""
+def sample_key(task_id: str, sample_id: int) -> int:
+  """A sample's sampling key (31 bits): what it draws depends on which sample it is, not on where
+  it sits in a batch, so the samples a resumed run draws equal an uninterrupted run's."""
+  return zlib.crc32(f"{task_id}\0{sample_id}".encode()) & 0x7FFFFFFF
+
+
+def in_chunks(generate: Callable[..., list[str]], chunk: int):
+  """A batch generator `generate(prompts, sample_keys=...) -> texts` as `generate_into`, saving
+  after every `chunk` prompts."""
   def generate_into(jobs, emit):
     for start in range(0, len(jobs), chunk):
       part = jobs[start:start + chunk]
-      texts = generate([task.prompt for task, _ in part])
+      texts = generate([task.prompt for task, _ in part],
+                       sample_keys=[sample_key(task.task_id, j) for task, j in part])
       if len(texts) != len(part):
         raise RuntimeError(f"generator returned {len(texts)} texts for {len(part)} prompts")
       for (task, j), text in zip(part, texts):

@@ -276,14 +276,14 @@ def checkpoint_generator(checkpoint: str, *, max_new_tokens: int, temperature: f
                       else load_for_inference(checkpoint, step=step))
   room = model.config.max_seq_len - max_new_tokens
 
-  def generate(prompts: list[str]) -> list[str]:
+  def generate(prompts: list[str], sample_keys: Sequence[int] | None = None) -> list[str]:
     # A small model's context may not hold a 3-shot MBPP prompt: the oldest example goes first,
     # with a warning, as evaluation harnesses do (phi-1's 2,048 tokens hold them all); the count
     # goes into the protocol so a score says it was measured that way.
     generate.truncated += sum(len(tokenizer.encode(p)) > room for p in prompts)
     return generate_text(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, stop=list(stops), seed=seed,
-                         batch_size=batch_size, truncate="left")
+                         batch_size=batch_size, truncate="left", sample_keys=sample_keys)
 
   generate.truncated = 0
   return generate
