@@ -75,3 +75,25 @@ def test_graded_needs_a_grader(capsys):
   with pytest.raises(SystemExit):
     cli.main(["--bench", "graded", "--samples", "x.jsonl"])
   assert "--grader-model" in capsys.readouterr().err
+
+
+def test_grader_budget_stops_before_it_is_exceeded_and_the_rerun_pays_only_the_rest(tmp_path,
+                                                                                      capsys,
+                                                                                      monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+  with FakeOpenAI(responder=respond) as server:
+    argv = lambda budget: ["--bench", "graded", "--openai-base-url", server.base_url, "--model",
+                           "student", "--grader-model", "gpt-4o-mini", "--grader-base-url",
+                           server.base_url, "--grader-budget-usd", str(budget), "--concurrency",
+                           "1", "--out", str(tmp_path), "--no-progress"]
+    assert cli.main(argv(0.0012)) == 1  # a few grades' worth (each reserves its worst case first)
+    err = capsys.readouterr().err
+    assert "budget" in err and "Traceback" not in err
+    graded_first = sum(server.request_counts.values()) - len(TASKS)  # after the 10 generations
+    assert 0 < graded_first < len(TASKS)
+    # The grades that were paid for are cached: a rerun with room to spare pays only for the rest.
+    assert cli.main(argv(1.0)) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert sum(server.request_counts.values()) == 2 * len(TASKS)
+  assert summary["grader"]["cache_hits"] == graded_first and summary["graded_num"] == len(TASKS)
+  assert 0 < summary["grader"]["cost_usd"] <= 1.0

@@ -103,12 +103,17 @@ def grade(tasks: Sequence[Task], rubrics: dict[str, str], samples, *, model: str
                       budget=budget, retry=retry_policy(max_attempts),
                       api_key=os.environ.get("OPENAI_API_KEY") or "EMPTY")
 
+    # A request reserves its worst-case cost before it is sent; letting only `concurrency` of them
+    # reserve at a time keeps the budget from being held by requests still waiting for a slot.
+    slots = asyncio.Semaphore(concurrency)
+
     async def one(sample):
       request = llm_lib.Request(messages=[{"role": "user", "content": grader_prompt(
           by_id[sample.task_id], rubrics.get(sample.task_id, ""), sample.completion)}],
           params=GRADER_PARAMS, seed=0)
       try:
-        reply = await llm.complete(request)
+        async with slots:
+          reply = await llm.complete(request)
       except (llm_lib.RetriesExhausted, llm_lib.FatalAPIError, llm_lib.BudgetExhausted) as e:
         raise GenerationFailed(f"grading {sample.task_id} sample {sample.sample_id} failed: "
                                f"{e}") from e

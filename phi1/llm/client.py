@@ -379,8 +379,9 @@ class LLM:
     prompt_max, completion_max = worst_case_tokens(body)
     reserved = self.cost(prompt_max, completion_max)
     if self.budget is not None and not self.budget.try_reserve(reserved):
-      raise BudgetExhausted(f"budget ${self.budget.limit_usd:.2f} cannot cover another request "
-                            f"(spent ${self.budget.spent_usd:.4f})")
+      raise BudgetExhausted(f"budget ${self.budget.limit_usd:.4g} cannot cover another request "
+                            f"(spent ${self.budget.spent_usd:.4g}, ${self.budget.reserved_usd:.4g} "
+                            f"held for requests in flight, this one may cost ${reserved:.4g})")
     paid = 0.0  # stays 0 unless an answer arrived (failed requests are not billed)
     try:
       response = await self._send_with_retries(body, prompt_max + completion_max)
