@@ -196,3 +196,23 @@ def test_corpus_stages_leave_jax_unloaded_so_workers_fork():
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.strip() == "fork"
+
+
+def test_the_callers_heap_is_frozen_while_a_step_runs_and_unfrozen_after(tmp_path):
+  from datatrove.pipeline.base import PipelineStep
+  seen = []
+
+  class Record(PipelineStep):
+    name, type = "record", "test"
+
+    def run(self, data=None, rank=0, world_size=1):
+      import gc
+      seen.append(gc.get_freeze_count())
+      return iter(())
+
+  import gc
+  alive = [object() for _ in range(1000)]  # noqa: F841  (objects the caller holds)
+  engine.run(tmp_path / "stage", [engine.Step("record", [Record()], 1)],
+             engine.EngineConfig(tasks=1, workers=1), log=lambda m: None)
+  assert seen and seen[0] >= 1000  # the one in-process task ran with the heap frozen
+  assert gc.get_freeze_count() == 0
