@@ -11,7 +11,7 @@ at two compute budgets (separate runs of BUDGETS steps, each with its own schedu
 SEEDS seeds each (seed = init + data order). Every run logs `humaneval_solution_loss` and the
 held-out standard-library loss at its eval steps.
 
-  python -m experiments.sweep experiments/figure21_cpu.py --root runs/figure21      # ~15 min
+  python -m experiments.sweep experiments/figure21_cpu.py --root runs/figure21      # ~10 min
   python -m experiments.figure21_report runs/figure21                               # figure + gap
   python -m experiments.sweep experiments/figure21_cpu.py:ci --root /tmp/f21        # CI size
 """
@@ -23,7 +23,7 @@ from phi1.model import Phi1Config
 SETTINGS = {
     "": dict(sizes={"d64": dict(d_model=64, n_heads=2, d_ff=256),
                     "d128": dict(d_model=128, n_heads=4, d_ff=512)},
-             budgets=(100, 200), seeds=(0, 1), finetune_steps=30, batch=8, seq=256),
+             budgets=(100, 200), seeds=(0, 1, 2), finetune_steps=30, batch=8, seq=256),
     "ci": dict(sizes={"d32": dict(d_model=32, n_heads=1, d_ff=64)},
                budgets=(4,), seeds=(0, 1), finetune_steps=2, batch=8, seq=64),
 }

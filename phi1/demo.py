@@ -4,7 +4,7 @@ then the data comparison of paper Figure 2.1 in miniature.
 `phi1 demo --workdir DIR` (or `make demo`) runs experiments/cpu_demo.py twice (pretrain, then
 finetune from the pretrained export), completes a few HumanEval prompts, scores HumanEval on a
 subset with the sandboxed harness, then trains experiments/figure21_cpu.py's runs (raw files vs
-CodeTextbook-like data vs + exercises, two sizes, two budgets, two seeds) and ends with their
+CodeTextbook-like data vs + exercises, two sizes, two budgets, three seeds) and ends with their
 figure (HumanEval solution loss vs compute) and one line with the measured gap and its seed spread.
 Everything goes under DIR; rerunning resumes or reuses.
 """
