@@ -85,10 +85,7 @@ async def fill_cache(llm: LLM, requests: list[Request], *, poll_s: float = 30.0,
         fitting.append((key, body, worst))
       if not fitting:
         if not submitted:
-          raise BudgetExhausted(
-              f"budget ${llm.budget.limit_usd:.4g} cannot cover another batch (spent "
-              f"${llm.budget.spent_usd:.4g}, ${llm.budget.reserved_usd:.4g} held, the next "
-              f"request may cost ${llm.cost(*worst_case_tokens(chunk[0][1]), batch=True):.4g})")
+          raise llm.budget.refusal("batch", worst)  # `worst`: the first request's, refused
         break
       reserved += sum(w for _, _, w in fitting)  # held until the results are in
       chunk = [(k, b) for k, b, _ in fitting]

@@ -114,6 +114,12 @@ class Budget:
     self.reserved_usd -= reserved
     self.spent_usd += actual
 
+  def refusal(self, what: str, asked_usd: float) -> BudgetExhausted:
+    """The error for a `what` ("request", "batch") that `try_reserve` refused at `asked_usd`."""
+    return BudgetExhausted(f"budget ${self.limit_usd:.4g} cannot cover another {what} "
+                           f"(spent ${self.spent_usd:.4g}, ${self.reserved_usd:.4g} held for "
+                           f"requests in flight, this one may cost ${asked_usd:.4g})")
+
 
 @dataclasses.dataclass
 class Stats:
@@ -379,9 +385,7 @@ class LLM:
     prompt_max, completion_max = worst_case_tokens(body)
     reserved = self.cost(prompt_max, completion_max)
     if self.budget is not None and not self.budget.try_reserve(reserved):
-      raise BudgetExhausted(f"budget ${self.budget.limit_usd:.4g} cannot cover another request "
-                            f"(spent ${self.budget.spent_usd:.4g}, ${self.budget.reserved_usd:.4g} "
-                            f"held for requests in flight, this one may cost ${reserved:.4g})")
+      raise self.budget.refusal("request", reserved)
     paid = 0.0  # stays 0 unless an answer arrived (failed requests are not billed)
     try:
       response = await self._send_with_retries(body, prompt_max + completion_max)
