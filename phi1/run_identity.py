@@ -5,12 +5,19 @@ events that changed them. A rerun in a workdir whose checkpoints came from a dif
 refused with the changed keys listed (resuming would mix two runs under one name), unless it says
   on_change="restart"   start over; the old run's files move to WORKDIR/superseded/TIME/, or
   on_change="continue"  continue from the latest checkpoint with the new config (recorded).
+What the run reads is part of its identity too: the content fingerprint (phi1/fingerprint.py) of
+every data source, eval source and the tokenizer. A topped-up or edited corpus is a change like a
+config key's, named in the refusal ("data source 'textbooks' (data/textbooks) changed").
 Two changes are always allowed and recorded: a different `steps` (extending a run, or stopping it
-earlier when no checkpoint is past the new end) and bookkeeping keys that do not change the
-weights a step computes (logging, eval and checkpoint cadence, W&B).
+earlier when no checkpoint is past the new end) when the LR schedule has its own length
+(optimizer.schedule_steps > 0), and bookkeeping keys that do not change the weights a step
+computes (logging, eval and checkpoint cadence, W&B). Under schedule_steps=0 the schedule follows
+`steps`, so a new `steps` re-stretches the LR of every step: a change ("LR schedule: 30 steps ->
+45 steps"); setting schedule_steps to the old length keeps the schedule and extends the run.
 
 A run is *done* when its DONE marker (experiments/sweep.py) carries the hash of the config the
-workdir now holds; a DONE for any other hash is stale. The sweep, its dry run and the registry all
+workdir now holds and its data still has the fingerprints the run trained on; a DONE for any other
+hash is stale. The sweep, its dry run and the registry all
 use `is_done` / `done_status` below.
 """
 
@@ -21,6 +28,8 @@ import hashlib
 import json
 import pathlib
 import shutil
+
+from phi1 import fingerprint
 
 IDENTITY = "identity.json"
 DONE = "DONE"
@@ -39,6 +48,8 @@ SHAPE_KEYS = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_he
               "model.d_ff", "model.attn_bias")
 # What a restart moves aside: everything a run writes about its own progress.
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "loss.png", DONE)
+# ... and every evaluation of its weights (eval_humaneval/, eval_mbpp/, ...).
+EVAL_OUTPUTS = "eval_*"
 
 
 class ConfigChanged(ValueError):
@@ -107,6 +118,15 @@ class Comparison:
     self.new = _plain(config)
     everything = diff(self.record["config"], self.new) if self.record else {}
     self.steps = everything.pop("steps", None)
+    everything.pop("optimizer.schedule_steps", None)
+    # (old, new) length of the LR schedule when it differs (compared as the schedule it makes).
+    lengths = (schedule_length(self.record.get("config") or {}), schedule_length(self.new))
+    self.schedule = lengths if self.record and None not in lengths and len(set(lengths)) == 2 \
+        else None
+    # Inputs whose content changed: compared when the record has their fingerprints.
+    self.data = fingerprint.of_data(self.new.get("data") or {})
+    self.data_changes = (fingerprint.changed(self.record["data"], self.data)
+                         if "data" in self.record else {})
     self.bookkeeping = {k: v for k, v in everything.items() if is_bookkeeping(k)}
     self.changes = {k: v for k, v in everything.items() if not is_bookkeeping(k)}
     # Checkpoints past the new end would be exported as if they were the end: refuse.
@@ -117,21 +137,42 @@ class Comparison:
     return self.latest is not None
 
   @property
+  def changed(self) -> bool:
+    """Training on would compute other weights than the recorded run (config, schedule, data)."""
+    return bool(self.changes or self.schedule or self.data_changes)
+
+  @property
   def conflicts(self) -> bool:
-    return self.has_checkpoints and (bool(self.changes) or self.past_end)
+    return self.has_checkpoints and (self.changed or self.past_end)
+
+  def describe_changes(self) -> str:
+    what = [describe(self.changes)] if self.changes else []
+    if self.schedule:
+      what.append(f"LR schedule: {self.schedule[0]} steps -> {self.schedule[1]} steps")
+    what += [f"{k} changed (fingerprint {old} -> {new})"
+             for k, (old, new) in self.data_changes.items()]
+    return ", ".join(what)
 
   def message(self) -> str:
     what = []
-    if self.changes:
-      what.append(f"changed: {describe(self.changes)}")
+    if self.changed:
+      what.append(f"changed: {self.describe_changes()}")
     if self.past_end:
       what.append(f"steps={self.new['steps']} but a checkpoint at step {self.latest} exists "
                   f"(evaluate it with `phi1 eval --checkpoint {self.workdir} --step N`)")
     return (f"{self.workdir} holds checkpoints up to step {self.latest} made with a different "
-            f"config ({'; '.join(what)}). Rerun with --restart to start over (the old run moves "
+            f"config or data ({'; '.join(what)}). Rerun with --restart to start over (the old run moves "
             f"to {self.workdir}/superseded/), or --continue-with-changes to continue from step "
             f"{self.latest} with the new config (recorded in {self.workdir / IDENTITY}), or use "
             "another --workdir")
+
+
+def schedule_length(config: dict) -> int | None:
+  """How many steps the LR schedule spans (phi1/train.py's make_schedule)."""
+  try:
+    return int(config["optimizer"]["schedule_steps"]) or int(config["steps"])
+  except (KeyError, TypeError):
+    return None
 
 
 def _now() -> str:
@@ -158,7 +199,7 @@ def check_and_record(workdir, config, *, on_change: str = "refuse", primary: boo
   events = []
   if not cmp.record or not history:
     events.append(dict(event="start", config_hash=new_hash))
-  if cmp.has_checkpoints and (cmp.changes or cmp.past_end) and on_change == "restart":
+  if cmp.conflicts and on_change == "restart":
     moved = workdir / "superseded" / _now().replace(":", "")
     events.append(dict(event="restart", moved_to=str(moved), previous_hash=cmp.record.get(
         "config_hash"), at_step=cmp.latest, changes=cmp.changes))
@@ -167,8 +208,15 @@ def check_and_record(workdir, config, *, on_change: str = "refuse", primary: boo
       for name in RUN_OUTPUTS:
         if (workdir / name).exists():
           shutil.move(str(workdir / name), str(moved / name))
-  elif cmp.has_checkpoints and cmp.changes:
-    events.append(dict(event="continue_with_changes", at_step=cmp.latest, changes=cmp.changes))
+      for evaluation in workdir.glob(EVAL_OUTPUTS):  # scores of the superseded weights
+        shutil.move(str(evaluation), str(moved / evaluation.name))
+  elif cmp.has_checkpoints and cmp.changed:
+    events.append(dict(event="continue_with_changes", at_step=cmp.latest, changes=cmp.changes,
+                       **({"schedule": list(cmp.schedule)} if cmp.schedule else {}),
+                       **({"data": cmp.data_changes} if cmp.data_changes else {})))
+    if primary:
+      print(f"{workdir}: continuing from step {cmp.latest} with changes: "
+            f"{cmp.describe_changes()}", flush=True)
   if cmp.steps and cmp.record and on_change != "restart":
     events.append(dict(event="steps_changed", at_step=cmp.latest, steps=list(cmp.steps)))
   if cmp.bookkeeping and cmp.record:
@@ -178,7 +226,7 @@ def check_and_record(workdir, config, *, on_change: str = "refuse", primary: boo
     e["time"] = _now()
   if primary:
     workdir.mkdir(parents=True, exist_ok=True)
-    record = {"config_hash": new_hash, "config": cmp.new,
+    record = {"config_hash": new_hash, "config": cmp.new, "data": cmp.data,
               "history": history + json.loads(json.dumps(events, default=str))}
     tmp = workdir / (IDENTITY + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str))
@@ -207,6 +255,10 @@ def is_done(workdir, config) -> bool:
   wanted = config_hash(config)
   if recorded_hash(workdir) not in (None, wanted):
     return False
+  trained_on = read(workdir).get("data")
+  if trained_on is not None and fingerprint.changed(
+      trained_on, fingerprint.of_data(_plain(config).get("data") or {})):
+    return False  # its data changed since: the run is to be redone, not skipped
   if (workdir / DONE).is_file():
     return _done_hash(workdir) == wanted
   # Orbax renames a step's directory into place only when it is complete.
@@ -237,8 +289,8 @@ def status(workdir, config) -> str:
   cmp = Comparison(workdir, config)
   stale = " (its DONE is stale: made with another config)" if (workdir / DONE).is_file() else ""
   if cmp.conflicts:
-    return (f"STALE: checkpoints up to step {cmp.latest} come from another config "
-            f"({describe(cmp.changes) or 'a checkpoint past the new steps'}); training needs "
+    return (f"STALE: checkpoints up to step {cmp.latest} come from another config or data "
+            f"({cmp.describe_changes() or 'a checkpoint past the new steps'}); training needs "
             "--restart or --continue-with-changes")
   if cmp.has_checkpoints:
     extra = f"; steps {cmp.steps[0]} -> {cmp.steps[1]}" if cmp.steps else ""

@@ -267,10 +267,12 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   workdir.mkdir(parents=True, exist_ok=True)
   trainer = Trainer(config, mesh=mesh, model_fn=model_fn)
   config = trainer.config  # with model_fn's import path recorded
+  # Experiment files only name the demo corpus's files: built before the run's identity, which
+  # holds the data's fingerprints.
+  demo_corpus.build_if_named(_data_paths(config.data))
   run_identity.check_and_record(workdir, config, on_change=on_change,
                                 primary=jax.process_index() == 0)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  demo_corpus.build_if_named(_data_paths(config.data))  # experiment files only name its files
 
   pipeline = data_lib.build(config.data, seq_len=config.seq_len, batch_size=config.batch_size)
   if pipeline.vocab_size is not None and pipeline.vocab_size > trainer.model_config.vocab_size:

@@ -77,3 +77,70 @@ def test_a_real_run_refuses_a_changed_lr_and_extends_its_steps(corpus, tmp_path,
   history = json.loads((workdir / "identity.json").read_text())["history"]
   assert [h["event"] for h in history] == ["start", "steps_changed"]
   assert history[1]["steps"] == [4, 6] and history[1]["at_step"] == 4
+
+
+def _own_corpus(corpus, tmp_path, lines=30):
+  """A private copy of the first `lines` documents of the test corpus (so it can be topped up)."""
+  path = tmp_path / "data" / "train.jsonl"
+  path.parent.mkdir(parents=True, exist_ok=True)
+  rows = open(corpus["train"]).read().splitlines()
+  path.write_text("\n".join(rows[:lines]) + "\n")
+  return dict(corpus, train=str(path)), rows
+
+
+def test_topped_up_data_is_refused_naming_the_source_and_undoes_done(corpus, tmp_path, capsys):  # noqa: F811
+  own, rows = _own_corpus(corpus, tmp_path)
+  workdir = tmp_path / "run"
+  config = tiny_config(own, steps=5)
+  run_identity.check_and_record(workdir, config)
+  _fake_checkpoint(workdir, 5)
+  (workdir / run_identity.DONE).write_text(json.dumps({"config_hash": run_identity.config_hash(
+      config)}))
+  assert run_identity.is_done(workdir, config)
+  with open(own["train"], "a") as f:  # topped up: 30 -> 80 documents, same path, same config
+    f.write("\n".join(rows[30:80]) + "\n")
+  assert not run_identity.is_done(workdir, config)
+  assert "data source 'source0'" in run_identity.status(workdir, config)
+  with pytest.raises(run_identity.ConfigChanged, match=r"data source 'source0' \(.*train.jsonl\) "
+                                                       "changed"):
+    run_identity.check_and_record(workdir, config)
+  # `phi1 train` says it in one line; --continue-with-changes accepts it, on the record.
+  cfg_file = tmp_path / "exp.py"
+  cfg_file.write_text(
+      "import sys\nsys.path.insert(0, %r)\nfrom test_train import tiny_config\n"
+      "def get_config():\n  return tiny_config(%r, steps=5)\n"
+      % (str(__import__("pathlib").Path(__file__).parent), own))
+  code = cli.main(["train", "--config", str(cfg_file), "--workdir", str(workdir), "--no-progress"])
+  err = capsys.readouterr().err
+  assert code == 1 and len(err.strip().splitlines()) == 1 and "data source 'source0'" in err
+  events = run_identity.check_and_record(workdir, config, on_change="continue")
+  assert "data source 'source0'" in capsys.readouterr().out
+  assert [e["event"] for e in events] == ["continue_with_changes"]
+  assert list(events[0]["data"]) == [f"data source 'source0' ({own['train']})"]
+  run_identity.check_and_record(workdir, config)  # recorded: the same data again is no change
+
+
+def test_extending_steps_restretches_a_schedule_that_follows_them(corpus, tmp_path, capsys):  # noqa: F811
+  following = {"optimizer.schedule_steps": 0}
+  run_identity.check_and_record(tmp_path, tiny_config(corpus, steps=30, **following))
+  _fake_checkpoint(tmp_path, 30)
+  longer = tiny_config(corpus, steps=45, **following)
+  with pytest.raises(run_identity.ConfigChanged, match="LR schedule: 30 steps -> 45 steps"):
+    run_identity.check_and_record(tmp_path, longer)
+  # Keeping the old schedule's length extends the run on its own schedule: allowed.
+  kept = tiny_config(corpus, steps=45, **{"optimizer.schedule_steps": 30})
+  assert [e["event"] for e in run_identity.check_and_record(tmp_path, kept)] == ["steps_changed"]
+  run_identity.check_and_record(tmp_path, tiny_config(corpus, steps=30, **following))
+  events = run_identity.check_and_record(tmp_path, longer, on_change="continue")
+  assert "LR schedule: 30 steps -> 45 steps" in capsys.readouterr().out
+  assert events[0]["schedule"] == [30, 45]
+
+
+def test_restart_moves_the_old_weights_evaluations_aside(corpus, tmp_path):  # noqa: F811
+  run_identity.check_and_record(tmp_path, tiny_config(corpus))
+  _fake_checkpoint(tmp_path, 5)
+  (tmp_path / "eval_humaneval").mkdir()
+  (tmp_path / "eval_humaneval" / "summary.json").write_text("{}")
+  run_identity.check_and_record(tmp_path, tiny_config(corpus, seed=3), on_change="restart")
+  assert not (tmp_path / "eval_humaneval").exists()
+  assert list((tmp_path / "superseded").glob("*/eval_humaneval/summary.json"))
