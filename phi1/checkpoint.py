@@ -154,10 +154,14 @@ def kept_steps(workdir) -> list[int]:
 
 
 def load_training_step(workdir, step: int) -> tuple[Phi1, str]:
-  """(float32 model, tokenizer path) from training checkpoint `step` of a `phi1 train` workdir."""
+  """(float32 model, tokenizer path) from training checkpoint `step` of a `phi1 train` workdir.
+
+  The model is the run's own (`config.model_fn` in its config.json); only the parameters are read
+  from the checkpoint (the optimizer state and data position stay on disk)."""
   import ml_collections
 
-  from phi1 import config as config_lib, sharding, train
+  from phi1 import config as config_lib
+  from phi1 import model_fn as model_fn_lib
   workdir = pathlib.Path(workdir).absolute()
   steps = kept_steps(workdir)
   if step not in steps:
@@ -167,17 +171,28 @@ def load_training_step(workdir, step: int) -> tuple[Phi1, str]:
     raise FileNotFoundError(f"{workdir / 'config.json'} not found: the run's config is needed "
                             "to rebuild its model")
   config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-  # One device whatever mesh trained it: orbax reshards onto the target on restore.
-  config.mesh = "dp"
-  trainer = train.Trainer(config, mesh=sharding.make_mesh("dp", jax.local_devices()[:1]))
-  mngr = manager(workdir, keep_last=max(len(steps), 1), keep_every=None, async_save=False)
+  model_config = dataclasses.replace(config_lib.phi1_config(config), dtype="float32")
+  build = model_fn_lib.resolve(config.get("model_fn", ""))
+  abstract_params = nnx.state(nnx.eval_shape(lambda: build(model_config, rngs=nnx.Rngs(0))),
+                              nnx.Param)
+  # Onto one local device whatever mesh trained it: orbax reshards onto the target on restore.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        abstract_params)
+  mngr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
   try:
-    state = restore(mngr, trainer.abstract_state_with_shardings(), None, step=step)
+    item = {"params": target}
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True)))
+  except (FileNotFoundError, ValueError) as e:
+    raise RuntimeError(f"checkpoint at step {step} in {workdir / 'checkpoints'} is unreadable "
+                       f"({e}); the run's config.json may not match its checkpoints") from e
   finally:
     mngr.close()
-  model = Phi1(dataclasses.replace(config_lib.phi1_config(config), dtype="float32"),
-               rngs=nnx.Rngs(0))
-  nnx.update(model, state.params)
+  model = build(model_config, rngs=nnx.Rngs(0))
+  nnx.update(model, restored["state"]["params"])
   return model, config.data.tokenizer
 
 

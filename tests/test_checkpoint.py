@@ -60,3 +60,14 @@ def test_an_export_whose_architecture_does_not_match_says_so(workdir, tmp_path, 
   code = phi1_cli.main(["generate", "--checkpoint", str(bad), "--prompt", "def f():"])
   err = capsys.readouterr().err
   assert code == 1 and len(err.strip().splitlines()) == 1 and "do not fit" in err
+
+
+def test_a_kept_step_of_a_model_fn_run_loads_as_that_model(corpus, tmp_path):  # noqa: F811
+  from test_model_fn import SwiGLUPhi1
+  out = tmp_path / "swiglu"
+  train.run(tiny_config(corpus, steps=2, checkpoint_every=2, **{"model.d_ff": 384}), out,
+            progress=False, model_fn=SwiGLUPhi1)
+  step2, _ = checkpoint.load_training_step(out, 2)
+  assert isinstance(step2, SwiGLUPhi1) and step2.layers[0].mlp.gate.kernel.shape == (128, 384)
+  for a, b in zip(_params(step2), _params(checkpoint.load_model(out))):
+    np.testing.assert_array_equal(a, b)
