@@ -1,8 +1,9 @@
 """`phi1 train | eval | generate | convert | pretokenize | demo`: argument parsing only.
 
-Everything here calls a function a notebook can call too. Expected failures (a bad key, a missing
-path, a checkpoint that does not fit) print one line, `phi1 COMMAND: what to fix`, and exit 1;
-`--debug` (anywhere on the line) shows the traceback instead.
+Everything here calls a function a notebook can call too. Every failure prints one line and exits
+non-zero: expected ones (a bad key, a missing path, a checkpoint that does not fit) as `phi1
+COMMAND: what to fix`, anything else with its exception type; `--debug` (anywhere on the line)
+shows the traceback instead.
 """
 
 import argparse
@@ -92,6 +93,7 @@ def train_main(argv) -> int:
   if args.print_config:
     print(config)
     return 0
+  config_lib.validate(config)
   maybe_init_distributed()
   from phi1 import preemption, train
   on_change = "restart" if args.restart else "continue" if args.continue_with_changes else "refuse"
@@ -186,10 +188,13 @@ def main(argv=None) -> int:
   command = argv[0]
   try:
     return COMMANDS[command](argv[1:]) or 0
-  except EXPECTED_ERRORS as e:
+  except Exception as e:  # noqa: BLE001 - every failure is one line; --debug re-raises it
     if debug:
       raise
     message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    if not isinstance(e, EXPECTED_ERRORS):
+      message = f"{type(e).__name__}: {message}"
+    message = " ".join(str(message).strip().splitlines())
     print(f"phi1 {command}: {message}  (--debug shows the traceback)", file=sys.stderr)
     return 1
 

@@ -4,7 +4,11 @@
 file starts from it and changes what it needs. On the command line,
   phi1 train --config experiments/NAME.py[:ARG] --config.key.sub=value ...
 ARG goes to `get_config(arg)` (e.g. "cpu" for the CPU-size switch, as big_vision's `runlocal`).
-Unknown keys are errors with a suggestion; values are parsed to the type of the existing field.
+
+The schema is strict: `base_config()` is returned locked, and an experiment file or an override
+can only set keys it defines (a new key is added there, with its doc). A typo is one line naming
+the key and the closest known one; a value of the wrong type is one line naming the key and the
+type it needs. A mapping that is empty in the base config (`sharding_rules`) is free-form.
 """
 
 import ast
@@ -12,7 +16,9 @@ import dataclasses
 import difflib
 import importlib.util
 import pathlib
+import re
 import sys
+import traceback
 
 import ml_collections
 
@@ -85,13 +91,87 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_mbpp_path = ""
 
   c.data = data.default_config()
+  c.lock()  # experiment files change keys; a new one is added here, with its doc
   return c
+
+
+class UnknownKey(KeyError):
+  """A config key the base config does not define (a typo, or a key to add in base_config)."""
+
+  def __str__(self):
+    return self.args[0]
+
+
+def _flat_keys(node, prefix: str = "") -> set[str]:
+  keys = set()
+  for key, value in node.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys |= _flat_keys(value, f"{prefix}{key}.") if len(value) else {f"{prefix}{key}"}
+    else:
+      keys.add(f"{prefix}{key}")
+  return keys
+
+
+def _unknown(dotted: str, known: set[str], where: str = "") -> UnknownKey:
+  hint = difflib.get_close_matches(dotted, sorted(known), n=1, cutoff=0.6)
+  if not hint:  # a typo in the last part only: compare that part alone
+    parent, _, last = dotted.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(last, sorted(siblings), n=1)
+    hint = [siblings[close[0]]] if close else []
+  return UnknownKey(f"{where}unknown config key '{dotted}'"
+                    + (f"; did you mean '{hint[0]}'?" if hint else "")
+                    + " (new keys are added in phi1/config.py's base_config, with their doc)")
+
+
+def check_schema(config: ml_collections.ConfigDict, where: str = ""):
+  """Refuse keys the base config does not define (UnknownKey, naming the closest known one)."""
+  known = _flat_keys(base_config())
+  free = {k for k in known if isinstance(_lookup(base_config(), k), ml_collections.ConfigDict)}
+  for key in sorted(_flat_keys(config)):
+    if key not in known and not any(key.startswith(f + ".") for f in free):
+      raise _unknown(key, known, where)
+
+
+def _lookup(node, dotted: str):
+  for key in dotted.split("."):
+    node = node[key]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict):
+  """What can be checked before anything loads: the schema, and optional packages the config
+  asks for."""
+  check_schema(config)
+  if config.get("wandb_project"):
+    if importlib.util.find_spec("wandb") is None:
+      raise ValueError(f"wandb_project={config.wandb_project!r} needs the wandb package: pip "
+                       "install wandb, or set --config.wandb_project=''")
 
 
 def load(spec: str) -> ml_collections.ConfigDict:
   """Load `path/to/exp.py[:arg]` and call its get_config()."""
   module, arg = load_module(spec)
-  return module.get_config(arg) if arg else module.get_config()
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except (AttributeError, KeyError) as e:  # a key a locked config does not have
+    match = re.search(r'Key "([^"]+)" does not exist and cannot be added', str(e))
+    if not match:
+      raise
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if pathlib.Path(f.filename).name != "config_dict.py"]
+    where = f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else f"{spec}: "
+    suggestion = re.search(r'Did you mean "([^"]+)"', str(e))
+    known = _flat_keys(base_config())
+    full = [k for k in known if suggestion and k.rpartition(".")[2] == suggestion.group(1)]
+    raise UnknownKey(f"{where}unknown config key '{match.group(1)}'"
+                     + (f"; did you mean '{full[0] if len(full) == 1 else suggestion.group(1)}'?"
+                        if suggestion else "")
+                     + " (new keys are added in phi1/config.py's base_config, with their doc)"
+                     ) from None
+  check_schema(config, where=f"{spec}: ")
+  config.lock()  # a subtree the file replaced is locked too
+  return config
 
 
 def load_module(spec: str):
@@ -123,19 +203,23 @@ def _make_experiment_helpers_importable(file: pathlib.Path):
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, str]):
-  """Set dotted keys (`model.n_layers` -> 4). Values are Python literals or bare strings."""
+  """Set dotted keys (`model.n_layers` -> 4). Values are Python literals or bare strings, parsed
+  to the type of the key's current value; an unknown key or a value of another type is one
+  error line (UnknownKey / ValueError) naming the key."""
   for dotted, raw in overrides.items():
     node, keys = config, dotted.split(".")
     for depth, key in enumerate(keys):
       if not isinstance(node, ml_collections.ConfigDict) or key not in node:
-        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-        hint = difflib.get_close_matches(key, known, n=1)
-        where = ".".join(keys[:depth]) or "the top level"
-        raise KeyError(f"unknown config key '{dotted}': '{key}' is not in {where}"
-                       + (f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {known}"))
+        raise _unknown(dotted, _flat_keys(config))
       if depth < len(keys) - 1:
         node = node[key]
-    node[keys[-1]] = _parse(raw, node[keys[-1]])
+    current = node[keys[-1]]
+    try:
+      node[keys[-1]] = _parse(raw, current)
+    except TypeError as e:
+      kind = type(current).__name__
+      raise ValueError(f"--config.{dotted}={raw}: {dotted} must be of type {kind} (its value "
+                       f"now: {current!r})") from e
   return config
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from phi1 import attention as attention_lib
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
 from phi1 import demo_corpus
@@ -147,6 +148,9 @@ class Trainer:
     """`model_fn(model_config, rngs=...)` builds the model (default: `config.model_fn`, an import
     path, or Phi1); its import path is recorded in `self.config.model_fn` (phi1/model_fn.py)."""
     config = config.copy_and_resolve_references()
+    # attention_impl="auto" becomes the impl this backend runs (pallas on GPU, xla elsewhere),
+    # so the run's config.json and config hash record what ran.
+    config.model.attention_impl = attention_lib.resolve_impl(config.model.attention_impl)
     if model_fn is not None:
       config.model_fn = model_fn_lib.import_path(model_fn)
     self.model_fn = model_fn or model_fn_lib.resolve(config.model_fn)
@@ -263,6 +267,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   "continue" (phi1/run_identity.py). `model_fn(model_config, rngs=...)` swaps in another model
   (see `Trainer`); its import path is part of the recorded config."""
   from phi1 import data as data_lib
+  config_lib.validate(config)  # unknown keys, missing optional packages: before anything loads
   workdir = pathlib.Path(workdir).absolute()
   workdir.mkdir(parents=True, exist_ok=True)
   trainer = Trainer(config, mesh=mesh, model_fn=model_fn)

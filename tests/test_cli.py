@@ -37,7 +37,7 @@ def test_print_config_shows_the_resolved_config(capsys):
 
 @pytest.mark.parametrize("argv, words", [
     (["train", "--config", CPU_DEMO, "--print-config", "--config.model.n_layer=3"],
-     "did you mean 'n_layers'"),
+     "did you mean 'model.n_layers'"),
     (["train", "--config", "no/such/experiment.py", "--workdir", "x"], "not found"),
     (["generate", "--checkpoint", "/no/such/dir", "--prompt", "x"], "neither a params export"),
 ])
