@@ -11,16 +11,22 @@ import dataclasses
 # model prefix -> (USD per 1M input tokens, USD per 1M output tokens)
 PRICE_TABLE = {
     "gpt-3.5-turbo": (0.50, 1.50),  # the paper's generator (GPT-3.5)
+    "gpt-4": (30.00, 60.00),        # the paper's labeller (GPT-4)
+    "gpt-4-turbo": (10.00, 30.00),
     "gpt-4o-mini": (0.15, 0.60),
     "gpt-4o": (2.50, 10.00),
     "gpt-4.1-nano": (0.10, 0.40),
     "gpt-4.1-mini": (0.40, 1.60),
     "gpt-4.1": (2.00, 8.00),
-    "gpt-4-turbo": (10.00, 30.00),
-    "gpt-4": (30.00, 60.00),
     "gpt-5-nano": (0.05, 0.40),
     "gpt-5-mini": (0.25, 2.00),
     "gpt-5": (1.25, 10.00),
+    "gpt-5.1": (1.25, 10.00),
+    "o1-mini": (1.10, 4.40),
+    "o1": (15.00, 60.00),
+    "o3-mini": (1.10, 4.40),
+    "o3": (2.00, 8.00),
+    "o4-mini": (1.10, 4.40),
 }
 BATCH_DISCOUNT = 0.5
 
