@@ -53,6 +53,13 @@ def parser(kind: str) -> argparse.ArgumentParser:
   p.add_argument("--revision", default="v1", help="cache salt: change it to regenerate everything")
   p.add_argument("--temperature", type=float, default=1.0)
   p.add_argument("--max-tokens", type=int, default=2048 if kind == "textbooks" else 1024)
+  p.add_argument("--max-tokens-param", choices=("max_tokens", "max_completion_tokens"),
+                 default=None, help="the chat parameter that carries --max-tokens (default: "
+                 "max_completion_tokens for o-series and gpt-5 onwards, max_tokens otherwise)")
+  p.add_argument("--max-rejected-fraction", type=float, default=0.01,
+                 help="requests the endpoint rejects (400 context_length_exceeded, "
+                      "invalid_value...) or the model refuses twice are skipped and counted; the "
+                      "job stops once more than this fraction of --n (at least 10) were rejected")
   p.add_argument("--rpm", type=float, default=None, help="requests per minute limit")
   p.add_argument("--tpm", type=float, default=None, help="tokens per minute limit")
   p.add_argument("--timeout", type=float, default=300.0, help="seconds per attempt")
@@ -118,6 +125,10 @@ def settings(kind: str, args, table: dict, tree: dict | None) -> dict:
             "table_sha256": table["_sha256"], "seed_words_sha256": sha256_of_words("seed_words"),
             "temperature": args.temperature, "max_tokens": args.max_tokens,
             "keep_invalid": args.keep_invalid}
+  from phi1.llm.request import max_tokens_param_for
+  param = args.max_tokens_param or max_tokens_param_for(args.model)
+  if param != "max_tokens":  # recorded when it differs from what every earlier run sent
+    common["max_tokens_param"] = param
   if kind == "textbooks":
     return {**common, "prompt_version": textbooks.PROMPT_VERSION,
             "topic_tree_sha256": tree and tree.get("_sha256"), "stdlib_only": args.stdlib_only}
@@ -155,6 +166,8 @@ def main(kind: str, argv: list[str]) -> int:
   args = parser(kind).parse_args(argv)
   if args.n < 0:
     return _error("--n must be >= 0")
+  if not 0.0 <= args.max_rejected_fraction <= 1.0:
+    return _error("--max-rejected-fraction must be in [0, 1]")
   if (args.price_in is None) != (args.price_out is None):
     return _error("give both --price-in and --price-out")
   from data_gen.provenance import ProvenanceError, check_shard_layout, rank_dir
@@ -183,15 +196,23 @@ def main(kind: str, argv: list[str]) -> int:
     return _error(f"no topic tree at {_tree_path(args)}: expand it once before starting ranks "
                   f"(python -m data_gen textbooks --expand-topics-only --out {args.out} ...)")
 
+  from phi1.llm.client import BudgetExhausted, FatalAPIError, RetriesExhausted
   try:
     summary = asyncio.run(_run(kind, args, table, out_dir, slots))
   except SystemExit as e:
     return _error(str(e)) if isinstance(e.code, str) else e.code
+  except (FatalAPIError, RetriesExhausted, BudgetExhausted) as e:  # e.g. expanding the topic tree
+    return _error(str(e), 1)
   if summary is None:
     return 0
   print(json.dumps({"stored": summary.stored, "requested": summary.requested,
                     "added": summary.added, "stopped": summary.stopped, "rejects": summary.rejects,
-                    "invalid_kept": summary.invalid, **summary.llm}))
+                    "invalid_kept": summary.invalid, **summary.llm, "rejected": summary.rejected}))
+  if summary.stopped == "budget" and summary.stored == 0:
+    print(f"error: the budget (${args.budget_usd} for {args.out}, all runs) stopped the job "
+          "before any record was stored: raise --budget-usd (or check --price-in/--price-out).",
+          file=sys.stderr)
+    return 1
   if summary.stopped == "budget":
     print(f"stopped before exceeding the budget (${args.budget_usd} for {args.out}, all runs); "
           f"{summary.stored} of {summary.requested} records stored. Raise --budget-usd and rerun "
@@ -223,7 +244,7 @@ async def _run(kind: str, args, table: dict, out_dir: str, slots):
               requests_per_min=share(args.rpm), tokens_per_min=share(args.tpm),
               cache=args.cache or os.path.join(out_dir, "cache.sqlite"), revision=args.revision,
               retry=RetryPolicy(args.max_attempts, args.backoff_base, args.backoff_max),
-              timeout_s=args.timeout, prices=prices,
+              timeout_s=args.timeout, prices=prices, max_tokens_param=args.max_tokens_param,
               budget=(Budget(share(args.budget_usd), spent_usd=spent_before)
                       if args.budget_usd is not None else None))
   except ValueError as e:
@@ -255,20 +276,22 @@ async def _run(kind: str, args, table: dict, out_dir: str, slots):
         if args.backend == "batch":
           from data_gen.batch import generate_with_batches
           summary = await generate_with_batches(task, llm, writer, n, poll_s=args.batch_poll_s,
-                                                progress=not args.no_progress, run=run, slots=slots)
+                                                progress=not args.no_progress, run=run, slots=slots,
+                                                max_rejected_fraction=args.max_rejected_fraction)
         else:
           summary = await generate(task, llm, writer, n, progress=not args.no_progress, run=run,
-                                   slots=slots)
+                                   slots=slots, max_rejected_fraction=args.max_rejected_fraction)
       except FatalAPIError as e:
         raise SystemExit(str(e))
       usage = writer.meta.get("usage", {})
-      for field in ("requests", "cache_hits", "retries", "prompt_tokens", "completion_tokens"):
+      for field in ("requests", "cache_hits", "retries", "refusals", "prompt_tokens",
+                    "completion_tokens"):
         usage[field] = usage.get(field, 0) + summary.llm[field]
       usage["cost_usd"] = usage.get("cost_usd", 0.0) + summary.llm["cost_usd"]  # unrounded: budget
       history = writer.meta.get("runs", [])[-99:] + [{
           "run": run, "finished": time.time(), "added": summary.added, "stopped": summary.stopped,
           "rejects": summary.rejects, "invalid_kept": summary.invalid,
-          "cost_usd": round(summary.llm["cost_usd"], 6)}]
+          "rejected": summary.rejected, "cost_usd": round(summary.llm["cost_usd"], 6)}]
       invalid = dict(writer.meta.get("invalid_kept", {}))
       for reason, count in summary.invalid.items():
         invalid[reason] = invalid.get(reason, 0) + count

@@ -6,6 +6,12 @@ whose record is already stored, and keeps at most `n - stored` requests in fligh
 exactly `n` records and never pays for a record it would not keep (a reject frees its place for the
 next slot). Rerunning with the same arguments therefore tops up; a killed run's paid-but-unstored
 answers come back from the cache for free.
+
+A request the endpoint rejects on its own (400 context_length_exceeded, invalid_value...) or the
+model refuses twice is skipped like a reject, its reason counted in `RunSummary.rejected`, and its
+place goes to the next slot; the job stops only once more than `max_rejected_fraction` of `n` (and
+at least `MIN_REJECTED_ALLOWED` requests) were rejected, which says the prompts or settings are
+wrong rather than one record.
 """
 
 import asyncio
@@ -18,7 +24,7 @@ from collections import Counter
 from typing import Protocol
 
 from phi1.llm.client import (LLM, BudgetExhausted, Completion, FatalAPIError, Request,
-                             RetriesExhausted, canonical_json, sha256)
+                             RequestRejected, RetriesExhausted, canonical_json, sha256)
 from data_gen.shards import ShardWriter
 
 
@@ -41,10 +47,20 @@ class RunSummary:
   invalid: dict        # outputs that failed validation but were kept (--keep-invalid), by reason
   stopped: str         # "done" | "budget" | "error: ..." | "disk full"
   llm: dict            # the LLM layer's stats (requests, cache hits, retries, tokens, cost)
+  rejected: dict = dataclasses.field(default_factory=dict)  # requests skipped, by reason
 
   @property
   def ok(self) -> bool:
     return self.stopped == "done"
+
+
+MAX_REJECTED_FRACTION = 0.01  # --max-rejected-fraction's default
+MIN_REJECTED_ALLOWED = 10
+
+
+def rejected_allowed(n: int, fraction: float) -> int:
+  """How many rejected requests a job of `n` records tolerates before it stops."""
+  return max(MIN_REJECTED_ALLOWED, int(fraction * n))
 
 
 def record_id(kind: str, key: str, run: int = 0) -> str:
@@ -138,7 +154,8 @@ async def _attempt(task: Task, llm: LLM, run: int, slot: int, request: Request, 
 
 async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window: int | None = None,
                    progress: bool = True, max_rejects: int | None = None, run: int = 0,
-                   slots: Slots = Slots()) -> RunSummary:
+                   slots: Slots = Slots(),
+                   max_rejected_fraction: float = MAX_REJECTED_FRACTION) -> RunSummary:
   """Fill `writer`'s directory up to `n` records of run `run` from the slots this rank owns.
   Stops cleanly on budget, fatal endpoint errors and a full disk (what was stored stays stored);
   the reason is in `RunSummary.stopped`."""
@@ -147,6 +164,7 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
   start_count = len(stored)
   rejects: Counter = Counter()
   invalid: Counter = Counter()
+  rejected: Counter = Counter()
   bar = _Progress(n, min(start_count, n), progress, llm, rejects)
   in_flight: dict[asyncio.Task, tuple] = {}
   stopped, slot = "done", 0
@@ -188,6 +206,13 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
           if not in_flight:
             stopped = "budget"
           continue
+        except RequestRejected as e:  # this request only: its place goes to the next slot
+          rejected[e.reason] += 1
+          if sum(rejected.values()) > rejected_allowed(n, max_rejected_fraction):
+            stopped = (f"error: {sum(rejected.values())} requests rejected {dict(rejected)}, more "
+                       f"than --max-rejected-fraction {max_rejected_fraction} of {n} allows (last: "
+                       f"{e})")
+          continue
         except (FatalAPIError, RetriesExhausted) as e:
           stopped = f"error: {e}"
           continue
@@ -225,4 +250,4 @@ async def generate(task: Task, llm: LLM, writer: ShardWriter, n: int, *, window:
     stopped = "error: stopped early"
   return RunSummary(requested=n, stored=len(stored), added=len(stored) - start_count,
                     rejects=dict(rejects), invalid=dict(invalid), stopped=stopped,
-                    llm=llm.stats.as_dict())
+                    llm=llm.stats.as_dict(), rejected=dict(rejected))

@@ -111,3 +111,42 @@ def test_binary_labels_cost_printed_as_it_goes_and_budget(tmp_path, monkeypatch,
     assert "/30 labelled" in str(stopped.value) and "budget" in str(stopped.value)
     spent = float(str(stopped.value).split("$")[1].split(" ")[0])
     assert 0 < spent <= budget  # never past the budget
+
+
+def test_unparsed_replies_are_counted_and_shown_on_the_console(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+  records = [{"id": f"r{i}", "text": f"x = {i}\n"} for i in range(6)]
+
+  def responder(body):
+    if "x = 4" in body["messages"][0]["content"] or "x = 5" in body["messages"][0]["content"]:
+      return annotate.offline_judge(body)
+    return "Looks fine to me, nice code overall."
+
+  with FakeOpenAI(responder=responder) as server:
+    labels, stats = annotate.annotate_sync(records, model="gpt-4", base_url=server.base_url,
+                                           cache=str(tmp_path / "c.sqlite"))
+  assert stats["unparsed"] == 4 and len(stats["unparsed_examples"]) == 2
+  err = capsys.readouterr().err
+  line = next(l for l in err.splitlines() if "no 'Educational value: ...' answer" in l)
+  assert line.startswith("annotate: 4 of 6 replies") and line.count("Looks fine to me") == 2
+
+
+def test_a_rejected_record_is_skipped_counted_and_a_rerun_does_not_fail(tmp_path, monkeypatch,
+                                                                        capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+  records = [{"id": f"r{i}", "text": f"def f{i}(x):\n    return x * {i}\n"} for i in range(8)]
+  cache = str(tmp_path / "c.sqlite")
+  # The first request is rejected (400 context_length_exceeded), every time it is sent.
+  with FakeOpenAI(responder=annotate.offline_judge, first_faults=["context_length"]) as server:
+    for _ in range(2):
+      labels, stats = annotate.annotate_sync(records, model="gpt-4", base_url=server.base_url,
+                                             cache=cache, concurrency=1)
+      assert len(labels) == 7 and stats["rejected"] == {"context_length_exceeded": 1}
+      assert "1 of 8 records skipped" in capsys.readouterr().err
+    assert server.fault_counts == {"context_length": 2}  # asked again, skipped again
+  # Past the allowed fraction (here every request), labelling fails with the reasons.
+  with FakeOpenAI(fault_rate=1.0, faults=("invalid_value",)) as server:
+    many = [{"id": f"m{i}", "text": f"y = {i}\n"} for i in range(12)]
+    with pytest.raises(annotate.TooManyRejected, match="12 of 12 records rejected"):
+      annotate.annotate_sync(many, model="gpt-4", base_url=server.base_url,
+                             cache=str(tmp_path / "d.sqlite"))

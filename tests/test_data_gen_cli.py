@@ -299,3 +299,51 @@ def test_keep_invalid_stores_flagged_outputs_and_says_so_in_the_manifest(tmp_pat
   manifest = json.load(open(tmp_path / "kept" / "manifest.json"))
   assert manifest["invalid_kept"] == {"syntax_error": len(invalid)}
   assert manifest["generation_runs"][0]["settings"]["keep_invalid"] is True
+
+
+def test_textbooks_against_a_rate_limiting_refusing_rejecting_server_store_all_n(
+    tmp_path, monkeypatch, capsys, small_table):
+  """The server allows 8 requests per 0.25 s window, refuses one answer and rejects one request
+  with a 400 (sticky: that body is rejected every time). All --n records are stored, no 429 is
+  provoked, the refusal is asked once more (and succeeds), and the rejected request is skipped,
+  counted, its place taken by the next slot."""
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI() as server:  # the topic tree first, as before a large run
+    assert _main("textbooks", 12, tmp_path, server, "--expand-topics-only", *small_table) == 0
+  with FakeOpenAI(rpm=8, window_s=0.25, first_faults=["refusal", "context_length"]) as server:
+    assert _main("textbooks", 12, tmp_path, server, *small_table) == 0
+    faults = server.fault_counts
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert faults == {"refusal": 1, "context_length": 1}  # and no "rate_limited"
+  assert summary["stored"] == 12 and summary["stopped"] == "done"
+  assert summary["rejected"] == {"context_length_exceeded": 1} and summary["refusals"] == 1
+  assert summary["errors"] == {} and len(read_records(str(tmp_path))) == 12
+  manifest = json.load(open(tmp_path / "manifest.json"))
+  assert manifest["runs"][-1]["rejected"] == {"context_length_exceeded": 1}
+  assert manifest["usage"]["refusals"] == 1
+
+
+def test_too_many_rejected_requests_stop_the_job(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI(fault_rate=1.0, faults=("invalid_value",)) as server:
+    assert _main("exercises", 30, tmp_path, server, "--max-rejected-fraction", "0.1") == 1
+  err = capsys.readouterr().err
+  assert "requests rejected {'invalid_value': 11}" in err and "--max-rejected-fraction" in err
+  assert "Traceback" not in err
+
+
+def test_fatal_endpoint_errors_are_one_line(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI(fault_rate=1.0, faults=("401",)) as server:
+    assert _main("exercises", 5, tmp_path, server) == 1
+  err = capsys.readouterr().err
+  assert "OPENAI_API_KEY" in err and "Traceback" not in err and KEY not in err
+
+
+def test_a_budget_that_stores_nothing_is_a_failure(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI() as server:
+    assert _main("exercises", 5, tmp_path, server, "--budget-usd", "0.0000001") == 1
+    assert sum(server.request_counts.values()) == 0
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "before any record was stored" in err[0] and "--budget-usd" in err[0]

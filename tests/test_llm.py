@@ -8,10 +8,10 @@ import httpx2
 import openai
 import pytest
 
-from phi1.llm.client import (LLM, Budget, BudgetExhausted, FatalAPIError, MissingAPIKey, Request,
-                          RetriesExhausted, RetryPolicy)
+from phi1.llm.client import (LLM, Budget, BudgetExhausted, FatalAPIError, MissingAPIKey, Refused,
+                             Request, RequestRejected, RetriesExhausted, RetryPolicy)
 from phi1.llm.pricing import Prices, prices_for
-from phi1.llm.ratelimit import TokenBucket
+from phi1.llm.ratelimit import TokenBucket, parse_duration_s
 from data_gen.testing import FakeOpenAI, body_hash
 
 FAST_RETRY = RetryPolicy(max_attempts=12, base_s=0.005, max_s=0.02)
@@ -298,3 +298,150 @@ def test_fake_server_speaks_openai_for_other_clients():
     assert text.choices[0].text == "pass  # " and text.choices[0].finish_reason == "length"
     assert [m.id for m in client.models.list()] == ["fake"]
     assert sum(server.served_counts.values()) == 2
+
+
+def test_server_rate_limit_headers_pace_requests_without_a_429(tmp_path):
+  """A window of 6 requests per 0.3 s and concurrency 8: the first answer's headers say so, and the
+  client waits for each reset instead of running into the window (today's code got 429s)."""
+  with FakeOpenAI(rpm=6, window_s=0.3) as server:
+
+    async def run():
+      async with _llm(server, tmp_path, concurrency=8) as llm:
+        start = time.monotonic()
+        await asyncio.gather(*[llm.complete(_request(i)) for i in range(20)])
+        return time.monotonic() - start, llm.stats
+
+    elapsed, stats = asyncio.run(run())
+    faults = server.fault_counts
+  assert faults.get("rate_limited", 0) == 0 and stats.errors.get("http_429", 0) == 0
+  assert stats.requests == 20 and elapsed >= 3 * 0.3  # 20 requests need 4 windows
+
+
+def test_token_window_is_paced_too(tmp_path):
+  with FakeOpenAI(tpm=2000, window_s=0.3) as server:  # ~4 requests of ~420 tokens per window
+
+    async def run():
+      async with _llm(server, tmp_path, concurrency=8) as llm:
+        await asyncio.gather(*[llm.complete(_request(i)) for i in range(10)])
+        return llm.stats
+
+    stats = asyncio.run(run())
+    assert server.fault_counts.get("rate_limited", 0) == 0 and stats.requests == 10
+
+
+@pytest.mark.parametrize("fault,message", [
+    ("quota", "billing"), ("401", "OPENAI_API_KEY"), ("404", "--model")])
+def test_quota_auth_and_unknown_model_are_fatal_with_the_fix(tmp_path, fault, message):
+  with FakeOpenAI(fault_rate=1.0, faults=(fault,)) as server:
+
+    async def run():
+      async with _llm(server, tmp_path) as llm:
+        with pytest.raises(FatalAPIError, match=message) as error:
+          await llm.complete(_request(0))
+        return llm.stats, error.value
+
+    stats, error = asyncio.run(run())
+    assert sum(server.request_counts.values()) == 1  # not retried
+  assert stats.retries == 0 and not isinstance(error, RequestRejected)
+  assert "sk-test" not in str(error)
+
+
+def test_a_404_for_the_papers_models_says_they_may_be_retired(tmp_path):
+  with FakeOpenAI(fault_rate=1.0, faults=("404",)) as server:
+
+    async def run():
+      async with LLM("gpt-3.5-turbo", base_url=server.base_url, api_key="sk-test",
+                     retry=FAST_RETRY) as llm:
+        await llm.complete(_request(0))
+
+    with pytest.raises(FatalAPIError, match="retired") as error:
+      asyncio.run(run())
+  assert "--model gpt-4.1-mini" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_refusal_is_paid_counted_and_asked_once_more(tmp_path):
+  with FakeOpenAI(first_faults=["refusal"]) as server:
+
+    async def run():
+      async with _llm(server, tmp_path) as llm:
+        return await llm.complete(_request(0)), llm.stats
+
+    completion, stats = asyncio.run(run())
+    assert sum(server.served_counts.values()) == 2
+  assert completion.text and stats.refusals == 1 and stats.requests == 2 and stats.retries == 0
+  # Both answers are billed: the refusal's tokens are in the cost.
+  assert stats.cost_usd == pytest.approx(
+      prices_for("gpt-4o-mini").cost(stats.prompt_tokens, stats.completion_tokens))
+  assert stats.cost_usd > completion.cost_usd > 0
+
+
+def test_a_second_refusal_is_raised_cached_and_not_paid_again(tmp_path):
+  with FakeOpenAI(fault_rate=1.0, faults=("refusal",)) as server:
+
+    async def run():
+      async with _llm(server, tmp_path) as llm:
+        with pytest.raises(Refused) as error:
+          await llm.complete(_request(0))
+        return llm.stats, error.value
+
+    stats, error = asyncio.run(run())
+    assert error.reason == "refusal" and "can't help" in str(error)
+    assert stats.refusals == 2 and stats.requests == 2 and stats.cost_usd > 0
+    assert stats.rejected == {"refusal": 1}
+    again, _ = asyncio.run(run())  # from the cache: raised again, nothing sent
+    assert again.requests == 0 and again.cache_hits == 1 and again.cost_usd == 0
+    assert sum(server.request_counts.values()) == 2
+
+
+@pytest.mark.parametrize("fault,reason", [("context_length", "context_length_exceeded"),
+                                          ("invalid_value", "invalid_value")])
+def test_a_per_request_400_rejects_that_request_only(tmp_path, fault, reason):
+  with FakeOpenAI(first_faults=[fault]) as server:
+
+    async def run():
+      async with _llm(server, tmp_path) as llm:
+        with pytest.raises(RequestRejected) as error:
+          await llm.complete(_request(0))
+        others = await asyncio.gather(*[llm.complete(_request(i)) for i in range(1, 4)])
+        return error.value, others, llm.stats
+
+    error, others, stats = asyncio.run(run())
+    assert sum(server.request_counts.values()) == 4  # the rejected one was not retried
+  assert error.reason == reason and len(others) == 3
+  assert stats.rejected == {reason: 1} and stats.retries == 0
+
+
+def test_a_parameter_the_model_rejects_is_fatal_naming_the_switch():
+  _, http = _recording_http_client(400, {"error": {
+      "message": "Unsupported parameter: 'max_tokens' is not supported with this model.",
+      "type": "invalid_request_error", "param": "max_tokens", "code": "unsupported_parameter"}})
+
+  async def run():
+    async with LLM("m", base_url="http://example.test/v1", api_key="sk-x", http=http) as llm:
+      await llm.complete(_request(0))
+
+  with pytest.raises(FatalAPIError, match="--max-tokens-param max_completion_tokens") as error:
+    asyncio.run(run())
+  assert not isinstance(error.value, RequestRejected)
+
+
+def test_max_tokens_param_follows_the_model_family_or_the_switch():
+  request = _request(0, max_tokens=99)
+  bodies = {model: LLM(model, api_key="x").body(request)
+            for model in ("gpt-4o-mini", "gpt-3.5-turbo", "o3-mini", "o1", "gpt-5-mini")}
+  assert bodies["gpt-4o-mini"]["max_tokens"] == bodies["gpt-3.5-turbo"]["max_tokens"] == 99
+  for model in ("o3-mini", "o1", "gpt-5-mini"):
+    assert bodies[model]["max_completion_tokens"] == 99 and "max_tokens" not in bodies[model]
+  forced = LLM("gpt-4o-mini", api_key="x", max_tokens_param="max_completion_tokens")
+  assert forced.body(request)["max_completion_tokens"] == 99
+  completions = Request(prompt="def f():", params={"max_tokens": 5})
+  assert LLM("o3-mini", api_key="x").body(completions)["max_tokens"] == 5
+  with pytest.raises(ValueError, match="max_tokens_param"):
+    LLM("m", api_key="x", max_tokens_param="max_new_tokens")
+  assert all(prices_for(m) for m in ("o3-mini", "o1", "o4-mini", "gpt-5-mini", "gpt-4.1"))
+
+
+def test_reset_durations_parse_as_openai_writes_them():
+  assert parse_duration_s("1s") == 1.0 and parse_duration_s("20ms") == pytest.approx(0.02)
+  assert parse_duration_s("6m0s") == 360.0 and parse_duration_s("1h2m3.5s") == 3723.5
+  assert parse_duration_s("0.5") == 0.5 and parse_duration_s("soon") is None

@@ -14,6 +14,13 @@ Each label line stores: id, label (0/1 or 0-5, or null when the answer had none)
 prompts are never mixed silently), request_hash, cost_usd and cached. Calls go through
 `phi1.llm.client.LLM`, so reruns are free (content-addressed cache), rate limits and retries are
 handled, cost is counted, printed as labelling goes, and capped by `budget_usd`.
+
+A record the endpoint rejects on its own (a 400 such as context_length_exceeded, or a refusal) gets
+no label line: it is skipped and counted by reason (stats["rejected"], printed), and labelling goes
+on; a rerun skips it again rather than failing. Labelling fails only when more than
+`max_rejected_fraction` of the sample (and at least 10 records) is rejected. Replies with no
+answer in the scale's format are kept with label null, and their count and two examples are
+printed (stats["unparsed"], stats["unparsed_examples"]).
 """
 
 from __future__ import annotations
@@ -150,13 +157,21 @@ class BudgetSpent(RuntimeError):
   """Some records were not labelled: the next request could have passed the budget."""
 
 
+MAX_REJECTED_FRACTION = 0.01
+
+
+class TooManyRejected(RuntimeError):
+  pass
+
+
 async def annotate(records: Sequence[dict], llm, *, scale: str = DEFAULT_SCALE,
                    max_tokens: int = 256, temperature: float = 0.0, progress: bool = False,
-                   report: CostReport | None = None) -> list[dict]:
-  """One label dict per record (same order); `llm` is a `phi1.llm.client.LLM`. Requests the budget
-  refuses do not stop the ones in flight (they are paid for and cached); BudgetSpent then says
-  how many were refused."""
-  from phi1.llm.client import BudgetExhausted, Request
+                   report: CostReport | None = None,
+                   max_rejected_fraction: float = MAX_REJECTED_FRACTION) -> list[dict]:
+  """One label dict per record (same order) except the records the endpoint rejected (counted in
+  `llm.stats.rejected`); `llm` is a `phi1.llm.client.LLM`. Requests the budget refuses do not stop
+  the ones in flight (they are paid for and cached); BudgetSpent then says how many were refused."""
+  from phi1.llm.client import BudgetExhausted, Request, RequestRejected
 
   spec = SCALES[scale]
   bar = None
@@ -171,6 +186,10 @@ async def annotate(records: Sequence[dict], llm, *, scale: str = DEFAULT_SCALE,
       completion = await llm.complete(request)
     except BudgetExhausted:
       return None
+    except RequestRejected:  # this record only (counted by reason in llm.stats.rejected)
+      if report is not None:
+        report.update()
+      return "rejected"
     label, rationale = parse_label(completion.text, scale)
     if bar is not None:
       bar.update(1)
@@ -190,14 +209,34 @@ async def annotate(records: Sequence[dict], llm, *, scale: str = DEFAULT_SCALE,
   refused = sum(l is None for l in labels)
   if refused:
     raise BudgetSpent(f"{refused} of {len(records)} records not labelled")
-  return labels
+  rejected = sum(l == "rejected" for l in labels)
+  if rejected > max(10, int(max_rejected_fraction * len(records))):
+    raise TooManyRejected(f"{rejected} of {len(records)} records rejected by the endpoint "
+                          f"{dict(llm.stats.rejected)}, more than the {max_rejected_fraction} "
+                          "allowed: check the model and max_tokens")
+  return [l for l in labels if l != "rejected"]
+
+
+def problems_line(labels: Sequence[dict], stats: dict, total: int, scale: str) -> str | None:
+  """The console line for rejected records and replies without a label (None when neither)."""
+  parts = []
+  if stats.get("rejected"):
+    parts.append(f"{sum(stats['rejected'].values())} of {total} records skipped (rejected by the "
+                 f"endpoint: {dict(stats['rejected'])})")
+  unparsed = [l for l in labels if l["label"] is None]
+  if unparsed:
+    examples = "; ".join(repr(l["rationale"][-80:]) for l in unparsed[:2])
+    answer = "Educational value" if scale == "binary" else "Educational score"
+    parts.append(f"{len(unparsed)} of {len(labels)} replies had no '{answer}: ...' answer and are "
+                 f"kept unlabelled (e.g. {examples})")
+  return "annotate: " + "; ".join(parts) if parts else None
 
 
 def annotate_sync(records: Sequence[dict], *, model: str, base_url: str | None = None,
                   api_key: str | None = None, cache: str | None = None, concurrency: int = 16,
                   progress: bool = False, scale: str = DEFAULT_SCALE,
                   budget_usd: float | None = None, prices=None, report_every_s: float = 10.0,
-                  **kwargs) -> tuple[list[dict], dict]:
+                  max_tokens_param: str | None = None, **kwargs) -> tuple[list[dict], dict]:
   """Runs `annotate` on a fresh event loop; returns (labels, LLM stats incl. cost). With
   `budget_usd`, new requests stop before the spend could pass it (cached answers are free) and a
   RuntimeError says how far labelling got; rerunning with a larger budget pays only for the rest."""
@@ -205,12 +244,20 @@ def annotate_sync(records: Sequence[dict], *, model: str, base_url: str | None =
 
   async def run():
     llm = LLM(model, base_url=base_url, api_key=api_key, cache=cache, concurrency=concurrency,
-              prices=prices, budget=Budget(budget_usd) if budget_usd is not None else None)
+              prices=prices, budget=Budget(budget_usd) if budget_usd is not None else None,
+              max_tokens_param=max_tokens_param)
     report = CostReport(len(records), llm, budget_usd, every_s=report_every_s)
     try:
       labels = await annotate(records, llm, scale=scale, progress=progress, report=report, **kwargs)
       print(report.line(), file=sys.stderr, flush=True)
-      return labels, llm.stats.as_dict()
+      stats = llm.stats.as_dict()
+      unparsed = [l for l in labels if l["label"] is None]
+      stats["unparsed"] = len(unparsed)
+      stats["unparsed_examples"] = [l["rationale"][-200:] for l in unparsed[:2]]
+      problems = problems_line(labels, stats, len(records), scale)
+      if problems:
+        print(problems, file=sys.stderr, flush=True)
+      return labels, stats
     except BudgetSpent as e:
       raise RuntimeError(f"{report.line()}; {e}: the --budget-usd ${budget_usd:.2f} would be "
                          "passed by the next request; raise it and rerun (answers so far are "

@@ -76,21 +76,28 @@ class ServerWindow:
 
   def observe(self, limit: float | None, remaining: float, reset_s: float, in_flight: float,
               now: float):
+    """Answers arrive out of order: one whose window ends before the one already seen is from an
+    earlier window (its `remaining` is stale) and is ignored."""
     self.limit = limit if limit is not None else self.limit
+    if now < self.reset_at < float("inf") and now + reset_s < self.reset_at - 0.25 * reset_s:
+      return
     self.remaining = remaining - in_flight  # in flight: perhaps not counted by the server yet
     self.reset_at, self.spent = now + reset_s, 0.0
 
-  def wait_time(self, amount: float, now: float) -> float:
+  def wait_time(self, amount: float, now: float, in_flight: float) -> float:
     if self.remaining is None:
       return 0.0
-    if now >= self.reset_at:  # the window has reset: the full limit again (if the server said it)
-      self.remaining, self.spent = self.limit, 0.0
-      self.reset_at = float("inf") if self.limit is not None else 0.0
-      if self.remaining is None:
+    if now >= self.reset_at:  # reset: the full limit again, less what may count in the new window
+      if self.limit is None:
+        self.remaining = None
         return 0.0
+      self.remaining, self.spent, self.reset_at = self.limit - in_flight, 0.0, float("inf")
     if self.spent + amount <= self.remaining or self.spent == 0 and amount > (self.limit or 0):
       return 0.0  # fits (a request larger than the whole limit goes alone, for the server to judge)
-    return max(self.reset_at - now, 0.0) if self.reset_at != float("inf") else 0.05
+    if self.reset_at != float("inf"):
+      return self.reset_at - now
+    # Spent with no reset announced yet: an answer in flight will tell (with none, go ahead).
+    return 0.01 if in_flight > 0 else 0.0
 
   def take(self, amount: float):
     self.spent += amount
@@ -119,8 +126,10 @@ class RateLimiter:
     return max(self._resume_at - now,
                self.requests.wait_time(1, now) if self.requests else 0.0,
                self.tokens.wait_time(tokens, now) if self.tokens else 0.0,
-               self.server_requests.wait_time(1, now) if self.headers_seen else 0.0,
-               self.server_tokens.wait_time(tokens, now) if self.headers_seen else 0.0)
+               self.server_requests.wait_time(1, now, self.in_flight_requests)
+               if self.headers_seen else 0.0,
+               self.server_tokens.wait_time(tokens, now, self.in_flight_tokens)
+               if self.headers_seen else 0.0)
 
   async def acquire(self, tokens: int):
     """Wait until a request estimated at `tokens` may go; pair with `release(tokens)`."""
