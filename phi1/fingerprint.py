@@ -86,7 +86,16 @@ def weights_path(path: str, step: int | None = None) -> str:
 
 
 def of_weights(path: str, step: int | None = None) -> str:
-  return of_path(weights_path(path, step))
+  """The files that hold the weights (an export's config and params, an HF directory's config and
+  safetensors), so results written beside them do not change it."""
+  path = weights_path(path, step)
+  if os.path.isfile(os.path.join(path, "phi1_config.json")):
+    return _digest([of_file(os.path.join(path, "phi1_config.json")),
+                    of_path(os.path.join(path, "params"))])
+  if step is None and os.path.isfile(os.path.join(path, "config.json")):
+    return _digest([(name, of_file(os.path.join(path, name))) for name in sorted(os.listdir(path))
+                    if name == "config.json" or name.endswith((".safetensors", ".index.json"))])
+  return of_path(path)
 
 
 def _source_path(source) -> str:

@@ -190,7 +190,8 @@ def test_a_resumed_checkpoint_eval_draws_the_samples_an_uninterrupted_one_drew(t
                                     eos_id=None, vocab_size=500)
   monkeypatch.setitem(sys.modules, "phi1.checkpoint", types.SimpleNamespace(
       load_for_inference=lambda path: (model, tokenizer)))
-  run = lambda out: cli.main(["--bench", "humaneval", "--checkpoint", str(tmp_path), "--limit", "3",
+  run = lambda out: cli.main(["--bench", "humaneval", "--checkpoint", str(tmp_path / "ckpt"),
+                              "--limit", "3",
                               "--n", "2", "--temperature", "1.5", "--max-new-tokens", "12",
                               "--out", str(out), "--no-progress"])
   whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -204,3 +205,90 @@ def test_a_resumed_checkpoint_eval_draws_the_samples_an_uninterrupted_one_drew(t
   assert len(raw(whole)) == 6 and raw(resumed) == raw(whole)
   assert len(set(raw(whole).values())) == 6  # the samples really differ from each other
   capsys.readouterr()
+
+
+def _fake_checkpoint_model(monkeypatch, answers, calls):
+  """`phi1.checkpoint` / `phi1.generate` stand-ins: answers[prompt] is the model's text; calls
+  records the prompts of each generate call, and `calls.hook(n)` runs before the n-th call."""
+  import types
+  model = types.SimpleNamespace(config=types.SimpleNamespace(max_seq_len=100_000))
+  tokenizer = types.SimpleNamespace(encode=list)
+
+  def generate(model, tokenizer, prompts, **kwargs):
+    calls.append(list(prompts))
+    hook = getattr(calls, "hook", None)
+    if hook:
+      hook(len(calls))
+    return [answers[p] for p in prompts]
+
+  monkeypatch.setitem(sys.modules, "phi1.checkpoint", types.SimpleNamespace(
+      load_for_inference=lambda path, **kw: (model, tokenizer)))
+  monkeypatch.setitem(sys.modules, "phi1.generate", types.SimpleNamespace(generate=generate))
+
+
+class _Calls(list):
+  pass
+
+
+def _export(path, weights: bytes):
+  (path / "params").mkdir(parents=True, exist_ok=True)
+  (path / "phi1_config.json").write_text("{}")
+  (path / "params" / "d.bin").write_bytes(weights)
+  return path
+
+
+def test_retrained_weights_at_the_same_path_are_not_scored_with_the_old_answers(
+    tmp_path, capsys, monkeypatch):
+  tasks = humaneval.load()[:3]
+  calls = _Calls()
+  _fake_checkpoint_model(monkeypatch, {t.prompt: t.reference for t in tasks}, calls)
+  export = _export(tmp_path / "export", b"weights of the first model")
+  run = lambda: cli.main(["--bench", "humaneval", "--checkpoint", str(export), "--limit", "3",
+                          "--out", str(tmp_path / "out"), "--no-progress"])
+  assert run() == 0
+  weights = summary_of(capsys)["protocol"]["generator"]["weights"]
+  assert run() == 0 and len(calls) == 1  # the same weights: every answer reused
+  _export(export, b"weights of a retrained model")
+  assert run() == 2 and len(calls) == 1
+  err = capsys.readouterr().err
+  assert f"the weights at {export} changed" in err and weights in err and "new --out" in err
+
+
+def test_checkpoint_generations_stream_to_out_and_sigterm_loses_only_the_running_batch(
+    tmp_path, capsys, monkeypatch):
+  tasks = humaneval.load()[:5]
+  calls = _Calls()
+  _fake_checkpoint_model(monkeypatch, {t.prompt: t.reference for t in tasks}, calls)
+  export = _export(tmp_path / "export", b"w")
+  calls.hook = lambda n: n == 2 and os.kill(os.getpid(), signal.SIGTERM)
+  argv = ["--bench", "humaneval", "--checkpoint", str(export), "--limit", "5", "--batch-size", "2",
+          "--out", str(tmp_path / "out")]
+  assert cli.main(argv) == 128 + signal.SIGTERM
+  err = capsys.readouterr().err
+  assert "rerun the same command" in err and "generate" in err  # the progress bar was shown
+  assert saved_lines(tmp_path / "out") == 2  # the first batch, saved as it finished
+  calls.hook = None
+  assert cli.main(argv + ["--no-progress"]) == 0
+  summary = summary_of(capsys)
+  assert summary["protocol"]["generator"]["generations"] == dict(loaded=2, requested=3, total=5)
+  assert sum(map(len, calls)) == 2 + 2 + 3 and summary["pass@1"] == 1.0
+
+
+def test_samples_reads_bigcode_generations_json_and_names_the_formats_it_refuses(
+    tmp_path, capsys):
+  tasks = humaneval.load()[:3]
+  # bigcode's HumanEval keeps the prompt in each generation; a bare continuation works too.
+  lists = [[tasks[0].prompt + tasks[0].reference, tasks[0].prompt + "    pass\n"],
+           [tasks[1].reference, "    return None\n"], [tasks[2].prompt + tasks[2].reference] * 2,
+           ["ignored: past --limit"]]
+  (tmp_path / "generations.json").write_text(json.dumps(lists))
+  assert cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "generations.json"),
+                   "--limit", "3", "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+  summary = summary_of(capsys)
+  assert summary["num_samples"] == 6 and summary["pass@1"] == pytest.approx(4 / 6)
+  assert summary["protocol"]["generator"]["kind"] == "bigcode-generations"
+  (tmp_path / "other.json").write_text(json.dumps({"HumanEval/0": ["x"]}))
+  assert cli.main(["--bench", "humaneval", "--samples", str(tmp_path / "other.json"),
+                   "--limit", "3", "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "no usable sample" in err and "bigcode-evaluation-harness's generations.json" in err

