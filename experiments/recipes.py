@@ -25,10 +25,10 @@ def pretrain(model: Phi1Config):
   c = config_lib.base_config()
   c.model = config_lib.model_config(model)
   c.model.attn_dropout = c.model.resid_dropout = 0.1  # paper §2.3 (released config: 0)
-  # The paper's FlashAttention applied attention dropout; our Pallas kernel has none, so the
-  # faithful default is the XLA path. For speed: --config.model.attention_impl=pallas
-  # --config.model.attn_dropout=0.0 (residual dropout stays 0.1).
-  c.model.attention_impl = "xla"
+  # The paper's FlashAttention applied the attention dropout; so does our Pallas flash kernel.
+  # "auto" runs it on a GPU and the XLA path (same hashed mask) elsewhere; the trainer records
+  # which in the run's config.json.
+  c.model.attention_impl = "auto"
   c.steps, c.batch_size, c.seq_len = 24_000, 1024, 2048
   c.precision, c.mesh = "fp16", "fsdp"
   c.grad_accum = 16  # 1024 sequences = 8 GPUs x 8 sequences x 16 micro-batches

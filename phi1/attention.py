@@ -1,9 +1,15 @@
-"""Multi-head attention behind one switch: `impl` = "xla" | "cudnn" | "pallas".
+"""Multi-head attention behind one switch: `impl` = "xla" | "cudnn" | "pallas" | "auto".
 
 Layout everywhere is [B, T, H, K] (batch, sequence, heads, head dim). `segment_ids_BT` marks packed
 documents (1-based, 0 = padding): a query attends only to keys of its own segment, and padding
 attends to nothing (its output row is zero). The model calls `attention` and never knows which
 implementation ran; an implementation that cannot honour a request raises instead of dropping it.
+"auto" is the flash kernel where it compiles (GPU) and XLA elsewhere (`resolve_impl`).
+
+Attention dropout has one definition for every impl that has it: the keep-mask is a hash of
+(seed, batch row, head, query, key) (phi1/kernels/flash_attention.py), the seed drawn from the
+caller's key. The XLA path builds the mask as an array, the kernel regenerates it tile by tile, so
+one key gives one mask on both, sharded or not.
 """
 
 import jax
@@ -14,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from phi1 import sharding
 from phi1.kernels import flash_attention as flash
 
-IMPLS = ("xla", "cudnn", "pallas")
+IMPLS = ("xla", "cudnn", "pallas", "auto")
 # A large finite value, not -inf: fully masked rows must give zeros, never NaN (exp(-inf - -inf)).
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
@@ -31,11 +37,27 @@ def attention_mask(segment_ids_BT, causal: bool, T: int, S: int):
   return mask
 
 
+def resolve_impl(impl: str, backend: str | None = None) -> str:
+  """"auto" -> "pallas" on a GPU backend, "xla" elsewhere (the kernel is interpreted on CPU:
+  correct but slow); any other impl is returned as is."""
+  if impl != "auto":
+    return impl
+  backend = backend or jax.default_backend()
+  return "pallas" if backend in ("gpu", "cuda", "rocm") else "xla"
+
+
+def dropout_stream(dropout_rng, n_heads: int, batch_offset=0, head_offset=0):
+  """The kernel's int32[4] dropout stream for a key (see flash.dropout_stream)."""
+  return flash.dropout_stream(flash.seed_from_key(dropout_rng), batch_offset, head_offset, n_heads)
+
+
 def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, dropout_rng=None,
-                  return_probs=False):
+                  return_probs=False, dropout_stream_4=None):
   """Reference attention. Scores and softmax in fp32 (HF Phi upcasts too: fp16 overflows otherwise).
 
-  With `return_probs`, returns (out_BTHK, probs_BHTS), the probabilities before dropout."""
+  Dropout uses the kernel's hashed mask: from `dropout_stream_4` if given, else from
+  `dropout_rng` (the whole array's indices). With `return_probs`, returns (out_BTHK, probs_BHTS),
+  the probabilities before dropout."""
   K = q_BTHK.shape[-1]
   scores_BHTS = jnp.einsum("bthk,bshk->bhts", q_BTHK, k_BSHK, preferred_element_type=jnp.float32)
   scores_BHTS = scores_BHTS / jnp.sqrt(jnp.float32(K))
@@ -47,7 +69,10 @@ def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, d
     probs_BHTS = jnp.where(mask_B1TS.any(axis=-1, keepdims=True), probs_BHTS, 0.0)
   softmax_BHTS = probs_BHTS
   if dropout_rate > 0.0:
-    keep_BHTS = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs_BHTS.shape)
+    B, H, T, S = probs_BHTS.shape
+    if dropout_stream_4 is None:
+      dropout_stream_4 = dropout_stream(dropout_rng, H)
+    keep_BHTS = flash.dropout_keep_mask(dropout_stream_4, B, H, T, S, dropout_rate)
     probs_BHTS = jnp.where(keep_BHTS, probs_BHTS / (1.0 - dropout_rate), 0.0)
   out_BTHK = jnp.einsum("bhts,bshk->bthk", probs_BHTS.astype(v_BSHK.dtype), v_BSHK,
                         preferred_element_type=jnp.float32)
@@ -57,38 +82,40 @@ def xla_attention(q_BTHK, k_BSHK, v_BSHK, mask_B1TS=None, *, dropout_rate=0.0, d
 
 
 def attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool = True, segment_ids=None, impl: str = "xla",
-              dropout_rate: float = 0.0, dropout_rng=None):
+              dropout_rate: float = 0.0, dropout_rng=None, dropout_stream_4=None):
   """Self-attention over equal-length q and k. Returns [B, T, H, K] in q's dtype.
 
-  impl: "xla" (reference; the only one with attention dropout), "pallas" (our flash kernel,
-  phi1/kernels/flash_attention.py; interpreted on CPU), "cudnn" (GPU only, bf16/fp16, no packed
-  segment ids). Inside `sharding.activation_sharding` the kernel impls run under shard_map.
+  impl: "xla" (reference), "pallas" (our flash kernel, phi1/kernels/flash_attention.py;
+  interpreted on CPU), "cudnn" (GPU only, bf16/fp16, no packed segment ids, no dropout), "auto"
+  (`resolve_impl`). Inside `sharding.activation_sharding` the kernel impls run under shard_map.
+  xla and pallas draw the same dropout mask from one `dropout_rng`.
   """
   if impl not in IMPLS:
     raise ValueError(f"attention impl must be one of {IMPLS}, got {impl!r}")
+  impl = resolve_impl(impl)
   if q_BTHK.shape != k_BTHK.shape or k_BTHK.shape != v_BTHK.shape:
     raise ValueError(f"q, k, v must share one [B, T, H, K] shape; got {q_BTHK.shape}, "
                      f"{k_BTHK.shape}, {v_BTHK.shape}")
-  if dropout_rate > 0.0 and dropout_rng is None:
+  if dropout_rate > 0.0 and dropout_rng is None and dropout_stream_4 is None:
     raise ValueError("attention dropout needs a dropout_rng")
+  if dropout_rate > 0.0 and dropout_stream_4 is None and impl != "cudnn":
+    dropout_stream_4 = dropout_stream(dropout_rng, q_BTHK.shape[2])
   if impl == "xla":
     T = q_BTHK.shape[1]
     mask = attention_mask(segment_ids, causal, T, T) if (causal or segment_ids is not None) else None
     return xla_attention(q_BTHK, k_BTHK, v_BTHK, mask, dropout_rate=dropout_rate,
-                         dropout_rng=dropout_rng)
-  if impl == "pallas" and dropout_rate > 0.0:
-    raise ValueError(f"attention dropout (rate {dropout_rate}) exists only on impl='xla': the "
-                     "Pallas kernel has none. Use impl='xla' or set attn_dropout=0 (as the "
-                     "released phi-1 config does).")
+                         dropout_stream_4=dropout_stream_4)
   # A kernel is one opaque call XLA cannot partition: under the trainer's mesh it runs per shard.
   active = sharding.active()  # (mesh, rules) while the trainer traces, else None
   if active is not None and not jax.sharding.get_abstract_mesh().manual_axes:
     mesh, rules = active
     sharded = sharded_attention(mesh, rules.get("batch"), rules.get("act_heads"))
     return sharded(q_BTHK, k_BTHK, v_BTHK, causal=causal, segment_ids=segment_ids, impl=impl,
-                   dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+                   dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                   dropout_stream_4=dropout_stream_4)
   if impl == "pallas":
-    return flash.flash_attention(q_BTHK, k_BTHK, v_BTHK, segment_ids, causal=causal)
+    return flash.flash_attention(q_BTHK, k_BTHK, v_BTHK, segment_ids, causal=causal,
+                                 dropout_rate=dropout_rate, dropout_stream_4=dropout_stream_4)
   return cudnn_attention(q_BTHK, k_BTHK, v_BTHK, causal=causal, segment_ids=segment_ids,
                          dropout_rate=dropout_rate)
 
@@ -103,7 +130,7 @@ def cudnn_attention(q_BTHK, k_BTHK, v_BTHK, *, causal: bool, segment_ids=None,
   """
   if dropout_rate > 0.0:
     raise ValueError("impl='cudnn' cannot apply attention dropout (jax.nn.dot_product_attention "
-                     "has no dropout); use impl='xla' for attention dropout.")
+                     "has no dropout); use impl='pallas' or 'xla' for attention dropout.")
   if segment_ids is not None:
     raise ValueError("impl='cudnn' cannot mask packed documents: jax.nn.dot_product_attention's "
                      "cuDNN path takes padding lengths, not segment ids. Use impl='pallas' (or "
@@ -126,31 +153,44 @@ def sharded_attention(mesh, batch_axes=("data", "fsdp"), head_axis="tensor"):
   communication is needed. Returns a function with `attention`'s signature; q, k, v must already
   be laid out as P(batch_axes, None, head_axis, None) (otherwise XLA reshards them first).
   `attention` does this by itself for the kernel impls inside `sharding.activation_sharding`,
-  taking the axes of the logical names "batch" and "act_heads".
+  taking the axes of the logical names "batch" and "act_heads". Each shard hashes its rows' and
+  heads' global indices, so its dropout mask is the unsharded call's.
   """
   qkv_spec = P(batch_axes, None, head_axis, None)
   seg_spec = P(batch_axes, None)
-  split_axes = [a for a in (*_as_tuple(batch_axes), *_as_tuple(head_axis)) if a is not None]
+  batch_axes_list = [a for a in _as_tuple(batch_axes) if a is not None]
+  head_axes_list = [a for a in _as_tuple(head_axis) if a is not None]
+
+  def shard_index(axes):
+    """This shard's position along `axes` (major to minor, as a PartitionSpec splits)."""
+    index = jnp.int32(0)
+    for axis in axes:
+      index = index * mesh.shape[axis] + lax.axis_index(axis)
+    return index
 
   def sharded(q_BTHK, k_BTHK, v_BTHK, *, causal=True, segment_ids=None, impl="xla",
-              dropout_rate=0.0, dropout_rng=None):
+              dropout_rate=0.0, dropout_rng=None, dropout_stream_4=None):
+    if dropout_rate > 0.0 and dropout_stream_4 is None:
+      if dropout_rng is None:
+        raise ValueError("attention dropout needs a dropout_rng")
+      dropout_stream_4 = dropout_stream(dropout_rng, q_BTHK.shape[2])
+
     def local(q, k, v, *extras):
       extras = list(extras)
       seg = extras.pop(0) if segment_ids is not None else None
-      rng = extras.pop(0) if dropout_rng is not None else None
-      if rng is not None:
-        # Each block of batch rows and heads draws its own dropout mask.
-        for axis in split_axes:
-          rng = jax.random.fold_in(rng, lax.axis_index(axis))
+      stream = extras.pop(0) if dropout_rate > 0.0 else None
+      if stream is not None:  # this shard's first batch row and head, in global indices
+        stream = stream.at[1].add(shard_index(batch_axes_list) * q.shape[0])
+        stream = stream.at[2].add(shard_index(head_axes_list) * q.shape[2])
       return attention(q, k, v, causal=causal, segment_ids=seg, impl=impl,
-                       dropout_rate=dropout_rate, dropout_rng=rng)
+                       dropout_rate=dropout_rate, dropout_stream_4=stream)
 
     args, specs = [q_BTHK, k_BTHK, v_BTHK], [qkv_spec] * 3
     if segment_ids is not None:
       args.append(segment_ids)
       specs.append(seg_spec)
-    if dropout_rng is not None:
-      args.append(dropout_rng)
+    if dropout_rate > 0.0:
+      args.append(dropout_stream_4)
       specs.append(P())
     # check_vma=False: pallas_call's outputs carry no varying-axes annotation, and the body is
     # purely per-shard (no collectives), so the check has nothing to verify.

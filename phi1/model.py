@@ -13,10 +13,19 @@ interleaved rotary and no attention biases: `rotary_style="gptj"`, `attn_bias=Fa
 Every parameter carries `logical_axes` metadata and every large activation passes through
 `sharding.constrain` with logical names; `phi1/sharding.py` alone maps those names to the mesh.
 
-Extending: `Attention` runs as project -> rotate -> attend, so a variant overrides one step; the MLP
-is picked by `Phi1Config.mlp` from `MLPS` (a name in config.json, so sweeps tell variants apart);
-`Phi1.capture` returns sown attention probabilities and per-layer outputs (off, and free, unless
-asked for); `scan_layers` runs one compiled block under `nnx.scan` instead of n_layers copies.
+Extending: a block's attention and MLP are picked by name, `Phi1Config.attention` from
+`ATTENTIONS` and `Phi1Config.mlp` from `MLPS` (names in config.json, so sweeps and the config hash
+tell variants apart). A variant is a module built as `cls(config, rngs)` inside `Block`, so it is
+stacked and scanned like the stock one under `scan_layers` (swapping modules into a built model is
+not: the scanned stack is one module). To add an attention variant:
+    class MyAttention(model.Attention):      # project -> rotate -> attend: override one step
+      def rotate(self, q_BTHK, k_BTHK, positions_BT): ...
+    model.register_attention("mine", MyAttention)
+    config.model.attention = "mine"          # or Phi1Config(attention="mine")
+(`register_mlp` likewise). The registering module must be imported wherever the model is rebuilt
+(a checkpoint loader too). `Phi1.capture` returns sown attention probabilities and per-layer
+outputs (off, and free, unless asked for); `scan_layers` runs one compiled block under `nnx.scan`
+instead of n_layers copies.
 """
 
 import dataclasses
@@ -30,7 +39,7 @@ from phi1 import sharding
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 REMAT_POLICIES = ("none", "dots", "full")
 ROTARY_STYLES = ("neox", "gptj")
-MLP_KINDS = ("gelu", "swiglu")  # keys of MLPS, defined below the classes
+MLP_KINDS = ("gelu", "swiglu")  # the built-in keys of MLPS, defined below the classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,15 +59,16 @@ class Phi1Config:
   attn_bias: bool = True  # biases on q/k/v and the output projection (phi-1 yes, CodeGen no)
   layer_norm_eps: float = 1e-5
   # The paper trains with attention and residual dropout 0.1 (§2.3); the released config uses 0.
-  # Attention dropout runs on the "xla" attention path only (the kernels have none).
+  # Attention dropout runs on the "xla" and "pallas" paths (one hashed mask, phi1/attention.py).
   embd_dropout: float = 0.0
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
-  attention_impl: str = "xla"
+  attention_impl: str = "xla"  # "xla" | "pallas" | "cudnn" | "auto" (pallas on GPU, else xla)
   dtype: str = "float32"  # compute dtype; parameters stay float32 (see phi1/precision.py)
   remat: str = "none"  # "none" | "dots" | "full": activation recomputation per block
   init_std: float = 0.02  # HF PhiConfig.initializer_range
   mlp: str = "gelu"  # phi-1's fc1 -> gelu_new -> fc2; "swiglu" is the gated variant (MLPS)
+  attention: str = "mha"  # phi-1's multi-head self-attention; variants register in ATTENTIONS
   scan_layers: bool = False  # one block compiled once and scanned over stacked layer params
 
   @classmethod
@@ -91,17 +101,21 @@ class Phi1Config:
       raise ValueError(f"rotary_style must be one of {ROTARY_STYLES}, got {self.rotary_style!r}")
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-    if self.mlp not in MLP_KINDS:
-      raise ValueError(f"mlp must be one of {MLP_KINDS}, got {self.mlp!r}")
+    if self.mlp not in MLPS:
+      raise ValueError(f"mlp must be one of {tuple(MLPS)} (register_mlp adds one), "
+                       f"got {self.mlp!r}")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention must be one of {tuple(ATTENTIONS)} (register_attention adds "
+                       f"one), got {self.attention!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if self.attention_impl not in attention_lib.IMPLS:
       raise ValueError(f"attention_impl must be one of {attention_lib.IMPLS}, "
                        f"got {self.attention_impl!r}")
-    if self.attn_dropout > 0 and self.attention_impl != "xla":
-      raise ValueError(f"attn_dropout={self.attn_dropout} exists only with attention_impl='xla' "
-                       f"(the {self.attention_impl} kernel has no dropout); set attn_dropout=0 "
-                       "or attention_impl='xla'")
+    if self.attn_dropout > 0 and self.attention_impl == "cudnn":
+      raise ValueError(f"attn_dropout={self.attn_dropout} is not available with "
+                       "attention_impl='cudnn' (jax.nn.dot_product_attention has no dropout); use "
+                       "attention_impl='pallas' (or 'auto'/'xla'), or set attn_dropout=0")
 
 
 def _linear(d_in, d_out, axes, config, rngs, use_bias=True):
@@ -179,7 +193,7 @@ class Attention(nnx.Module):
       return cache.attend(q_BTHK), cache
     dropout = c.attn_dropout if not self.deterministic else 0.0
     dropout_rng = _dropout_key(rngs) if dropout > 0 else None
-    if self.sow_intermediates and c.attention_impl == "xla":
+    if self.sow_intermediates and attention_lib.resolve_impl(c.attention_impl) == "xla":
       T = q_BTHK.shape[1]
       mask = attention_lib.attention_mask(segment_ids_BT, True, T, T)
       out_BTHK, probs_BHTS = attention_lib.xla_attention(
@@ -229,13 +243,32 @@ class SwiGLUMLP(nnx.Module):
 
 MLPS = {"gelu": MLP, "swiglu": SwiGLUMLP}
 assert tuple(MLPS) == MLP_KINDS
+ATTENTIONS = {"mha": Attention}
+
+
+def register_attention(name: str, cls):
+  """Make `Phi1Config(attention=name)` build `cls(config, rngs)` as every block's attention.
+  `cls` takes the block's normed input, positions, segment ids, cache and rngs, as `Attention`."""
+  _register(ATTENTIONS, "attention", name, cls)
+
+
+def register_mlp(name: str, cls):
+  """Make `Phi1Config(mlp=name)` build `cls(config, rngs)` as every block's MLP (x_BTD -> y_BTD)."""
+  _register(MLPS, "mlp", name, cls)
+
+
+def _register(registry: dict, kind: str, name: str, cls):
+  if registry.get(name, cls) is not cls:
+    raise ValueError(f"{kind} {name!r} is already registered as {registry[name].__name__}; "
+                     "pick another name")
+  registry[name] = cls
 
 
 class Block(nnx.Module):
 
   def __init__(self, config: Phi1Config, rngs: nnx.Rngs):
     self.input_layernorm = _layer_norm(config, rngs)
-    self.self_attn = Attention(config, rngs)
+    self.self_attn = ATTENTIONS[config.attention](config, rngs)
     self.mlp = MLPS[config.mlp](config, rngs)
     self.resid_dropout = nnx.Dropout(config.resid_dropout)
     self.dtype = DTYPES[config.dtype]

@@ -102,8 +102,7 @@ def test_xla_dropout_drops_at_the_rate_and_rescales():
 @pytest.mark.parametrize("impl,kwargs,error,message", [
     ("flash", {}, ValueError, "impl must be one of"),
     ("xla", dict(dropout_rate=0.1), ValueError, "dropout_rng"),
-    ("pallas", dict(dropout_rate=0.1, dropout_rng=jax.random.key(0)), ValueError,
-     "only on impl='xla'"),
+    ("pallas", dict(dropout_rate=0.1), ValueError, "dropout_rng"),
     ("cudnn", dict(dropout_rate=0.1, dropout_rng=jax.random.key(0)), ValueError, "dropout"),
     ("cudnn", dict(segment_ids=jnp.ones((1, 8), jnp.int32)), ValueError, "packed documents"),
     ("cudnn", dict(dtype=jnp.float32), ValueError, "bf16 or fp16"),
@@ -148,6 +147,47 @@ def test_sharded_attention_matches_unsharded(impl):
   grads, want_grads = grad_of(attend), grad_of(attention_lib.attention)
   for g, w in zip(grads, want_grads):
     assert_matches(g, w)
+
+
+def test_pallas_dropout_equals_xla_dropout_from_one_key():
+  """One dropout_rng gives one mask on both impls: outputs and gradients agree."""
+  q, k, v = random_qkv(7, (2, 40, 2, 32))
+  seg = packed_segments(2, 40)
+  key = jax.random.key(11)
+
+  @jax.jit
+  def out_and_grads(q, k, v):
+    def run(impl):
+      f = lambda q, k, v: attention_lib.attention(q, k, v, segment_ids=seg, impl=impl,
+                                                  dropout_rate=0.2, dropout_rng=key)
+      loss = lambda q, k, v: (f(q, k, v) ** 2).sum()
+      return (f(q, k, v), *jax.grad(loss, argnums=(0, 1, 2))(q, k, v))
+    return run("pallas"), run("xla")
+
+  pallas, xla = out_and_grads(q, k, v)
+  no_dropout = attention_lib.attention(q, k, v, segment_ids=seg, impl="xla")
+  assert not np.allclose(xla[0], no_dropout, atol=1e-3)  # dropout did act
+  for got, want in zip(pallas, xla):
+    assert_matches(got, want)
+
+
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_sharded_dropout_equals_unsharded(impl):
+  """Each shard hashes global (batch, head) indices: the sharded mask is the unsharded one."""
+  mesh = sharding.make_mesh("fsdp_tp")  # fsdp 4 x tensor 2
+  q, k, v = random_qkv(8, (4, 16, 4, 16))
+  key = jax.random.key(2)
+  sharded = jax.jit(lambda q, k, v: attention_lib.sharded_attention(mesh)(
+      q, k, v, impl=impl, dropout_rate=0.3, dropout_rng=key))(q, k, v)
+  whole = attention_lib.attention(q, k, v, impl="xla", dropout_rate=0.3, dropout_rng=key)
+  assert_matches(sharded, whole)
+
+
+def test_auto_impl_is_the_kernel_on_gpu_only():
+  assert attention_lib.resolve_impl("auto", "gpu") == "pallas"
+  assert attention_lib.resolve_impl("auto", "cuda") == "pallas"
+  assert attention_lib.resolve_impl("auto", "cpu") == "xla"
+  assert attention_lib.resolve_impl("xla", "gpu") == "xla"
 
 
 def test_sharded_dropout_differs_across_shards():

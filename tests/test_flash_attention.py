@@ -23,20 +23,24 @@ TEST_BLOCKS = flash.BlockSizes(block_q=32, block_k=16, block_q_dkv=16, block_k_d
                                block_q_dq=32, block_k_dq=16)
 # max |error| / max |reference| allowed, per input dtype.
 TOLERANCE = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2, jnp.float16: 2e-3}
+# Dropout rescales the kept probabilities by 1/(1 - rate) before they are rounded to bf16 for the
+# P @ V and dP products: about one more bf16 rounding step. A wrong mask bit costs ~1e-1.
+DROPOUT_TOLERANCE = {**TOLERANCE, jnp.bfloat16: 2e-2}
 
 
 # Interpret-mode kernels: skip XLA:CPU optimisation of code that runs a few times (conftest).
 pytestmark = pytest.mark.usefixtures("quick_compiles")
 
 
-def reference(q, k, v, segment_ids, causal):
-  """fp32 XLA attention on the same (already rounded) inputs."""
+def reference(q, k, v, segment_ids, causal, dropout_rate=0.0, stream=None):
+  """fp32 XLA attention on the same (already rounded) inputs, with the kernel's dropout mask."""
   T = q.shape[1]
   mask = None
   if causal or segment_ids is not None:
     mask = attention_lib.attention_mask(segment_ids, causal, T, T)
   f32 = lambda x: x.astype(jnp.float32)
-  return attention_lib.xla_attention(f32(q), f32(k), f32(v), mask)
+  return attention_lib.xla_attention(f32(q), f32(k), f32(v), mask, dropout_rate=dropout_rate,
+                                     dropout_stream_4=stream)
 
 
 def random_segments(rng: np.random.Generator, B: int, T: int):
@@ -117,6 +121,54 @@ def test_matches_fp32_reference(T, K, causal, with_segments, dtype, B, H):
     assert_close(name, g, w, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("T,K,causal,with_segments,dtype,B,H", GRID)
+def test_dropout_matches_reference_with_the_same_mask(T, K, causal, with_segments, dtype, B, H):
+  """Forward and gradients with dropout 0.3: the kernels regenerate, tile by tile, exactly the mask
+  `dropout_keep_mask` builds for the XLA path (any differing bit would move an output by a whole
+  probability / 0.7, far beyond the tolerance)."""
+  seed = zlib.crc32(repr(("dropout", T, K, causal, with_segments, B, H)).encode())
+  q, k, v, do = random_qkv(seed, (B, T, H, K), dtype)
+  seg = random_segments(np.random.default_rng(seed), B, T) if with_segments else None
+  # Offsets as a shard of a larger batch would pass them: the hash sees global indices.
+  stream = flash.dropout_stream(seed % 2**31, batch_offset=3, head_offset=1, n_heads=H + 2)
+  kernel = lambda q, k, v: flash.flash_attention(q, k, v, seg, causal=causal,
+                                                 block_sizes=TEST_BLOCKS, dropout_rate=0.3,
+                                                 dropout_stream_4=stream)
+  got = outputs_and_grads(kernel, q, k, v, do)
+  want = outputs_and_grads(lambda q, k, v: reference(q, k, v, seg, causal, 0.3, stream),
+                           q, k, v, do)
+  for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+    assert_close(name, g, w, DROPOUT_TOLERANCE[dtype])
+
+
+def test_dropout_mask_rate_and_independence():
+  """The hashed keep-mask keeps 1 - rate of the entries, and differs between seeds, batch rows,
+  heads and shard offsets (a row at batch offset 1 is batch row 1 of the unsharded call)."""
+  B, H, T, rate = 2, 3, 128, 0.1
+  stream = flash.dropout_stream(7, n_heads=H)
+  keep = np.asarray(flash.dropout_keep_mask(stream, B, H, T, T, rate))
+  assert keep.shape == (B, H, T, T)
+  assert abs(keep.mean() - (1 - rate)) < 0.005, keep.mean()
+  assert abs(keep.mean(axis=(0, 1, 2)) - (1 - rate)).max() < 0.05  # per key column
+  pairs = [(keep[0, 0], keep[1, 0]), (keep[0, 0], keep[0, 1]), (keep[0, 0, :-1], keep[0, 0, 1:]),
+           (keep[0, 0], np.asarray(flash.dropout_keep_mask(
+               flash.dropout_stream(8, n_heads=H), B, H, T, T, rate))[0, 0])]
+  for a, b in pairs:  # independent masks agree on ~rate^2 + (1-rate)^2 of entries, not all
+    assert abs((a == b).mean() - (rate**2 + (1 - rate)**2)) < 0.01
+  shard = flash.dropout_keep_mask(flash.dropout_stream(7, batch_offset=1, head_offset=2,
+                                                       n_heads=H), 1, 1, T, T, rate)
+  np.testing.assert_array_equal(shard[0, 0], keep[1, 2])
+  assert np.asarray(flash.dropout_keep_mask(stream, B, H, T, T, 0.0)).all()
+
+
+def test_dropout_needs_a_stream_and_a_rate_below_one():
+  q = jnp.zeros((1, 8, 1, 16))
+  with pytest.raises(ValueError, match="dropout_stream"):
+    flash.flash_attention(q, q, q, dropout_rate=0.1)
+  with pytest.raises(ValueError, match=r"\[0, 1\)"):
+    flash.flash_attention(q, q, q, dropout_rate=1.0, dropout_stream_4=flash.dropout_stream(0))
+
+
 def test_default_blocks_match_reference():
   """The shipped block sizes (fitted to a short sequence, with internal padding 300 -> 384)."""
   q, k, v, do = random_qkv(7, (1, 300, 2, 64), jnp.float32)
@@ -193,16 +245,19 @@ def test_loop_bounds_skip_exactly_the_hidden_blocks(causal, block_q, block_k):
       assert seen.get(i, True) or tile(i, j).all(), f"block {(i, j)} needs the causal mask"
 
 
-@pytest.mark.parametrize("dtype,K,with_segments", [(jnp.bfloat16, 64, False),
-                                                   (jnp.float16, 128, True)])
-def test_lowers_to_triton_for_gpu(dtype, K, with_segments):
-  """The GPU path (not the interpreter) lowers to Triton kernels, forward and backward."""
+@pytest.mark.parametrize("dtype,K,with_segments,dropout", [(jnp.bfloat16, 64, False, 0.0),
+                                                           (jnp.float16, 128, True, 0.0),
+                                                           (jnp.float16, 64, True, 0.1)])
+def test_lowers_to_triton_for_gpu(dtype, K, with_segments, dropout):
+  """The GPU path (not the interpreter) lowers to Triton kernels, forward and backward, with the
+  dropout hash (int32 wrapping multiplies, logical shifts, scalar loads) too."""
   B, T, H = 2, 2048, 4
   qkv = jax.ShapeDtypeStruct((B, T, H, K), dtype)
   seg = jax.ShapeDtypeStruct((B, T), jnp.int32)
 
   def loss(q, k, v, seg):
-    out = flash.flash_attention(q, k, v, seg if with_segments else None, interpret=False)
+    out = flash.flash_attention(q, k, v, seg if with_segments else None, interpret=False,
+                                dropout_rate=dropout, dropout_stream_4=flash.dropout_stream(5))
     return out.astype(jnp.float32).sum()
 
   exported = export.export(

@@ -7,6 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
+from phi1 import model as model_lib
 from phi1.model import Phi1, Phi1Config, count_params
 
 T = 12
@@ -244,3 +245,31 @@ def test_flops_count_every_matmul_kernel(mlp):
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   kernels = sum(v.get_value().size for path, v in flat if path[-1] == "kernel")
   assert flops.matmul_params(config) == kernels
+
+
+class _NoRotaryAttention(model_lib.Attention):
+  """An attention variant for the registry test: positions are not rotated in (a NoPE block)."""
+
+  def rotate(self, q_BTHK, k_BTHK, positions_BT):
+    return q_BTHK, k_BTHK
+
+
+def test_an_attention_variant_registers_and_runs_under_scan_layers(tokens):
+  """The model docstring's recipe: register a class, name it in the config; it is built inside
+  each block, so the scanned stack (one vmapped block) holds the variant as well."""
+  model_lib.register_attention("test_no_rotary", _NoRotaryAttention)
+  model_lib.register_attention("test_no_rotary", _NoRotaryAttention)  # same class: a no-op
+  with pytest.raises(ValueError, match="already registered"):
+    model_lib.register_attention("test_no_rotary", model_lib.Attention)
+  with pytest.raises(ValueError, match="attention must be one of"):
+    tiny(attention="no_such_attention")
+
+  stock = Phi1(tiny(n_layers=2), rngs=nnx.Rngs(0))
+  unrolled = Phi1(tiny(n_layers=2, attention="test_no_rotary"), rngs=nnx.Rngs(0))
+  scanned = Phi1(tiny(n_layers=2, attention="test_no_rotary", scan_layers=True), rngs=nnx.Rngs(1))
+  assert isinstance(scanned.layers.self_attn, _NoRotaryAttention)
+  assert all(isinstance(b.self_attn, _NoRotaryAttention) for b in scanned.blocks())
+  _stack_into(scanned, unrolled)
+  np.testing.assert_allclose(scanned(tokens), unrolled(tokens), rtol=1e-5, atol=1e-5)
+  # Same parameters as the stock model, different positions handling: the variant ran.
+  assert not np.allclose(unrolled(tokens), stock(tokens), atol=1e-3)
