@@ -6,8 +6,12 @@ A row is read from what a run leaves in its workdir: config.json (written by phi
 metrics.jsonl (the DESIGN.md contract), run.json and DONE (written by experiments/sweep.py) and
 eval_<bench>/summary.json and solution_loss.json (`phi1 eval --out`; without them, the last
 pass@1 / solution loss logged during training). Runs trained with plain `phi1 train` get rows too,
-named after their directory. Compute is counted as in phi1/flops.py: tokens = steps x batch x
-seq_len, FLOPs = tokens x (6N + 6 L T d).
+named after their directory. Compute is counted as in phi1/flops.py on the model the run built
+(its model_fn): tokens = steps x batch x seq_len, FLOPs = tokens x (6N + 6 L T d).
+
+An eval summary stands beside a run only while it scored the weights now in the workdir (the
+weights' content fingerprint it records, phi1/fingerprint.py); otherwise its pass@1 is left out and
+`<bench>_eval` says why (stale: other weights; unverified: no fingerprint recorded).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import pathlib
 import statistics
 import sys
 
-from phi1 import run_identity
+from phi1 import fingerprint, run_identity
 
 BENCHES = ("humaneval", "mbpp")
 # name -> type; the order is the table's column order.
@@ -33,6 +37,8 @@ COLUMNS = {
     "final_loss": float, "final_eval_loss": float, "best_eval_loss": float, "best_eval_step": int,
     "humaneval_pass@1": float, "humaneval_protocol": str,
     "mbpp_pass@1": float, "mbpp_protocol": str,
+    # Why a `phi1 eval` summary in eval_<bench>/ was left out (empty when shown or absent).
+    **{f"{b}_eval": str for b in BENCHES},
     # Best-of-N finetunes (experiments/best_of_n.py): pass@1 above is the best checkpoint's; its
     # step, and every evaluated checkpoint's pass@1 as JSON {step: pass@1}.
     **{f"{b}_best_step": int for b in BENCHES}, **{f"{b}_checkpoints": str for b in BENCHES},
@@ -61,11 +67,15 @@ def _json(path: pathlib.Path) -> dict:
 
 
 @functools.cache
-def _param_counts(model_json: str) -> tuple[int, int]:
+def _param_counts(model_json: str, model_fn: str) -> tuple[int | None, int | None]:
+  """(parameters, matmul parameters) of the model the run built; (None, None) when its model_fn
+  cannot be imported here (never the stock model's numbers in its place)."""
   from phi1 import flops
-  from phi1.model import Phi1Config, count_params
-  model = Phi1Config(**json.loads(model_json))
-  return count_params(model), flops.matmul_params(model)
+  from phi1.model import Phi1Config
+  try:
+    return flops.param_counts(Phi1Config(**json.loads(model_json)), model_fn)
+  except ValueError:
+    return None, None
 
 
 def run_row(workdir) -> dict:
@@ -81,10 +91,12 @@ def run_row(workdir) -> dict:
   metrics = _read_jsonl(workdir / "metrics.jsonl") if (workdir / "metrics.jsonl").is_file() else []
   model = dict(config["model"])
   model_json = json.dumps(model, sort_keys=True)
-  params, matmul = _param_counts(model_json)
+  model_fn = config.get("model_fn", "")
+  params, matmul = _param_counts(model_json, model_fn)
   steps = max((int(r["step"]) for r in metrics), default=0)
   tokens = steps * int(config["batch_size"]) * int(config["seq_len"])
-  per_token = flops.train_flops_per_token(Phi1Config(**model), int(config["seq_len"]))
+  per_token = (flops.train_flops_per_token(Phi1Config(**model), int(config["seq_len"]), model_fn)
+               if matmul is not None else None)
   train_logs = [r for r in metrics if "loss" in r]
   evals = [r for r in metrics if "eval_loss" in r]
   best = min(evals, key=lambda r: r["eval_loss"], default=None)
@@ -101,7 +113,7 @@ def run_row(workdir) -> dict:
       "overrides": json.dumps(info.get("overrides", {}), sort_keys=True, default=str),
       "params": params, "matmul_params": matmul, "n_layers": model["n_layers"],
       "d_model": model["d_model"], "batch_size": config["batch_size"],
-      "seq_len": config["seq_len"], "steps": steps, "tokens": tokens, "flops": tokens * per_token,
+      "seq_len": config["seq_len"], "steps": steps, "tokens": tokens, "flops": tokens * per_token if per_token else None,
       "final_loss": train_logs[-1]["loss"] if train_logs else None,
       "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
       "best_eval_loss": best["eval_loss"] if best else None,
@@ -112,6 +124,9 @@ def run_row(workdir) -> dict:
   }
   for bench in BENCHES:
     summary = _json(workdir / f"eval_{bench}" / "summary.json")
+    row[f"{bench}_eval"] = (fingerprint.eval_staleness(summary) if summary else "") or None
+    if row[f"{bench}_eval"]:  # another weights' score: never shown beside this run
+      summary = {}
     # A separate `phi1 eval` of the final model wins over the in-training value (its protocol).
     row[f"{bench}_pass@1"] = summary.get("pass@1", _last(metrics, f"{bench}_pass@1"))
     offline = _json(workdir / f"eval_{bench}" / "solution_loss.json")

@@ -121,3 +121,17 @@ def changed(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple]:
   dropped / added)."""
   return {k: (before.get(k), after.get(k)) for k in sorted(before.keys() | after.keys())
           if before.get(k) != after.get(k)}
+
+
+def eval_staleness(summary: dict) -> str:
+  """"" when a `phi1 eval` summary.json scored the weights that are now at the path it names (its
+  protocol.generator records path, step and the weights' fingerprint); else why it cannot stand
+  beside those weights."""
+  generator = (summary.get("protocol") or {}).get("generator") or {}
+  if generator.get("kind") != "checkpoint" or "weights" not in generator:
+    return "unverified: the summary names no weights fingerprint (rerun phi1 eval --checkpoint)"
+  now = of_weights(generator["path"], generator.get("step"))
+  if now != generator["weights"]:
+    return (f"stale: it scored weights {generator['weights']}; {generator['path']} now holds "
+            f"{now}")
+  return ""

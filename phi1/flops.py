@@ -2,7 +2,8 @@
 
 FLOPs per token of a training step (forward + backward), the PaLM appendix B convention:
   6 * N            N = parameters in matmuls: every weight except embeddings, LayerNorms and biases;
-                   the LM head is a matmul and counts.
+                   the LM head is a matmul and counts. N is counted on the model the run builds
+                   (its `model_fn`, phi1/model_fn.py), abstractly: jax.eval_shape allocates nothing.
   + 6 * L * T * D  attention scores and weighted sum: 12 * L * T * D for full attention, halved
                    because a causal mask needs only the lower triangle (what flash kernels compute).
 MFU = achieved FLOP/s / peak FLOP/s. Peak: a table of known accelerators (dense bf16/fp16 tensor-core
@@ -10,6 +11,7 @@ numbers from the vendors' data sheets), else a measured float32 matmul rate on t
 """
 
 import functools
+import math
 import time
 
 import jax
@@ -23,14 +25,31 @@ PEAK_FLOPS = {  # dense, per chip, bf16/fp16
 }
 
 
-def matmul_params(c: Phi1Config) -> int:
-  mlp_matrices = 3 if c.mlp == "swiglu" else 2  # SwiGLU: gate, up and down
-  per_layer = 4 * c.d_model * c.d_model + mlp_matrices * c.d_model * c.d_ff
-  return c.n_layers * per_layer + c.d_model * c.vocab_size
+@functools.cache
+def param_counts(c: Phi1Config, model_fn: str = "") -> tuple[int, int]:
+  """(parameters, parameters in matmuls) of the model `model_fn` ("" is Phi1) builds from `c`.
+
+  Matmul weights are the linear `kernel`s (every projection, gate and the LM head); embeddings,
+  LayerNorm scales and biases are not. Stacked layers (scan_layers) count once per layer."""
+  from flax import nnx
+  from phi1 import model_fn as model_fn_lib
+  build = model_fn_lib.resolve(model_fn)
+  abstract = nnx.eval_shape(lambda: build(c, rngs=nnx.Rngs(0)))
+  total = matmul = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(abstract, nnx.Param))[0]:
+    size = math.prod(leaf.shape)
+    total += size
+    names = [p.key for p in path if isinstance(p, jax.tree_util.DictKey)]
+    matmul += size if names[-1] == "kernel" else 0
+  return total, matmul
 
 
-def train_flops_per_token(c: Phi1Config, seq_len: int) -> float:
-  return 6.0 * matmul_params(c) + 6.0 * c.n_layers * seq_len * c.d_model
+def matmul_params(c: Phi1Config, model_fn: str = "") -> int:
+  return param_counts(c, model_fn)[1]
+
+
+def train_flops_per_token(c: Phi1Config, seq_len: int, model_fn: str = "") -> float:
+  return 6.0 * matmul_params(c, model_fn) + 6.0 * c.n_layers * seq_len * c.d_model
 
 
 @functools.cache
@@ -57,6 +76,7 @@ def measured_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def mfu(tokens_per_sec: float, c: Phi1Config, seq_len: int, n_devices: int) -> float:
+def mfu(tokens_per_sec: float, c: Phi1Config, seq_len: int, n_devices: int,
+        model_fn: str = "") -> float:
   peak, _ = peak_flops_per_device()
-  return tokens_per_sec * train_flops_per_token(c, seq_len) / (peak * n_devices)
+  return tokens_per_sec * train_flops_per_token(c, seq_len, model_fn) / (peak * n_devices)

@@ -441,4 +441,4 @@ def tokens_per_step(config) -> int:
 def mfu(config, model_config, tokens_per_sec: float) -> float:
   # The fake CPU devices of a test host share one processor: count it once.
   devices = 1 if jax.default_backend() == "cpu" else jax.device_count()
-  return flops.mfu(tokens_per_sec, model_config, config.seq_len, devices)
+  return flops.mfu(tokens_per_sec, model_config, config.seq_len, devices, config.model_fn)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from experiments import registry
-from phi1 import config as config_lib, flops
+from phi1 import config as config_lib, fingerprint, flops
 from phi1.model import Phi1Config, count_params
 
 
@@ -29,10 +29,17 @@ def fake_run(root, name, *, d_model=64, steps=20, evals=((10, 5.0), (20, 4.5)), 
         "overrides": {"model.d_model": d_model}, "config_hash": "abc123", "wall_s": 12.5}))
   if done:
     (workdir / "DONE").write_text(json.dumps({"config_hash": "abc123", "wall_s": 12.5}))
-  if pass_at_1 is not None:
+  if pass_at_1 is not None:  # `phi1 eval --checkpoint WORKDIR/export` of the run's export
+    export = workdir / "export"
+    (export / "params").mkdir(parents=True)
+    (export / "phi1_config.json").write_text("{}")
+    (export / "params" / "d").write_bytes(b"weights")
+    generator = {"kind": "checkpoint", "path": str(export),
+                 "weights": fingerprint.of_weights(str(export))}
     (workdir / "eval_humaneval").mkdir()
     (workdir / "eval_humaneval" / "summary.json").write_text(json.dumps(
-        {"pass@1": pass_at_1, "protocol": {"dataset": "humaneval", "n": 1}}))
+        {"pass@1": pass_at_1, "protocol": {"dataset": "humaneval", "n": 1,
+                                           "generator": generator}}))
   return workdir, c
 
 
@@ -82,3 +89,36 @@ def test_missing_inputs_say_what_to_do(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(FileNotFoundError, match="not a training workdir"):
     registry.run_row(tmp_path / "empty")
+
+
+def test_an_eval_of_other_weights_is_never_shown_beside_the_run(tmp_path):
+  workdir, _ = fake_run(tmp_path, "a", pass_at_1=0.25)
+  assert registry.run_row(workdir)["humaneval_pass@1"] == 0.25
+  (workdir / "export" / "params" / "d").write_bytes(b"retrained weights")  # same path
+  row = registry.run_row(workdir)
+  assert row["humaneval_pass@1"] is None and row["humaneval_protocol"] is None
+  assert row["humaneval_eval"].startswith("stale: it scored weights")
+  summary = json.loads((workdir / "eval_humaneval" / "summary.json").read_text())
+  del summary["protocol"]["generator"]  # from before fingerprints: cannot be vouched for
+  (workdir / "eval_humaneval" / "summary.json").write_text(json.dumps(summary))
+  row = registry.run_row(workdir)
+  assert row["humaneval_pass@1"] is None and row["humaneval_eval"].startswith("unverified")
+
+
+def test_params_and_flops_of_a_model_fn_variant_are_the_models(tmp_path):
+  from test_model_fn import SwiGLUPhi1  # SwiGLU blocks: 3 d x d_ff matrices per MLP, not 2
+  workdir, c = fake_run(tmp_path, "swiglu")
+  config = json.loads((workdir / "config.json").read_text())
+  config["model_fn"] = "test_model_fn:SwiGLUPhi1"
+  (workdir / "config.json").write_text(json.dumps(config))
+  row = registry.run_row(workdir)
+  model = Phi1Config(**c.model)
+  from flax import nnx
+  import jax
+  leaves = jax.tree.leaves(nnx.state(nnx.eval_shape(
+      lambda: SwiGLUPhi1(model, rngs=nnx.Rngs(0))), nnx.Param))
+  assert row["params"] == sum(x.size for x in leaves) != count_params(model)
+  extra = model.n_layers * model.d_model * model.d_ff  # the gates
+  assert row["matmul_params"] == flops.param_counts(model)[1] + extra
+  assert row["flops"] == pytest.approx(20 * 8 * 64 * (6.0 * row["matmul_params"]
+                                                      + 6.0 * model.n_layers * 64 * model.d_model))
