@@ -75,6 +75,9 @@ def parser(kind: str) -> argparse.ArgumentParser:
   p.add_argument("--backend", choices=("online", "batch"), default="online",
                  help="batch: the OpenAI Batch API (half price, results within 24 h)")
   p.add_argument("--batch-poll-s", type=float, default=30.0)
+  p.add_argument("--batch-window", type=int, default=4,
+                 help="batches in flight at once; the next chunk (<= 50,000 requests, 200 MB) is "
+                      "submitted as an earlier one finishes (lower it under an enqueued-token limit)")
   p.add_argument("--no-progress", action="store_true")
   if kind == "textbooks":
     p.add_argument("--topic-tree", default=None,
@@ -277,7 +280,8 @@ async def _run(kind: str, args, table: dict, out_dir: str, slots):
           from data_gen.batch import generate_with_batches
           summary = await generate_with_batches(task, llm, writer, n, poll_s=args.batch_poll_s,
                                                 progress=not args.no_progress, run=run, slots=slots,
-                                                max_rejected_fraction=args.max_rejected_fraction)
+                                                max_rejected_fraction=args.max_rejected_fraction,
+                                                window=args.batch_window)
         else:
           summary = await generate(task, llm, writer, n, progress=not args.no_progress, run=run,
                                    slots=slots, max_rejected_fraction=args.max_rejected_fraction)

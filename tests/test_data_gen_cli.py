@@ -347,3 +347,25 @@ def test_a_budget_that_stores_nothing_is_a_failure(tmp_path, monkeypatch, capsys
     assert sum(server.request_counts.values()) == 0
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "before any record was stored" in err[0] and "--budget-usd" in err[0]
+
+
+def test_batch_backend_survives_an_expired_batch_and_a_rejected_line(tmp_path, monkeypatch,
+                                                                     capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI(batch_delay_s=0.02, batch_outcomes=["expired"],
+                  batch_line_faults=["context_length"]) as server:
+    assert _main("exercises", 10, tmp_path, server, "--backend", "batch",
+                 "--batch-poll-s", "0.02") == 0
+    stats = server.stats()
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["stored"] == 10 and summary["rejected"] == {"context_length_exceeded": 1}
+  assert len(read_records(str(tmp_path))) == 10 and stats["files"] == 0
+
+
+def test_a_failed_batch_is_an_error_that_says_why(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+  with FakeOpenAI(batch_delay_s=0.02, batch_outcomes=["failed"] * 3) as server:
+    assert _main("exercises", 5, tmp_path, server, "--backend", "batch",
+                 "--batch-poll-s", "0.02") == 1
+  err = capsys.readouterr().err
+  assert "no usable answers" in err and "invalid_request: The batch failed" in err

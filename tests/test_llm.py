@@ -255,39 +255,6 @@ def test_rate_limiter_spaces_requests(tmp_path):
     assert asyncio.run(run()) >= 0.45
 
 
-def test_batch_api_fills_the_same_cache_and_a_killed_run_resumes_its_batch(tmp_path):
-  from data_gen.batch import fill_cache
-  requests = [_request(i) for i in range(20)]
-  with FakeOpenAI(batch_delay_s=0.5) as server:
-
-    async def submit_then_die():
-      async with _llm(server, tmp_path) as llm:
-        job = asyncio.ensure_future(fill_cache(llm, requests, poll_s=0.05))
-        while server.stats()["batches"] == 0:
-          await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)
-        job.cancel()  # the process "dies" while its batch is still running
-        with pytest.raises(asyncio.CancelledError):
-          await job
-        return len(llm.cache)
-
-    async def resume():
-      async with _llm(server, tmp_path, budget=Budget(1.0)) as llm:
-        stored = await fill_cache(llm, requests, poll_s=0.05)
-        hits = [await llm.complete(r) for r in requests]
-        return stored, hits, llm.stats, llm.budget
-
-    assert asyncio.run(submit_then_die()) == 0
-    stored, hits, stats, budget = asyncio.run(resume())
-    assert server.stats()["batches"] == 1  # resumed polling; nothing submitted twice
-    served = server.served_counts
-  assert stored == 20 and all(h.cached for h in hits) and stats.cache_hits == 20
-  assert len(served) == 20 and max(served.values()) == 1
-  # Batch answers are billed at half price and count against the budget.
-  full = prices_for("gpt-4o-mini").cost(stats.prompt_tokens, stats.completion_tokens)
-  assert stats.cost_usd == pytest.approx(full / 2) and budget.spent_usd == pytest.approx(full / 2)
-
-
 def test_fake_server_speaks_openai_for_other_clients():
   import openai
   with FakeOpenAI(responder=lambda body: "pass  # " + body["model"]) as server:
