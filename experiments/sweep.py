@@ -67,8 +67,12 @@ def train_one(run: Run, *, progress: bool = True, on_change: str = "refuse") -> 
     if primary:
       write_json(run.workdir / RUN_INFO, info)
   if primary:
+    from phi1 import fingerprint
     write_json(run.workdir / DONE, {
         "config_hash": run.config_hash, "steps": int(run.config.steps), "wall_s": info["wall_s"],
+        # What the finished run read and made, by content (phi1/fingerprint.py).
+        "data": fingerprint.of_data(run.config.data.to_dict()),
+        "weights": fingerprint.of_weights(str(run.workdir / "export")),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "final": last})
   return last
@@ -81,10 +85,18 @@ def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int,
   (experiments/best_of_n.py)."""
   from experiments import best_of_n as best_of_n_lib
   from phi1 import checkpoint
+  from phi1 import fingerprint
   out = run.workdir / f"eval_{bench}"
   summary_path = out / "summary.json"
   if summary_path.is_file():
-    return json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text())
+    stale = fingerprint.eval_staleness(summary)
+    if not stale:
+      return summary
+    # It scored other weights (a retrained export): evaluate again, the old folder kept aside.
+    aside = out.with_name(f"{out.name}.stale-{int(time.time())}")
+    print(f"  {summary_path}: {stale}; moved to {aside}, evaluating again")
+    out.rename(aside)
   options = ["--bench", bench, "--max-new-tokens", str(max_new_tokens), "--no-progress"]
   options += ["--limit", str(limit)] if limit else []
   steps = checkpoint.kept_steps(run.workdir)
