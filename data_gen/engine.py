@@ -10,6 +10,10 @@ with its number of tasks. `run` hands them, in order, to one of datatrove's exec
 Each step keeps datatrove's logs, stats and completion markers in `<stage dir>/_engine/<step>/`:
 rerunning a command skips every finished task, so a kill costs at most the tasks that were running.
 A stage refuses to resume with settings other than those its finished tasks ran with.
+The console stays quiet (locally): datatrove's own lines go to `<stage dir>/_engine/logs/` and each
+task's to `_engine/<step>/logs/task_NNNNN.log`; a failed step raises `StageFailed` with the failing
+task's last log lines and the log's path. Every task records its peak resident memory
+(`peak_memory_mb`: the figure to size a Slurm `--mem-per-cpu-gb` by).
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ import pathlib
 import shutil
 import sys
 from typing import Callable, Sequence
+
+try:
+  from datatrove.pipeline.base import PipelineStep
+except ImportError:  # require_datatrove() names the pip command before any step is built
+  PipelineStep = object
 
 EXECUTORS = ("local", "slurm", "ray")
 _DATATROVE_PIP = "pip install 'datatrove==0.10.1' 'xxhash>=3.5,<4'"
@@ -66,10 +75,12 @@ class EngineConfig:
 
 @dataclasses.dataclass
 class Step:
-  """One datatrove pipeline: `pipeline` runs once per task (rank 0..tasks-1)."""
+  """One datatrove pipeline: `pipeline` runs once per task (rank 0..tasks-1). `quiet=False` keeps
+  the console for a step that reports as it goes (the LLM labelling's cost)."""
   name: str
   pipeline: list
   tasks: int = 1
+  quiet: bool = True
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -149,6 +160,7 @@ def run(stage_dir: str | os.PathLike, steps: Sequence[Step], config: EngineConfi
   root = pathlib.Path(stage_dir) / "_engine"
   previous = depends
   for step in steps:
+    step = dataclasses.replace(step, pipeline=[*step.pipeline, PeakMemory()])
     executor = _executor(step, root / step.name, config, previous)
     if config.executor == "slurm":
       previous = executor
@@ -157,16 +169,58 @@ def run(stage_dir: str | os.PathLike, steps: Sequence[Step], config: EngineConfi
       _ray_init(config)
     incomplete = executor.get_incomplete_ranks()
     if incomplete:
-      with _caller_heap_frozen():
+      with _caller_heap_frozen(), _quiet(root, step):
         executor.run()
       incomplete = executor.get_incomplete_ranks()
       if incomplete:
-        raise StageFailed(f"{step.name}: tasks {incomplete[:10]} did not finish; their logs are in "
-                          f"{root / step.name / 'logs'}; rerun the same command to retry them")
+        raise StageFailed(_failure(root / step.name, step.name, incomplete))
   if config.executor == "slurm" and previous is not depends:
     previous.run()  # submits the chain: each executor first submits what it depends on
     log(f"submitted {len(steps)} Slurm job arrays for {stage_dir} (last job {previous.job_id})")
   return previous
+
+
+@contextlib.contextmanager
+def _quiet(root: pathlib.Path, step: Step):
+  """datatrove's console lines (the executor's, and the tasks' own, which fork with this
+  process's stderr) go to `root/logs/<step>.log`; the task logs keep everything."""
+  if not step.quiet:
+    yield
+    return
+  from datatrove.utils.logging import logger
+  (root / "logs").mkdir(parents=True, exist_ok=True)
+  with open(root / "logs" / f"{step.name}.log", "a") as log, contextlib.redirect_stderr(log):
+    logger.remove()
+    logger.add(log, level="INFO")
+    try:
+      yield
+    finally:
+      logger.remove()   # an in-process task replaces the sinks too
+      logger.add(sys.stderr, level="WARNING")
+
+
+def _failure(step_dir: pathlib.Path, name: str, incomplete: list[int], lines: int = 12) -> str:
+  """What a failed step says: which tasks, the first one's last log lines, where the logs are."""
+  log = step_dir / "logs" / f"task_{incomplete[0]:05d}.log"
+  tail = ""
+  if log.exists():
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    tail = f"; the last lines of {log}:\n{tail}"
+  return (f"{name}: tasks {incomplete[:10]} did not finish (logs in {step_dir / 'logs'}); rerun "
+          f"the same command to retry them{tail}")
+
+
+class PeakMemory(PipelineStep):
+  """Last step of every pipeline: the task's peak resident memory, in MB (ru_maxrss)."""
+  type = "data_gen"
+  name = "peak memory"
+
+  def run(self, data=None, rank: int = 0, world_size: int = 1):
+    import resource
+    for doc in data or ():
+      yield doc
+    self.stat_update("peak_memory_mb",
+                     value=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 @contextlib.contextmanager
@@ -227,6 +281,20 @@ def _ray_init(config: EngineConfig) -> None:
 
 
 # ----------------------------------------------------------------------------------------- stats
+def peak_memory_mb(stage_dir: str | os.PathLike) -> dict[str, float]:
+  """{step: the largest peak resident memory of one of its tasks, MB}. A task forked from a
+  larger process starts at that process's size (Linux copies the high-water mark)."""
+  out = {}
+  for path in sorted((pathlib.Path(stage_dir) / "_engine").glob("*/stats/*.json")):
+    for block in json.loads(path.read_text()):
+      value = block.get("stats", {}).get("peak_memory_mb")
+      if value is not None:
+        peak = value.get("max", value.get("total", 0)) if isinstance(value, dict) else value
+        step = path.parent.parent.name
+        out[step] = round(max(out.get(step, 0.0), float(peak)), 1)
+  return out
+
+
 def step_stats(stage_dir: str | os.PathLike, step: str) -> dict[str, dict[str, float]]:
   """{pipeline step name: {stat label: total}} summed over the step's finished tasks."""
   out: dict[str, dict[str, float]] = {}

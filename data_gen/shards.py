@@ -27,6 +27,8 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi1.data import rows
+
 FORMATS = {"jsonl": ".jsonl.gz", "parquet": ".parquet"}
 _SHARD = re.compile(r"^shard-(\d{5})(\.jsonl\.gz|\.parquet)$")
 
@@ -78,16 +80,9 @@ def write_manifest(out_dir: str, kind: str, **meta) -> dict:
   return manifest
 
 
-def iter_shard(path: str):
+def iter_shard(path: str, counts=None):
   """The records of one shard file, streamed (JSON lines) or by row group (Parquet)."""
-  if path.endswith(".parquet"):
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-      yield from batch.to_pylist()
-    return
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        yield json.loads(line)
+  return rows.iter_rows(path, counts=counts)
 
 
 class OutputLocked(RuntimeError):
@@ -121,10 +116,7 @@ def _encode(records: list[dict], suffix: str) -> bytes:
 
 
 def read_shard(path: str) -> list[dict]:
-  if path.endswith(".parquet"):
-    return pq.read_table(path).to_pylist()
-  with gzip.open(path, "rt", encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return list(rows.iter_rows(path))
 
 
 def _read_partial(path: str) -> tuple[list[dict], int]:

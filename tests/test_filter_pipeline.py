@@ -159,3 +159,72 @@ def test_a_half_finished_stage_refuses_other_settings(tmp_path):
   summary = pipeline.Pipeline(config, log=lambda m: None, engine_config=two).run(
       stages=("ingest",))["ingest"]
   assert summary["status"] == "ran" and summary["docs_out"] == 30
+
+
+def _py_dir(path, n, start=0):
+  path.mkdir(exist_ok=True)
+  for i in range(start, start + n):
+    (path / f"m{i:03d}.py").write_text(f"def f{i}(x):\n    return x * {i} + {i % 7}\n")
+
+
+def test_changed_inputs_and_labels_recompute_what_depends_on_them(tmp_path):
+  """A rerun after the labels file changed in place, or .py files were added, recomputes the
+  stages that read them instead of saying "resumed"."""
+  _py_dir(tmp_path / "src", 12)
+  labels = tmp_path / "labels.jsonl"
+  labels.write_text("".join(json.dumps({"id": f"src:m{i:03d}.py", "label": i % 2}) + "\n"
+                            for i in range(12)))
+  config = pipeline.FilterConfig(input=str(tmp_path / "src"), workdir=str(tmp_path / "w"),
+                                 labels=str(labels), format="jsonl")
+  stages = ("ingest", "dedup", "annotate")
+  logs = []
+
+  def run():
+    return {k: (s["status"], s.get("docs_out")) for k, s in pipeline.Pipeline(
+        config, log=logs.append, engine_config=engine.EngineConfig(tasks=1)).run(stages).items()}
+
+  assert run() == {"ingest": ("ran", 12), "dedup": ("ran", 12), "annotate": ("ran", 12)}
+  labels.write_text(labels.read_text().replace('"label": 0', '"label": 9'))  # same size, in place
+  assert run() == {"ingest": ("resumed", 12), "dedup": ("resumed", 12), "annotate": ("ran", 12)}
+  copied = [json.loads(l)["label"] for l in (tmp_path / "w" / "annotate" / "labels.jsonl").open()]
+  assert copied.count(9) == 6
+  assert any("annotate.labels_sha256" in line for line in logs)   # says what changed
+  _py_dir(tmp_path / "src", 5, start=12)
+  assert run() == {"ingest": ("ran", 17), "dedup": ("ran", 17), "annotate": ("ran", 12)}
+  assert any("ingest.input_files" in line for line in logs)
+  assert run() == {"ingest": ("resumed", 17), "dedup": ("resumed", 17), "annotate": ("resumed", 12)}
+
+
+def test_record_files_in_a_directory_quietly(tmp_path, capsys):
+  """A directory of .jsonl records (repeated ids among them, one row's bytes not UTF-8) runs
+  through ingest and dedup with one console line per stage; datatrove's lines go to the logs."""
+  src = tmp_path / "records"
+  src.mkdir()
+  for f in range(2):
+    with open(src / f"part-{f}.jsonl", "wb") as out:
+      for i in range(30):
+        rid = f"{f}-{i}" if i >= 3 else f"dup-{i}"   # 3 ids appear in both files
+        out.write(json.dumps({"id": rid, "text": f"value_{f}_{i} = compute({i}, {f})\n"}).encode()
+                  + b"\n")
+      out.write(b'{"id": "latin-%d", "text": "caf\xe9 = 1"}\n' % f)
+  assert cli.main(["--preset", "cpu", "--input", str(src), "--workdir", str(tmp_path / "w"),
+                   "--skip", "annotate,embed,classify,score,select", "--tasks", "2",
+                   "--workers", "1"]) == 0
+  captured = capsys.readouterr()
+  stages = json.loads(captured.out.strip().splitlines()[-1])["stages"]
+  assert stages["ingest"]["docs_out"] == 62 and stages["dedup"]["docs_in"] == 62
+  summary = json.loads((tmp_path / "w" / "ingest" / "summary.json").read_text())
+  assert summary["duplicate_ids"] == 3 and summary["replaced_undecodable"] == 2
+  assert summary["peak_memory_mb"]["ingest"] > 10
+  assert len(captured.err.strip().splitlines()) <= 7, captured.err   # one line per stage
+  assert "3 duplicate ids" in captured.err
+  assert list((tmp_path / "w" / "dedup" / "_engine" / "logs").glob("*.log"))
+
+
+def test_input_without_records_is_an_error(tmp_path, capsys):
+  src = tmp_path / "blank.jsonl"
+  src.write_text("".join(json.dumps({"id": str(i), "text": "  \n"}) + "\n" for i in range(3)))
+  assert cli.main(["--preset", "cpu", "--input", str(src), "--workdir", str(tmp_path / "w"),
+                   "--tasks", "1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "yielded 0 records (skipped_empty 3); expected" in err[-1] and "Posts.xml" in err[-1]

@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_gen.filtering import ingest
+from phi1.data import rows
 
 
 def test_py_directory_counts_bad_files(tmp_path):
@@ -88,4 +89,128 @@ def test_default_corpus_is_installed_python_and_parallel_matches_serial():
 def test_jsonl_roundtrip(tmp_path):
   records = [{"id": "a", "text": "é"}, {"id": "b", "text": "x"}]
   assert ingest.write_jsonl(records, tmp_path / "o" / "r.jsonl") == 2
-  assert list(ingest.read_jsonl(tmp_path / "o" / "r.jsonl")) == records
+  assert list(rows.iter_rows(str(tmp_path / "o" / "r.jsonl"))) == records
+
+
+# ------------------------------------------------------------------------------ real layouts
+def _save_to_disk(path, table):
+  """What `datasets.Dataset.save_to_disk` writes: Arrow IPC stream files + two JSON files."""
+  path.mkdir()
+  with pa.OSFile(str(path / "data-00000-of-00001.arrow"), "wb") as sink:
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+      for batch in table.to_batches(max_chunksize=2):
+        writer.write_batch(batch)
+  (path / "dataset_info.json").write_text(json.dumps({"features": {}}))
+  (path / "state.json").write_text(json.dumps(
+      {"_data_files": [{"filename": "data-00000-of-00001.arrow"}], "_split": "train"}))
+
+
+def test_datasets_save_to_disk_folder(tmp_path):
+  _save_to_disk(tmp_path / "ds", pa.table({"id": ["a", "b", "c"],
+                                           "content": ["x = 1\n", "def f(:\n", "y = 2\n"]}))
+  records = list(ingest.iter_records(tmp_path / "ds"))
+  assert [r["id"] for r in records] == ["a", "b", "c"]
+  assert [r["python_ok"] for r in records] == [True, False, True]
+
+
+def test_text_and_id_fields_and_json_files(tmp_path):
+  src = tmp_path / "export"
+  src.mkdir()
+  (src / "part-0.json").write_text(json.dumps({"uid": "u1", "body_md": "Some text."}) + "\n")
+  (src / "part-1.jsonl").write_text(json.dumps({"uid": "u2", "body_md": "More."}) + "\n")
+  (src / "dataset_info.json").write_text("{}")    # metadata, not records
+  records = list(ingest.iter_records(src, id_field="uid", text_field="body_md"))
+  assert [(r["id"], r["text"]) for r in records] == [("u1", "Some text."), ("u2", "More.")]
+  with pytest.raises(ValueError, match="--text-field 'nope'"):
+    list(ingest.iter_records(src, id_field="uid", text_field="nope"))
+
+
+def test_undecodable_bytes_and_surrogates_are_per_row(tmp_path):
+  path = tmp_path / "mixed.jsonl"
+  with open(path, "wb") as f:
+    f.write(b'{"id": "1", "text": "ok"}\n')
+    f.write(b'{"id": "2", "text": "caf\xe9"}\n')
+    f.write(b'{"id": "3", "text": "x = \'\\udc80\'"}\n')
+    f.write(b'{"id": "4", "text": "fine"}\n')
+  stats = ingest.IngestStats()
+  records = list(ingest.iter_records(path, stats=stats))
+  assert [r["id"] for r in records] == ["1", "2", "3", "4"]
+  assert (stats.replaced_undecodable, stats.replaced_surrogates) == (1, 1)
+  from data_gen import shards
+  shards.write_shard(str(tmp_path / "out"), 0, records)   # writable: no lone surrogate left
+  assert [r["text"] for r in shards.read_shard(str(tmp_path / "out" / "shard-00000.jsonl.gz"))
+          ][1:3] == ["caf\ufffd", "x = '\ufffd'"]
+
+
+POSTS_XML = """<?xml version="1.0" encoding="utf-8"?>
+<posts>
+  <row Id="1" PostTypeId="1" AcceptedAnswerId="3" Score="10" Title="Reverse a list?" Tags="&lt;python&gt;&lt;list&gt;" Body="&lt;p&gt;How do I reverse &lt;code&gt;xs&lt;/code&gt;?&lt;/p&gt;" />
+  <row Id="2" PostTypeId="2" ParentId="1" Score="25" Body="&lt;p&gt;Slice it:&lt;/p&gt;&lt;pre&gt;&lt;code&gt;def rev(xs):&#xA;    return xs[::-1]&#xA;&lt;/code&gt;&lt;/pre&gt;" />
+  <row Id="3" PostTypeId="2" ParentId="1" Score="4" Body="&lt;p&gt;Use &lt;code&gt;reversed&lt;/code&gt; &amp;amp; list.&lt;/p&gt;" />
+  <row Id="4" PostTypeId="1" Score="1" Title="Unanswered" Body="&lt;p&gt;Anyone?&lt;/p&gt;" />
+  <row Id="5" PostTypeId="2" ParentId="1" Score="-3" Body="&lt;p&gt;Wrong.&lt;/p&gt;" />
+  <row Id="6" PostTypeId="1" Score="2" Title="Dicts" Body="&lt;p&gt;What is a dict? caf\xe9&lt;/p&gt;" />
+  <row Id="7" PostTypeId="2" ParentId="6" Score="1" Body="&lt;p&gt;A hash map.&lt;/p&gt;" />
+  <row Id="8" PostTypeId="2" ParentId="6" Score="1" Body="broken <markup" />
+  <row Id="9" PostTypeId="5" Body="a tag wiki: not a post" />
+</posts>
+"""
+
+
+def test_stack_exchange_posts_xml(tmp_path):
+  (tmp_path / "Posts.xml").write_bytes(POSTS_XML.encode("latin-1"))   # one row not UTF-8
+  stats = ingest.IngestStats()
+  a, b = ingest.iter_records(tmp_path / "Posts.xml", stats=stats)
+  assert (a["id"], a["kind"], b["id"]) == ("1", "qa", "6")
+  # The accepted answer first (though not the best scored), then the others; negative dropped.
+  assert a["text"] == ("Question: Reverse a list?\n\nHow do I reverse `xs`?\n\n"
+                       "Answer: Use `reversed` & list.\n\n"
+                       "Answer: Slice it:\n\n```\ndef rev(xs):\n    return xs[::-1]\n```")
+  assert a["meta"]["answer_scores"] == [4, 25] and a["meta"]["score"] == 10
+  assert a["meta"]["tags"] == ["python", "list"] and a["meta"]["accepted_kept"] is True
+  assert b["text"].endswith("What is a dict? caf\ufffd\n\nAnswer: A hash map.")
+  assert (stats.replaced_undecodable, stats.skipped_bad_xml, stats.skipped_unanswered) == (1, 1, 1)
+
+
+def test_question_answers_export(tmp_path):
+  """The common Q&A export (stack-exchange-preferences): question + scored, selected answers."""
+  path = tmp_path / "qa.jsonl"
+  path.write_text(json.dumps({"qid": 7, "question": "<p>Sort a dict by value?</p>", "answers": [
+      {"answer_id": 1, "text": "<p>Low.</p>", "pm_score": 0, "selected": False},
+      {"answer_id": 2, "text": "<pre><code>sorted(d.items(), key=lambda kv: kv[1])\n</code></pre>",
+       "pm_score": 9, "selected": True}]}) + "\n")
+  (record,) = ingest.iter_records(path, id_field="qid")
+  assert record["text"] == ("Question: Sort a dict by value?\n\nAnswer: ```\n"
+                            "sorted(d.items(), key=lambda kv: kv[1])\n```\n\nAnswer: Low.")
+  assert record["meta"]["answer_scores"] == [9, 0]
+
+
+def test_no_input_is_an_error_naming_the_layouts(tmp_path):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match=r"holds no input files; expected .*Posts.xml"):
+    list(ingest.iter_records(tmp_path / "empty"))
+
+
+def test_tasks_read_only_their_share(tmp_path):
+  """4 tasks over 2 Parquet files (2 row groups each): every row is decoded once in total."""
+  for f in range(2):
+    pq.write_table(pa.table({"hexsha": [f"{f}-{i}" for i in range(40)],
+                             "content": [f"x = {i}\n" for i in range(40)]}),
+                   tmp_path / f"f{f}.parquet", row_group_size=20)
+  decoded, ids = [], []
+  for rank in range(4):
+    step = ingest.IngestInputs(str(tmp_path))
+    ids += [d.id for d in step.run(None, rank, 4)]
+    decoded.append(step.stats["rows_read"].total)
+  assert decoded == [20, 20, 20, 20] and sorted(ids) == sorted(f"{f}-{i}" for f in range(2)
+                                                             for i in range(40))
+  # The same for one plain JSON-lines file, cut into byte ranges.
+  (tmp_path / "big").mkdir()
+  (tmp_path / "big" / "a.jsonl").write_text("".join(
+      json.dumps({"id": str(i), "text": f"y = {i}"}) + "\n" for i in range(100)))
+  decoded, ids = [], []
+  for rank in range(4):
+    step = ingest.IngestInputs(str(tmp_path / "big"), piece_bytes=200)
+    ids += [d.id for d in step.run(None, rank, 4)]
+    decoded.append(step.stats["rows_read"].total)
+  assert sum(decoded) == 100 and min(decoded) > 10 and ids == [str(i) for i in range(100)]

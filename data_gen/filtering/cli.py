@@ -41,11 +41,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--preset", default=presets_lib.DEFAULT_PRESET, choices=sorted(presets_lib.PRESETS),
                   help="paper (default): §2.1's settings; cpu: sized for a CPU machine")
   ap.add_argument("--input", help="'default' (installed Python source), 'stdlib', 'site-packages', "
-                                  "a dir of .py files, a dir/file of .jsonl[.gz]/.parquet records")
+                                  "a dir of .py files, a dir/file of .jsonl[.gz]/.parquet records, "
+                                  "a datasets.save_to_disk folder, a Stack Exchange Posts.xml")
   ap.add_argument("--workdir", help=f"default {d.workdir}")
   ap.add_argument("--limit", type=int, help="ingest only the first N inputs (files or rows)")
   ap.add_argument("--max-bytes", type=int, help="skip larger files")
-  ap.add_argument("--id-field")
+  ap.add_argument("--id-field", help="the records' id field (default id; The Stack's hexsha)")
+  ap.add_argument("--text-field", help="the records' text field (default: text, content, or a "
+                                       "Q&A layout: question + answers)")
   ap.add_argument("--assign-ids", action="store_true", help="derive '<file>:<row>' ids if missing")
   ap.add_argument("--format", choices=("jsonl", "parquet"), help="record shards: .jsonl.gz or .parquet")
   ap.add_argument("--shingle", type=int, help="MinHash word n-gram size")

@@ -212,8 +212,19 @@ class _Summary:
 
 
 def settings(input_dir: str, config: DedupConfig, tasks: int, fmt: str) -> dict:
+  from data_gen.filtering import ingest
   return {"input": str(pathlib.Path(input_dir).resolve()), "tasks": tasks, "format": fmt,
-          **dataclasses.asdict(config)}
+          "input_fingerprint": ingest.inputs_fingerprint(input_dir), **dataclasses.asdict(config)}
+
+
+def ingest_steps(source: str, out_dir: str, tasks: int, args) -> list[engine.Step]:
+  """Raw record files (JSON lines, Parquet, Arrow, .py files) as shards in `out_dir`, for a
+  dedup (or decontamination) of input that no stage has written."""
+  from data_gen.filtering import ingest
+  from data_gen.filtering.shard_steps import WriteShard
+  return [engine.Step("ingest", [
+      ingest.IngestInputs(source, id_field=args.id_field, text_field=args.text_field,
+                          assign_ids=args.assign_ids), WriteShard(out_dir)], tasks)]
 
 
 # -------------------------------------------------------------------------------------------- CLI
@@ -221,7 +232,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   d = DedupConfig()
   ap = argparse.ArgumentParser(prog="python -m data_gen dedup", description=__doc__,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--input", required=True, help="directory of record shards")
+  ap.add_argument("--input", required=True,
+                  help="record shards (a stage's output), or record files (.jsonl[.gz], Parquet, "
+                       "Arrow, .py files: ingested first)")
+  ap.add_argument("--id-field", default="id", help="raw input: the id field (or hexsha)")
+  ap.add_argument("--text-field", default=None, help="raw input: the text field")
+  ap.add_argument("--assign-ids", action="store_true", help="raw input: '<file>:<row>' ids")
   ap.add_argument("--out", required=True, help="output: records/ (kept) and clusters/")
   ap.add_argument("--shingle", type=int, default=d.ngram, help="MinHash token n-gram size")
   ap.add_argument("--bands", type=int, default=d.bands)
@@ -237,11 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = DedupConfig(ngram=args.shingle, bands=args.bands, rows=args.rows)
     engine_config = engine.from_args(args)
     from data_gen.filtering import shard_steps
-    shard_steps.input_shards(args.input)
-    engine.check_settings(args.out, settings(args.input, config, engine_config.tasks, args.format))
+    input_dir, first = args.input, []
+    if not shard_steps.is_shard_directory(args.input):
+      input_dir = str(pathlib.Path(args.out) / "_input" / "records")
+      first = ingest_steps(args.input, input_dir, engine_config.tasks, args)
+    engine.check_settings(args.out, {**settings(args.input, config, engine_config.tasks, args.format),
+                                     "id_field": args.id_field, "text_field": args.text_field,
+                                     "assign_ids": args.assign_ids})
     t0 = time.time()
-    engine.run(args.out, steps(args.input, args.out, config, engine_config.tasks, args.format),
-               engine_config)
+    engine.run(args.out, first + steps(input_dir, args.out, config, engine_config.tasks,
+                                       args.format), engine_config)
   except (FileNotFoundError, ValueError, ImportError, engine.StageFailed) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -1,29 +1,34 @@
-"""Ingest: turn directories of .py files, JSON lines, Parquet and Q/A dumps into corpus records.
+"""Ingest: turn directories of .py files, record files and Q/A dumps into corpus records.
 
 A record is a dict with a stable `id`, the `text`, its `source`, a `kind` ("code", "qa" or "text"),
 `python_ok` (True/False for code, None where not checked) and `meta` (everything else the input
-carried: The Stack's repo/path/license fields, a Q/A record's tags, ...).
+carried: The Stack's repo/path/license fields, a Q/A record's tags and answer scores, ...).
 
-Inputs (`iter_records(source)`):
+Inputs (`input_files(source)` names the layouts; anything else, or inputs that yield no record, is
+an error naming them):
 - "default": the Python source installed on this machine, the standard library then site-packages
-  (real, varied code that every machine has); "stdlib" and "site-packages" for one of the two.
-- a directory: its *.jsonl / *.jsonl.gz / *.parquet files if it has any, else its *.py files;
-- a single .py, .jsonl, .jsonl.gz or .parquet file.
-JSON/Parquet rows: text from `text`, or `content` (The Stack's schema), or a question/answer pair
-(`question`+`answer`, or StackExchange-style `title`+`body`+`answers`); id from `--id-field`
-(default `id`; The Stack's `hexsha`/`blob_id` also count). A row without an id is an error unless
-`assign_ids=True`, which derives one from the file name and row number (stable while the file is).
+  (real, varied code that every machine has); "stdlib" and "site-packages" for one of the two;
+- record files, or a directory of them: JSON lines (`*.jsonl[.gz]`), Parquet (The Stack's
+  `content` + `hexsha` schema), Arrow (a `datasets.save_to_disk` folder: data-*.arrow beside
+  dataset_info.json and state.json), a Stack Exchange dump's `Posts.xml` (data_gen/filtering/qa.py);
+- a directory without record files: its *.py files; or a single .py file.
+Rows: text from `text_field` if given, else `text`, or `content` (The Stack's schema), or a Q/A
+layout (qa.py); id from `id_field` (default `id`; The Stack's `hexsha`/`blob_id` also count). A row
+without an id is an error unless `assign_ids=True`, which derives one from the file name and row
+number (stable while the file is). Ids seen twice are counted (`duplicate_ids` in the summary).
 
-Bad input: binary files (NUL bytes or not UTF-8) and files over `max_bytes` are skipped and counted;
-Python that does not parse is kept (it still counts for text statistics) with `python_ok=False`.
-Parsing runs in a process pool (`workers`), the expensive part of ingest.
+Work is split by piece (phi1/data/rows.py: row groups, record batches, byte ranges of plain JSON
+lines, whole .py files), so each task reads only its share however many files there are.
+Bad input is counted per row or file, never fatal: undecodable bytes are replaced by U+FFFD, lone
+surrogates too, lines that are not JSON objects skipped; binary files (NUL bytes, not UTF-8) and
+files over `max_bytes` are skipped; Python that does not parse is kept with `python_ok=False`.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import gzip
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -34,10 +39,25 @@ import sysconfig
 import warnings
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
+from data_gen.filtering import qa
+from phi1.data import rows as rows_lib
+
 DEFAULT_MAX_BYTES = 1_000_000  # The Stack drops files over 1 MB; so do we.
-_RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+_RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".arrow")
+# JSON files that describe a folder rather than hold records (datasets' save_to_disk, data_gen's).
+_METADATA_FILES = {"dataset_info.json", "state.json", "dataset_dict.json", "manifest.json",
+                   "summary.json", "settings.json", "report.json"}
 _STACK_ID_FIELDS = ("hexsha", "blob_id")
 _TEXT_FIELDS = ("text", "content")
+LAYOUTS = ("a directory of .py files; record files or a directory of them: *.jsonl[.gz], "
+           "*.parquet (e.g. The Stack), a datasets.save_to_disk folder (data-*.arrow), a Stack "
+           "Exchange Posts.xml; or 'default'/'stdlib'/'site-packages' for the installed Python")
+# Row and file problems, each a stage statistic (summary.json) and an IngestStats field.
+_ROW_COUNTS = {"undecodable": "replaced_undecodable", "surrogates": "replaced_surrogates",
+               "bad_json": "skipped_bad_json", "bad_xml": "skipped_bad_xml",
+               "unanswered": "skipped_unanswered"}
 
 
 @dataclasses.dataclass
@@ -49,7 +69,13 @@ class IngestStats:
   skipped_huge: int = 0
   skipped_unreadable: int = 0
   skipped_empty: int = 0
+  skipped_bad_json: int = 0     # lines that are not a JSON object
+  skipped_bad_xml: int = 0      # Posts.xml rows that do not parse
+  skipped_unanswered: int = 0   # Posts.xml questions without a usable answer
+  replaced_undecodable: int = 0  # rows kept with non-UTF-8 bytes replaced by U+FFFD
+  replaced_surrogates: int = 0   # rows kept with lone surrogates replaced by U+FFFD
   unparsable: int = 0      # code records kept with python_ok=False
+  rows_read: int = 0       # files and rows decoded (with `limit`, more than were used)
 
   def as_dict(self) -> dict[str, int]:
     return dataclasses.asdict(self)
@@ -67,18 +93,16 @@ def default_roots() -> dict[str, pathlib.Path]:
 
 def iter_records(source: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
                  workers: int = 1, limit: int | None = None, id_field: str = "id",
-                 assign_ids: bool = False, check_python: bool = True,
-                 stats: IngestStats | None = None, skip: int = 0) -> Iterator[dict]:
-  """Yields records from `source` (see the module docstring); counts into `stats`.
-
+                 text_field: str | None = None, assign_ids: bool = False,
+                 check_python: bool = True, stats: IngestStats | None = None) -> Iterator[dict]:
+  """Yields records from `source` (see the module docstring) in input order; counts into `stats`.
   `check_python=False` skips the parse check (python_ok is then None): callers that parse anyway.
-  `skip` passes over that many inputs (files or rows) unread: a resumed job, whose `stats` carry
-  the counts up to there.
-  """
+  `workers` > 1 parses in a process pool."""
   stats = stats if stats is not None else IngestStats()
-  items = itertools.islice(_raw_items(str(source), id_field=id_field, assign_ids=assign_ids),
-                           skip, None)
-  finish = _Finisher(max_bytes, check_python)
+  reader = _Reader(str(source), id_field=id_field, text_field=text_field, assign_ids=assign_ids,
+                   on_count=lambda name, n: setattr(stats, name, getattr(stats, name) + n))
+  items = reader.items(0, 1, limit=limit)
+  finish = _Finisher(max_bytes, check_python, text_field)
   if workers > 1:
     pool = process_pool(workers)
     results = pool.imap(finish, items, chunksize=16)
@@ -114,72 +138,155 @@ def process_pool(workers: int, initializer=None, initargs=()):
                                                   initargs=initargs)
 
 
-def _raw_items(source: str, *, id_field: str, assign_ids: bool) -> Iterator[tuple]:
-  """Cheap, ordered descriptions of the inputs; the pool does the reading and parsing."""
+# ------------------------------------------------------------------------------------ the inputs
+def input_files(source: str) -> tuple[str, list[str]]:
+  """("py", the .py files) or ("rows", the record files) of `source`, in input order; an error
+  naming the layouts read when there is none."""
   if source in ("default", "stdlib", "site-packages"):
-    roots = default_roots()
-    for name in (["stdlib", "site-packages"] if source == "default" else [source]):
-      yield from _py_files(roots[name], prefix=name,
-                           exclude_dirs={"site-packages", "dist-packages"} if name == "stdlib" else set())
-    return
+    return "py", [f for f, _, _ in named_py_files(source)]
   path = pathlib.Path(source)
   if not path.exists():
-    raise FileNotFoundError(f"ingest: {source!r} does not exist (give a directory, a .py/.jsonl/"
-                            f".parquet file, or 'default' for the installed Python source)")
+    raise FileNotFoundError(f"ingest: {source!r} does not exist; expected {LAYOUTS}")
   if path.is_dir():
-    record_files = sorted(p for p in path.rglob("*") if p.name.endswith(_RECORD_SUFFIXES))
+    record_files = sorted(str(p) for p in path.rglob("*")
+                          if p.is_file() and p.name not in _METADATA_FILES
+                          and (p.name.endswith(_RECORD_SUFFIXES) or p.name.lower() == "posts.xml"))
     if record_files:
-      for f in record_files:
-        yield from _rows(f, id_field=id_field, assign_ids=assign_ids)
-    else:
-      yield from _py_files(path, prefix=path.name)
-  elif path.name.endswith(_RECORD_SUFFIXES):
-    yield from _rows(path, id_field=id_field, assign_ids=assign_ids)
-  elif path.suffix == ".py":
-    yield ("file", str(path), f"{path.parent.name}:{path.name}", path.parent.name)
-  else:
-    raise ValueError(f"ingest: cannot read {source!r}; expected a directory, .py, .jsonl[.gz] or "
-                     f".parquet")
+      return "rows", record_files
+    py = [f for f, _, _ in named_py_files(source)]
+    if py:
+      return "py", py
+    raise ValueError(f"ingest: {source} holds no input files; expected {LAYOUTS}")
+  if path.name.endswith(_RECORD_SUFFIXES) or qa.is_posts_xml(path.name):
+    return "rows", [str(path)]
+  if path.suffix == ".py":
+    return "py", [str(path)]
+  raise ValueError(f"ingest: cannot read {source!r}; expected {LAYOUTS}")
 
 
-def _py_files(root: pathlib.Path, *, prefix: str, exclude_dirs: Iterable[str] = ()) -> Iterator[tuple]:
+def inputs_fingerprint(source: str) -> str:
+  """A content fingerprint of `source`'s input files, cheap at any size: their names, sizes and
+  modification times (no file is read). A file added, removed or rewritten changes it."""
+  digest = hashlib.sha256()
+  for f in input_files(source)[1]:
+    st = os.stat(f)
+    digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "replace"))
+  return digest.hexdigest()[:16]
+
+
+def _py_files(root: pathlib.Path, *, prefix: str,
+              exclude_dirs: Iterable[str] = ()) -> Iterator[tuple[str, str, str]]:
+  """(path, id, source) of the .py files under `root`, sorted."""
   exclude_dirs = set(exclude_dirs) | {"__pycache__"}
   for dirpath, dirnames, filenames in os.walk(root):
     dirnames[:] = sorted(d for d in dirnames if d not in exclude_dirs)
     for name in sorted(filenames):
       if name.endswith(".py"):
         full = os.path.join(dirpath, name)
-        yield ("file", full, f"{prefix}:{os.path.relpath(full, root)}", prefix)
+        yield full, f"{prefix}:{os.path.relpath(full, root)}", prefix
 
 
-def _rows(path: pathlib.Path, *, id_field: str, assign_ids: bool) -> Iterator[tuple]:
-  for n, row in enumerate(_read_rows(path)):
-    rid = row.get(id_field)
+def named_py_files(source: str) -> list[tuple[str, str, str]]:
+  """(path, id, source) of every .py input of `source` (default corpus, directory or file)."""
+  if source in ("default", "stdlib", "site-packages"):
+    roots = default_roots()
+    return [f for name in (["stdlib", "site-packages"] if source == "default" else [source])
+            for f in _py_files(roots[name], prefix=name,
+                               exclude_dirs={"site-packages", "dist-packages"}
+                               if name == "stdlib" else set())]
+  path = pathlib.Path(source)
+  if path.is_dir():
+    return list(_py_files(path, prefix=path.name))
+  return [(str(path), f"{path.parent.name}:{path.name}", path.parent.name)]
+
+
+def _pieces(files: list[str], piece_bytes: int) -> list[rows_lib.Piece]:
+  return [p for f in files
+          for p in ([rows_lib.Piece(f, weight=os.path.getsize(f))] if qa.is_posts_xml(f)
+                    else rows_lib.pieces(f, piece_bytes))]
+
+
+class _Reader:
+  """A task's share of the inputs as raw items: ("file", path, id, source) for a .py file,
+  ("row", row, id, source) for a record. `on_count(name, n)` receives the IngestStats counts
+  of problems met while reading (undecodable rows, bad JSON lines, ...)."""
+
+  def __init__(self, source: str, *, id_field: str = "id", text_field: str | None = None,
+               assign_ids: bool = False, piece_bytes: int = rows_lib.PIECE_BYTES,
+               on_count=None, on_unreadable=None):
+    self.source, self.id_field, self.text_field = source, id_field, text_field
+    self.assign_ids, self.piece_bytes = assign_ids, piece_bytes
+    self.on_count = on_count or (lambda name, n: None)
+    self.on_unreadable = on_unreadable
+
+  def items(self, rank: int, world_size: int, *, limit: int | None = None) -> Iterator[tuple]:
+    """Files go to tasks round robin; record files are cut into pieces (row groups, record
+    batches, byte ranges) and each task reads a contiguous run of about equal weight, so a row
+    is decoded by one task only. With `limit` (a trial run) the first `limit` rows are dealt
+    round robin: each task reads at most that many."""
+    kind, files = input_files(self.source)
+    if kind == "py":
+      named = itertools.islice(named_py_files(self.source), limit)
+      for f, rid, source in itertools.islice(named, rank, None, world_size):
+        self.on_count("rows_read", 1)
+        yield ("file", f, rid, source)
+      return
+    pieces = _pieces(files, self.piece_bytes)
+    if limit is None:
+      for piece in rows_lib.assign(pieces, rank, world_size):
+        yield from self._piece_items(piece)
+      return
+    every = (item for piece in pieces for item in self._piece_items(piece))
+    yield from itertools.islice(itertools.islice(every, limit), rank, None, world_size)
+
+  def _piece_items(self, piece: rows_lib.Piece) -> Iterator[tuple]:
+    path = piece.path
+    source = os.path.basename(path).split(".")[0]
+    if qa.is_posts_xml(path):
+      counts = qa.XmlCounts()
+      rows = qa.posts_xml_rows(path, counts)
+    else:
+      counts = rows_lib.RowCounts()
+      rows = rows_lib.iter_rows(path, counts=counts, undecodable="replace", piece=piece)
+    try:
+      for n, row in enumerate(self._guarded(path, rows)):
+        self.on_count("rows_read", 1)
+        yield ("row", row, self._id(row, path, piece, n), source)
+    finally:
+      for field, stat in _ROW_COUNTS.items():
+        if getattr(counts, field, 0):
+          self.on_count(stat, getattr(counts, field))
+
+  def _guarded(self, path: str, rows: Iterator[dict]) -> Iterator[dict]:
+    """A file that cannot be read on (a truncated gzip, a damaged Parquet page) is reported
+    through `on_unreadable(path, rows read, error)` and the rest of its piece skipped."""
+    import zlib
+    n = 0
+    while True:
+      try:
+        row = next(rows)
+      except StopIteration:
+        return
+      except (OSError, EOFError, zlib.error, ValueError) as e:
+        if self.on_unreadable is None or "JSON array" in str(e):
+          raise
+        self.on_unreadable(path, n, e)
+        return
+      n += 1
+      yield row
+
+  def _id(self, row: dict, path: str, piece: rows_lib.Piece, n: int) -> str:
+    rid = row.get(self.id_field)
     if rid is None:
       rid = next((row[f] for f in _STACK_ID_FIELDS if row.get(f) is not None), None)
     if rid is None:
-      if not assign_ids:
+      if not self.assign_ids:
         raise MissingIdError(
-            f"{path}: row {n} has no {id_field!r} field (nor 'hexsha'/'blob_id'); name the id field "
-            f"with --id-field NAME, or pass --assign-ids to use '<file>:<row>' ids")
-      rid = f"{path.name}:{n}"
-    yield ("row", row, str(rid), path.name.split(".")[0])
-
-
-def _read_rows(path: pathlib.Path) -> Iterator[dict]:
-  if path.name.endswith(".parquet"):
-    import pyarrow.parquet as pq  # only Parquet users pay for pyarrow's import
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-      yield from batch.to_pylist()
-    return
-  opener = gzip.open if path.name.endswith(".gz") else open
-  with opener(path, "rt", encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          yield json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            f"{path}: a row has no {self.id_field!r} field (nor 'hexsha'/'blob_id'); name the id "
+            f"field with --id-field NAME, or pass --assign-ids to use '<file>:<row>' ids")
+      # Rows are numbered within their piece (a row group, a batch, a byte range's start).
+      rid = f"{os.path.basename(path)}:" + (f"{piece.start}." if piece.start else "") + str(n)
+    return str(rid)
 
 
 def python_ok(text: str) -> bool:
@@ -196,9 +303,10 @@ def python_ok(text: str) -> bool:
 class _Finisher:
   """Reads/validates one raw item in a pool worker -> ("ok", record) or (skip reason, None)."""
 
-  def __init__(self, max_bytes: int, check_python: bool = True):
+  def __init__(self, max_bytes: int, check_python: bool = True, text_field: str | None = None):
     self.max_bytes = max_bytes
     self.check_python = check_python
+    self.text_field = text_field
 
   def __call__(self, item: tuple) -> tuple[str, dict | None]:
     if item[0] == "file":
@@ -222,20 +330,28 @@ class _Finisher:
     if not text.strip():
       return "empty", None
     return "ok", {"id": rid, "text": text, "source": source, "kind": "code",
-                  "python_ok": python_ok(text) if self.check_python else None, "meta": {"path": path}, "_bytes": len(data)}
+                  "python_ok": python_ok(text) if self.check_python else None,
+                  "meta": {"path": path}, "_bytes": len(data)}
 
   def _row(self, row: dict[str, Any], rid: str, source: str) -> tuple[str, dict | None]:
     meta = dict(row)
-    field = next((f for f in _TEXT_FIELDS if isinstance(row.get(f), str)), None)
+    if self.text_field is not None:
+      if not isinstance(row.get(self.text_field), str):
+        raise ValueError(f"record {rid!r} has no text in --text-field {self.text_field!r} "
+                         f"(fields: {sorted(row)})")
+      field = self.text_field
+    else:
+      field = next((f for f in _TEXT_FIELDS if isinstance(row.get(f), str)), None)
     text = meta.pop(field) if field else None
     # The Stack's schema: a file's `content` plus repo/path/license metadata.
-    kind = "code" if field == "content" else "text"
+    kind = "code" if field in ("content", "code") else "text"
     if text is None:
-      text = _qa_text(meta)
+      text = qa.qa_text(meta)
       kind = "qa"
     if text is None:
-      raise ValueError(f"record {rid!r} has no text: expected 'text', 'content', "
-                       f"'question'+'answer' or 'title'+'body'+'answers' (fields: {sorted(row)})")
+      raise ValueError(f"record {rid!r} has no text: expected 'text', 'content', a Q/A layout "
+                       f"('question'+'answers', 'question'+'answer', 'title'+'body'+'answers') "
+                       f"or --text-field NAME (fields: {sorted(row)})")
     data = text.encode("utf-8", errors="replace")
     if len(data) > self.max_bytes:
       return "huge", None
@@ -251,19 +367,7 @@ class _Finisher:
                   "python_ok": checked, "meta": meta, "_bytes": len(data)}
 
 
-def _qa_text(row: dict[str, Any]) -> str | None:
-  """StackOverflow-style records as one document: the question, then its answers."""
-  if isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
-    question, answers = row.pop("question"), [row.pop("answer")]
-  elif isinstance(row.get("body"), str) and "answers" in row:
-    title = row.pop("title", "") or ""
-    question = f"{title}\n\n{row.pop('body')}".strip()
-    answers = [a["body"] if isinstance(a, dict) else str(a) for a in row.pop("answers") or []]
-  else:
-    return None
-  return "\n\n".join([f"Question: {question}", *(f"Answer: {a}" for a in answers)])
-
-
+# -------------------------------------------------------------------------------- small helpers
 def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
   """Writes records as JSON lines (atomically: a crash leaves no half file); returns the count."""
   path = pathlib.Path(path)
@@ -285,78 +389,20 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
     yield batch
 
 
-def read_jsonl(path: str | os.PathLike, skip: int = 0) -> Iterator[dict]:
-  """The records of a JSON-lines file; the first `skip` are passed over without being parsed."""
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      if line.strip():
-        if skip:
-          skip -= 1
-          continue
-        yield json.loads(line)
+def id_hashes(ids: Iterable[str]) -> np.ndarray:
+  """Sorted 64-bit hashes of record ids: 8 bytes a record, to count repeats across tasks."""
+  return np.sort(np.fromiter((int.from_bytes(hashlib.blake2b(i.encode("utf-8", "replace"),
+                                                             digest_size=8).digest(), "little")
+                              for i in ids), np.uint64))
+
+
+def count_repeats(hashes: Iterable[np.ndarray]) -> int:
+  """Ids seen more than once (each repeat counts), from the tasks' `id_hashes`."""
+  every = np.sort(np.concatenate([np.zeros(0, np.uint64), *hashes]))
+  return int(np.count_nonzero(every[1:] == every[:-1])) if len(every) else 0
 
 
 # ---------------------------------------------------------------------------------- engine step
-def input_files(source: str) -> tuple[str, list[str]]:
-  """("py", the .py files) or ("rows", the record files) of `source`, in input order."""
-  if source in ("default", "stdlib", "site-packages"):
-    return "py", [item[1] for item in _raw_items(source, id_field="id", assign_ids=True)]
-  path = pathlib.Path(source)
-  if not path.exists():
-    raise FileNotFoundError(f"ingest: {source!r} does not exist (give a directory, a .py/.jsonl/"
-                            f".parquet file, or 'default' for the installed Python source)")
-  if path.is_dir():
-    record_files = sorted(str(p) for p in path.rglob("*") if p.name.endswith(_RECORD_SUFFIXES))
-    if record_files:
-      return "rows", record_files
-    return "py", [item[1] for item in _py_files(path, prefix=path.name)]
-  if path.name.endswith(_RECORD_SUFFIXES):
-    return "rows", [str(path)]
-  if path.suffix == ".py":
-    return "py", [str(path)]
-  raise ValueError(f"ingest: cannot read {source!r}; expected a directory, .py, .jsonl[.gz] or "
-                   f".parquet")
-
-
-def _task_items(source: str, rank: int, world_size: int, *, limit: int | None, id_field: str,
-                assign_ids: bool, on_unreadable) -> Iterator[tuple]:
-  """This task's share of the inputs. Files go to tasks round robin (The Stack's many Parquet
-  files: each task reads only its own); with `limit`, or fewer record files than tasks, rows of
-  the one input stream do (row i to task i mod world_size)."""
-  kind, files = input_files(source)
-  if kind == "py":
-    items = _raw_items(source, id_field=id_field, assign_ids=assign_ids)
-    yield from itertools.islice(itertools.islice(items, limit), rank, None, world_size)
-    return
-  if limit is None and len(files) >= world_size:
-    for f in files[rank::world_size]:
-      yield from _readable_rows(f, id_field, assign_ids, on_unreadable)
-    return
-  rows = (row for f in files for row in _readable_rows(f, id_field, assign_ids, on_unreadable))
-  yield from itertools.islice(itertools.islice(rows, limit), rank, None, world_size)
-
-
-def _readable_rows(path: str, id_field: str, assign_ids: bool, on_unreadable) -> Iterator[tuple]:
-  """The rows of one record file; a file that cannot be read (or breaks off) is reported through
-  `on_unreadable(path, rows read, error)` and the rest of it skipped. Rows without an id stay an
-  error: that is a setting to fix (--id-field / --assign-ids), not a damaged file."""
-  import zlib
-  rows = _rows(pathlib.Path(path), id_field=id_field, assign_ids=assign_ids)
-  n = 0
-  while True:
-    try:
-      row = next(rows)
-    except StopIteration:
-      return
-    except MissingIdError:
-      raise
-    except (OSError, EOFError, ValueError, zlib.error, UnicodeDecodeError) as e:
-      on_unreadable(path, n, e)
-      return
-    n += 1
-    yield row
-
-
 try:
   from datatrove.pipeline.base import PipelineStep
 except ImportError:  # engine.require_datatrove() names the pip command before any step is built
@@ -364,17 +410,21 @@ except ImportError:  # engine.require_datatrove() names the pip command before a
 
 
 class IngestInputs(PipelineStep):
-  """Ingest as a datatrove step: reads this task's inputs (see `_task_items`), yields records as
-  Documents and counts what it skipped (binary, huge, unreadable, empty) in the stage stats."""
+  """Ingest as a datatrove step: reads this task's pieces of the inputs (`_Reader.items`), yields
+  records as Documents and counts what it skipped or repaired in the stage stats (`rows_read`:
+  rows and files decoded by this task). With `ids_dir`, writes the task's id hashes there for
+  the stage's duplicate-id count."""
   type = "data_gen"
   name = "ingest"
 
   def __init__(self, source: str, *, max_bytes: int = DEFAULT_MAX_BYTES, limit: int | None = None,
-               id_field: str = "id", assign_ids: bool = False, check_python: bool = True):
+               id_field: str = "id", text_field: str | None = None, assign_ids: bool = False,
+               check_python: bool = True, ids_dir: str | None = None,
+               piece_bytes: int = rows_lib.PIECE_BYTES):
     super().__init__()
     self.source, self.max_bytes, self.limit = str(source), max_bytes, limit
-    self.check_python = check_python
-    self.id_field, self.assign_ids = id_field, assign_ids
+    self.check_python, self.ids_dir, self.piece_bytes = check_python, ids_dir, piece_bytes
+    self.id_field, self.text_field, self.assign_ids = id_field, text_field, assign_ids
 
   def _unreadable(self, path: str, n: int, error: Exception):
     from datatrove.utils.logging import logger
@@ -384,10 +434,13 @@ class IngestInputs(PipelineStep):
 
   def run(self, data=None, rank: int = 0, world_size: int = 1):
     from data_gen.filtering.shard_steps import to_document
-    finish = _Finisher(self.max_bytes, self.check_python)
-    for item in _task_items(self.source, rank, world_size, limit=self.limit,
-                            id_field=self.id_field, assign_ids=self.assign_ids,
-                            on_unreadable=self._unreadable):
+    finish = _Finisher(self.max_bytes, self.check_python, self.text_field)
+    reader = _Reader(self.source, id_field=self.id_field, text_field=self.text_field,
+                     assign_ids=self.assign_ids, piece_bytes=self.piece_bytes,
+                     on_count=lambda name, n: self.stat_update(name, value=n),
+                     on_unreadable=self._unreadable)
+    ids = []
+    for item in reader.items(rank, world_size, limit=self.limit):
       outcome, record = finish(item)
       self.stat_update("docs_in")
       if outcome != "ok":
@@ -396,4 +449,12 @@ class IngestInputs(PipelineStep):
       self.stat_update("bytes_in", value=record.pop("_bytes"))
       if record["python_ok"] is False:
         self.stat_update("unparsable")
+      if self.ids_dir is not None:
+        ids.append(record["id"])
       yield to_document(record)
+    if self.ids_dir is not None:
+      os.makedirs(self.ids_dir, exist_ok=True)
+      tmp = os.path.join(self.ids_dir, f".ids-{rank:05d}.npy.tmp")
+      with open(tmp, "wb") as f:
+        np.save(f, id_hashes(ids))
+      os.replace(tmp, os.path.join(self.ids_dir, f"ids-{rank:05d}.npy"))

@@ -54,6 +54,7 @@ class FilterConfig:
   limit: int | None = None
   max_bytes: int = ingest_lib.DEFAULT_MAX_BYTES
   id_field: str = "id"
+  text_field: str | None = None     # None: text, content (The Stack) or a Q&A layout
   assign_ids: bool = False
   format: str = "jsonl"             # record shards: jsonl(.gz) or parquet
   # dedup (datatrove's defaults)
@@ -107,7 +108,7 @@ class FilterConfig:
 
 # Which settings each stage's output depends on (its fingerprint also covers its upstream).
 _STAGE_KEYS = {
-    "ingest": ("input", "limit", "max_bytes", "id_field", "assign_ids", "format"),
+    "ingest": ("input", "limit", "max_bytes", "id_field", "text_field", "assign_ids", "format"),
     "dedup": ("shingle", "bands", "rows"),
     "annotate": ("sample_size", "sample_seed", "model", "labels", "label_scale"),
     "embed": ("embedder",),
@@ -127,11 +128,25 @@ class Pipeline:
     self._embedder_given = embedder.name if embedder is not None else None
     self.log = log or (lambda msg: print(msg, file=sys.stderr))
     self.summaries: dict[str, dict] = {}
+    self._contents: dict[str, str] | None = None
+
+  def contents(self) -> dict[str, str]:
+    """Fingerprints of what the stages read besides settings: the input files (names, sizes,
+    mtimes) and the labels file (sha256). Computed once per run."""
+    if self._contents is None:
+      c = self.config
+      self._contents = {"ingest.input_files": ingest_lib.inputs_fingerprint(c.input)}
+      if c.labels and os.path.isfile(c.labels):
+        with open(c.labels, "rb") as f:
+          self._contents["annotate.labels_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+    return self._contents
 
   def settings(self, stage: str) -> dict:
-    """What a stage's output depends on: its settings and every upstream stage's."""
+    """What a stage's output depends on: its settings, the content fingerprints of its inputs,
+    and every upstream stage's."""
     upto = STAGES[:STAGES.index(stage) + 1]
     settings = {f"{s}.{k}": getattr(self.config, k) for s in upto for k in _STAGE_KEYS[s]}
+    settings.update({k: v for k, v in self.contents().items() if k.split(".")[0] in upto})
     settings["skipped"] = sorted(set(self.config.skip) & set(upto))
     settings["tasks"] = self.engine.tasks  # the shards: their order is the records' order
     if self._embedder_given is not None and "embed" in upto:
@@ -174,7 +189,8 @@ class Pipeline:
         self.log(f"[{stage}] resumed from {stage_dir / 'summary.json'}")
         continue
       if finished or (previous and previous.get("fingerprint") != fingerprint):
-        self.log(f"[{stage}] settings changed since it finished: running it again")
+        self.log(f"[{stage}] {_changes(stage_dir, self.settings(stage))} since it finished: "
+                 "running it again")
         engine.reset(stage_dir)
       if self.engine.executor != "slurm":
         self._check_inputs(stage)
@@ -186,8 +202,13 @@ class Pipeline:
         continue
       summary = shard_steps.timed(stage_dir, time.time() - t0)
       summary["status"] = "ran"
+      summary["peak_memory_mb"] = engine.peak_memory_mb(stage_dir)
+      shard_steps.write_summary(stage_dir, summary)
       self.summaries[stage] = summary
       self.log(f"[{stage}] {format_summary(summary)}")
+      if stage == "ingest" and not summary.get("docs_out"):
+        raise ValueError(f"ingest: {self.config.input!r} yielded 0 records "
+                         f"({_skips(summary)}); expected {ingest_lib.LAYOUTS}")
     return self.summaries
 
   def _check_inputs(self, stage: str) -> None:
@@ -206,8 +227,26 @@ class Pipeline:
       raise FileNotFoundError(f"{path} does not exist: run the {upstream} first")
 
 
+def _skips(summary: dict) -> str:
+  skips = {k: v for k, v in summary.items() if k.startswith(("skipped_", "replaced_")) and v}
+  return ", ".join(f"{k} {v}" for k, v in skips.items()) or "nothing skipped"
+
+
+def _changes(stage_dir: pathlib.Path, settings: dict) -> str:
+  """'settings changed (k: a -> b, ...)' against the settings the stage last ran with."""
+  path = stage_dir / "_engine" / "settings.json"
+  before = json.loads(path.read_text()) if path.exists() else {}
+  changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+  if not changed:
+    return "its settings changed"
+  return "changed: " + ", ".join(f"{k} {before.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+
+
 def format_summary(s: dict) -> str:
   if s.get("status") == "skipped":
     return "skipped"
+  notes = "".join(f", {s[k]} {k.replace('_', ' ')}" for k in
+                  ("duplicate_ids", "replaced_undecodable", "replaced_surrogates", "skipped_bad_json")
+                  if s.get(k))
   return (f"{s.get('docs_in', 0)} in -> {s.get('docs_out', 0)} out in {s.get('seconds', 0):.1f}s "
-          f"({s.get('docs_per_s', 0):.0f} docs/s, {s.get('mb_per_s', 0):.2f} MB/s)")
+          f"({s.get('docs_per_s', 0):.0f} docs/s, {s.get('mb_per_s', 0):.2f} MB/s{notes})")

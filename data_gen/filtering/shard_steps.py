@@ -30,6 +30,11 @@ def to_record(doc: Document) -> dict:
   return {"id": doc.id, "text": doc.text, **doc.metadata.get("record", {})}
 
 
+def is_shard_directory(path: str | os.PathLike) -> bool:
+  """A stage's (or textbooks/exercises') output: finished shards or a manifest.json."""
+  return bool(shards.shard_files(str(path))) or os.path.isfile(os.path.join(path, "manifest.json"))
+
+
 def input_shards(input_dir: str | os.PathLike) -> list[str]:
   files = shards.shard_files(str(input_dir))
   if not files and not os.path.isfile(os.path.join(input_dir, "manifest.json")):

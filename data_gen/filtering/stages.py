@@ -19,6 +19,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 from data_gen import engine, shards
+from phi1.data import rows
 from data_gen.filtering import annotate as annotate_lib
 from data_gen.filtering import classify as classify_lib
 from data_gen.filtering import ingest as ingest_lib
@@ -71,7 +72,7 @@ class Annotate(_OneTask):
     c = self.config
     out = self.out("annotate") / "labels.jsonl"
     if c.labels:
-      labels = list(ingest_lib.read_jsonl(c.labels))
+      labels = list(rows.iter_rows(c.labels))
       ingest_lib.write_jsonl(labels, out)
       return {"docs_in": len(labels), "docs_out": len(labels), "from": c.labels}
     chosen = set(annotate_lib.sample_ids((r["id"] for r in _all_records(self.records_dir)),
@@ -97,7 +98,7 @@ class Annotate(_OneTask):
 
 
 def _labels(workdir: pathlib.Path) -> list[dict]:
-  return list(ingest_lib.read_jsonl(workdir / "annotate" / "labels.jsonl"))
+  return list(rows.iter_rows(str(workdir / "annotate" / "labels.jsonl")))
 
 
 class EmbedSample(PipelineStep):
@@ -228,12 +229,20 @@ class _ScoreSummary:
             "worker_seconds_classify": seconds("seconds_classify")}
 
 
-def _ingest_summary(stats: dict) -> dict:
-  names = ("skipped_binary", "skipped_huge", "skipped_unreadable", "skipped_empty", "unparsable",
-           "unreadable_shards")
-  return {"docs_in": count(stats, "ingest", "docs_in"), "docs_out": count(stats, "ingest", "docs_out"),
-          "bytes_in": count(stats, "ingest", "bytes_in"),
-          **{n: count(stats, "ingest", n) for n in names}}
+@dataclasses.dataclass
+class _IngestSummary:
+  ids_dir: str   # the tasks' id hashes (ingest.IngestInputs): repeated ids are counted here
+
+  def __call__(self, stats: dict) -> dict:
+    names = ("skipped_binary", "skipped_huge", "skipped_unreadable", "skipped_empty",
+             "skipped_bad_json", "skipped_bad_xml", "skipped_unanswered", "replaced_undecodable",
+             "replaced_surrogates", "unparsable", "unreadable_shards", "rows_read")
+    hashes = (np.load(p) for p in sorted(pathlib.Path(self.ids_dir).glob("ids-*.npy")))
+    return {"docs_in": count(stats, "ingest", "docs_in"),
+            "docs_out": count(stats, "ingest", "docs_out"),
+            "bytes_in": count(stats, "ingest", "bytes_in"),
+            "duplicate_ids": ingest_lib.count_repeats(hashes),
+            **{n: count(stats, "ingest", n) for n in names}}
 
 
 # ------------------------------------------------------------------------------------------ select
@@ -348,12 +357,13 @@ def steps(stage: str, config, workdir: str, records_dir: str, tasks: int, embedd
   one = dict(config=config, workdir=workdir, records_dir=records_dir, embedder=embedder,
              extra=extra)
   if stage == "ingest":
-    out = str(root / "ingest" / "records")
+    out, ids_dir = str(root / "ingest" / "records"), str(root / "ingest" / "_work" / "ids")
     return [engine.Step("ingest", [
         ingest_lib.IngestInputs(config.input, max_bytes=config.max_bytes, limit=config.limit,
-                                id_field=config.id_field, assign_ids=config.assign_ids),
+                                id_field=config.id_field, text_field=config.text_field,
+                                assign_ids=config.assign_ids, ids_dir=ids_dir),
         WriteShard(out, config.format)], tasks),
-            engine.Step("finish", [FinishStage(stage_dir, {out: "ingest"}, _ingest_summary,
+            engine.Step("finish", [FinishStage(stage_dir, {out: "ingest"}, _IngestSummary(ids_dir),
                                                summary_extra=extra)], 1)]
   if stage == "annotate":
     return [engine.Step("annotate", [Annotate(**one)], 1)]

@@ -4,15 +4,16 @@ A document is `(prompt, text)`: plain records (`text`, the corpus contract in DE
 empty prompt; exercise records (`prompt` + `completion`, CodeExercises) keep the two apart so the
 loss on the prompt can be masked. Sources:
   - JSON lines: `*.jsonl`, `*.json`, optionally gzipped (`*.jsonl.gz`, `*.json.gz`);
-  - Parquet: `*.parquet` (columns `text`, or `prompt` + `completion`);
+  - Parquet: `*.parquet`, and Arrow: `*.arrow` (`datasets.save_to_disk`), with columns `text`, or
+    `prompt` + `completion`;
   - a directory of `.py` files (each file one document; PEP 263 encodings honoured).
-Pre-tokenized ArrayRecord shards are read by `phi1.data.token_docs`.
+Rows are read by `phi1.data.rows` (data_gen reads with it too). Pre-tokenized ArrayRecord shards
+are read by `phi1.data.token_docs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import json
 import os
@@ -20,9 +21,10 @@ import threading
 import tokenize
 from collections.abc import Iterator
 
+from phi1.data import rows
+
 Document = tuple[str, str]  # (prompt, text); prompt == "" for plain documents
 
-_JSON_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz")
 
 
 @dataclasses.dataclass
@@ -37,6 +39,7 @@ class SourceStats:
   missing_text: int = 0     # no string `text` (nor string `prompt` + `completion`)
   empty_text: int = 0       # text (prompt + completion) empty or whitespace only
   undecodable: int = 0      # bytes that are not valid text in their declared encoding
+  surrogates: int = 0       # kept: lone UTF-16 surrogates (JSON escapes) replaced by U+FFFD
   corrupt_records: int = 0  # pre-tokenized records failing their checksum or format check
   corrupt_shards: int = 0   # ArrayRecord shards unreadable or shorter than their metadata says
 
@@ -80,7 +83,7 @@ class DataStats:
     lines = []
     for name, s in self.sources.items():
       problems = {k: v for k, v in self.counters(name).items()
-                  if k not in ("records", "documents", "tokens") and v}
+                  if k not in ("records", "documents", "tokens", "surrogates") and v}
       lines.append(f"{name} ({s.path}): {s.documents} documents, {s.tokens} tokens"
                    + (f"; skipped {problems}" if problems else ""))
     return "\n".join(lines)
@@ -106,42 +109,30 @@ def _document_from_record(record, stats: SourceStats) -> Document | None:
 
 
 def _json_lines(path: str, stats: SourceStats) -> Iterator[Document]:
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    for line in f:
-      if not line.strip():
-        continue  # blank lines are formatting, not records
-      if stats.records == 0 and line.lstrip().startswith(b"["):
-        raise ValueError(f"{path} looks like one JSON array; phi1 reads JSON lines (one object "
-                         "per line): convert it, e.g. with `jq -c '.[]'`")
-      stats.records += 1
-      try:
-        record = json.loads(line)
-      except UnicodeDecodeError:
-        stats.undecodable += 1
-        continue
-      except ValueError:
-        stats.bad_json += 1
-        continue
-      doc = _document_from_record(record, stats)
-      if doc is not None:
-        yield doc
+  for record in rows.iter_rows(path, counts=stats, undecodable="skip"):
+    doc = _document_from_record(record, stats)
+    if doc is not None:
+      yield doc
 
 
-def _parquet_rows(path: str, stats: SourceStats) -> Iterator[Document]:
-  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-
-  parquet = pq.ParquetFile(path)
-  columns = [c for c in ("text", "prompt", "completion") if c in parquet.schema_arrow.names]
+def _table_rows(path: str, stats: SourceStats) -> Iterator[Document]:
+  """Parquet or Arrow (`datasets.save_to_disk`) rows: columns `text`, or `prompt` + `completion`."""
+  names = _table_columns(path)
+  columns = [c for c in ("text", "prompt", "completion") if c in names]
   if not columns:
-    raise ValueError(f"Parquet file {path} has none of the columns text / prompt + completion "
-                     f"(it has {parquet.schema_arrow.names})")
-  for batch in parquet.iter_batches(columns=columns, batch_size=4096):
-    for record in batch.to_pylist():
-      stats.records += 1
-      doc = _document_from_record({k: v for k, v in record.items() if v is not None}, stats)
-      if doc is not None:
-        yield doc
+    raise ValueError(f"{path} has none of the columns text / prompt + completion (it has {names})")
+  for record in rows.iter_rows(path, counts=stats, columns=columns):
+    doc = _document_from_record({k: v for k, v in record.items() if v is not None}, stats)
+    if doc is not None:
+      yield doc
+
+
+def _table_columns(path: str) -> list[str]:
+  if rows.file_format(path) == "parquet":
+    import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+    return pq.ParquetFile(path).schema_arrow.names
+  batch = next(rows._arrow_batches(path), None)  # pylint: disable=protected-access
+  return batch.schema.names if batch is not None else []
 
 
 def decode_source(data: bytes) -> str | None:
@@ -214,11 +205,11 @@ def source_files(path: str) -> list[str]:
 def _shard_directory(path: str, stats: SourceStats) -> Iterator[Document]:
   # Only shards with a completion marker: a run still writing (or killed) adds nothing half-done.
   for file in source_files(path):
-    yield from (_parquet_rows if file.endswith(".parquet") else _json_lines)(file, stats)
+    yield from (_json_lines if rows.file_format(file) == "json" else _table_rows)(file, stats)
 
 
 def is_text_source(path: str) -> bool:
-  return path.endswith(_JSON_SUFFIXES) or path.endswith(".parquet") or os.path.isdir(path)
+  return rows.file_format(path) is not None or os.path.isdir(path)
 
 
 def read_documents(path: str, stats: SourceStats) -> Iterator[Document]:
@@ -227,10 +218,10 @@ def read_documents(path: str, stats: SourceStats) -> Iterator[Document]:
     return _shard_directory(path, stats)
   if os.path.isdir(path):
     return _python_directory(path, stats)
-  if path.endswith(_JSON_SUFFIXES):
+  if rows.file_format(path) == "json":
     return _json_lines(path, stats)
-  if path.endswith(".parquet"):
-    return _parquet_rows(path, stats)
-  raise ValueError(f"cannot read {path}: expected *.jsonl[.gz], *.json[.gz], *.parquet, a "
+  if rows.file_format(path) in ("parquet", "arrow"):
+    return _table_rows(path, stats)
+  raise ValueError(f"cannot read {path}: expected *.jsonl[.gz], *.json[.gz], *.parquet, *.arrow, a "
                    "directory of .py files, a data_gen output directory (manifest.json), or a `phi1 pretokenize` "
                    "directory (metadata.json)")
