@@ -235,12 +235,40 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
   return nnx.merge(graphdef, nnx.from_flat_state(flat), _non_param_state(config, seed))
 
 
+def check_exportable(model) -> None:
+  """Refuse (ValueError, one line naming the difference) a model transformers' Phi / CodeGen class
+  would not compute: another MLP kind, a model_fn's class (its code is not in transformers), or
+  parameters that are not exactly the stock model's (they would load MISSING / UNEXPECTED)."""
+  config = model.config
+  if type(model) is not Phi1:
+    raise ValueError(f"the model is a {type(model).__module__}.{type(model).__qualname__} "
+                     "(a model_fn variant): transformers' PhiForCausalLM / CodeGenForCausalLM "
+                     "would load its weights into phi-1's blocks and compute another model; "
+                     "only the stock Phi1 converts to HF")
+  if config.mlp != "gelu":
+    raise ValueError(f"MLP kind {config.mlp!r}: transformers' PhiForCausalLM has only phi-1's "
+                     "fc1 -> gelu_new -> fc2 MLP (its gate weights would be dropped and fc1/fc2 "
+                     "left random); only model.mlp='gelu' converts to HF")
+  hf_architecture(config)  # the attention layout transformers has
+  stock = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
+  want = {k: v.shape for k, v in nnx.to_flat_state(nnx.state(stock, nnx.Param))}
+  have = {k: v.shape for k, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  odd = sorted(set(want) ^ set(have), key=str) + sorted(
+      (k for k in set(want) & set(have) if want[k] != have[k]), key=str)
+  if odd:
+    raise ValueError(f"the model's parameters differ from phi-1's ({'/'.join(map(str, odd[0]))}"
+                     f"{f' and {len(odd) - 1} more' if len(odd) > 1 else ''}): transformers "
+                     "would load them as missing / unexpected weights")
+
+
 def to_hf(model: Phi1, path: str, *, eos_id: int | None = None) -> None:
   """Write `model` as config.json + model.safetensors for `PhiForCausalLM.from_pretrained`
   (`CodeGenForCausalLM` for a CodeGen-layout model, see `hf_architecture`).
 
-  Pass the tokenizer's `eos_id` so transformers' `generate` stops where ours does.
+  Refuses, before writing anything, a model that class cannot hold (`check_exportable`). Pass the
+  tokenizer's `eos_id` so transformers' `generate` stops where ours does.
   """
+  check_exportable(model)
   os.makedirs(path, exist_ok=True)
   tensors = {}
   for key, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):

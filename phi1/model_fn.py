@@ -19,9 +19,16 @@ def build_default(model_config, rngs):
 
 
 def import_path(fn) -> str:
-  """"module:qualname" of `fn` ("" for the stock Phi1)."""
+  """"module:qualname" of `fn` ("" for the stock Phi1). One defined in the script being run
+  (`__main__`) is refused: other processes (multi-host, `phi1 eval`, `phi1 convert`) cannot
+  import it by that name."""
   if fn is None or fn is Phi1 or fn is build_default:
     return ""
+  if fn.__module__ == "__main__":
+    raise ValueError(f"model_fn {fn.__qualname__} is defined in __main__ (the script being run): "
+                     "other processes and later loads of the run (phi1 eval, convert) cannot "
+                     "import it. Move it into a module on PYTHONPATH (e.g. my_models.py) and "
+                     "pass it from there")
   return f"{fn.__module__}:{fn.__qualname__}"
 
 
@@ -30,6 +37,9 @@ def resolve(path: str):
   if not path:
     return build_default
   module_name, _, attr = path.partition(":")
+  if module_name == "__main__":
+    raise ValueError(f"model_fn {path!r} names the script being run (__main__), which other "
+                     "processes cannot import: move it into a module on PYTHONPATH")
   if not attr or "<" in attr:
     raise ValueError(f"model_fn {path!r} is not importable: it must be a module-level function or "
                      "class written as 'package.module:name' (not a lambda or a local function)")

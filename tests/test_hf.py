@@ -166,3 +166,39 @@ def test_checkpoint_not_matching_its_config_is_reported(saved, tmp_path):
   json.dump({**config, "intermediate_size": 128}, open(target / hf.CONFIG_FILE, "w"))
   with pytest.raises(hf.CheckpointError, match="fc1.weight has shape"):
     hf.from_hf(str(target))
+
+
+def test_convert_writes_only_what_phis_class_holds(tmp_path, capsys):
+  """`phi1 convert --to-hf`: the stock model loads with no missing or unexpected weights and the
+  same logits; another MLP kind or a model_fn variant is one line naming it, nothing written."""
+  import dataclasses
+
+  from flax import nnx
+  from phi1 import checkpoint, cli
+  from phi1.model import Phi1, Phi1Config
+  from test_model_fn import SwiGLUPhi1
+
+  config = Phi1Config.tiny(vocab_size=128, max_seq_len=64)
+  stock = Phi1(config, rngs=nnx.Rngs(1))
+  checkpoint.export_params(stock, tmp_path / "stock")
+  assert cli.main(["convert", "--to-hf", str(tmp_path / "stock"), "--out",
+                   str(tmp_path / "hf")]) == 0
+  reloaded, info = transformers.PhiForCausalLM.from_pretrained(
+      str(tmp_path / "hf"), attn_implementation="eager", output_loading_info=True)
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  np.testing.assert_allclose(_hf_logits(reloaded.eval(), TOKENS),
+                             np.asarray(stock(jnp.asarray(TOKENS))), atol=1e-4, rtol=0)
+
+  swiglu = Phi1(dataclasses.replace(config, mlp="swiglu"), rngs=nnx.Rngs(1))
+  with pytest.raises(ValueError, match="MLP kind 'swiglu'"):
+    hf.to_hf(swiglu, str(tmp_path / "never"))
+  with pytest.raises(ValueError, match="SwiGLUPhi1 .a model_fn variant"):
+    hf.to_hf(SwiGLUPhi1(config, rngs=nnx.Rngs(1)), str(tmp_path / "never"))
+  assert not (tmp_path / "never").exists()
+  checkpoint.export_params(swiglu, tmp_path / "swiglu")
+  capsys.readouterr()
+  assert cli.main(["convert", "--to-hf", str(tmp_path / "swiglu"), "--out",
+                   str(tmp_path / "never")]) == 1
+  captured = capsys.readouterr()
+  assert "wrote" not in captured.out and len(captured.err.strip().splitlines()) == 1
+  assert "MLP kind 'swiglu'" in captured.err and not (tmp_path / "never").exists()

@@ -100,3 +100,13 @@ def test_a_model_without_phi1s_interface_is_refused(corpus):  # noqa: F811
   from phi1 import train
   with pytest.raises(TypeError, match=r"lacks \['config', 'hidden_states', 'lm_head'\]"):
     train.Trainer(tiny_config(corpus), model_fn=lambda config, rngs: PlainSwiGLU(config, rngs))
+
+
+def test_a_model_fn_defined_in_main_is_refused_at_training_start_with_a_hint():
+  from phi1 import config as config_lib, train
+
+  def build(config, rngs):
+    return SwiGLUPhi1(config, rngs=rngs)
+  build.__module__ = "__main__"  # as in `python my_script.py` defining it
+  with pytest.raises(ValueError, match="defined in __main__.*Move it into a module"):
+    train.Trainer(config_lib.base_config(), model_fn=build)
