@@ -150,3 +150,19 @@ def test_shards_are_deterministic_bytes(tmp_path):
   assert one == two
   with gzip.open(tmp_path / "a" / "shard-00000.jsonl.gz", "rt") as f:
     assert [json.loads(l)["id"] for l in f] == ["a", "b"]
+
+
+def test_raw_jsonl_records_are_ingested_first(tmp_path, capsys):
+  """A directory of plain .jsonl record files (no stage wrote it) is deduplicated as it is."""
+  rng = random.Random(3)
+  unique = [{"doc": f"d{i}", "body": _code(rng, 4)} for i in range(20)]
+  copies = [{"doc": f"c{i}", "body": unique[i]["body"]} for i in range(5)]
+  (tmp_path / "raw").mkdir()
+  for f, rows in enumerate((unique[:10], unique[10:] + copies)):
+    (tmp_path / "raw" / f"part-{f}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  assert dedup.main(["--input", str(tmp_path / "raw"), "--out", str(tmp_path / "out"),
+                     "--id-field", "doc", "--text-field", "body", "--tasks", "2",
+                     "--workers", "1"]) == 0
+  kept = {r["id"] for r in shards.read_records(str(tmp_path / "out" / "records"))}
+  assert kept == {f"d{i}" for i in range(20)}
+  assert json.loads(capsys.readouterr().out)["exact_duplicates"] == 5
