@@ -6,7 +6,7 @@ refused with the changed keys listed (resuming would mix two runs under one name
   on_change="restart"   start over; the old run's files move to WORKDIR/superseded/TIME/, or
   on_change="continue"  continue from the latest checkpoint with the new config (recorded).
 What the run reads is part of its identity too: the content fingerprint (phi1/fingerprint.py) of
-every data source, eval source and the tokenizer. A topped-up or edited corpus is a change like a
+every data source, eval source, the tokenizer and the weights it starts from (init_from). A topped-up or edited corpus is a change like a
 config key's, named in the refusal ("data source 'textbooks' (data/textbooks) changed").
 Two changes are always allowed and recorded: a different `steps` (extending a run, or stopping it
 earlier when no checkpoint is past the new end) when the LR schedule has its own length
@@ -41,7 +41,7 @@ BOOKKEEPING = ("log_every", "checkpoint_every", "checkpoint_every_minutes", "kee
 
 
 def is_bookkeeping(key: str) -> bool:
-  return key in BOOKKEEPING or key.startswith("eval_")
+  return key in BOOKKEEPING or key.startswith(("eval_", "evals."))
 ON_CHANGE = ("refuse", "restart", "continue")
 # Keys that change the parameters' shapes: a checkpoint cannot continue under them.
 SHAPE_KEYS = ("model.vocab_size", "model.d_model", "model.n_layers", "model.n_heads",
@@ -124,7 +124,7 @@ class Comparison:
     self.schedule = lengths if self.record and None not in lengths and len(set(lengths)) == 2 \
         else None
     # Inputs whose content changed: compared when the record has their fingerprints.
-    self.data = fingerprint.of_data(self.new.get("data") or {})
+    self.data = inputs(self.new)
     self.data_changes = (fingerprint.changed(self.record["data"], self.data)
                          if "data" in self.record else {})
     self.bookkeeping = {k: v for k, v in everything.items() if is_bookkeeping(k)}
@@ -165,6 +165,15 @@ class Comparison:
             f"to {self.workdir}/superseded/), or --continue-with-changes to continue from step "
             f"{self.latest} with the new config (recorded in {self.workdir / IDENTITY}), or use "
             "another --workdir")
+
+
+def inputs(config: dict) -> dict[str, str]:
+  """{what: content fingerprint} of everything a run reads besides its config: the data block's
+  sources and tokenizer, and the weights it starts from (init_from)."""
+  found = fingerprint.of_data(config.get("data") or {})
+  if config.get("init_from"):
+    found[f"init_from ({config['init_from']})"] = fingerprint.of_weights(config["init_from"])
+  return found
 
 
 def schedule_length(config: dict) -> int | None:
@@ -256,8 +265,7 @@ def is_done(workdir, config) -> bool:
   if recorded_hash(workdir) not in (None, wanted):
     return False
   trained_on = read(workdir).get("data")
-  if trained_on is not None and fingerprint.changed(
-      trained_on, fingerprint.of_data(_plain(config).get("data") or {})):
+  if trained_on is not None and fingerprint.changed(trained_on, inputs(_plain(config))):
     return False  # its data changed since: the run is to be redone, not skipped
   if (workdir / DONE).is_file():
     return _done_hash(workdir) == wanted

@@ -144,3 +144,16 @@ def test_restart_moves_the_old_weights_evaluations_aside(corpus, tmp_path):  # n
   run_identity.check_and_record(tmp_path, tiny_config(corpus, seed=3), on_change="restart")
   assert not (tmp_path / "eval_humaneval").exists()
   assert list((tmp_path / "superseded").glob("*/eval_humaneval/summary.json"))
+
+
+def test_a_finetune_whose_init_from_export_was_retrained_is_refused(corpus, tmp_path):  # noqa: F811
+  export = tmp_path / "base" / "export"
+  (export / "params").mkdir(parents=True)
+  (export / "phi1_config.json").write_text("{}")
+  (export / "params" / "d").write_bytes(b"base model")
+  config = tiny_config(corpus, init_from=str(export))
+  run_identity.check_and_record(tmp_path / "ft", config)
+  _fake_checkpoint(tmp_path / "ft", 5)
+  (export / "params" / "d").write_bytes(b"another base model")
+  with pytest.raises(run_identity.ConfigChanged, match=r"init_from \(.*export\) changed"):
+    run_identity.check_and_record(tmp_path / "ft", config)
