@@ -188,6 +188,11 @@ def main(argv=None) -> int:
   command = argv[0]
   try:
     return COMMANDS[command](argv[1:]) or 0
+  except KeyboardInterrupt:
+    if debug:
+      raise
+    print(f"phi1 {command}: interrupted (Ctrl-C)", file=sys.stderr)
+    return 130
   except Exception as e:  # noqa: BLE001 - every failure is one line; --debug re-raises it
     if debug:
       raise

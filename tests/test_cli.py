@@ -47,3 +47,18 @@ def test_expected_failures_are_one_line_and_debug_shows_the_traceback(argv, word
   assert len(err.strip().splitlines()) == 1 and words in err and "Traceback" not in err
   with pytest.raises((KeyError, FileNotFoundError)):
     cli.main(argv + ["--debug"])
+
+
+def test_an_unexpected_failure_is_one_line_with_its_type(monkeypatch, capsys):
+  def broken(argv):
+    raise TypeError("something\nspanning lines")
+  monkeypatch.setitem(cli.COMMANDS, "generate", broken)
+  assert cli.main(["generate"]) == 1
+  err = capsys.readouterr().err
+  assert err.strip() == ("phi1 generate: TypeError: something spanning lines  (--debug shows the "
+                         "traceback)")
+  with pytest.raises(TypeError):
+    cli.main(["generate", "--debug"])
+  monkeypatch.setitem(cli.COMMANDS, "generate", lambda argv: (_ for _ in ()).throw(
+      KeyboardInterrupt()))
+  assert cli.main(["generate"]) == 130
