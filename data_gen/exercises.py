@@ -19,9 +19,8 @@ import tempfile
 
 from phi1.llm.client import Completion, Request
 from data_gen.name_space import topic_name_spaces
-from data_gen.permutation import StratifiedAllocation
+from data_gen.permutation import StratifiedAllocation, slot_seed
 from data_gen.tables import load_table, load_words, name_of, require, weighted
-from data_gen.textbooks import slot_seed
 from data_gen.validate import check_exercise, code_blocks, run_hooks, split_function
 
 SYSTEM = "You are an expert Python programmer who writes precise, well-tested programming exercises."

@@ -26,6 +26,12 @@ def _mix(x: int) -> int:
   return x ^ (x >> 31)
 
 
+def slot_seed(seed: int, slot: int, salt: str) -> int:
+  """A 31-bit request seed, stable across Python versions and processes."""
+  digest = hashlib.sha256(f"{salt}:{seed}:{slot}".encode()).digest()
+  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
 class Permutation:
 
   def __init__(self, n: int, key: str):

@@ -12,12 +12,11 @@ numpy, as the paper's textbook example does (`stdlib_only=True`: standard librar
 """
 
 import dataclasses
-import hashlib
 import math
 import random
 
 from phi1.llm.client import Completion, Request
-from data_gen.permutation import Permutation, StratifiedAllocation
+from data_gen.permutation import Permutation, StratifiedAllocation, slot_seed
 from data_gen.tables import load_table, load_words, name_of, require
 from data_gen.topic_tree import leaves_by_topic, placeholder
 from data_gen.validate import check_textbook, run_hooks
@@ -60,12 +59,6 @@ def unrank_combination(index: int, n: int, k: int) -> list[int]:
     out.append(c)
     index -= math.comb(c, size)
   return out[::-1]
-
-
-def slot_seed(seed: int, slot: int, salt: str) -> int:
-  """A 31-bit request seed, stable across Python versions and processes."""
-  digest = hashlib.sha256(f"{salt}:{seed}:{slot}".encode()).digest()
-  return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def textbook_cells(table: dict, tree: dict | None = None, width: int = 32) -> int:

@@ -19,6 +19,7 @@ import re
 import yaml
 
 from phi1.llm.client import Request
+from data_gen.permutation import slot_seed
 
 PROMPT = """List {width} distinct, specific subtopics of "{topic}: {subtopic}" that one section of a \
 Python programming textbook could be about. One per line, each under ten words, no numbering and no \
@@ -32,7 +33,6 @@ def seeds(table: dict) -> list[tuple[str, str]]:
 
 
 def request(topic: str, subtopic: str, width: int, seed: int) -> Request:
-  from data_gen.textbooks import slot_seed
   content = PROMPT.format(width=width, topic=topic, subtopic=subtopic)
   return Request(messages=({"role": "user", "content": content},),
                  params={"temperature": 1.0, "max_tokens": 24 * width + 64},

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from phi1.evals import humaneval, mbpp, postprocess
+from phi1.evals import task as task_lib
 
 BENCHES = ("humaneval", "mbpp")
 
@@ -104,7 +105,7 @@ class TrainingEvals:
                               truncate="left", mesh=self.trainer.mesh)
     if jax.process_index() != 0:
       return {}
-    samples = [run_lib.Sample(t.task_id, j, postprocess.cut_at_stops(texts[i * n + j], stops))
+    samples = [task_lib.Sample(t.task_id, j, postprocess.cut_at_stops(texts[i * n + j], stops))
                for i, t in enumerate(tasks) for j in range(n)]
     rows, _ = run_lib.execute(tasks, samples, progress=False)
     summary = run_lib.score(rows)

@@ -158,7 +158,7 @@ def in_chunks(generate: Callable[..., list[str]], chunk: int, progress: bool = F
 def samples_from(raw: dict[tuple[str, int], str], tasks: Sequence[Task], n: int | None, *,
                  mode: str, stops: Sequence[str]):
   """Post-processed samples of the selected tasks (the first n samples each; all when n is None)."""
-  from phi1.evals.run import Sample
+  from phi1.evals.task import Sample
   wanted = {t.task_id for t in tasks}
   return [Sample(task_id, j, postprocess.postprocess(text, mode, stops), text)
           for (task_id, j), text in sorted(raw.items())

@@ -17,7 +17,6 @@ phi1/evals/generations.py (saved, resumable), api_generator.py (OpenAI-compatibl
 """
 
 import collections
-import dataclasses
 import json
 import os
 from collections.abc import Callable, Collection, Sequence
@@ -25,19 +24,10 @@ from collections.abc import Callable, Collection, Sequence
 from phi1.evals import humaneval, mbpp, postprocess
 from phi1.evals.passk import pass_at_k, pass_at_k_table
 from phi1.evals.sandbox import Sandbox
-from phi1.evals.task import Task, file_sha256
+from phi1.evals.task import Sample, Task, file_sha256
 from phi1.evals.task_ids import TaskIdMatcher
 
 BENCHMARKS = ("humaneval", "mbpp", "graded")
-
-
-@dataclasses.dataclass(frozen=True)
-class Sample:
-  task_id: str
-  sample_id: int
-  completion: str
-  raw: str | None = None  # the model's text before post-processing, when we generated it
-  whole_program: bool = False  # evalplus `solution`: the full program, not a prompt continuation
 
 
 class MissingSamples(ValueError):

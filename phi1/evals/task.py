@@ -1,4 +1,5 @@
-"""A benchmark problem as the harness sees it: the prompt a model completes, the test it must pass."""
+"""A benchmark problem as the harness sees it (the prompt a model completes, the test it must pass),
+and a sample: one answer to it."""
 
 import dataclasses
 import hashlib
@@ -19,6 +20,16 @@ class Task:
     """`whole`: `completion` is the full program (evalplus's `solution`), not a continuation."""
     return Program(code=completion if whole else self.prefix + completion, test=self.test,
                    entry_point=self.entry_point)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+  """One model answer to a task, as the harness executes it."""
+  task_id: str
+  sample_id: int
+  completion: str
+  raw: str | None = None  # the model's text before post-processing, when we generated it
+  whole_program: bool = False  # evalplus `solution`: the full program, not a prompt continuation
 
 
 def file_sha256(path: str) -> str:
