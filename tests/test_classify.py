@@ -72,13 +72,52 @@ def test_select_by_threshold_and_budget(tmp_path):
   with pytest.raises(ValueError, match="exactly one"):
     select.select(scores, tokens)
   ids = [f"r{i}" for i in range(5)]
-  report = select.write_report(tmp_path, ids, scores, tokens, keep, thr,
-                               {i: f"text of {i}" for i in ids}, n_examples=2)
+  stats = select.Report(n_examples=2)
+  for rid, s, t, k in zip(ids, scores, tokens, keep):
+    stats.add(rid, s, int(t), bool(k))
+  stats.save(tmp_path / "stats.npz")
+  report = select.write_report(tmp_path, select.Report.load(tmp_path / "stats.npz"), thr,
+                               {i: f"text of {i}" for i in ids})
   on_disk = json.loads((tmp_path / "report.json").read_text())
   assert on_disk["kept"] == 2 and on_disk["tokens_kept"] == 300 == report["tokens_kept"]
   assert on_disk["examples"]["top_kept"][0]["id"] == "r4"
+  assert on_disk["examples"]["top_kept"][0]["head"] == "text of r4"
   assert on_disk["examples"]["borderline_dropped"][0]["id"] == "r2"
+  assert on_disk["score_quantiles"]["0.5"] == pytest.approx(np.quantile(scores, 0.5))
   assert (tmp_path / "score_distribution.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("tasks", [1, 3])
+def test_streaming_select_equals_in_memory_select(tasks):
+  """The bounded-memory plan (a histogram pass, then tasks in order) keeps exactly the records
+  `select` keeps, ties at the boundary included, and finds the same examples."""
+  rng = np.random.default_rng(0)
+  scores = np.round(rng.choice([0.1, 0.5, 0.73, 0.9], 300) + rng.integers(0, 3, 300) * 1e-5, 5)
+  tokens = rng.integers(1, 50, 300)
+  for budget in (0, 700, 2500, 10**9):
+    keep, threshold = select.select(scores, tokens, token_budget=budget)
+    per_bin = np.zeros(select.BINS, np.int64)
+    np.add.at(per_bin, [select.score_bin(s) for s in scores], tokens)
+    boundary, remaining = select.budget_boundary(per_bin, budget)
+    plan = {"boundary_bin": boundary, "boundary_tokens": remaining}
+    got, offset = [], 0
+    for part in np.array_split(np.arange(300), tasks):
+      selector = select.TaskSelector(plan, offset)
+      got += [selector.keep(scores[i], tokens[i]) for i in part]
+      offset = selector.used
+    assert got == keep.tolist(), budget
+  keep, _ = select.select(scores, tokens, token_budget=2500)
+  assert 0 < keep.sum() < 300
+  report = select.Report()
+  for i, k in enumerate(keep):
+    report.add(f"r{i}", scores[i], int(tokens[i]), bool(k))
+  kept, dropped = np.nonzero(keep)[0], np.nonzero(~keep)[0]
+  expected = {"top_kept": kept[np.argsort(-scores[kept], kind="stable")][:5],
+              "borderline_kept": kept[np.argsort(scores[kept], kind="stable")][:5],
+              "borderline_dropped": dropped[np.argsort(-scores[dropped], kind="stable")][:5],
+              "bottom_dropped": dropped[np.argsort(scores[dropped], kind="stable")][:5]}
+  assert {name: [int(rid[1:]) for rid, _ in b.ordered()] for name, b in report.best.items()} == {
+      name: idx.tolist() for name, idx in expected.items()}
 
 
 def test_token_budget_counts_with_the_real_tokenizer(tmp_path):

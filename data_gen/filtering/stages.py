@@ -246,44 +246,54 @@ class _IngestSummary:
 
 
 # ------------------------------------------------------------------------------------------ select
+def _scores(workdir: pathlib.Path, rank: int, tasks: int):
+  """Task `rank`'s score rows (id, score, tokens), streamed in record order."""
+  for path in rank_shards(workdir / "score" / "scores", rank, tasks):
+    yield from shards.iter_shard(path)
+
+
 class SelectPlan(_OneTask):
-  """The histogram pass: every score (id, score, tokens: a few bytes a record) in memory, the
-  threshold or token budget applied, and per task the kept positions of its records."""
+  """The histogram pass, in bounded memory (select.py): one pass over the scores finds the
+  threshold or the token budget's boundary; a second gives each task the boundary tokens of the
+  tasks before it and gathers the report's statistics and examples."""
   name = "select plan"
 
   def work(self) -> dict:
     c = self.config
-    scores_dir = str(self.workdir / "score" / "scores")
     tasks = self.extra["tasks"]
-    score, tokens, ids, task_of = [], [], [], []
-    for r in range(tasks):
-      for path in rank_shards(scores_dir, r, tasks):
-        for row in shards.iter_shard(path):
-          score.append(row["score"])
-          tokens.append(row["tokens"])
-          ids.append(row["id"])
-          task_of.append(r)
-    score, tokens = np.asarray(score, np.float32), np.asarray(tokens, np.int64)
-    task_of = np.asarray(task_of, np.int64)
     if c.token_budget is not None:
-      keep, threshold = select_lib.select(score, tokens, token_budget=c.token_budget)
+      tokens_per_bin = np.zeros(select_lib.BINS, np.int64)
+      for r in range(tasks):
+        for row in _scores(self.workdir, r, tasks):
+          tokens_per_bin[select_lib.score_bin(row["score"])] += row["tokens"]
+      boundary, remaining = select_lib.budget_boundary(tokens_per_bin, c.token_budget)
+      plan = {"boundary_bin": boundary, "boundary_tokens": remaining}
     else:
-      threshold = c.select_threshold if c.select_threshold is not None else c.threshold
-      keep, threshold = select_lib.select(score, tokens, threshold=threshold)
+      plan = {"threshold": c.select_threshold if c.select_threshold is not None else c.threshold}
+    report, offsets = select_lib.Report(), []
+    for r in range(tasks):
+      selector = select_lib.TaskSelector(plan, offsets[-1] if offsets else 0)
+      for row in _scores(self.workdir, r, tasks):
+        report.add(row["id"], row["score"], row["tokens"],
+                   selector.keep(row["score"], row["tokens"]))
+      offsets.append(selector.used)
+    plan["offsets"] = [0, *offsets[:-1]]
+    kept_bins = np.nonzero(report.kept_counts)[0]
+    plan["effective_threshold"] = (
+        plan["threshold"] if c.token_budget is None
+        else (float(kept_bins[0]) / 100_000 if len(kept_bins) else None))
+    plan["examples"] = sorted(report.example_ids())
     work = self.out("select") / "_work"
     work.mkdir(exist_ok=True)
-    for r in range(tasks):
-      np.save(work / f"keep-{r:05d}.npy", keep[task_of == r])
-    examples = sorted({int(i) for idx in select_lib.example_indices(score, keep).values()
-                       for i in idx})
-    (work / "plan.json").write_text(json.dumps(
-        {"threshold": threshold, "examples": {ids[i]: i for i in examples}}))
-    return {"docs_in": int(len(score)), "docs_out": int(keep.sum()),
-            "effective_threshold": threshold}
+    with open(work / "report_stats.npz", "wb") as f:
+      report.save(f)
+    (work / "plan.json").write_text(json.dumps(plan))
+    return {"docs_in": int(report.n), "docs_out": int(report.kept_counts.sum()),
+            "effective_threshold": plan["effective_threshold"]}
 
 
 class SelectFilter(PipelineStep):
-  """Keeps this task's records the plan kept (checking they are the records that were scored),
+  """Keeps this task's records the plan keeps (checking they are the records that were scored),
   and saves the texts of the report's examples it holds."""
   type = "data_gen"
   name = "select filter"
@@ -294,23 +304,24 @@ class SelectFilter(PipelineStep):
 
   def run(self, data, rank: int = 0, world_size: int = 1):
     work = self.workdir / "select" / "_work"
-    keep = np.load(work / f"keep-{rank:05d}.npy")
-    wanted = json.loads((work / "plan.json").read_text())["examples"]
-    scored = (row["id"] for path in rank_shards(self.workdir / "score" / "scores", rank, world_size)
-              for row in shards.iter_shard(path))
+    plan = json.loads((work / "plan.json").read_text())
+    selector = select_lib.TaskSelector(plan, plan["offsets"][rank])
+    wanted = set(plan["examples"])
+    scored = _scores(self.workdir, rank, world_size)
     texts = {}
     i = -1
     for i, doc in enumerate(data):
-      expected = next(scored, None)
-      if i >= len(keep) or expected != doc.id:
+      row = next(scored, None)
+      if row is None or row["id"] != doc.id:
         raise ValueError(f"task {rank}: record {i} is {doc.id!r} but the score there is for "
-                         f"{expected!r}: the records changed after scoring; rerun the score stage")
+                         f"{row and row['id']!r}: the records changed after scoring; rerun the "
+                         "score stage")
       if doc.id in wanted:
         texts[doc.id] = doc.text
-      if keep[i]:
+      if selector.keep(row["score"], row["tokens"]):
         yield doc
-    if i + 1 != len(keep):
-      raise ValueError(f"task {rank}: {i + 1} records but {len(keep)} scores; rerun the score stage")
+    if next(scored, None) is not None:
+      raise ValueError(f"task {rank}: {i + 1} records but more scores; rerun the score stage")
     tmp = work / f".examples-{rank:05d}.json.tmp"
     tmp.write_text(json.dumps(texts))
     tmp.replace(work / f"examples-{rank:05d}.json")
@@ -323,30 +334,21 @@ class SelectReport(_OneTask):
     c = self.config
     work = self.workdir / "select" / "_work"
     plan = json.loads((work / "plan.json").read_text())
-    tasks = self.extra["tasks"]
-    scores_dir = self.workdir / "score" / "scores"
-    rows = [row for r in range(tasks) for path in rank_shards(scores_dir, r, tasks)
-            for row in shards.iter_shard(path)]  # the plan's order
-    score = np.asarray([r["score"] for r in rows], np.float32)
-    tokens = np.asarray([r["tokens"] for r in rows], np.int64)
-    keep = np.concatenate([np.load(work / f"keep-{r:05d}.npy") for r in range(tasks)]
-                          + [np.zeros(0, bool)])
-    by_id = {}
-    for r in range(tasks):
-      by_id.update(json.loads((work / f"examples-{r:05d}.json").read_text()))
-    ids = {i: rows[i]["id"] for i in plan["examples"].values()}
+    texts = {}
+    for r in range(self.extra["tasks"]):
+      texts.update(json.loads((work / f"examples-{r:05d}.json").read_text()))
     metrics_path = self.workdir / "classify" / "metrics.json"
     extra = {"classifier_metrics": json.loads(metrics_path.read_text())["models"]
              if metrics_path.exists() else None,
              "selected_by": "token_budget" if c.token_budget is not None else "threshold"}
-    report = select_lib.write_report(self.out("select"), ids, score, tokens, keep,
-                                     plan["threshold"], by_id, extra=extra)
+    report = select_lib.write_report(self.out("select"), select_lib.Report.load(
+        work / "report_stats.npz"), plan["effective_threshold"], texts, extra=extra)
     shards.write_manifest(str(self.workdir / "select" / "selected"), "selected")
     n_bytes = sum(json.loads(pathlib.Path(p + ".done").read_text())["bytes"]
                   for p in rank_shards(self.records_dir, 0, 1))
-    return {"docs_in": int(len(score)), "docs_out": int(keep.sum()), "bytes_in": n_bytes,
+    return {"docs_in": report["records"], "docs_out": report["kept"], "bytes_in": n_bytes,
             "tokens_kept": report["tokens_kept"], "tokens_total": report["tokens_total"],
-            "effective_threshold": plan["threshold"]}
+            "effective_threshold": plan["effective_threshold"]}
 
 
 # ------------------------------------------------------------------------------------------- steps
