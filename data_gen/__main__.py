@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from data_gen.filtering.dedup import main as dedup_main
     return dedup_main(rest)
   if command == "decontaminate":
-    from data_gen.decontaminate import main as decontaminate_main
+    from data_gen.decontaminate_cli import main as decontaminate_main
     return decontaminate_main(rest) or 0
   print(f"unknown command {command!r}\n{USAGE}", file=sys.stderr)
   return 2

@@ -10,8 +10,9 @@ phi-1 §5 checks its training data three ways; we compute all three per (record,
   data_gen/filtering/embed.py). The paper fixes a threshold but does not give it (0.16 is the
   distance of one example pair it shows). Ours is calibrated per embedder unless given
   (`--embed-threshold`): the distance under which `calibration_fpr` (1%) of a reference set of
-  known-clean functions (the standard library's) fall from their nearest problem. Off, and
-  reported as off, when no embedder is configured.
+  known-clean functions (the standard library's) fall from their nearest problem. The command's
+  default embedder is that model (data_gen/decontaminate_cli.py); off, and reported as off, only
+  with `--embedder none`.
 - AST match rate tau (data_gen/ast_match.py documents the exact definition): the record's best
   unit's tau against the problem, kept when it reaches the loosest tau of {0.95, 0.9, 0.85, 0.8}.
 
@@ -23,26 +24,16 @@ removed count beside the paper's (42.5K at tau 0.95 to 354K at 0.8, of 879.5K ex
 each benchmark into "similar" problems (some removed record matched them) and "non-similar" ones,
 for Table 3's pass@1 on both parts; a pruned copy of the corpus is written per tau.
 
-  python -m data_gen decontaminate --input DIR --out DIR [--bench humaneval] [--embedder codegen:DIR]
-
-`--out DIR` gets report.json, flagged.jsonl (one line per flagged (record, problem) pair at the
-loosest tau: id, benchmark, task_id, ngram, embedding_distance, ast_match) and pruned/tau_<t>/
-(record shards). It runs on the datatrove engine (data_gen/engine.py; `--executor`, `--tasks`,
-`--workers`): a scan per task with the benchmark index built once per task, one merge task for
-report.json and flagged.jsonl, then a prune per task. Rerunning the same command after a kill skips
-the finished tasks.
+This module is the method (one scan per engine task: `decontaminate`); the report is
+data_gen/decontaminate_report.py, the engine steps data_gen/decontaminate_steps.py, the command
+(`python -m data_gen decontaminate`) data_gen/decontaminate_cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import hashlib
-import itertools
-import json
 import os
-import pathlib
 import re
 import sys
 import time
@@ -63,10 +54,6 @@ COMBINE = ("union", "embedding_then_ast")
 AST_PAIR_COUNTS = ("all", "edit_distances")  # stats["ast_pairs"] keys (see ast_match.AstIndex)
 CALIBRATION_FPR = 0.01
 CALIBRATION_SIZE = 1000
-# Paper Table 3 / §5: CodeExercises pruned against HumanEval. Removed counts are given for the
-# two ends of the tau range only; "similar" = HumanEval problems with a close match.
-PAPER = {"corpus": 879_500, "removed": {"0.95": 42_500, "0.8": 354_000},
-         "similar_humaneval": {"0.95": 71, "0.9": 93, "0.85": 106, "0.8": 116}}
 _WORD = re.compile(r"\w+")
 _FENCED = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
 
@@ -348,87 +335,6 @@ def removed_at(pairs: Sequence[dict], tau: float, config: Config,
   return out
 
 
-def build_report(result: dict, problems: Sequence[Problem], config: Config, embedder) -> dict:
-  pairs = result["pairs"]
-  threshold = result.get("embed_threshold") if embedder is not None else None
-  records = result["stats"]["records"]
-  report = {
-      "records": records,
-      "benchmarks": {b: sum(p.benchmark == b for p in problems)
-                     for b in dict.fromkeys(p.benchmark for p in problems)},
-      "measures": {
-          "ngram": {"n": config.ngram_n, "prunes": "ngram" in config.remove_by,
-                    "flagged_records": len({p["id"] for p in pairs if p["ngram"]}),
-                    "flagged_pairs": sum(p["ngram"] > 0 for p in pairs)},
-          "embedding": ({"enabled": True, "embedder": embedder.name, "threshold": round(threshold, 4),
-                         "threshold_from": ("given" if config.embed_threshold is not None else
-                                            f"calibrated: {config.calibration_fpr:g} of "
-                                            f"{config.calibration_size} standard-library "
-                                            "functions under it"),
-                         "prunes": "embedding" in config.remove_by,
-                         "flagged_records": len({p["id"] for p in pairs if p["embedding_distance"] is not None
-                                                 and p["embedding_distance"] <= threshold})}
-                        if threshold is not None else
-                        {"enabled": False, "reason": "no embedder configured (pass --embedder "
-                                                     "codegen:DIR with the paper's CodeGen-Mono-350M); "
-                                                     "embedding distance is off"}),
-          "ast": {"prunes": "ast" in config.remove_by,
-                  "unparsable_records": result["stats"]["unparsable"],
-                  "candidate_pairs": result["stats"]["ast_pairs"]},
-      },
-      "remove_by": list(config.remove_by),
-      "combine": config.combine,
-      "paper": PAPER,
-      "taus": {},
-      "seconds": round(result["stats"]["seconds"], 2),
-      "records_per_s": round(records / max(result["stats"]["seconds"], 1e-9), 1),
-  }
-  for tau in sorted(config.taus, reverse=True):
-    removing = removed_at(pairs, tau, config, threshold)
-    removed_ids = sorted({p["id"] for p in removing})
-    similar = {p["_problem"] for p in removing}
-    split = {}
-    for b in report["benchmarks"]:
-      ids = [(i, p.task_id) for i, p in enumerate(problems) if p.benchmark == b]
-      split[b] = {"similar": [t for i, t in ids if i in similar],
-                  "non_similar": [t for i, t in ids if i not in similar]}
-      split[b]["n_similar"], split[b]["n_non_similar"] = (len(split[b]["similar"]),
-                                                          len(split[b]["non_similar"]))
-    key = str(tau)
-    paper_removed = PAPER["removed"].get(key)
-    report["taus"][key] = {
-        "removed": len(removed_ids),
-        "removed_fraction": round(len(removed_ids) / max(records, 1), 5),
-        "paper_removed": paper_removed,
-        "paper_removed_fraction": (round(paper_removed / PAPER["corpus"], 5)
-                                   if paper_removed is not None else None),
-        "paper_similar_humaneval": PAPER["similar_humaneval"].get(key),
-        "removed_by_ast": len({p["id"] for p in removing
-                               if p["ast_match"] is not None and p["ast_match"] >= tau}),
-        "removed_by_embedding": len({p["id"] for p in removing if threshold is not None
-                                     and p["embedding_distance"] is not None
-                                     and p["embedding_distance"] <= threshold}),
-        "removed_ids": removed_ids, "split": split}
-  return report
-
-
-def summary_lines(report: dict) -> list[str]:
-  """One line per tau: removed count and similar/non-similar split beside the paper's."""
-  lines = []
-  for tau, v in report["taus"].items():
-    paper = ("paper: 42.5K-354K of 879.5K (4.8%-40.2%) over tau 0.95-0.8"
-             if v["paper_removed"] is None else
-             f"paper: {v['paper_removed'] / 1000:g}K of {PAPER['corpus'] / 1000:g}K "
-             f"({100 * v['paper_removed_fraction']:.1f}%)")
-    splits = ", ".join(f"{b} {s['n_similar']} similar / {s['n_non_similar']} non-similar"
-                       for b, s in v["split"].items())
-    if v["paper_similar_humaneval"] is not None and "humaneval" in v["split"]:
-      splits += f" (paper: {v['paper_similar_humaneval']} similar)"
-    lines.append(f"tau {tau}: removed {v['removed']} of {report['records']} "
-                 f"({100 * v['removed_fraction']:.1f}%) [{paper}]; {splits}")
-  return lines
-
-
 class _NoBar:
   def update(self, n): pass
   def close(self): pass
@@ -439,97 +345,3 @@ def _progress(enabled: bool):
     return _NoBar()
   from tqdm import tqdm
   return tqdm(desc="decontaminate", unit="rec", file=sys.stderr)
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  ap = argparse.ArgumentParser(prog="python -m data_gen decontaminate", description=__doc__,
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--input", required=True,
-                  help="records: dir of .jsonl/.parquet, a dir of .py files, a file, or 'default'")
-  ap.add_argument("--bench", default=",".join(DEFAULT_BENCHMARKS),
-                  help="comma list from: humaneval, mbpp (default: humaneval, as Table 3)")
-  ap.add_argument("--out", required=True, help="output dir: report.json, flagged.jsonl, pruned/")
-  ap.add_argument("--taus", default=",".join(map(str, TAUS)))
-  ap.add_argument("--embedder", default=None,
-                  help="'codegen:DIR' (a CodeGenForCausalLM save_pretrained directory: the "
-                       "paper's CodeGen-Mono-350M), 'phi1:DIR', 'hashing', "
-                       "'sentence-transformers:NAME'; default: off")
-  ap.add_argument("--embed-threshold", default="auto",
-                  help="L2 distance under which a pair is close; 'auto' (default) calibrates it "
-                       "per embedder (see --calibration-fpr)")
-  ap.add_argument("--calibration-fpr", type=float, default=CALIBRATION_FPR,
-                  help="'auto' threshold: this fraction of clean standard-library functions fall under it")
-  ap.add_argument("--ngram-n", type=int, default=NGRAM_N)
-  ap.add_argument("--remove-by", default=",".join(DEFAULT_REMOVE_BY),
-                  help="measures that prune, from: ngram, embedding, ast (ngram is only reported "
-                       "unless named here)")
-  ap.add_argument("--combine", default="union", choices=COMBINE,
-                  help="union: embedding OR AST flags a record; embedding_then_ast: both, per pair")
-  ap.add_argument("--humaneval-path", default=None)
-  ap.add_argument("--mbpp-path", default=None, help="default: the copy shipped in phi1/evals/data/")
-  ap.add_argument("--limit", type=int, default=None, help="only the first N records")
-  ap.add_argument("--id-field", default="id")
-  ap.add_argument("--assign-ids", action="store_true")
-  ap.add_argument("--no-prune", action="store_true", help="skip writing the pruned copies")
-  from data_gen import engine
-  engine.add_args(ap)
-  return ap.parse_args(argv)
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-  try:
-    taus = tuple(float(t) for t in args.taus.split(","))
-    threshold = None if args.embed_threshold == "auto" else float(args.embed_threshold)
-  except ValueError:
-    raise ValueError(f"--taus takes numbers like 0.95,0.8 and --embed-threshold a number or "
-                     f"'auto'; got {args.taus!r} and {args.embed_threshold!r}") from None
-  return Config(taus=taus, ngram_n=args.ngram_n, embed_threshold=threshold,
-                calibration_fpr=args.calibration_fpr,
-                remove_by=tuple(m for m in args.remove_by.split(",") if m), combine=args.combine)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
-  from data_gen import engine
-  from data_gen import decontaminate_steps
-  out = pathlib.Path(args.out)
-  try:
-    config = config_from_args(args)
-    if config.combine == "embedding_then_ast" and not args.embedder:
-      raise ValueError("--combine embedding_then_ast needs an embedder (--embedder codegen:DIR)")
-    if not args.embedder and "embedding" in config.remove_by:
-      print("decontaminate: no --embedder, so the embedding distance is off (the paper used "
-            "CodeGen-Mono-350M: --embedder codegen:DIR)", file=sys.stderr)
-    settings = decontaminate_steps.Settings(
-        input=args.input, out=args.out, benchmarks=tuple(b for b in args.bench.split(",") if b),
-        config=config, embedder=args.embedder, humaneval_path=args.humaneval_path,
-        mbpp_path=args.mbpp_path, limit=args.limit, id_field=args.id_field,
-        assign_ids=args.assign_ids, prune=not args.no_prune)
-    engine_config = engine.from_args(args)
-    settings.problems()  # bad benchmark names or paths: said now, not in a task
-    ingest.input_files(args.input)
-    engine.check_settings(out, {**dataclasses.asdict(settings), "tasks": engine_config.tasks})
-    engine.run(out, decontaminate_steps.steps(settings, engine_config.tasks), engine_config)
-  except (FileNotFoundError, ValueError, ImportError, engine.StageFailed) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if engine_config.executor == "slurm":
-    print(json.dumps({"submitted": True, "out": str(out)}))
-    return 0
-  report = json.loads((out / "report.json").read_text())
-  for line in summary_lines(report):
-    print(line, file=sys.stderr)
-  summary = {t: {"removed": v["removed"], "paper_removed": v["paper_removed"],
-                 **{b: f"{s['n_similar']} similar / {s['n_non_similar']}"
-                    for b, s in v["split"].items()}}
-             for t, v in report["taus"].items()}
-  print(json.dumps({"records": report["records"], "seconds": report["seconds"],
-                    "embedding": report["measures"]["embedding"].get("enabled"),
-                    "embed_threshold": report["measures"]["embedding"].get("threshold"),
-                    "remove_by": report["remove_by"], "taus": summary, "out": str(out)}))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -18,7 +18,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 from data_gen import decontaminate as dc
-from data_gen import engine, shards
+from data_gen import decontaminate_report, engine, shards
 from data_gen.filtering import ingest
 from data_gen.filtering.shard_steps import to_record
 
@@ -34,6 +34,7 @@ class Settings:
   mbpp_path: str | None = None
   limit: int | None = None
   id_field: str = "id"
+  text_field: str | None = None
   assign_ids: bool = False
   prune: bool = True
 
@@ -49,7 +50,8 @@ class Settings:
 
   def reader(self) -> ingest.IngestInputs:
     return ingest.IngestInputs(self.input, limit=self.limit, id_field=self.id_field,
-                               assign_ids=self.assign_ids, check_python=False)
+                               text_field=self.text_field, assign_ids=self.assign_ids,
+                               check_python=False)
 
   def work(self) -> pathlib.Path:
     return pathlib.Path(self.out) / "_work"
@@ -105,7 +107,7 @@ class Merge(PipelineStep):
     result = merge_results([json.loads((work / f"scan-{r:05d}.json").read_text())
                             for r in range(self.tasks)])
     problems, embedder = s.problems(), s.make_embedder()
-    report = dc.build_report(result, problems, s.config, embedder)
+    report = decontaminate_report.build_report(result, problems, s.config, embedder)
     out = pathlib.Path(s.out)
     with open(out / ".flagged.jsonl.tmp", "w") as f:
       for p in result["pairs"]:

@@ -130,7 +130,7 @@ def build(corpus=None, log=print) -> Figure21Data:
 
 
 def _make(corpus, directory: str, paths: dict, report_path: str) -> dict:
-  from data_gen import decontaminate
+  from data_gen import decontaminate, decontaminate_report
   os.makedirs(os.path.dirname(report_path), exist_ok=True)
   files = _read_jsonl(corpus.train_path)
   kept = []
@@ -146,7 +146,7 @@ def _make(corpus, directory: str, paths: dict, report_path: str) -> dict:
   problems = decontaminate.load_problems(["humaneval"])
   config = decontaminate.Config(workers=1)
   result = decontaminate.decontaminate(exercises, problems, config)
-  report = decontaminate.build_report(result, problems, config, embedder=None)
+  report = decontaminate_report.build_report(result, problems, config, embedder=None)
   with open(report_path, "w") as f:
     json.dump(report, f, indent=1)
   removed = set(report["taus"][DECONTAMINATION_TAU]["removed_ids"])

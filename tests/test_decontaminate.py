@@ -12,6 +12,8 @@ import pytest
 
 from data_gen import ast_match, shards
 from data_gen import decontaminate as dc
+from data_gen import decontaminate_cli as dc_cli
+from data_gen import decontaminate_report
 from data_gen.filtering import embed, ingest
 
 
@@ -104,8 +106,8 @@ def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems, capsys)
     planted[k]["text"] = host + "\n\n" + planted[k]["text"]
   (tmp_path / "in").mkdir()
   ingest.write_jsonl(stdlib + planted, tmp_path / "in" / "records.jsonl")
-  rc = dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tasks", "2",
-                "--workers", "2"])
+  rc = dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "in"), "--out",
+                    str(tmp_path / "out"), "--tasks", "2", "--workers", "2"])
   assert rc == 0
   report = json.loads((tmp_path / "out" / "report.json").read_text())
   assert report["benchmarks"] == {"humaneval": 164}  # Table 3's benchmark only, by default
@@ -138,7 +140,8 @@ def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems, capsys)
   assert sorted(pruned) == sorted({r["id"] for r in stdlib + planted} - removed["0.8"])
   # The same command again: every task is finished, nothing is scanned twice.
   before = (tmp_path / "out" / "report.json").read_bytes()
-  assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--tasks", "2",
+  assert dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "in"), "--out",
+                    str(tmp_path / "out"), "--tasks", "2",
                   "--workers", "2"]) == 0
   assert (tmp_path / "out" / "report.json").read_bytes() == before
 
@@ -151,8 +154,8 @@ def test_defaults_are_the_papers():
   assert config.taus == (0.95, 0.9, 0.85, 0.8)
   assert config.remove_by == ("embedding", "ast") and config.combine == "union"
   assert config.embed_threshold is None  # calibrated: the paper does not give its threshold
-  args = dc.parse_args(["--input", "x", "--out", "y"])
-  assert args.bench == "humaneval" and dc.config_from_args(args) == config
+  args = dc_cli.parse_args(["--input", "x", "--out", "y"])
+  assert args.bench == "humaneval" and dc_cli.config_from_args(args) == config
   problems = dc.load_problems(["humaneval"])
   assert all(p.ast_unit is not None for p in problems)
   with pytest.raises(ValueError, match="remove_by"):
@@ -163,12 +166,12 @@ def test_ngrams_are_reported_and_prune_only_when_asked(problems):
   he0 = next(p for p in problems if p.task_id == "HumanEval/0")
   records = [{"id": "copied-docstring", "text": "# notes\n" + he0.prose}]
   result = dc.decontaminate(records, problems, dc.Config(workers=1))
-  report = dc.build_report(result, problems, dc.Config(), None)
+  report = decontaminate_report.build_report(result, problems, dc.Config(), None)
   assert report["measures"]["ngram"]["flagged_records"] == 1
   assert report["measures"]["ngram"]["prunes"] is False
   assert all(v["removed"] == 0 for v in report["taus"].values())
   config = dc.Config(remove_by=("ngram", "embedding", "ast"))
-  report = dc.build_report(result, problems, config, None)
+  report = decontaminate_report.build_report(result, problems, config, None)
   assert all(v["removed_ids"] == ["copied-docstring"] for v in report["taus"].values())
 
 
@@ -217,7 +220,7 @@ def test_ngram_and_embedding_measures(tmp_path, problems):
   assert by_id["verbatim-code"]["embedding_distance"] == pytest.approx(0.0, abs=1e-3)
   assert by_id["verbatim-code"]["ast_match"] == 1.0
   assert "unrelated" not in by_id
-  report = dc.build_report(result, problems, config, embed.HashingEmbedder())
+  report = decontaminate_report.build_report(result, problems, config, embed.HashingEmbedder())
   assert report["measures"]["embedding"]["enabled"] is True
   assert report["measures"]["embedding"]["threshold_from"].startswith("calibrated")
   assert "verbatim-code" in report["taus"]["0.95"]["removed_ids"]
@@ -226,14 +229,38 @@ def test_ngram_and_embedding_measures(tmp_path, problems):
 def test_bad_inputs(tmp_path, capsys):
   (tmp_path / "in").mkdir()
   (tmp_path / "in" / "r.jsonl").write_text(json.dumps({"text": "x = 1"}) + "\n")
-  assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o")]) == 2
+  assert dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "in"), "--out",
+                      str(tmp_path / "o")]) == 2
   assert "--id-field" in capsys.readouterr().err
-  assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
-                  "--bench", "apps"]) == 2
+  assert dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "in"), "--out",
+                      str(tmp_path / "o"), "--bench", "apps"]) == 2
   assert "unknown benchmark" in capsys.readouterr().err
-  assert dc.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--bench", "mbpp",
-                  "--mbpp-path", str(tmp_path / "nope.jsonl"), "--assign-ids"]) == 2
+  assert dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "in"), "--out",
+                      str(tmp_path / "o"), "--bench", "mbpp", "--mbpp-path",
+                      str(tmp_path / "nope.jsonl"), "--assign-ids"]) == 2
   assert "--mbpp-path" in capsys.readouterr().err
+  # An empty directory, or rows without text, is a failure naming the layouts read.
+  (tmp_path / "empty").mkdir()
+  assert dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "empty"), "--out",
+                      str(tmp_path / "e")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "holds no input files; expected" in err[0]
+  (tmp_path / "blank").mkdir()
+  (tmp_path / "blank" / "r.jsonl").write_text(json.dumps({"id": "1", "text": " "}) + "\n")
+  assert dc_cli.main(["--embedder", "none", "--input", str(tmp_path / "blank"), "--out",
+                      str(tmp_path / "b"), "--tasks", "1"]) == 2
+  assert "yielded 0 records" in capsys.readouterr().err
+
+
+def test_default_embedder_is_the_papers(tmp_path, capsys):
+  """§5 prunes by CodeGen-Mono-350M embedding distance OR AST match: the default embedder is
+  that model's directory, and without it the command says how to get it or to go AST-only."""
+  assert dc_cli.parse_args(["--input", "x", "--out", "y"]).embedder == "codegen:codegen-350M-mono"
+  (tmp_path / "in").mkdir()
+  (tmp_path / "in" / "r.jsonl").write_text(json.dumps({"id": "1", "text": "x = 1"}) + "\n")
+  assert dc_cli.main(["--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                      "--embedder", f"codegen:{tmp_path / 'missing'}"]) == 2
+  assert "--embedder none" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_code_inside_prose_is_checked(problems):
