@@ -30,6 +30,7 @@ DATA_GEN = [
     # The corpus stages' engine (data_gen/engine.py): an exact pin, its 0.x API changes.
     "datatrove==0.10.1",
     "xxhash>=3.5,<4",  # datatrove's dedup hashes str, which xxhash 4 refuses
+    "orjson>=3.10,<4",  # datatrove's JsonlReader/Writer (bench/filtering.py's peer pipeline)
     "aiohttp>=3.14,<4",
     "rapidfuzz>=3.14,<4",
     "httpx2>=2.16,<3",  # the transport under openai; phi1.llm plugs aiohttp into it

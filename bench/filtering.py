@@ -22,7 +22,7 @@ MinhashDedupSignature -> Buckets -> Cluster -> JsonlReader -> MinhashDedupFilter
 its default MinhashConfig and English word tokenizer, which is spaCy's; without spaCy installed,
 a whitespace split stands in and the peer is faster than the real example) on the same ingested
 records with the same executor at 2 workers; ours is the whole filter pipeline's docs/s at 2
-workers. Its JsonlReader/Writer need `orjson` (pip install 'orjson>=3.10,<4'). A line before it
+workers (its JsonlReader/Writer use `orjson`, installed with the package). A line before it
 times decontamination's AST-match search against all-pairs rapidfuzz on the same units (both must
 find the same matches).
 """
