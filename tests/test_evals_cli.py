@@ -304,3 +304,19 @@ def test_mbpp_id_spellings(tmp_path):
   samples, rejected = run_lib.read_samples(str(tmp_path / "m.jsonl"), tasks)
   assert [s.task_id for s in samples] == ["Mbpp/11", "Mbpp/12", "Mbpp/13"]
   assert rejected[0]["reason"].startswith("unknown task_id 'Mbpp/5' (or not in the selected split)")
+
+
+def test_evaluate_is_the_command_as_a_function_returning_its_summary(tmp_path, capsys):
+  _write(tmp_path / "s.jsonl", [dict(task_id=t.task_id, completion=t.reference) for t in TASKS[:2]]
+         + [dict(task_id=TASKS[2].task_id, completion="    pass\n")])
+  summary = cli.evaluate("humaneval", samples=str(tmp_path / "s.jsonl"), limit=3,
+                         out=str(tmp_path / "out"), no_progress=True)
+  assert summary["pass@1"] == pytest.approx(2 / 3) and summary["num_tasks"] == 3
+  assert "pass@1" not in capsys.readouterr().out  # returned, not printed
+  with pytest.raises(cli.EvalFailed, match="have no samples") as e:
+    cli.evaluate("humaneval", samples=str(tmp_path / "s.jsonl"), limit=4, out=str(tmp_path / "o2"))
+  assert e.value.code == 2
+  with pytest.raises(cli.UsageError, match="needs --model"):
+    cli.evaluate("humaneval", openai_base_url="http://127.0.0.1:9/v1")
+  with pytest.raises(TypeError, match="unknown options"):
+    cli.evaluate("humaneval", checkpoints="x")

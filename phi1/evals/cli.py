@@ -88,44 +88,96 @@ def build_parser() -> argparse.ArgumentParser:
   return p
 
 
+class EvalFailed(Exception):
+  """A failure `phi1 eval` reports as one line (its message) with exit status `code`."""
+
+  def __init__(self, message: str, code: int = 2):
+    super().__init__(message)
+    self.code = code
+
+
+class UsageError(EvalFailed):
+  """Options that do not go together: the command prints its usage with the message."""
+
+
+def evaluate(bench: str, **options) -> dict:
+  """The summary `phi1 eval --bench BENCH ...` prints, as a function that returns it.
+
+  `options` are the command's, by their argument names (checkpoint=, step=, limit=, out=,
+  max_new_tokens=, no_progress=, ...). Raises EvalFailed with the line the command would print."""
+  args = build_parser().parse_args(["--bench", bench, "--samples", "-"])
+  args.samples = None
+  unknown = sorted(set(options) - vars(args).keys())
+  if unknown:
+    raise TypeError(f"evaluate() got unknown options {unknown}; see `phi1 eval --help`")
+  vars(args).update(options)
+  check(args)
+  if args.solution_loss:
+    raise UsageError("evaluate() gives pass@k; the solution loss is `phi1 eval --solution-loss`")
+  return run_args(args)
+
+
+def check(args):
+  """Raise UsageError for options that do not go together."""
+  if not (args.samples or args.openai_base_url or args.checkpoint):
+    raise UsageError("give one of --samples, --openai-base-url, --checkpoint")
+  if args.openai_base_url and not args.model:
+    raise UsageError("--openai-base-url needs --model NAME")
+  if args.n < 1 or args.timeout <= 0:
+    raise UsageError("--n must be >= 1 and --timeout > 0")
+  if args.step is not None and not args.checkpoint:
+    raise UsageError("--step N needs --checkpoint WORKDIR (a training directory)")
+  if args.postprocess == "unindented" and args.bench == "mbpp":
+    raise UsageError("--postprocess unindented keeps a function body; MBPP completions are whole "
+                     "programs: use stops or none")
+  if args.bench == "graded":
+    if not args.grader_model:
+      raise UsageError("--bench graded needs --grader-model NAME (and --grader-base-url for a "
+                       "local server)")
+    args.data = args.problems or args.data
+  elif args.problems or args.grader_model:
+    raise UsageError("--problems and --grader-model go with --bench graded")
+  if args.solution_loss and not args.checkpoint:
+    raise UsageError("--solution-loss scores our model: give --checkpoint DIR")
+
+
 def main(argv: list[str]) -> int:
   parser = build_parser()
   args = parser.parse_args(argv)
-  if args.openai_base_url and not args.model:
-    parser.error("--openai-base-url needs --model NAME")
-  if args.n < 1 or args.timeout <= 0:
-    parser.error("--n must be >= 1 and --timeout > 0")
-  if args.step is not None and not args.checkpoint:
-    parser.error("--step N needs --checkpoint WORKDIR (a training directory)")
-  if args.postprocess == "unindented" and args.bench == "mbpp":
-    parser.error("--postprocess unindented keeps a function body; MBPP completions are whole "
-                 "programs: use stops or none")
-  if args.bench == "graded":
-    if not args.grader_model:
-      parser.error("--bench graded needs --grader-model NAME (and --grader-base-url for a local "
-                   "server)")
-    args.data = args.problems or args.data
-  elif args.problems or args.grader_model:
-    parser.error("--problems and --grader-model go with --bench graded")
-  progress = not args.no_progress
   try:
-    tasks, dataset = run.load_benchmark(args.bench, path=args.data, split=args.split,
-                                        prompt_style=args.prompt_style, limit=args.limit)
-  except (OSError, ValueError) as e:
+    check(args)
+  except UsageError as e:
+    parser.error(str(e))
+  try:
+    if args.solution_loss:
+      from phi1.evals import solution_loss
+      return solution_loss.main(args, *_benchmark(args))
+    summary = run_args(args)
+  except EvalFailed as e:
     print(f"phi1 eval: {e}", file=sys.stderr)
-    return 2
-  if args.solution_loss:
-    if not args.checkpoint:
-      parser.error("--solution-loss scores our model: give --checkpoint DIR")
-    from phi1.evals import solution_loss
-    return solution_loss.main(args, tasks, dataset)
+    return e.code
+  print(json.dumps(summary))
+  return 0
+
+
+def _benchmark(args):
+  try:
+    return run.load_benchmark(args.bench, path=args.data, split=args.split,
+                              prompt_style=args.prompt_style, limit=args.limit)
+  except (OSError, ValueError) as e:
+    raise EvalFailed(str(e)) from e
+
+
+def run_args(args) -> dict:
+  """Generate (or read), execute and score as the parsed `args` say; returns the summary."""
+  progress = not args.no_progress
+  tasks, dataset = _benchmark(args)
   stops = tuple(args.stop) if args.stop else run.default_stops(args.bench, args.prompt_style)
   protocol = dict(dataset=dataset, stops=list(stops), postprocess=args.postprocess, n=args.n)
   rejected = []
   if args.samples:
     if not os.path.isfile(args.samples):
-      print(f"phi1 eval: samples file {args.samples} not found", file=sys.stderr)
-      return 2
+      raise EvalFailed(f"samples file {args.samples} not found")
     skip = ()
     if args.limit:  # rows for the problems --limit leaves out are expected, not errors
       everything, _ = run.load_benchmark(args.bench, path=args.data, split=args.split,
@@ -135,8 +187,7 @@ def main(argv: list[str]) -> int:
       try:
         samples, saved = generations.read_generations(args.samples, tasks)
       except (ValueError, KeyError) as e:
-        print(f"phi1 eval: {args.samples}: {e}", file=sys.stderr)
-        return 2
+        raise EvalFailed(f"{args.samples}: {e}") from e
       protocol.update(generator=dict(kind="generations", path=os.path.abspath(args.samples),
                                      settings=saved),
                       postprocess=saved["postprocess"], stops=saved["stops"])
@@ -149,13 +200,10 @@ def main(argv: list[str]) -> int:
           samples, rejected = run.read_samples(args.samples, tasks, skip)
           kind = "samples"
       except ValueError as e:
-        print(f"phi1 eval: {e}", file=sys.stderr)
-        return 2
+        raise EvalFailed(str(e)) from e
       if rejected and not samples:
-        print(f"phi1 eval: {args.samples} has no usable sample (line {rejected[0]['line']}: "
-              f"{rejected[0]['reason']}); --samples reads {generations.SAMPLE_FORMATS}",
-              file=sys.stderr)
-        return 2
+        raise EvalFailed(f"{args.samples} has no usable sample (line {rejected[0]['line']}: "
+                         f"{rejected[0]['reason']}); --samples reads {generations.SAMPLE_FORMATS}")
       protocol.update(generator=dict(kind=kind, path=os.path.abspath(args.samples)),
                       postprocess="as given (execute only)", stops=None)
     protocol.pop("n")
@@ -166,27 +214,20 @@ def main(argv: list[str]) -> int:
     out = args.out or new_out_dir(args.bench, args.step)
     try:
       samples, generated = generate(args, tasks, dataset, stops, out, progress)
-    except FileNotFoundError as e:  # no such checkpoint or step: say which ones exist
-      print(f"phi1 eval: {e}", file=sys.stderr)
-      return 2
-    except generations.SettingsMismatch as e:
-      print(f"phi1 eval: {e}", file=sys.stderr)
-      return 2
+    except (FileNotFoundError, generations.SettingsMismatch) as e:  # names what exists
+      raise EvalFailed(str(e)) from e
     except Stopped as e:  # SIGTERM: every finished batch is saved
-      print(f"phi1 eval: stopped by signal {e.signum}; the answers so far are in "
-            f"{os.path.join(out, generations.GENERATIONS)}: rerun the same command to generate "
-            "only the rest", file=sys.stderr)
-      return 128 + e.signum
+      raise EvalFailed(f"stopped by signal {e.signum}; the answers so far are in "
+                       f"{os.path.join(out, generations.GENERATIONS)}: rerun the same command to "
+                       "generate only the rest", 128 + e.signum) from e
     except Exception as e:  # a partial generation would give a wrong score: stop, say why
-      print(f"phi1 eval: generation failed: {type(e).__name__}: {e}. Answers so far are in "
-            f"{os.path.join(out, generations.GENERATIONS)}; rerun the same command to resume.",
-            file=sys.stderr)
-      return 1
+      raise EvalFailed(f"generation failed: {type(e).__name__}: {e}. Answers so far are in "
+                       f"{os.path.join(out, generations.GENERATIONS)}; rerun the same command to "
+                       "resume.", 1) from e
     protocol.update(generated)
   missing = run.missing_tasks(tasks, samples)
   if missing and not args.allow_missing:
-    print(f"phi1 eval: {run.MissingSamples(missing, len(tasks))}", file=sys.stderr)
-    return 2
+    raise EvalFailed(str(run.MissingSamples(missing, len(tasks))))
   if args.samples:
     out = args.out or new_out_dir(args.bench, args.step)
   print(f"phi1 eval: results go to {out}", file=sys.stderr)
@@ -200,16 +241,14 @@ def main(argv: list[str]) -> int:
     try:
       summary.update(graded.run_grading(args, tasks, graded.load(args.data)[1], samples, out))
     except Exception as e:  # a partial grading would give a wrong score: stop, say why
-      print(f"phi1 eval: {type(e).__name__}: {e}. Grades so far are cached in {out}; rerun the "
-            "same command to resume.", file=sys.stderr)
-      return 1
+      raise EvalFailed(f"{type(e).__name__}: {e}. Grades so far are cached in {out}; rerun the "
+                       "same command to resume.", 1) from e
     summary["num_tasks_executed"] = len(tested)
     with open(os.path.join(out, "summary.json"), "w") as f:
       json.dump(summary, f, indent=2)
   if missing:
     print(f"phi1 eval: {summary['note']}", file=sys.stderr)
-  print(json.dumps(summary))
-  return 0
+  return summary
 
 
 def generate(args, tasks, dataset: dict, stops, out: str, progress: bool):
