@@ -139,11 +139,15 @@ class EmbedMerge(_OneTask):
 
   def work(self) -> dict:
     tasks = self.extra["tasks"]
-    parts = [np.load(self.workdir / "embed" / "_parts" / f"part-{r:05d}.npz") for r in range(tasks)]
-    row_of = {str(i): (p, j) for p in parts for j, i in enumerate(p["ids"])}
+    # Each part's arrays are read once (an NpzFile reads an array again at every access).
+    parts = []
+    for r in range(tasks):
+      with np.load(self.workdir / "embed" / "_parts" / f"part-{r:05d}.npz") as z:
+        parts.append({k: z[k] for k in ("x", "ids", "embedder")})
+    row_of = {str(i): (k, j) for k, p in enumerate(parts) for j, i in enumerate(p["ids"])}
     ids = [l["id"] for l in _labels(self.workdir) if l["id"] in row_of]
     dim = parts[0]["x"].shape[1]
-    x_ND = (np.stack([row_of[i][0]["x"][row_of[i][1]] for i in ids]) if ids
+    x_ND = (np.stack([parts[row_of[i][0]]["x"][row_of[i][1]] for i in ids]) if ids
             else np.zeros((0, dim), np.float32))
     out = self.out("embed")
     np.save(out / "x.npy", x_ND)
