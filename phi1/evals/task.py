@@ -11,15 +11,16 @@ from phi1.evals.sandbox import Program
 class Task:
   task_id: str
   prompt: str            # what the model is asked to continue
-  test: str              # runs after the solution, in its namespace; passes by returning
+  test: str              # runs in the sandbox's judge, calling the solution; passes by returning
   reference: str         # a known-good completion of `prompt` (canonical / reference solution)
   prefix: str = ""       # code placed before the completion (HumanEval: the prompt itself)
   entry_point: str = ""
+  setup: str = ""        # benchmark code the judge runs before the test (HumanEval: the prompt)
 
   def program(self, completion: str, whole: bool = False) -> Program:
     """`whole`: `completion` is the full program (evalplus's `solution`), not a continuation."""
     return Program(code=completion if whole else self.prefix + completion, test=self.test,
-                   entry_point=self.entry_point)
+                   entry_point=self.entry_point, setup=self.setup)
 
 
 @dataclasses.dataclass(frozen=True)

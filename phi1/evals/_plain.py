@@ -1,0 +1,224 @@
+"""Plain data over a pipe: the only thing that passes between a sandboxed program and its judge.
+
+A value is builtin data (None, bool, int, float, complex, str, bytes, tuple, list, dict, set,
+frozenset, nested, and the builtin types themselves) written as tagged bytes. Decoding builds only those types, so whatever bytes a
+program sends, the judge gets plain data or a `PlainDataError`; never an object of the program's
+making (no `__eq__` of its own, nothing that runs code when compared, hashed or printed). Unlike
+`marshal` (code objects) or `pickle` (any callable), there is no tag for anything else; decoding
+stops at `max_bytes` and `max_depth`.
+
+Encoding (in the program's process) takes subclasses of the builtin types (a namedtuple, Counter,
+IntEnum, a str subclass) as their builtin base and numpy scalars as their `.item()`. Anything else
+(a generator, a function, an instance of a program's class) is a `PlainDataError`, or, where the
+caller gives a `handle`, a number that stands for it: the object stays in the program's process
+and the judge holds an opaque `_judge.Remote` (MBPP tests build a program's `Node` trees).
+
+Frames are a 4-byte big-endian length and the encoded value.
+"""
+
+import os
+import struct
+
+MAX_BYTES = 8 << 20
+MAX_DEPTH = 100
+_DOUBLE = struct.Struct("<d")
+_LEN = struct.Struct(">I")
+_TAGS = {tuple: b"t", list: b"l", set: b"S", frozenset: b"z"}
+_TYPES = {b"t": tuple, b"l": list, b"S": set, b"z": frozenset}
+# The builtin types themselves are plain data too (MBPP passes `int` to a function that filters by
+# type): written by name, read back from this table.
+_BUILTIN_TYPES = {t.__name__: t for t in (bool, int, float, complex, str, bytes, bytearray, tuple,
+                                          list, dict, set, frozenset, type(None), object, type)}
+
+
+class PlainDataError(ValueError):
+  pass
+
+
+def _base(x):
+  """x as exact builtin data, or raise. Exact types first: the common case costs one lookup."""
+  kind = type(x)
+  if kind in _EXACT:
+    return x
+  if isinstance(x, bool):
+    x = bool(x)
+  elif isinstance(x, int):
+    x = int.__index__(x)
+  elif isinstance(x, dict):
+    x = dict(dict.items(x))
+  elif isinstance(x, (tuple, list, set, frozenset)):
+    x = next(b for b in (tuple, list, set, frozenset) if isinstance(x, b))(iter(x))
+  elif isinstance(x, (float, complex, str, bytes)):
+    x = next(b for b in (float, complex, str, bytes) if isinstance(x, b))(x)
+  elif kind.__module__ == "numpy" and getattr(x, "ndim", None) == 0 and hasattr(x, "item"):
+    x = x.item()  # a numpy scalar: its Python value
+  if type(x) not in _EXACT:
+    raise PlainDataError(f"a {kind.__name__} is not plain data (builtin values only)")
+  return x
+
+
+_EXACT = frozenset((type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set,
+                    frozenset))
+
+
+def encode(value, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH, handle=None) -> bytes:
+  """`handle(x)`: the number standing for a value that is not plain data (a program's object, kept
+  in the program's process), or raise PlainDataError; without it, such a value is an error."""
+  out = bytearray()
+
+  def put(x, depth):
+    if depth > max_depth:
+      raise PlainDataError(f"nested deeper than {max_depth}")
+    if len(out) > max_bytes:
+      raise PlainDataError(f"larger than {max_bytes} bytes")
+    if type(x) is type and _BUILTIN_TYPES.get(x.__name__) is x:
+      out.extend(b"y" + x.__name__.encode() + b";")
+      return
+    try:
+      x = _base(x)
+    except PlainDataError:
+      if handle is None:
+        raise
+      out.extend(b"h" + _LEN.pack(handle(x)))
+      return
+    if x is None:
+      out.extend(b"N")
+    elif x is True or x is False:
+      out.extend(b"T" if x else b"F")
+    elif type(x) is int:
+      data = x.to_bytes((x.bit_length() + 8) // 8, "big", signed=True)
+      out.extend(b"i" + _LEN.pack(len(data)) + data)
+    elif type(x) is float:
+      out.extend(b"f" + _DOUBLE.pack(x))
+    elif type(x) is complex:
+      out.extend(b"c" + _DOUBLE.pack(x.real) + _DOUBLE.pack(x.imag))
+    elif type(x) is str or type(x) is bytes:
+      data = x.encode("utf-8", "surrogatepass") if type(x) is str else x
+      out.extend((b"s" if type(x) is str else b"b") + _LEN.pack(len(data)) + data)
+    elif type(x) is dict:
+      out.extend(b"d" + _LEN.pack(len(x)))
+      for k, v in list(x.items()):
+        put(k, depth + 1)
+        put(v, depth + 1)
+    else:
+      items = list(x)
+      out.extend(_TAGS[type(x)] + _LEN.pack(len(items)))
+      for item in items:
+        put(item, depth + 1)
+
+  put(value, 0)
+  if len(out) > max_bytes:
+    raise PlainDataError(f"larger than {max_bytes} bytes")
+  return bytes(out)
+
+
+def decode(data: bytes, max_depth=MAX_DEPTH, remote=None):
+  """The value `data` encodes; PlainDataError for anything else (truncated, unknown tag, a
+  container nested deeper than max_depth, an unhashable key, trailing bytes). `remote(number)`:
+  what a handle stands for (without it, a handle is an error)."""
+  view, pos = memoryview(data), 0
+
+  def take(n):
+    nonlocal pos
+    if pos + n > len(view):
+      raise PlainDataError("truncated")
+    chunk = view[pos:pos + n]
+    pos += n
+    return chunk
+
+  def length():
+    return _LEN.unpack(take(4))[0]
+
+  def get(depth):
+    if depth > max_depth:
+      raise PlainDataError(f"nested deeper than {max_depth}")
+    tag = bytes(take(1))
+    if tag == b"N":
+      return None
+    if tag in (b"T", b"F"):
+      return tag == b"T"
+    if tag == b"i":
+      return int.from_bytes(take(length()), "big", signed=True)
+    if tag == b"f":
+      return _DOUBLE.unpack(take(8))[0]
+    if tag == b"c":
+      return complex(_DOUBLE.unpack(take(8))[0], _DOUBLE.unpack(take(8))[0])
+    if tag == b"s":
+      try:
+        return str(take(length()), "utf-8", "surrogatepass")
+      except UnicodeDecodeError as e:
+        raise PlainDataError(f"bad text: {e}") from None
+    if tag == b"b":
+      return bytes(take(length()))
+    if tag == b"h" and remote is not None:
+      return remote(length())
+    if tag == b"y":
+      end = bytes(view[pos:pos + 20]).find(b";")
+      name = bytes(take(end + 1 if end >= 0 else 21))[:-1].decode("ascii", "replace")
+      if name not in _BUILTIN_TYPES:
+        raise PlainDataError(f"unknown type {name!r}")
+      return _BUILTIN_TYPES[name]
+    if tag == b"d":
+      n, result = length(), {}
+      for _ in range(n):
+        key = get(depth + 1)
+        try:
+          result[key] = get(depth + 1)
+        except TypeError as e:  # an unhashable key
+          raise PlainDataError(str(e)) from None
+      return result
+    if tag in _TYPES:
+      n = length()
+      if n > len(view) - pos:  # every item takes at least one byte
+        raise PlainDataError("truncated")
+      items = [get(depth + 1) for _ in range(n)]
+      try:
+        return _TYPES[tag](items)
+      except TypeError as e:
+        raise PlainDataError(str(e)) from None
+    raise PlainDataError(f"unknown tag {tag!r}")
+
+  value = get(0)
+  if pos != len(view):
+    raise PlainDataError("trailing bytes")
+  return value
+
+
+def send(fd, value, max_bytes=MAX_BYTES):
+  write_frame(fd, encode(value, max_bytes))
+
+
+# os.read and os.write bound once: a program that rebinds them in its own process breaks only
+# its own answers, and promptly (not by looping on a write that writes nothing).
+def write_frame(fd, data: bytes, _write=os.write):
+  data = memoryview(_LEN.pack(len(data)) + data)
+  while data:
+    data = data[_write(fd, data):]
+
+
+def receive(fd, max_bytes=MAX_BYTES, remote=None):
+  """The next frame's value; EOFError when the writer is gone, PlainDataError for junk."""
+  (n,) = _LEN.unpack(_read(fd, 4))
+  if n > max_bytes:
+    raise PlainDataError(f"a message of {n} bytes (at most {max_bytes})")
+  return decode(_read(fd, n), remote=remote)
+
+
+def _read(fd, n, _os_read=os.read):
+  chunks = []
+  while n:
+    chunk = _os_read(fd, min(n, 1 << 20))
+    if not chunk:
+      raise EOFError
+    chunks.append(chunk)
+    n -= len(chunk)
+  return b"".join(chunks)
+
+
+def cap_text(text: str, max_bytes: int) -> str:
+  """`text` cut to at most `max_bytes` bytes both as UTF-8 and as Python stores it (1, 2 or 4 bytes
+  a character, by the widest one): a result never costs the host more than that."""
+  data = text[:max_bytes].encode("utf-8", "backslashreplace")[:max_bytes]
+  text = data.decode("utf-8", "ignore")  # a character cut in half goes
+  widest = max(map(ord, text), default=0)
+  return text[:max_bytes // (1 if widest < 256 else 2 if widest < 65536 else 4)]
