@@ -5,7 +5,8 @@
 The server (data_gen.testing.FakeOpenAI, in its own process) answers every request after a fixed
 latency, so the ideal rate is concurrency / latency (64 / 0.05 s = 1280 requests/s); the layer under
 test pays full price for everything a real run does per request: cache lookup and commit, budget,
-limiter, retry wrapper, the `openai` client's HTTP client, response parsing. Also measured, for
+limiter (fed by the `x-ratelimit-*` headers the server sends on every answer, as OpenAI does, with
+limits too high to bind), retry wrapper, the `openai` client's HTTP client, response parsing. Also measured, for
 context: the stock `openai` client (default httpx transport, typed `chat.completions.create`) with
 only a semaphore. The two alternate in rounds so that both see the same machine load (this is a
 shared machine). Last, for context, the whole `textbooks` job (data_gen.runner: constraint
@@ -79,6 +80,7 @@ async def measure(base_url: str, concurrency: int, n: int, rounds: int, cache_di
       totals["ours_cpu_s"] += cpu
       totals["stock_s"] += (await _timed(stock_one, ids, 2 * concurrency))[0]
     assert llm.stats.requests == warm + rounds * per_round and llm.stats.cache_hits == 0
+    assert llm.limiter.headers_seen  # every request went through the header-paced path
   await stock.close()
   done = rounds * per_round
   return {"ours": done / totals["ours_s"], "stock": done / totals["stock_s"],
@@ -108,7 +110,7 @@ def main():
   args = parser.parse_args()
   ideal = args.concurrency / args.latency
   load_before = os.getloadavg()[0]
-  with FakeOpenAI(latency_s=args.latency, subprocess=True) as server, \
+  with FakeOpenAI(latency_s=args.latency, subprocess=True, rpm=10 ** 9, tpm=10 ** 12) as server, \
       tempfile.TemporaryDirectory() as cache_dir:
     m = asyncio.run(measure(server.base_url, args.concurrency, args.requests, args.rounds,
                             cache_dir))

@@ -124,10 +124,11 @@ def test_2000_requests_with_20_percent_faults_give_exactly_n_records(tmp_path):
   assert summary.llm["retries"] >= sum(faults.values()) - faults.get("truncated", 0) > 300
   assert summary.rejects.get("truncated", 0) == faults.get("truncated", 0)
   # No answer is paid for twice, except one the client timed out on just as it arrived (a real
-  # provider bills that too): only timeouts beyond the injected slow faults can cause it.
+  # provider bills that too): only client timeouts can cause it (on a loaded machine a "slow"
+  # answer can also leave the server just before the client's deadline fires).
   served = stats["served_counts"]
   paid_twice = sum(count - 1 for count in served.values())
-  assert paid_twice <= summary.llm["errors"].get("timeout", 0) - faults.get("slow", 0)
+  assert paid_twice <= summary.llm["errors"].get("timeout", 0)
   for r in records:
     assert served[r["request_hash"]] >= 1
     assert r["text"] == r["prompt"] + r["completion"]
