@@ -140,7 +140,8 @@ async def _wait_and_ingest(llm: LLM, batch_id: str, keys: list[str], poll_s: flo
   if batch.status == "failed":
     errors = [f"{e.code}: {e.message}" + (f" (line {e.line})" if e.line else "")
               for e in ((batch.errors.data or []) if batch.errors else [])]
-    tally.batch_errors.append(f"batch {batch_id} failed: {'; '.join(errors) or 'no reason given'}")
+    said = "; ".join(errors).replace(llm.client.api_key, "[API key]") or "no reason given"
+    tally.batch_errors.append(f"batch {batch_id} failed: {said}")
     log(tally.batch_errors[-1])
     codes = {(e.code or "") for e in ((batch.errors.data or []) if batch.errors else [])}
     reason, retryable = (("token_limit_exceeded", True) if "token_limit_exceeded" in codes

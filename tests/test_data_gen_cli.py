@@ -322,6 +322,8 @@ def test_textbooks_against_a_rate_limiting_refusing_rejecting_server_store_all_n
   manifest = json.load(open(tmp_path / "manifest.json"))
   assert manifest["runs"][-1]["rejected"] == {"context_length_exceeded": 1}
   assert manifest["usage"]["refusals"] == 1
+  for path in tmp_path.iterdir():  # the key reaches no file
+    assert path.is_dir() or KEY.encode() not in path.read_bytes(), path
 
 
 def test_too_many_rejected_requests_stop_the_job(tmp_path, monkeypatch, capsys):
