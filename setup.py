@@ -52,5 +52,7 @@ setup(
     package_data={"data_gen": ["tables/*.yaml", "tables/*.txt"], "phi1": ["evals/data/*.jsonl", "evals/data/*.md"]},
     install_requires=CORE + DATA_GEN,
     extras_require={"test": TEST, "hf": HF, "ray": RAY},
-    entry_points={"console_scripts": ["phi1=phi1.cli:main"]},
+    # `phi1 demo` lives in experiments/ (it runs experiment files); phi1.cli finds it here.
+    entry_points={"console_scripts": ["phi1=phi1.cli:main"],
+                  "phi1.commands": ["demo=experiments.demo:main"]},
 )

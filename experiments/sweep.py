@@ -55,6 +55,7 @@ def train_one(run: Run, *, progress: bool = True, on_change: str = "refuse") -> 
     if not (run.workdir.parent / need / DONE).is_file():
       raise RuntimeError(f"run {run.name} needs run {need} finished first (no "
                          f"{run.workdir.parent / need / DONE}); run the sweep without --only")
+  demo_corpus.build_if_named(run.config.data)  # CPU experiments only name its files
   run_identity.check_and_record(run.workdir, run.config, on_change=on_change, primary=primary)
   info = run_info(run)
   if primary:

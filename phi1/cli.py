@@ -95,7 +95,8 @@ def train_main(argv) -> int:
     return 0
   config_lib.validate(config)
   maybe_init_distributed()
-  from phi1 import preemption, train
+  from phi1 import demo_corpus, preemption, train
+  demo_corpus.build_if_named(config.data)  # experiment files only name the CPU corpus's files
   on_change = "restart" if args.restart else "continue" if args.continue_with_changes else "refuse"
   try:
     last = train.run(config, args.workdir, progress=not args.no_progress, on_change=on_change)
@@ -156,7 +157,7 @@ COMMANDS = {
     "convert": convert_main,
     "eval": lambda argv: __import__("phi1.evals.cli", fromlist=["main"]).main(argv),
     "pretokenize": lambda argv: __import__("phi1.pretokenize", fromlist=["main"]).main(argv),
-    "demo": lambda argv: __import__("phi1.demo", fromlist=["main"]).main(argv),
+    "demo": lambda argv: plugin("demo")(argv),
 }
 SUMMARIES = {
     "train": "Train a model from an experiment config, or resume/extend a run in its workdir.",
@@ -168,6 +169,17 @@ SUMMARIES = {
 }
 # Failures a user fixes by changing the command line or the files it names: one line, no traceback.
 EXPECTED_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
+
+
+def plugin(name: str):
+  """A command another installed package adds through the "phi1.commands" entry point group:
+  `phi1 demo` is experiments/demo.py, which runs experiment files (phi1 never imports them)."""
+  from importlib.metadata import entry_points
+  found = entry_points(group="phi1.commands", name=name)
+  if not found:
+    raise RuntimeError(f"`phi1 {name}` comes with the experiments package of this repository: "
+                       "install it with `pip install -e .` from a checkout")
+  return next(iter(found)).load()
 
 
 def usage() -> str:

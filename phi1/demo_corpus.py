@@ -198,12 +198,18 @@ def build(cache_dir: str | os.PathLike, *, vocab_size: int = 4096, eval_fraction
                log=log)
 
 
-def build_if_named(paths, cache_dir=None):
-  """Build the corpus of `cache_dir` (default settings) if any of `paths` lies in it and is missing.
+def build_if_named(data_config, cache_dir=None):
+  """Build the corpus of `cache_dir` (default settings) if a file the run's `data_config` reads
+  (a source, an eval source, the tokenizer) lies in it and is missing.
 
   Experiment files name the corpus's files through `locate`, which builds nothing (their
-  get_config stays pure, also for `--dry-run`); a run that reads them calls this first."""
+  get_config stays pure, also for `--dry-run`); the commands that launch runs (`phi1 train`, the
+  sweep, the demo) call this before training, so the run's identity fingerprints built files.
+  The trainer itself knows nothing of this corpus."""
   cache_dir = cache_dir or default_cache_dir()
+  sources = [*data_config.get("sources", []), *data_config.get("eval_sources", [])]
+  paths = [s["path"] if isinstance(s, dict) or hasattr(s, "keys") else s for s in sources]
+  paths.append(data_config.get("tokenizer", ""))
   directory = locate(cache_dir).directory + os.sep
   named = [p for p in paths if p and os.path.abspath(os.fspath(p)).startswith(directory)]
   if named and not all(os.path.exists(p) for p in named):

@@ -30,7 +30,6 @@ from flax import nnx
 from phi1 import attention as attention_lib
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
-from phi1 import demo_corpus
 from phi1 import flops, log_window, losses, metrics as metrics_lib, precision, preemption
 from phi1 import profiling, run_identity, sharding
 from phi1 import model as model_lib
@@ -272,9 +271,6 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   workdir.mkdir(parents=True, exist_ok=True)
   trainer = Trainer(config, mesh=mesh, model_fn=model_fn)
   config = trainer.config  # with model_fn's import path recorded
-  # Experiment files only name the demo corpus's files: built before the run's identity, which
-  # holds the data's fingerprints.
-  demo_corpus.build_if_named(_data_paths(config.data))
   run_identity.check_and_record(workdir, config, on_change=on_change,
                                 primary=jax.process_index() == 0)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -376,12 +372,6 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   if jax.process_index() == 0 and (workdir / "metrics.jsonl").exists():
     metrics_lib.plot_losses(workdir)
   return last
-
-
-def _data_paths(data_config) -> list[str]:
-  sources = [*data_config.sources, *data_config.get("eval_sources", [])]
-  return [s["path"] if isinstance(s, dict) or hasattr(s, "keys") else s for s in sources] + [
-      data_config.get("tokenizer", "")]
 
 
 def _progress_bar(enabled: bool, start: int, total: int):

@@ -1,6 +1,11 @@
-"""Package boundaries: phi1 never imports data_gen (manifest.json is their contract; the LLM client
-both use lives in phi1.llm), and the LLM client uses only the openai SDK's public API (private
-modules and methods change without notice)."""
+"""Package boundaries, read from the source with `ast` (imports inside functions too, relative ones
+resolved):
+  * no import cycle between files of phi1/, data_gen/, experiments/;
+  * layers point down only: phi1 imports neither data_gen nor experiments, data_gen does not import
+    experiments (manifest.json is data_gen's contract with phi1; the LLM client both use lives in
+    phi1.llm; `phi1 demo` reaches experiments/demo.py through an entry point, not an import);
+  * the LLM client uses only the openai SDK's public API (private modules and methods change
+    without notice)."""
 
 import ast
 import pathlib
@@ -11,21 +16,135 @@ import sys
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _imported_modules(path: pathlib.Path) -> list[str]:
+PACKAGES = ("phi1", "data_gen", "experiments")
+LAYER = {"phi1": 0, "data_gen": 1, "experiments": 2}  # a file may import its own layer or lower
+
+
+def _imported_modules(path: pathlib.Path, module: str = "") -> list[str]:
+  """Every module name `path` imports, at any depth of the file; `module` (the file's own dotted
+  name) resolves relative imports. `from a import b` yields both `a` and `a.b`."""
+  package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
   names = []
   for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
     if isinstance(node, ast.Import):
       names += [alias.name for alias in node.names]
-    elif isinstance(node, ast.ImportFrom) and node.level == 0:
-      names.append(node.module or "")
-      names += [f"{node.module}.{alias.name}" for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:
+        base = package[:len(package) - node.level + 1] + ([node.module] if node.module else [])
+        source = ".".join(base)
+      else:
+        source = node.module or ""
+      names.append(source)
+      names += [f"{source}.{alias.name}" for alias in node.names]
   return names
 
 
-def test_no_module_under_phi1_imports_data_gen():
-  offenders = {str(p.relative_to(REPO)): name for p in (REPO / "phi1").rglob("*.py")
-               for name in _imported_modules(p) if name.split(".")[0] == "data_gen"}
-  assert not offenders, f"phi1 must not import data_gen: {offenders}"
+def module_files(root: pathlib.Path = REPO) -> dict[str, pathlib.Path]:
+  """{dotted module name: file} for every .py file of the three packages."""
+  files = {}
+  for package in PACKAGES:
+    for path in sorted((root / package).rglob("*.py")):
+      parts = list(path.relative_to(root).with_suffix("").parts)
+      files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+  return files
+
+
+def import_graph(root: pathlib.Path = REPO) -> dict[str, set[str]]:
+  """{module: the modules of the three packages it imports} (a name resolves to the longest
+  module it starts with: `from phi1 import checkpoint` is phi1.checkpoint, `from phi1 import
+  flatten` is phi1)."""
+  files = module_files(root)
+  graph = {}
+  for module, path in files.items():
+    targets = set()
+    for name in _imported_modules(path, module):
+      parts = name.split(".")
+      for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in files:
+          targets.add(".".join(parts[:end]))
+          break
+    graph[module] = targets - {module}
+  return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+  """The strongly connected components with more than one module (Tarjan), each as one cycle
+  through its modules when a simple one visits them all, else the component sorted."""
+  index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in sorted(graph.get(v, ())):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = []
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.append(w)
+        if w == v:
+          break
+      if len(component) > 1:
+        found.append(sorted(component))
+
+  for v in sorted(graph):
+    if v not in index:
+      visit(v)
+  return found
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+  return sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets
+                if LAYER[b.split(".")[0]] > LAYER[a.split(".")[0]])
+
+
+def test_no_import_cycle_between_files():
+  found = cycles(import_graph())
+  assert not found, ("import cycles (each list imports itself around; move the shared piece "
+                     f"down a layer): {found}")
+
+
+def test_layers_import_downward_only():
+  found = upward_imports(import_graph())
+  assert not found, ("phi1 must not import data_gen or experiments, data_gen must not import "
+                     f"experiments: {found}")
+
+
+def _tree(tmp_path, files: dict[str, str]) -> pathlib.Path:
+  for name, text in files.items():
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  for package in PACKAGES:
+    (tmp_path / package).mkdir(exist_ok=True)
+  return tmp_path
+
+
+def test_the_checks_catch_a_function_level_cycle_and_an_upward_relative_import(tmp_path):
+  root = _tree(tmp_path, {
+      "phi1/__init__.py": "", "phi1/a.py": "def f():\n  from phi1 import b\n",
+      "phi1/b.py": "from . import c\n", "phi1/c.py": "import phi1.a\n",
+      "phi1/ok.py": "from phi1 import flatten\n",
+      "data_gen/__init__.py": "", "data_gen/x.py": "from .y import z\n",
+      "data_gen/y.py": "def g():\n  import experiments.e\n",
+      "experiments/__init__.py": "", "experiments/e.py": "from phi1 import ok\n"})
+  graph = import_graph(root)
+  assert graph["phi1.b"] == {"phi1", "phi1.c"} and graph["phi1.ok"] == {"phi1"}
+  assert graph["data_gen.x"] == {"data_gen.y"}
+  assert cycles(graph) == [["phi1.a", "phi1.b", "phi1.c"]]
+  assert upward_imports(graph) == ["data_gen.y -> experiments.e"]
+
+
+def test_phi1_demo_is_the_experiments_command_through_its_entry_point():
+  from phi1 import cli
+  from experiments import demo
+  assert cli.plugin("demo") is demo.main
 
 
 def test_importing_the_trainer_and_data_pipeline_loads_no_data_gen():

@@ -190,8 +190,8 @@ def test_experiment_configs_name_the_corpus_without_building_it(tmp_path, monkey
     config = config_lib.load(spec)
     assert config.data.tokenizer.startswith(str(tmp_path))
   assert built == [] and not any(tmp_path.iterdir())
-  # A run that reads those files builds the corpus first; paths elsewhere build nothing.
-  demo_corpus.build_if_named([str(tmp_path / "elsewhere.jsonl")])
+  # A launcher builds the corpus when the run reads its files; paths elsewhere build nothing.
+  demo_corpus.build_if_named({"sources": [{"path": str(tmp_path / "elsewhere.jsonl")}]})
   assert built == []
-  demo_corpus.build_if_named([config.data.tokenizer])
+  demo_corpus.build_if_named(config.data)
   assert built == [(str(tmp_path),)]

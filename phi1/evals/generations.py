@@ -189,7 +189,7 @@ def read_bigcode(path: str, tasks: Sequence[Task], ignore_extra: bool = False
   problem's prompt is the whole program (bigcode's HumanEval keeps the prompt); otherwise it
   continues the prompt. Lists past the selected problems are skipped with `ignore_extra` (--limit),
   else rejected."""
-  from phi1.evals.run import Sample
+  from phi1.evals.task import Sample
   try:
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
       data = json.load(f)

@@ -7,16 +7,17 @@ subset with the sandboxed harness, then trains experiments/figure21_cpu.py's run
 CodeTextbook-like data vs + exercises, two sizes, two budgets, three seeds) and ends with their
 figure (HumanEval solution loss vs compute) and one line with the measured gap and its seed spread.
 Everything goes under DIR; rerunning resumes or reuses.
+
+It sits in experiments/ because it runs experiment files and the sweep; `phi1 demo` finds it through
+the "phi1.commands" entry point that setup.py declares (phi1 itself never imports experiments).
 """
 
 import argparse
-import contextlib
-import io
 import json
 import pathlib
 import time
 
-EXPERIMENT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "cpu_demo.py"
+EXPERIMENT = pathlib.Path(__file__).resolve().parent / "cpu_demo.py"
 
 
 def main(argv=None) -> int:
@@ -31,7 +32,7 @@ def main(argv=None) -> int:
                            "(~15 min on an idle 2-core machine), the CI size, or not at all")
   parser.add_argument("--no-progress", action="store_true")
   args = parser.parse_args(argv)
-  from phi1 import checkpoint, config as config_lib, generate, metrics, train
+  from phi1 import checkpoint, config as config_lib, demo_corpus, generate, metrics, train
   from phi1.evals import cli as eval_cli, humaneval
 
   workdir = pathlib.Path(args.workdir).absolute()
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
     if stage == "finetune":
       config.init_from = str(workdir / "pretrain" / "export")
     print(f"== {stage}: {config.steps} steps of batch {config.batch_size} x {config.seq_len} ==")
+    demo_corpus.build_if_named(config.data)  # the experiment file only names its files
     last = train.run(config, workdir / stage, progress=not args.no_progress)
     runs[stage] = {k: last[k] for k in ("loss", "eval_loss", "tokens_per_sec", "mfu") if k in last}
 
@@ -59,12 +61,9 @@ def main(argv=None) -> int:
 
   summary = {"runs": runs}
   if args.humaneval_limit:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-      eval_cli.main(["--bench", "humaneval", "--checkpoint", str(workdir / "finetune"),
-                     "--limit", str(args.humaneval_limit), "--max-new-tokens", "128",
-                     "--out", str(workdir / "humaneval"), "--no-progress"])
-    summary["humaneval"] = json.loads(out.getvalue().strip().splitlines()[-1])
+    summary["humaneval"] = eval_cli.evaluate(
+        "humaneval", checkpoint=str(workdir / "finetune"), limit=args.humaneval_limit,
+        max_new_tokens=128, out=str(workdir / "humaneval"), no_progress=True)
   if args.figure21 != "off":
     summary["figure21"] = figure21(workdir / "figure21", "" if args.figure21 == "full" else "ci",
                                    progress=not args.no_progress)
@@ -85,10 +84,6 @@ summary     {workdir / 'summary.json'}""")
 
 def figure21(root: pathlib.Path, arg: str, progress: bool) -> dict:
   """The data comparison of paper Figure 2.1 at CPU size: train its runs (resuming), draw it."""
-  import sys
-  repo = str(EXPERIMENT.parents[1])
-  if repo not in sys.path:
-    sys.path.insert(0, repo)
   from experiments import figure21_report, sweep
   spec = str(EXPERIMENT.parent / "figure21_cpu.py") + (f":{arg}" if arg else "")
   print(f"== figure 2.1 (CPU): {spec} in {root} ==")
