@@ -21,6 +21,12 @@ system-deps:
 	  (apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2 >/dev/null) \
 	  || echo "warning: could not install bubblewrap/libseccomp2; the sandbox says which protections are off"; \
 	fi
+	@# The Slurm tests start a one-node cluster (tests/slurm_cluster.py): slurmctld, slurmd, munged.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    { ! command -v slurmctld >/dev/null 2>&1 || ! command -v munged >/dev/null 2>&1; }; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null) \
+	  || echo "warning: could not install slurm-wlm/munge; the Slurm tests skip and say so"; \
+	fi
 
 install: $(VENV)/.installed system-deps
 

@@ -1,7 +1,7 @@
 """Sweeps: an experiment file's runs, each a named set of config overrides with its own workdir.
 
   python -m experiments.sweep experiments/NAME.py[:ARG] [--dry-run] [--only RUN ...]
-      [--root DIR] [--set KEY=VALUE ...] [--eval humaneval,mbpp] [--slurm DIR]
+      [--root DIR] [--set KEY=VALUE ...] [--eval humaneval,mbpp] [--slurm DIR] [--status]
 
 The runs an experiment file declares (`get_sweep`, `{run:NAME}` references, families) are read by
 experiments/runs.py; the dry run is experiments/dry_run.py; Slurm scripts experiments/slurm.py.
@@ -13,8 +13,10 @@ config is refused with the changed keys named, unless --restart or --continue-wi
 (phi1/run_identity.py; the dry run marks such runs STALE). After each run the registry
 (`<root>/registry.csv`, experiments/registry.py) is rewritten. `--slurm DIR` writes one sbatch
 script per run and a `submit.sh` instead (multi-host JAX: one task per node, each process calls
-jax.distributed.initialize(), which reads the SLURM environment). `--dry-run` prints the runs and
-their compute (tokens, FLOPs by phi1/flops.py, GPU-hours on `--gpu` at `--mfu`) with the arithmetic.
+jax.distributed.initialize(), which reads the SLURM environment; preemption and requeue as
+experiments/slurm.py describes); `--status` shows each submitted run's jobs and workdir. `--dry-run`
+prints the runs and their compute (tokens, FLOPs by phi1/flops.py, GPU-hours on `--gpu` at
+`--mfu`) with the arithmetic.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from phi1.run_identity import config_hash  # noqa: E402,F401  (a run's identity,
 from experiments.runs import (DONE, RUN_INFO, Run, expand, is_done, load_experiment,  # noqa: E402,F401
                               run_info, write_json)
 from experiments.dry_run import Estimate, dry_run, estimate, explain, implied_mfu  # noqa: E402,F401
+from experiments import slurm  # noqa: E402
 from experiments.slurm import write_slurm  # noqa: E402
 
 
@@ -180,8 +183,17 @@ def main(argv=None) -> int:
                  help="evaluate finetunes' final export only, not the best of their kept "
                       "checkpoints (paper §2.3 picks the best)")
   p.add_argument("--slurm", metavar="DIR", help="write sbatch scripts + submit.sh to DIR")
+  p.add_argument("--status", action="store_true",
+                 help="each run's Slurm jobs (squeue, or sacct) and workdir state, then exit")
   p.add_argument("--nodes", type=int, default=1)
-  p.add_argument("--gpus-per-node", type=int, default=8)
+  p.add_argument("--gpus-per-node", type=int, default=8,
+                 help="0: a CPU partition (no GPU request, no --exclusive unless asked)")
+  p.add_argument("--cpus-per-task", type=int, help="sbatch --cpus-per-task (default: Slurm's)")
+  p.add_argument("--mem", help="sbatch --mem per node, e.g. 64G (default: Slurm's)")
+  p.add_argument("--exclusive", action=argparse.BooleanOptionalAction, default=None,
+                 help="whole nodes (default: yes with GPUs, no on CPU partitions)")
+  p.add_argument("--signal-grace", type=int, default=slurm.DEFAULT_GRACE_S, metavar="S",
+                 help="USR1 this many seconds before the time limit: checkpoint and requeue")
   p.add_argument("--partition")
   p.add_argument("--account")
   p.add_argument("--time", help="SLURM time limit (default: from the estimate, +25%%)")
@@ -216,7 +228,13 @@ def main(argv=None) -> int:
       return 2
     runs = [r for r in runs if r.name in args.only]
   root = runs[0].workdir.parent
+  if args.nodes < 1 or args.gpus_per_node < 0:
+    p.error(f"--nodes must be >= 1 and --gpus-per-node >= 0, got {args.nodes}, "
+            f"{args.gpus_per_node}")
 
+  if args.status:
+    print("\n".join(slurm.status_lines(runs)))
+    return 0
   if args.dry_run:
     dry_run(runs, gpu=args.gpu, mfu=args.mfu, gpus=args.gpus,
             reference_gpu_hours=args.reference_gpu_hours)
@@ -230,7 +248,8 @@ def main(argv=None) -> int:
     write_slurm(runs, args.slurm, spec=args.experiment, root=root, nodes=args.nodes,
                 gpus_per_node=args.gpus_per_node, gpu=args.gpu, mfu=args.mfu,
                 partition=args.partition, account=args.account, time=args.time,
-                extra_args=sets, eval_args=eval_args)
+                cpus_per_task=args.cpus_per_task, mem=args.mem, exclusive=args.exclusive,
+                grace_s=args.signal_grace, extra_args=sets, eval_args=eval_args)
     return 0
   if args.compile_cache:
     import jax

@@ -69,7 +69,7 @@ def test_bad_sweeps_fail_with_a_reason(tmp_path):
     path.write_text("from phi1 import config as config_lib\n"
                     "def get_config(arg=''):\n  return config_lib.base_config()\n" + body)
     return str(path)
-  with pytest.raises(ValueError, match="did you mean 'n_layers'"):
+  with pytest.raises(ValueError, match=r"did you mean '(model\.)?n_layers'"):
     sweep.expand(write("def get_sweep(arg=''):\n  return [{'model.n_layayers': 2}]\n"), tmp_path)
   with pytest.raises(ValueError, match="unique"):
     sweep.expand(write("def get_sweep(arg=''):\n  return [{'name': 'a'}, {'name': 'a'}]\n"), tmp_path)
@@ -101,16 +101,51 @@ def test_dry_run_of_phi1_pretrain_shows_50B_tokens_and_the_gpu_hour_arithmetic()
 
 
 def test_slurm_scripts_use_one_task_per_node_and_dependencies(experiment, tmp_path):
+  """Script text only (tests/test_slurm_sweep.py queues and runs them on a real cluster)."""
   code, _ = run_main(experiment, "--root", tmp_path / "root", "--slurm", tmp_path / "slurm",
-                     "--nodes", "4", "--eval", "humaneval", "--set", "seed=3")
+                     "--nodes", "4", "--eval", "humaneval", "--set", "seed=3",
+                     "--signal-grace", "120")
   assert code == 0
   script = (tmp_path / "slurm" / "ft.sbatch").read_text()
   assert "#SBATCH --nodes=4" in script and "#SBATCH --ntasks-per-node=1" in script
+  assert "#SBATCH --gpus-per-node=8" in script and "#SBATCH --exclusive" in script  # GPU nodes
   assert re.search(r"srun .*-m experiments.sweep .* --only ft", script)
-  assert "--set seed=3" in script and "--eval humaneval" in script
+  assert "--set seed=3" in script and "--eval" not in script
+  # The preemption contract: requeue, USR1 two minutes early, failed dependencies cancel.
+  assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:USR1@120" in script
+  assert "#SBATCH --kill-on-invalid-dep=yes" in script
+  assert 'scontrol requeue "$SLURM_JOB_ID"' in script
+  base = (tmp_path / "slurm" / "n_layers-2_peak_lr-0.001.sbatch").read_text()
+  assert "Slurm cancels the runs that need it (--kill-on-invalid-dep): ft" in base
+  # Evaluation: its own one-GPU job after training.
+  evaluation = (tmp_path / "slurm" / "ft.eval.sbatch").read_text()
+  assert "#SBATCH --nodes=1" in evaluation and "#SBATCH --gpus-per-node=1" in evaluation
+  assert "--exclusive" not in evaluation and re.search(r"exec .* --only ft .*--eval humaneval",
+                                                       evaluation)
   submit = (tmp_path / "slurm" / "submit.sh").read_text()
   assert "afterok" in submit and "JOB[n_layers-2_peak_lr-0.001]" in submit
   assert submit.index("JOB[n_layers-2_peak_lr-0.001]=") < submit.index("JOB[ft]=")
+  assert re.search(r"queue ft \S+ eval ft.eval.sbatch .*--dependency=afterok:\$\{JOB\[ft\]\}",
+                   submit)
+
+
+def test_slurm_scripts_for_a_cpu_partition_and_time_limits(experiment, tmp_path):
+  code, _ = run_main(experiment, "--root", tmp_path / "root", "--slurm", tmp_path / "cpu",
+                     "--gpus-per-node", "0", "--partition", "debug", "--cpus-per-task", "2",
+                     "--mem", "4G")
+  assert code == 0  # no GPUs: the time comes from this host's measured FLOP/s, not / 0 GPUs
+  script = (tmp_path / "cpu" / "ft.sbatch").read_text()
+  assert "--gpus-per-node" not in script and "--exclusive" not in script
+  assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem=4G" in script
+  assert "#SBATCH --partition=debug" in script and "CPU node(s) at" in script
+  assert "#SBATCH --time=0-00:30:00" in script  # seconds of compute: the half-hour floor
+  code, _ = run_main(experiment, "--root", tmp_path / "root", "--slurm", tmp_path / "excl",
+                     "--gpus-per-node", "0", "--exclusive", "--time", "2:00:00")
+  excl = (tmp_path / "excl" / "ft.sbatch").read_text()
+  assert "#SBATCH --exclusive" in excl and "#SBATCH --time=2:00:00" in excl
+  assert sweep.slurm.slurm_time(100.0) == "5-05:30:00"  # 100 h + 25% + 30 min
+  with pytest.raises(SystemExit):
+    run_main(experiment, "--root", tmp_path / "root", "--slurm", tmp_path / "x", "--nodes", "0")
 
 
 def test_cpu_sweep_trains_fills_the_registry_plots_a_fit_and_skips_finished_runs(tmp_path):
