@@ -42,7 +42,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from data_gen import ast_match
-from data_gen.filtering import ingest
+from data_gen.filtering import ingest, inputs
 
 TAUS = (0.95, 0.9, 0.85, 0.8)
 NGRAM_N = 13
@@ -230,7 +230,7 @@ def reference_functions(n: int = CALIBRATION_SIZE, seed: int = 0) -> tuple[str, 
   benchmark's, of the same shape as an exercise (one function with its docstring)."""
   import ast
   import random
-  files = sorted(ingest.default_roots()["stdlib"].rglob("*.py"))
+  files = sorted(inputs.default_roots()["stdlib"].rglob("*.py"))
   random.Random(seed).shuffle(files)
   out: list[str] = []
   for path in files:

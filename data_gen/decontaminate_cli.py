@@ -23,7 +23,7 @@ from typing import Sequence
 
 from data_gen import decontaminate as dc
 from data_gen import decontaminate_report, decontaminate_steps, engine
-from data_gen.filtering import ingest
+from data_gen.filtering import inputs
 from data_gen.filtering import presets
 
 DEFAULT_EMBEDDER = f"codegen:{presets.PAPER_CODEGEN_DIR}"   # §5: CodeGen-Mono-350M
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine_config = engine.from_args(args)
     settings.problems()  # bad benchmark names or paths: said now, not in a task
     engine.check_settings(out, {**dataclasses.asdict(settings), "tasks": engine_config.tasks,
-                                "input_files": ingest.inputs_fingerprint(args.input)})
+                                "input_files": inputs.inputs_fingerprint(args.input)})
     engine.run(out, decontaminate_steps.steps(settings, engine_config.tasks), engine_config)
     if engine_config.executor == "slurm":
       print(json.dumps({"submitted": True, "out": str(out)}))
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = json.loads((out / "report.json").read_text())
     if not report["records"]:
       raise ValueError(f"{args.input} yielded 0 records to decontaminate; expected "
-                       f"{ingest.LAYOUTS}")
+                       f"{inputs.LAYOUTS}")
   except (FileNotFoundError, ValueError, ImportError, engine.StageFailed) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

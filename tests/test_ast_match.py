@@ -7,7 +7,7 @@ import pytest
 
 from data_gen import ast_match
 from data_gen import decontaminate as dc
-from data_gen.filtering import ingest
+from data_gen.filtering import inputs
 
 
 def _unit(code: str) -> ast_match.Unit:
@@ -72,7 +72,7 @@ def test_every_humaneval_problem_is_matchable_even_the_shortest():
 def test_pruned_search_equals_all_pairs():
   problems = [p.ast_unit for p in dc.load_problems(["humaneval"])]
   index = ast_match.AstIndex(problems)
-  files = sorted((ingest.default_roots()["stdlib"] / "json").glob("*.py"))
+  files = sorted((inputs.default_roots()["stdlib"] / "json").glob("*.py"))
   units = [u for f in files for u in ast_match.corpus_units(f.read_text())]
   units += [ast_match.Unit(problems[i].sequence[:-2]) for i in range(0, 160, 7)]  # near-copies
   units += ast_match.corpus_units("def f(xs):\n    count = 0\n    return sorted(list(set(xs)))\n")

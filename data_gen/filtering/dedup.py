@@ -212,9 +212,9 @@ class _Summary:
 
 
 def settings(input_dir: str, config: DedupConfig, tasks: int, fmt: str) -> dict:
-  from data_gen.filtering import ingest
+  from data_gen.filtering import inputs
   return {"input": str(pathlib.Path(input_dir).resolve()), "tasks": tasks, "format": fmt,
-          "input_fingerprint": ingest.inputs_fingerprint(input_dir), **dataclasses.asdict(config)}
+          "input_fingerprint": inputs.inputs_fingerprint(input_dir), **dataclasses.asdict(config)}
 
 
 def ingest_steps(source: str, out_dir: str, tasks: int, args) -> list[engine.Step]:

@@ -4,8 +4,8 @@ A record is a dict with a stable `id`, the `text`, its `source`, a `kind` ("code
 `python_ok` (True/False for code, None where not checked) and `meta` (everything else the input
 carried: The Stack's repo/path/license fields, a Q/A record's tags and answer scores, ...).
 
-Inputs (`input_files(source)` names the layouts; anything else, or inputs that yield no record, is
-an error naming them):
+Inputs (data_gen/filtering/inputs.py lists a source's files; anything else, or inputs that yield
+no record, is an error naming the layouts):
 - "default": the Python source installed on this machine, the standard library then site-packages
   (real, varied code that every machine has); "stdlib" and "site-packages" for one of the two;
 - record files, or a directory of them: JSON lines (`*.jsonl[.gz]`), Parquet (The Stack's
@@ -35,25 +35,18 @@ import multiprocessing
 import os
 import pathlib
 import sys
-import sysconfig
 import warnings
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from data_gen.filtering import qa
+from data_gen.filtering.inputs import LAYOUTS, input_files, named_py_files
 from phi1.data import rows as rows_lib
 
 DEFAULT_MAX_BYTES = 1_000_000  # The Stack drops files over 1 MB; so do we.
-_RECORD_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet", ".arrow")
-# JSON files that describe a folder rather than hold records (datasets' save_to_disk, data_gen's).
-_METADATA_FILES = {"dataset_info.json", "state.json", "dataset_dict.json", "manifest.json",
-                   "summary.json", "settings.json", "report.json"}
 _STACK_ID_FIELDS = ("hexsha", "blob_id")
 _TEXT_FIELDS = ("text", "content")
-LAYOUTS = ("a directory of .py files; record files or a directory of them: *.jsonl[.gz], "
-           "*.parquet (e.g. The Stack), a datasets.save_to_disk folder (data-*.arrow), a Stack "
-           "Exchange Posts.xml; or 'default'/'stdlib'/'site-packages' for the installed Python")
 # Row and file problems, each a stage statistic (summary.json) and an IngestStats field.
 _ROW_COUNTS = {"undecodable": "replaced_undecodable", "surrogates": "replaced_surrogates",
                "bad_json": "skipped_bad_json", "bad_xml": "skipped_bad_xml",
@@ -83,12 +76,6 @@ class IngestStats:
 
 class MissingIdError(ValueError):
   pass
-
-
-def default_roots() -> dict[str, pathlib.Path]:
-  """The embedded default corpus: this interpreter's standard library and site-packages."""
-  paths = sysconfig.get_paths()
-  return {"stdlib": pathlib.Path(paths["stdlib"]), "site-packages": pathlib.Path(paths["purelib"])}
 
 
 def iter_records(source: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -136,68 +123,6 @@ def process_pool(workers: int, initializer=None, initargs=()):
     method = "fork" if "fork" in methods else "spawn"
   return multiprocessing.get_context(method).Pool(workers, initializer=initializer,
                                                   initargs=initargs)
-
-
-# ------------------------------------------------------------------------------------ the inputs
-def input_files(source: str) -> tuple[str, list[str]]:
-  """("py", the .py files) or ("rows", the record files) of `source`, in input order; an error
-  naming the layouts read when there is none."""
-  if source in ("default", "stdlib", "site-packages"):
-    return "py", [f for f, _, _ in named_py_files(source)]
-  path = pathlib.Path(source)
-  if not path.exists():
-    raise FileNotFoundError(f"ingest: {source!r} does not exist; expected {LAYOUTS}")
-  if path.is_dir():
-    record_files = sorted(str(p) for p in path.rglob("*")
-                          if p.is_file() and p.name not in _METADATA_FILES
-                          and (p.name.endswith(_RECORD_SUFFIXES) or p.name.lower() == "posts.xml"))
-    if record_files:
-      return "rows", record_files
-    py = [f for f, _, _ in named_py_files(source)]
-    if py:
-      return "py", py
-    raise ValueError(f"ingest: {source} holds no input files; expected {LAYOUTS}")
-  if path.name.endswith(_RECORD_SUFFIXES) or qa.is_posts_xml(path.name):
-    return "rows", [str(path)]
-  if path.suffix == ".py":
-    return "py", [str(path)]
-  raise ValueError(f"ingest: cannot read {source!r}; expected {LAYOUTS}")
-
-
-def inputs_fingerprint(source: str) -> str:
-  """A content fingerprint of `source`'s input files, cheap at any size: their names, sizes and
-  modification times (no file is read). A file added, removed or rewritten changes it."""
-  digest = hashlib.sha256()
-  for f in input_files(source)[1]:
-    st = os.stat(f)
-    digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "replace"))
-  return digest.hexdigest()[:16]
-
-
-def _py_files(root: pathlib.Path, *, prefix: str,
-              exclude_dirs: Iterable[str] = ()) -> Iterator[tuple[str, str, str]]:
-  """(path, id, source) of the .py files under `root`, sorted."""
-  exclude_dirs = set(exclude_dirs) | {"__pycache__"}
-  for dirpath, dirnames, filenames in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if d not in exclude_dirs)
-    for name in sorted(filenames):
-      if name.endswith(".py"):
-        full = os.path.join(dirpath, name)
-        yield full, f"{prefix}:{os.path.relpath(full, root)}", prefix
-
-
-def named_py_files(source: str) -> list[tuple[str, str, str]]:
-  """(path, id, source) of every .py input of `source` (default corpus, directory or file)."""
-  if source in ("default", "stdlib", "site-packages"):
-    roots = default_roots()
-    return [f for name in (["stdlib", "site-packages"] if source == "default" else [source])
-            for f in _py_files(roots[name], prefix=name,
-                               exclude_dirs={"site-packages", "dist-packages"}
-                               if name == "stdlib" else set())]
-  path = pathlib.Path(source)
-  if path.is_dir():
-    return list(_py_files(path, prefix=path.name))
-  return [(str(path), f"{path.parent.name}:{path.name}", path.parent.name)]
 
 
 def _pieces(files: list[str], piece_bytes: int) -> list[rows_lib.Piece]:

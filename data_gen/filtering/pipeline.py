@@ -40,6 +40,7 @@ from data_gen.filtering import annotate as annotate_lib
 from data_gen.filtering import classify as classify_lib
 from data_gen.filtering import dedup as dedup_lib
 from data_gen.filtering import ingest as ingest_lib
+from data_gen.filtering import inputs as inputs_lib
 from data_gen.filtering import presets as presets_lib
 from data_gen.filtering import shard_steps
 from data_gen.filtering import stages as stages_lib
@@ -135,7 +136,7 @@ class Pipeline:
     mtimes) and the labels file (sha256). Computed once per run."""
     if self._contents is None:
       c = self.config
-      self._contents = {"ingest.input_files": ingest_lib.inputs_fingerprint(c.input)}
+      self._contents = {"ingest.input_files": inputs_lib.inputs_fingerprint(c.input)}
       if c.labels and os.path.isfile(c.labels):
         with open(c.labels, "rb") as f:
           self._contents["annotate.labels_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
@@ -208,7 +209,7 @@ class Pipeline:
       self.log(f"[{stage}] {format_summary(summary)}")
       if stage == "ingest" and not summary.get("docs_out"):
         raise ValueError(f"ingest: {self.config.input!r} yielded 0 records "
-                         f"({_skips(summary)}); expected {ingest_lib.LAYOUTS}")
+                         f"({_skips(summary)}); expected {inputs_lib.LAYOUTS}")
     return self.summaries
 
   def _check_inputs(self, stage: str) -> None:
