@@ -6,8 +6,9 @@ refused with the changed keys listed (resuming would mix two runs under one name
   on_change="restart"   start over; the old run's files move to WORKDIR/superseded/TIME/, or
   on_change="continue"  continue from the latest checkpoint with the new config (recorded).
 What the run reads is part of its identity too: the content fingerprint (phi1/fingerprint.py) of
-every data source, eval source, the tokenizer and the weights it starts from (init_from). A topped-up or edited corpus is a change like a
-config key's, named in the refusal ("data source 'textbooks' (data/textbooks) changed").
+every data source, eval source, the tokenizer and the weights it starts from (init_from). A
+topped-up or edited corpus is a change like a config key's, named in the refusal ("data source
+'textbooks' (data/textbooks) changed").
 Two changes are always allowed and recorded: a different `steps` (extending a run, or stopping it
 earlier when no checkpoint is past the new end) when the LR schedule has its own length
 (optimizer.schedule_steps > 0), and bookkeeping keys that do not change the weights a step
@@ -29,7 +30,7 @@ import json
 import pathlib
 import shutil
 
-from phi1 import fingerprint
+from phi1 import atomic, fingerprint
 
 IDENTITY = "identity.json"
 DONE = "DONE"
@@ -161,10 +162,10 @@ class Comparison:
       what.append(f"steps={self.new['steps']} but a checkpoint at step {self.latest} exists "
                   f"(evaluate it with `phi1 eval --checkpoint {self.workdir} --step N`)")
     return (f"{self.workdir} holds checkpoints up to step {self.latest} made with a different "
-            f"config or data ({'; '.join(what)}). Rerun with --restart to start over (the old run moves "
-            f"to {self.workdir}/superseded/), or --continue-with-changes to continue from step "
-            f"{self.latest} with the new config (recorded in {self.workdir / IDENTITY}), or use "
-            "another --workdir")
+            f"config or data ({'; '.join(what)}). Rerun with --restart to start over (the old run "
+            f"moves to {self.workdir}/superseded/), or --continue-with-changes to continue from "
+            f"step {self.latest} with the new config (recorded in {self.workdir / IDENTITY}), or "
+            "use another --workdir")
 
 
 def inputs(config: dict) -> dict[str, str]:
@@ -237,9 +238,7 @@ def check_and_record(workdir, config, *, on_change: str = "refuse", primary: boo
     workdir.mkdir(parents=True, exist_ok=True)
     record = {"config_hash": new_hash, "config": cmp.new, "data": cmp.data,
               "history": history + json.loads(json.dumps(events, default=str))}
-    tmp = workdir / (IDENTITY + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    tmp.replace(workdir / IDENTITY)
+    atomic.write_json(workdir / IDENTITY, record, indent=2, default=str)
   return events
 
 
