@@ -1,4 +1,4 @@
-"""`phi1 train | eval | generate | convert | pretokenize | demo`: argument parsing only.
+"""`phi1 train | eval | generate | convert | pretokenize | demo | plan`: argument parsing only.
 
 Everything here calls a function a notebook can call too. Every failure prints one line and exits
 non-zero: expected ones (a bad key, a missing path, a checkpoint that does not fit) as `phi1
@@ -158,6 +158,7 @@ COMMANDS = {
     "eval": lambda argv: __import__("phi1.evals.cli", fromlist=["main"]).main(argv),
     "pretokenize": lambda argv: __import__("phi1.pretokenize", fromlist=["main"]).main(argv),
     "demo": lambda argv: plugin("demo")(argv),
+    "plan": lambda argv: __import__("phi1.memory_plan", fromlist=["main"]).main(argv),
 }
 SUMMARIES = {
     "train": "Train a model from an experiment config, or resume/extend a run in its workdir.",
@@ -166,6 +167,7 @@ SUMMARIES = {
     "convert": "Convert between a HF PhiForCausalLM directory and a phi1 export.",
     "pretokenize": "Tokenize a large corpus once into ArrayRecord shards for training.",
     "demo": "Run the whole pipeline on a CPU in minutes: corpus, tokenizer, train, finetune, eval.",
+    "plan": "Per-device memory of a config's compiled train step on N devices, and what fits.",
 }
 # Failures a user fixes by changing the command line or the files it names: one line, no traceback.
 EXPECTED_ERRORS = (OSError, KeyError, ValueError, RuntimeError)
