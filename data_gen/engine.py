@@ -29,6 +29,8 @@ import shutil
 import sys
 from typing import Callable, Sequence
 
+from phi1 import atomic
+
 try:
   from datatrove.pipeline.base import PipelineStep
 except ImportError:  # require_datatrove() names the pip command before any step is built
@@ -134,9 +136,7 @@ def check_settings(stage_dir: str | os.PathLike, settings: dict) -> None:
           f"settings to finish it, or delete {stage_dir} (or use another output directory) to "
           "start over with the new ones")
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(settings, indent=1, sort_keys=True))
-  os.replace(tmp, path)
+  atomic.write_json(path, settings, indent=1, sort_keys=True)
 
 
 def is_finished(stage_dir: str | os.PathLike, steps: Sequence[Step]) -> bool:

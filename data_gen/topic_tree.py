@@ -13,11 +13,11 @@ The requests go through the same cache and budget as the textbooks, so expanding
 
 import asyncio
 import hashlib
-import os
 import re
 
 import yaml
 
+from phi1 import atomic
 from phi1.llm.client import Request
 from data_gen.permutation import slot_seed
 
@@ -79,10 +79,8 @@ def write_tree(path: str, tree: dict):
   header = ("# Topic tree for synthetic textbooks: seed topics and subtopics from the constraint table,\n"
             "# leaves listed by the model below (data_gen/topic_tree.py). Review and edit freely: a\n"
             "# run records this file's sha256, and one made with another version is refused.\n")
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    f.write(header + yaml.safe_dump(tree, sort_keys=False, allow_unicode=True, width=100))
-  os.replace(tmp, path)
+  atomic.write_text(path, header + yaml.safe_dump(tree, sort_keys=False, allow_unicode=True,
+                                                  width=100))
 
 
 def load_tree(path: str, table: dict) -> dict:

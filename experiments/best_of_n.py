@@ -16,6 +16,8 @@ import pathlib
 import shutil
 from collections.abc import Callable
 
+from phi1 import atomic
+
 RULE = "highest pass@1 over every kept checkpoint; the later step on ties"
 COPIED = ("samples.jsonl", "problems.jsonl")  # the selected checkpoint's per-sample files
 
@@ -53,7 +55,6 @@ def evaluate_checkpoints(workdir, bench: str, steps: list[int],
     if source.is_file():
       shutil.copyfile(source, eval_dir / name)
   summary = {**by_step[best], "selection": selection}
-  tmp = eval_dir / "summary.json.tmp"
-  tmp.write_text(json.dumps(summary, indent=2))
-  tmp.replace(eval_dir / "summary.json")  # last: its presence means the selection is complete
+  # Last: its presence means the selection is complete.
+  atomic.write_json(eval_dir / "summary.json", summary, indent=2)
   return summary

@@ -21,7 +21,7 @@ import re
 
 import ml_collections
 
-from phi1 import config as config_lib, run_identity
+from phi1 import atomic, config as config_lib, run_identity
 from phi1.run_identity import config_hash
 from experiments.grid import short_label  # run names label values as grid does
 
@@ -124,9 +124,7 @@ def is_done(run: Run) -> bool:
 
 
 def write_json(path: pathlib.Path, obj: dict):
-  tmp = path.with_suffix(".tmp")
-  tmp.write_text(json.dumps(obj, indent=2, default=str))
-  tmp.replace(path)
+  atomic.write_json(path, obj, indent=2, default=str)
 
 
 def run_info(run: Run) -> dict:

@@ -17,7 +17,6 @@ read with the `safetensors` library; PyTorch `Linear` weights are [out, in] and 
 
 import json
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ from flax import nnx
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from phi1 import hf_codegen
+from phi1 import atomic, hf_codegen
 from phi1.model import Phi1, Phi1Config
 
 CONFIG_FILE = "config.json"
@@ -281,11 +280,8 @@ def to_hf(model: Phi1, path: str, *, eos_id: int | None = None) -> None:
   # that looks like a checkpoint.
   for name, write in ((WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"})),
                       (CONFIG_FILE, lambda p: _write_json(config_to_hf(model.config, eos_id), p))):
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=f".{name}.")
-    os.close(fd)
-    write(tmp)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; a checkpoint is meant to be shared
-    os.replace(tmp, os.path.join(path, name))
+    with atomic.replacing(os.path.join(path, name)) as tmp:
+      write(tmp)
 
 
 def _write_json(obj: dict, path: str) -> None:

@@ -24,6 +24,8 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
+from phi1 import atomic
+
 EOS_TOKEN = "<|endoftext|>"
 
 # SentencePiece escapes " " as U+2581 and unescapes every U+2581 on decode, so a literal U+2581 in
@@ -255,8 +257,5 @@ def train_sentencepiece(
       minloglevel=2,
   )
   os.makedirs(os.path.dirname(os.path.abspath(model_path)), exist_ok=True)
-  tmp = f"{model_path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(proto.getvalue())
-  os.replace(tmp, model_path)  # never a half-written model visible to a concurrent reader
+  atomic.write_bytes(model_path, proto.getvalue())  # never half a model for a concurrent reader
   return SentencePieceTokenizer(model_path, num_threads=num_threads)

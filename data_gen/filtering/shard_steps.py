@@ -18,6 +18,7 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.logging import logger
 
+from phi1 import atomic
 from data_gen import engine, shards
 
 
@@ -140,10 +141,7 @@ class FinishStage(PipelineStep):
 
 
 def write_summary(stage_dir: str | os.PathLike, summary: dict) -> None:
-  path = pathlib.Path(stage_dir) / "summary.json"
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(summary, indent=1))
-  os.replace(tmp, path)
+  atomic.write_json(pathlib.Path(stage_dir) / "summary.json", summary, indent=1)
 
 
 def read_summary(stage_dir: str | os.PathLike) -> dict | None:

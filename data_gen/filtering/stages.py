@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
 from data_gen import engine, shards
+from phi1 import atomic
 from phi1.data import rows
 from data_gen.filtering import annotate as annotate_lib
 from data_gen.filtering import classify as classify_lib
@@ -124,11 +124,9 @@ class EmbedSample(PipelineStep):
                                                  for d in docs))
     out = self.workdir / "embed" / "_parts"
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".part-{rank:05d}.npz.tmp"
-    with open(tmp, "wb") as f:
+    with atomic.replacing(out / f"part-{rank:05d}.npz") as tmp, open(tmp, "wb") as f:
       np.savez(f, x=x_ND, ids=np.asarray([d.id for d in docs], dtype=str),
                embedder=np.asarray(embedder.name))
-    os.replace(tmp, out / f"part-{rank:05d}.npz")
     return iter(())
 
 
@@ -326,9 +324,7 @@ class SelectFilter(PipelineStep):
         yield doc
     if next(scored, None) is not None:
       raise ValueError(f"task {rank}: {i + 1} records but more scores; rerun the score stage")
-    tmp = work / f".examples-{rank:05d}.json.tmp"
-    tmp.write_text(json.dumps(texts))
-    tmp.replace(work / f"examples-{rank:05d}.json")
+    atomic.write_json(work / f"examples-{rank:05d}.json", texts)
 
 
 class SelectReport(_OneTask):
@@ -375,14 +371,14 @@ def steps(stage: str, config, workdir: str, records_dir: str, tasks: int, embedd
     return [engine.Step("annotate", [Annotate(**one)], 1)]
   if stage == "embed":
     return [engine.Step("embed", [ReadShards(records_dir), EmbedSample(config, workdir, embedder)],
-                        tasks),
+                        tasks, gpu=True),
             engine.Step("merge", [EmbedMerge(**{**one, "extra": {**extra, "tasks": tasks}})], 1)]
   if stage == "classify":
     return [engine.Step("classify", [Classify(**one)], 1)]
   if stage == "score":
     out = str(root / "score" / "scores")
     return [engine.Step("score", [ReadShards(records_dir), Score(config, workdir, embedder),
-                                  WriteShard(out, "jsonl", row=score_row)], tasks),
+                                  WriteShard(out, "jsonl", row=score_row)], tasks, gpu=True),
             engine.Step("finish", [FinishStage(stage_dir, {out: "scores"},
                                                _ScoreSummary(config.classifier),
                                                summary_extra=extra)], 1)]
