@@ -158,7 +158,8 @@ class Manifests(PipelineStep):
 
 
 def steps(settings: Settings, tasks: int) -> list[engine.Step]:
-  out = [engine.Step("scan", [settings.reader(), Scan(settings)], tasks),
+  out = [engine.Step("scan", [settings.reader(), Scan(settings)], tasks,
+                     gpu=settings.embedder is not None),
          engine.Step("merge", [Merge(settings, tasks)], 1)]
   if settings.prune:
     out += [engine.Step("prune", [Prune(settings)], tasks),

@@ -5,7 +5,8 @@ A stage is a list of `Step`s: a datatrove pipeline (PipelineSteps reading and wr
 with its number of tasks. `run` hands them, in order, to one of datatrove's executors:
   local  LocalPipelineExecutor, `--workers` processes on this machine (the default);
   slurm  SlurmPipelineExecutor: one job array per step, each submitted with
-         `--dependency=afterok:<previous job>`; the command returns once everything is queued;
+         `--dependency=afterok:<previous job>` and `--kill-on-invalid-dep=yes` (a failed task
+         cancels the steps after it); the command returns once everything is queued;
   ray    RayPipelineExecutor on the cluster at `--ray-address` (a local Ray if none).
 Each step keeps datatrove's logs, stats and completion markers in `<stage dir>/_engine/<step>/`:
 rerunning a command skips every finished task, so a kill costs at most the tasks that were running.
@@ -23,6 +24,7 @@ import contextlib
 import dataclasses
 import gc
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -61,6 +63,8 @@ class EngineConfig:
   mem_per_cpu_gb: float = 2
   job_name: str = "data_gen"
   slurm_env: str | None = None               # shell line run before each task (default: this venv)
+  gpus_per_task: int = 0                     # for the steps that embed (Slurm --gpus-per-task;
+                                             # locally each task is pinned to its own GPUs)
   # Ray
   ray_address: str | None = None
 
@@ -73,6 +77,8 @@ class EngineConfig:
       raise ValueError(f"--workers must be >= 1 (or -1 for all tasks at once), got {self.workers}")
     if self.executor == "slurm" and not self.partition:
       raise ValueError("--executor slurm needs --slurm-partition NAME")
+    if self.gpus_per_task < 0:
+      raise ValueError(f"--gpus-per-task must be >= 0, got {self.gpus_per_task}")
 
 
 @dataclasses.dataclass
@@ -83,6 +89,7 @@ class Step:
   pipeline: list
   tasks: int = 1
   quiet: bool = True
+  gpu: bool = False   # runs a model: gets `gpus_per_task` GPUs (the other steps get none)
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +108,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                  help="shell line that makes the Python environment in a job (default: activate "
                       "this venv)")
   g.add_argument("--ray-address", default=None, help="Ray cluster address (default: a local Ray)")
+  g.add_argument("--gpus-per-task", type=int, default=d.gpus_per_task,
+                 help="GPUs for each task of the steps that run a model (embed, score, an "
+                      "embedding decontamination scan): Slurm requests them; locally each task "
+                      "sees its own (CUDA_VISIBLE_DEVICES)")
 
 
 def from_args(args: argparse.Namespace) -> EngineConfig:
@@ -108,7 +119,7 @@ def from_args(args: argparse.Namespace) -> EngineConfig:
                       partition=args.slurm_partition, time=args.slurm_time,
                       cpus_per_task=args.cpus_per_task, mem_per_cpu_gb=args.mem_per_cpu_gb,
                       job_name=args.slurm_job_name, slurm_env=args.slurm_env,
-                      ray_address=args.ray_address)
+                      ray_address=args.ray_address, gpus_per_task=args.gpus_per_task)
 
 
 def require_datatrove():
@@ -160,7 +171,8 @@ def run(stage_dir: str | os.PathLike, steps: Sequence[Step], config: EngineConfi
   root = pathlib.Path(stage_dir) / "_engine"
   previous = depends
   for step in steps:
-    step = dataclasses.replace(step, pipeline=[*step.pipeline, PeakMemory()])
+    first = [PinGpus(config.gpus_per_task)] if step.gpu and config.executor == "local" else []
+    step = dataclasses.replace(step, pipeline=[*first, *step.pipeline, PeakMemory()])
     executor = _executor(step, root / step.name, config, previous)
     if config.executor == "slurm":
       previous = executor
@@ -210,6 +222,36 @@ def _failure(step_dir: pathlib.Path, name: str, incomplete: list[int], lines: in
           f"the same command to retry them{tail}")
 
 
+def visible_gpus(rank: int, gpus_per_task: int, gpus: Sequence[str]) -> str:
+  """CUDA_VISIBLE_DEVICES for local task `rank`: its own `gpus_per_task` of the machine's `gpus`
+  (tasks running at once get distinct ones while there are enough)."""
+  return ",".join(gpus[(rank * gpus_per_task + i) % len(gpus)] for i in range(gpus_per_task))
+
+
+class PinGpus(PipelineStep):
+  """First step of a local model step: before the task loads JAX, restricts it to its GPUs
+  (`visible_gpus` of CUDA_VISIBLE_DEVICES, or of `nvidia-smi -L`'s list). No GPUs: nothing."""
+  type = "data_gen"
+  name = "pin gpus"
+
+  def __init__(self, gpus_per_task: int):
+    super().__init__()
+    self.gpus_per_task = gpus_per_task
+
+  def run(self, data=None, rank: int = 0, world_size: int = 1):
+    """Runs when the pipeline is put together, before any later step starts (not a generator:
+    a reading step after it never iterates its input)."""
+    if self.gpus_per_task and "jax" not in sys.modules:
+      gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g]
+      if not gpus and shutil.which("nvidia-smi"):
+        import subprocess
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
+        gpus = [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU")]
+      if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_gpus(rank, self.gpus_per_task, gpus)
+    return data if data is not None else iter(())
+
+
 class PeakMemory(PipelineStep):
   """Last step of every pipeline: the task's peak resident memory, in MB (ru_maxrss)."""
   type = "data_gen"
@@ -256,8 +298,14 @@ def _executor(step: Step, logging_dir: pathlib.Path, config: EngineConfig, depen
   return SlurmPipelineExecutor(
       **common, workers=config.workers, time=config.time, partition=config.partition,
       cpus_per_task=config.cpus_per_task, mem_per_cpu_gb=config.mem_per_cpu_gb,
+      gpus_per_task=config.gpus_per_task if step.gpu else 0,
       job_name=f"{config.job_name}-{step.name}", env_command=config.slurm_env or _venv_line(),
-      depends=depends, qos=None)
+      depends=depends, qos=None,
+      # sbatch refuses a fractional size ("1.5G", datatrove's f"{gb}G"): whole megabytes instead.
+      # A failed or cancelled task cancels the steps after it (rather than leaving them pending
+      # forever); rerunning the command queues them again.
+      sbatch_args={"mem-per-cpu": f"{math.ceil(config.mem_per_cpu_gb * 1024)}M",
+                   "kill-on-invalid-dep": "yes"})
 
 
 def _start_method() -> str:

@@ -1,13 +1,12 @@
-"""The datatrove engine: the same dedup pipeline on Ray (a local Ray, num_cpus=2) and on Slurm (a
-fake sbatch that records each submission and runs the array locally) gives the local executor's
-bytes; a run SIGKILLed at any moment and rerun gives an uninterrupted run's bytes."""
+"""The datatrove engine: the same dedup pipeline on Ray (a local Ray, num_cpus=2) gives the local
+executor's bytes (on a real Slurm cluster: tests/test_slurm_data_gen.py); a run SIGKILLed at any
+moment and rerun gives an uninterrupted run's bytes."""
 
 import json
 import os
 import pathlib
 import random
 import signal
-import stat
 import subprocess
 import sys
 import textwrap
@@ -71,76 +70,6 @@ def test_ray_equals_local(corpus):
   finally:
     ray.shutdown()
   assert _outputs(root / "ray") == local
-
-
-_SBATCH = '''
-import json, os, re, subprocess, sys
-log = os.environ["FAKE_SLURM_LOG"]
-args, script = sys.argv[1:-1], sys.argv[-1]
-text = open(script).read()
-directives = dict(re.findall(r"^#SBATCH --([\\w-]+)=?(.*)$", text, re.M))
-jobs = sum(1 for _ in open(log)) if os.path.exists(log) else 0
-job_id = 1000 + jobs
-entry = {"id": job_id, "args": args, "sbatch": directives,
-         "runs": "launch_pickled_pipeline" in text}
-with open(log, "a") as f:
-  f.write(json.dumps(entry) + "\\n")
-if entry["runs"]:
-  low, high = directives["array"].split("%")[0].split("-")
-  offset = next((a.split("RUN_OFFSET=")[1] for a in args if "RUN_OFFSET=" in a), "0")
-  for i in range(int(low), int(high) + 1):
-    env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(i), SLURM_JOB_ID=str(job_id),
-               SLURM_NODELIST="localhost", RUN_OFFSET=offset)
-    subprocess.run(["bash", script], env=env, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-print(f"Submitted batch job {job_id}")
-'''
-_SRUN = '''
-import os, sys
-args = sys.argv[1:]
-i = args.index("launch_pickled_pipeline")
-os.execv(sys.executable, [sys.executable, "-m", "datatrove.tools.launch_pickled_pipeline",
-                          *args[i + 1:]])
-'''
-_SCONTROL = '''
-import sys
-if sys.argv[1:3] == ["show", "hostnames"]:
-  print("localhost")
-'''
-
-
-def _fake_bin(path: pathlib.Path) -> pathlib.Path:
-  path.mkdir()
-  for name, body in (("sbatch", _SBATCH), ("srun", _SRUN), ("scontrol", _SCONTROL)):
-    exe = path / name
-    exe.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
-  return path
-
-
-def test_slurm_submissions_chain_and_equal_local(corpus, tmp_path, monkeypatch):
-  root, local = corpus
-  monkeypatch.setenv("PATH", f"{_fake_bin(tmp_path / 'bin')}:{os.environ['PATH']}")
-  monkeypatch.setenv("FAKE_SLURM_LOG", str(tmp_path / "sbatch.jsonl"))
-  monkeypatch.setenv("PYTHONPATH", str(REPO))
-  assert dedup.main(["--input", str(root / "in"), "--out", str(tmp_path / "slurm"), "--tasks", "2",
-                     "--executor", "slurm", "--slurm-partition", "cpu", "--slurm-time", "1:00:00",
-                     "--cpus-per-task", "2", "--mem-per-cpu-gb", "3",
-                     "--slurm-job-name", "dd", *SMALL]) == 0
-  jobs = [json.loads(l) for l in (tmp_path / "sbatch.jsonl").read_text().splitlines()]
-  arrays = [j for j in jobs if j["runs"]]
-  names = [j["sbatch"]["job-name"] for j in arrays]
-  assert names == [f"dd-{s}" for s in ("exact_signatures", "exact_find", "minhash_signatures",
-                                       "minhash_buckets", "minhash_cluster", "filter", "finish")]
-  assert [j["sbatch"]["array"] for j in arrays] == ["0-1", "0-0", "0-1", "0-3", "0-0", "0-1",
-                                                    "0-0"]
-  for before, after in zip(arrays, arrays[1:]):  # each stage waits for the one before it
-    assert f"--dependency=afterok:{before['id']}" in after["args"]
-  assert not any(a.startswith("--dependency") for a in arrays[0]["args"])
-  first = arrays[0]["sbatch"]
-  assert (first["partition"], first["time"], first["cpus-per-task"], first["mem-per-cpu"]) == (
-      "cpu", "1:00:00", "2", "3.0G")
-  assert _outputs(tmp_path / "slurm") == local
 
 
 def test_sigkill_then_rerun_gives_the_same_bytes(corpus, tmp_path):
@@ -216,3 +145,20 @@ def test_the_callers_heap_is_frozen_while_a_step_runs_and_unfrozen_after(tmp_pat
              engine.EngineConfig(tasks=1, workers=1), log=lambda m: None)
   assert seen and seen[0] >= 1000  # the one in-process task ran with the heap frozen
   assert gc.get_freeze_count() == 0
+
+
+def test_model_steps_get_gpus_and_other_steps_none(tmp_path, monkeypatch):
+  """--gpus-per-task: Slurm requests GPUs only for the steps that run a model; locally each
+  task is pinned to its own GPUs before it loads JAX."""
+  config = engine.EngineConfig(executor="slurm", partition="gpu", gpus_per_task=2)
+  model = engine._executor(engine.Step("score", [], 4, gpu=True), tmp_path / "a", config, None)
+  other = engine._executor(engine.Step("dedup", [], 4), tmp_path / "b", config, None)
+  assert model.get_sbatch_args()["gpus"] == 2 and "gpus" not in other.get_sbatch_args()
+  assert [engine.visible_gpus(r, 2, ["0", "1", "2", "3"]) for r in range(3)] == ["0,1", "2,3",
+                                                                                  "0,1"]
+  monkeypatch.delitem(sys.modules, "jax", raising=False)
+  monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+  assert list(engine.PinGpus(1).run(None, rank=2, world_size=4)) == []
+  assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
+  with pytest.raises(ValueError, match="--gpus-per-task"):
+    engine.EngineConfig(gpus_per_task=-1)
