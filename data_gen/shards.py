@@ -27,6 +27,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from phi1 import atomic
 from phi1.data import rows
 
 FORMATS = {"jsonl": ".jsonl.gz", "parquet": ".parquet"}
@@ -58,7 +59,7 @@ def write_shard(out_dir: str, index: int, records, fmt: str = "jsonl") -> dict:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   marker = {"records": n, "bytes": os.path.getsize(tmp), "sha256": digest.hexdigest()}
-  _atomic_write(os.path.join(out_dir, name + ".done"), json.dumps(marker).encode())
+  atomic.write_bytes(os.path.join(out_dir, name + ".done"), json.dumps(marker).encode())
   os.replace(tmp, os.path.join(out_dir, name))
   return marker
 
@@ -76,7 +77,7 @@ def write_manifest(out_dir: str, kind: str, **meta) -> dict:
   manifest = {"kind": kind, "format": suffix, "records": sum(s["records"] for s in shards),
               "shards": shards, **meta}
   os.makedirs(out_dir, exist_ok=True)
-  _atomic_write(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1).encode())
+  atomic.write_bytes(os.path.join(out_dir, "manifest.json"), json.dumps(manifest, indent=1).encode())
   return manifest
 
 
@@ -89,21 +90,6 @@ class OutputLocked(RuntimeError):
   pass
 
 
-def _atomic_write(path: str, data: bytes):
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.tmp")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def _fsync_dir(path: str):
-  fd = os.open(path, os.O_RDONLY)
-  try:
-    os.fsync(fd)
-  finally:
-    os.close(fd)
 
 
 def _encode(records: list[dict], suffix: str) -> bytes:
@@ -281,13 +267,13 @@ class ShardWriter:
 
   def _finish(self, index: int, records: list[dict]):
     data = _encode(records, self.suffix)
-    _atomic_write(self._tmp(index), data)
+    atomic.write_bytes(self._tmp(index), data)
     marker = {"records": len(records), "bytes": len(data),
               "sha256": hashlib.sha256(data).hexdigest(), "ids": [r["id"] for r in records],
               "finished": time.time()}
-    _atomic_write(self._marker(index), json.dumps(marker).encode())
+    atomic.write_bytes(self._marker(index), json.dumps(marker).encode())
     os.replace(self._tmp(index), self._data(index))
-    _fsync_dir(self.out_dir)
+    atomic.fsync_dir(self.out_dir)
     self.markers[index] = marker
 
   def _write_manifest(self):
@@ -295,7 +281,7 @@ class ShardWriter:
                "sha256": m["sha256"]} for i, m in sorted(self.markers.items())]
     manifest = {"kind": self.kind, "format": self.suffix, "records": sum(s["records"] for s in shards),
                 "shards": shards, **self.meta}
-    _atomic_write(os.path.join(self.out_dir, "manifest.json"),
+    atomic.write_bytes(os.path.join(self.out_dir, "manifest.json"),
                   json.dumps(manifest, indent=1).encode())
 
   def update_meta(self, **meta):

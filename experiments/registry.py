@@ -25,7 +25,7 @@ import pathlib
 import statistics
 import sys
 
-from phi1 import fingerprint, run_identity
+from phi1 import atomic, fingerprint, run_identity
 
 BENCHES = ("humaneval", "mbpp")
 # name -> type; the order is the table's column order.
@@ -161,24 +161,23 @@ def collect(roots) -> list[dict]:
 
 
 def write(rows: list[dict], path) -> pathlib.Path:
-  """CSV, or Parquet when `path` ends in .parquet; written to a temporary name, then renamed."""
+  """CSV, or Parquet when `path` ends in .parquet; written atomically (phi1/atomic.py)."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp")
   if path.suffix == ".parquet":
     import pyarrow as pa
     import pyarrow.parquet as pq
     types = {str: pa.string(), int: pa.int64(), float: pa.float64()}
     schema = pa.schema([(k, types[t]) for k, t in COLUMNS.items()])
     columns = {k: [_typed(r.get(k), t) for r in rows] for k, t in COLUMNS.items()}
-    pq.write_table(pa.table(columns, schema=schema), tmp)
+    with atomic.replacing(path) as tmp:
+      pq.write_table(pa.table(columns, schema=schema), tmp)
   else:
-    with open(tmp, "w", newline="") as f:
+    with atomic.open_for_write(path, "w", newline="") as f:
       writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
       writer.writeheader()
       for row in rows:
         writer.writerow({k: "" if row.get(k) is None else row[k] for k in COLUMNS})
-  tmp.replace(path)
   return path
 
 
