@@ -296,7 +296,9 @@ def status(workdir, config) -> str:
   cmp = Comparison(workdir, config)
   stale = " (its DONE is stale: made with another config)" if (workdir / DONE).is_file() else ""
   if cmp.conflicts:
-    return (f"STALE: checkpoints up to step {cmp.latest} come from another config or data "
+    source = "other data" if cmp.data_changes and not (cmp.changes or cmp.schedule) else \
+        "another config"
+    return (f"STALE: checkpoints up to step {cmp.latest} come from {source} "
             f"({cmp.describe_changes() or 'a checkpoint past the new steps'}); training needs "
             "--restart or --continue-with-changes")
   if cmp.has_checkpoints:

@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from experiments import best_of_n, registry, sweep
+from phi1 import fingerprint
 from test_registry import fake_run
 
 PASS_AT_1 = {1000: 0.30, 2000: 0.42, 3000: 0.42, 4000: 0.38, 5000: 0.35, 6000: 0.33}
@@ -16,7 +17,10 @@ def _fake_eval(calls):
   def eval_step(step, out: pathlib.Path):
     calls.append(step)
     out.mkdir(parents=True)
-    summary = {"pass@1": PASS_AT_1[step], "protocol": {"generator": {"step": step}}}
+    workdir = str(out.parents[1])  # as `phi1 eval --checkpoint WORKDIR --step N` records it
+    summary = {"pass@1": PASS_AT_1[step], "protocol": {"generator": {
+        "kind": "checkpoint", "path": workdir, "step": step,
+        "weights": fingerprint.of_weights(workdir, step)}}}
     (out / "summary.json").write_text(json.dumps(summary))
     (out / "samples.jsonl").write_text(json.dumps({"task_id": "HumanEval/0", "step": step}) + "\n")
     return summary
