@@ -176,3 +176,20 @@ def test_the_private_api_check_catches_a_private_import(tmp_path):
   assert "openai._models" in _imported_modules(sample)
   assert _PRIVATE_ATTRIBUTE.findall(sample.read_text()) == ["openai._models",
                                                              "self.client._build_request"]
+
+
+MAX_LINES = 450  # a file over this mixes jobs: split it by job (tests and Pallas kernels excepted)
+
+
+def test_no_source_file_over_the_line_limit():
+  listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
+                           "*.py"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+  too_long = {}
+  for name in listed.split():
+    path = REPO / name
+    if name.startswith("tests/") or "/kernels/" in name or not path.is_file():
+      continue
+    lines = len(path.read_text(encoding="utf-8").splitlines())
+    if lines > MAX_LINES:
+      too_long[name] = lines
+  assert not too_long, f"files over {MAX_LINES} lines (split each by job): {too_long}"
