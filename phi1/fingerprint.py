@@ -128,6 +128,10 @@ def eval_staleness(summary: dict) -> str:
   protocol.generator records path, step and the weights' fingerprint); else why it cannot stand
   beside those weights."""
   generator = (summary.get("protocol") or {}).get("generator") or {}
+  if generator.get("kind") == "generations":  # `--samples generations.jsonl`: as it was made
+    made = generator.get("settings") or {}
+    generator = {"kind": made.get("kind"), "path": made.get("checkpoint"), "step": made.get("step"),
+                 **({"weights": made["weights"]} if made.get("weights") else {})}
   if generator.get("kind") != "checkpoint" or "weights" not in generator:
     return "unverified: the summary names no weights fingerprint (rerun phi1 eval --checkpoint)"
   now = of_weights(generator["path"], generator.get("step"))

@@ -92,3 +92,18 @@ def test_a_sweep_evaluates_again_when_its_saved_eval_scored_other_weights(tmp_pa
   _export(export, b"retrained")  # --restart trained new weights into the same export
   assert evaluate() == 0.2 and len(calls) == 2
   assert list(workdir.glob("eval_humaneval.stale-*/summary.json"))
+
+
+def test_an_eval_summary_is_current_while_its_weights_are(tmp_path):
+  export = _export(tmp_path / "export", b"first")
+  made = {"kind": "checkpoint", "path": str(export), "weights": fingerprint.of_weights(str(export))}
+  direct = {"protocol": {"generator": made}}
+  # `phi1 eval --samples generations.jsonl` of saved checkpoint generations: its settings say.
+  replayed = {"protocol": {"generator": {"kind": "generations", "settings": {
+      "kind": "checkpoint", "checkpoint": str(export), "step": None, "weights": made["weights"]}}}}
+  assert fingerprint.eval_staleness(direct) == fingerprint.eval_staleness(replayed) == ""
+  assert fingerprint.eval_staleness({"protocol": {"generator": {"kind": "samples"}}}).startswith(
+      "unverified")
+  _export(export, b"second")
+  assert fingerprint.eval_staleness(direct).startswith("stale")
+  assert fingerprint.eval_staleness(replayed).startswith("stale")
