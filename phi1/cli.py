@@ -58,13 +58,17 @@ resume:
   Rerunning the same command continues from WORKDIR's latest checkpoint (model, optimizer, step,
   data position): the losses are those of an uninterrupted run. SIGTERM (a SLURM preemption) or
   Ctrl-C finishes the current step, saves a checkpoint and exits (0 for SIGTERM, 130 for Ctrl-C);
-  rerun the same command to resume. A larger --config.steps extends a finished run.
+  rerun the same command to resume. A larger --config.steps extends a finished run whose LR
+  schedule has its own length (optimizer.schedule_steps); under schedule_steps=0 the schedule
+  follows steps, so also pass --config.optimizer.schedule_steps=OLD_STEPS to keep it.
 
 changed config:
   A rerun whose config differs from the one WORKDIR's checkpoints were made with is refused,
-  naming the changed keys; --restart starts over (old files move to WORKDIR/superseded/) and
-  --continue-with-changes continues with the new config. Both are recorded in
-  WORKDIR/identity.json, with every run's config hash.
+  naming the changed keys, as is one whose LR schedule would change ("LR schedule: 30 steps -> 45
+  steps") or whose inputs' content changed (a data source topped up or edited, the tokenizer,
+  the init_from weights: content fingerprints, not paths); --restart starts over (old files and
+  evals move to WORKDIR/superseded/) and --continue-with-changes continues with the new config
+  and data. Both are recorded in WORKDIR/identity.json, with every run's config hash.
 """
 
 
