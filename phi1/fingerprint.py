@@ -3,7 +3,9 @@
 A fingerprint is 16 hex digits of a sha256 over content, never over a path: a copied export keeps
 its fingerprint, a retrained one at the same path gets another. Each is cheap to compute:
   file         up to 4 MiB: every byte; larger: its size and three 1 MiB windows (start, middle,
-               end), which retrained weights or a topped-up corpus change
+               end), which retrained weights or a topped-up corpus change (an edit of equal size
+               between the windows is not seen: data_gen outputs are covered by their shards'
+               sha256, and modification times are left out so a copied corpus still matches)
   directory    its files' relative names and file fingerprints
   data source  a data_gen output directory: the shard list of its manifest.json (names, record
                counts, sizes and the sha256 each shard's completion marker holds); a `phi1
