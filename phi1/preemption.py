@@ -1,7 +1,9 @@
 """Stopping a training run cleanly: on SIGTERM (a SLURM preemption) or SIGINT (Ctrl-C) the current
 step finishes, a checkpoint (with the data iterator's position) is saved and the run ends with
 `Stopped`, which the command line turns into exit 0 (SIGTERM: SLURM requeues the job) or 130
-(SIGINT, the shell's convention). A second Ctrl-C stops at once.
+(SIGINT, the shell's convention). A second Ctrl-C stops at once. Under Slurm the checkpoint must fit
+in KillWait (SIGTERM -> SIGKILL, 30 s by default); the sweep's sbatch scripts forward the signal to
+the trainer and requeue the job when the time limit is near (experiments/slurm.py).
 
 One process: Python signal handlers set a flag the loop reads once per step. Several processes
 (multi-host): JAX's preemption sync point (`multihost_utils.reached_preemption_sync_point`, fed by

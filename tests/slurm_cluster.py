@@ -82,7 +82,7 @@ class SlurmCluster:
         return field.split("=", 1)[1]
     return ""
 
-  def wait_idle(self, timeout=120) -> None:
+  def wait_idle(self, timeout=600) -> None:
     """Until no job is queued or running (raises with the queue after `timeout` seconds)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
