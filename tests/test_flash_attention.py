@@ -321,3 +321,28 @@ def test_tiny_model_trains_the_same_with_pallas_and_xla():
   xla, pallas = losses("xla"), losses("pallas")
   assert xla[-1] < xla[0] - 0.1, f"the tiny model did not learn: {xla}"
   np.testing.assert_allclose(pallas, xla, atol=1e-4, rtol=0)
+
+
+on_gpu = pytest.mark.skipif(jax.default_backend() not in ("gpu", "cuda"), reason="needs a GPU")
+
+
+def _cudnn(q, k, v):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+
+
+def _jax_pallas(q, k, v):
+  from jax.experimental.pallas.ops.gpu import attention as jax_attention
+  return jax_attention.mha(q, k, v, None, sm_scale=1.0 / np.sqrt(q.shape[-1]), causal=True)
+
+
+@on_gpu
+@pytest.mark.parametrize("peer", [_cudnn, _jax_pallas], ids=["cudnn", "jax_pallas"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_gpu_kernel_matches_the_peer_kernels(peer, dtype):
+  """On the device, our compiled kernel against cuDNN's and jax's own Pallas flash attention:
+  outputs and q/k/v gradients at phi-1's head dim, causal, a multi-block sequence."""
+  q, k, v, do = random_qkv(11, (2, 1024, 4, 64), dtype)
+  ours = outputs_and_grads(lambda q, k, v: flash.flash_attention(q, k, v), q, k, v, do)
+  theirs = outputs_and_grads(peer, q, k, v, do)
+  for name, g, w in zip(("out", "dq", "dk", "dv"), ours, theirs):
+    assert_close(name, g, w, 2 * TOLERANCE[dtype])
