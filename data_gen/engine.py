@@ -181,8 +181,14 @@ def run(stage_dir: str | os.PathLike, steps: Sequence[Step], config: EngineConfi
       _ray_init(config)
     incomplete = executor.get_incomplete_ranks()
     if incomplete:
-      with _caller_heap_frozen(), _quiet(root, step):
-        executor.run()
+      try:
+        with _caller_heap_frozen(), _quiet(root, step):
+          executor.run()
+      except (ValueError, FileNotFoundError):
+        raise   # a setting or an input to fix: its own one-line message says which
+      except Exception as e:  # a task crashed: its log says where
+        raise StageFailed(_failure(root / step.name, step.name,
+                                   executor.get_incomplete_ranks())) from e
       incomplete = executor.get_incomplete_ranks()
       if incomplete:
         raise StageFailed(_failure(root / step.name, step.name, incomplete))
@@ -212,11 +218,15 @@ def _quiet(root: pathlib.Path, step: Step):
 
 
 def _failure(step_dir: pathlib.Path, name: str, incomplete: list[int], lines: int = 12) -> str:
-  """What a failed step says: which tasks, the first one's last log lines, where the logs are."""
-  log = step_dir / "logs" / f"task_{incomplete[0]:05d}.log"
+  """What a failed step says: which tasks, the failing task's last log lines, where the logs
+  are (the failing task: the first unfinished one whose log holds an error)."""
+  logs = [step_dir / "logs" / f"task_{r:05d}.log" for r in incomplete]
+  texts = {log: log.read_text(errors="replace") for log in logs if log.exists()}
+  log = next((l for l, t in texts.items() if "Traceback" in t or "| ERROR" in t),
+             next(iter(texts), None))
   tail = ""
-  if log.exists():
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+  if log is not None:
+    tail = "\n".join(texts[log].splitlines()[-lines:])
     tail = f"; the last lines of {log}:\n{tail}"
   return (f"{name}: tasks {incomplete[:10]} did not finish (logs in {step_dir / 'logs'}); rerun "
           f"the same command to retry them{tail}")

@@ -162,3 +162,25 @@ def test_model_steps_get_gpus_and_other_steps_none(tmp_path, monkeypatch):
   assert os.environ["CUDA_VISIBLE_DEVICES"] == "6"
   with pytest.raises(ValueError, match="--gpus-per-task"):
     engine.EngineConfig(gpus_per_task=-1)
+
+
+
+def test_a_failed_task_shows_its_last_log_lines_and_the_console_stays_quiet(tmp_path, capfd):
+  from datatrove.pipeline.base import PipelineStep
+
+  class Explode(PipelineStep):
+    name, type = "explode", "test"
+
+    def run(self, data=None, rank=0, world_size=1):
+      if rank == 1:
+        raise RuntimeError("bad row 17 in shard 1")
+      return iter(())
+
+  config = engine.EngineConfig(tasks=2, workers=2)
+  with pytest.raises(engine.StageFailed) as failed:
+    engine.run(tmp_path, [engine.Step("explode", [Explode()], 2)], config)
+  message = str(failed.value)
+  assert "tasks [1] did not finish" in message and "bad row 17 in shard 1" in message
+  assert str(tmp_path / "_engine" / "explode" / "logs" / "task_00001.log") in message
+  assert "bad row 17" not in capfd.readouterr().err   # datatrove's lines went to the logs
+  assert (tmp_path / "_engine" / "logs" / "explode.log").exists()
