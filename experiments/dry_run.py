@@ -33,15 +33,16 @@ class Estimate:
 
 def estimate(run: Run, gpu: str = "A100", mfu: float = 0.4) -> Estimate:
   from phi1 import flops
-  from phi1.model import count_params
   if gpu not in flops.PEAK_FLOPS:
     raise ValueError(f"unknown GPU {gpu!r}; known: {sorted(flops.PEAK_FLOPS)}")
   if not 0 < mfu <= 1:
     raise ValueError(f"--mfu must be in (0, 1], got {mfu}")
   c, model = run.config, config_lib.phi1_config(run.config)
   tokens = int(c.steps) * int(c.batch_size) * int(c.seq_len)
-  per_token = flops.train_flops_per_token(model, c.seq_len)
-  return Estimate(params=count_params(model), matmul_params=flops.matmul_params(model),
+  # Counted on the model the run builds (its model_fn), not the stock one.
+  params, matmul = flops.param_counts(model, c.model_fn)
+  per_token = flops.train_flops_per_token(model, c.seq_len, c.model_fn)
+  return Estimate(params=params, matmul_params=matmul,
                   tokens=tokens, flops_per_token=per_token, flops=tokens * per_token, gpu=gpu,
                   peak=flops.PEAK_FLOPS[gpu], mfu=mfu)
 
