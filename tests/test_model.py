@@ -22,11 +22,31 @@ def tokens():
   return jnp.asarray(np.random.default_rng(0).integers(0, 512, size=(2, T)), jnp.int32)
 
 
-@pytest.mark.parametrize("preset, expected", [("phi1", 1_418_270_720),
-                                              ("phi1_small", 356_794_368)])
-def test_parameter_counts_equal_hf(preset, expected):
-  # HF's PhiForCausalLM counts for microsoft/phi-1 (1.3B) and the paper's phi-1-small (350M).
-  assert count_params(getattr(Phi1Config, preset)()) == expected
+# The paper's shapes (§2.3; microsoft/phi-1's config.json): layers, width, heads, MLP width.
+PAPER_SHAPES = {"phi1": (24, 2048, 32, 8192), "phi1_small": (20, 1024, 16, 4096)}
+
+
+@pytest.mark.parametrize("preset", ["phi1", "phi1_small"])
+def test_parameter_counts_equal_hf(preset):
+  """Our count equals transformers' PhiForCausalLM built on the meta device (shapes, no weights),
+  from the paper's shapes and from our own config's HF translation."""
+  import torch
+  import transformers
+  from phi1 import hf
+
+  def hf_count(**config):
+    with torch.device("meta"):
+      model = transformers.PhiForCausalLM(transformers.PhiConfig(**config))
+    return sum(p.numel() for p in model.parameters())
+
+  layers, width, heads, mlp = PAPER_SHAPES[preset]
+  paper = hf_count(vocab_size=51200, hidden_size=width, num_hidden_layers=layers,
+                   num_attention_heads=heads, intermediate_size=mlp, partial_rotary_factor=0.5,
+                   max_position_embeddings=2048, tie_word_embeddings=False)
+  config = getattr(Phi1Config, preset)()
+  translated = {k: v for k, v in hf.config_to_hf(config).items()
+                if k not in ("architectures", "model_type", "torch_dtype", "transformers_version")}
+  assert count_params(config) == paper == hf_count(**translated)
 
 
 class _Probe(nnx.Variable):

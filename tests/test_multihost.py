@@ -6,34 +6,34 @@ import pathlib
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import portpicker
-import pytest
 
-from phi1 import metrics, sharding, train
+from phi1 import metrics
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from test_train import corpus, synthetic_batch, tiny_config  # noqa: E402,F401  (fixture reuse)
+from test_train import (  # noqa: E402,F401  (corpus is a fixture)
+    assert_same_training, corpus, one_device_reference)
 
 WORKER = r'''
 import json, os, sys
 import jax
+import numpy as np
 jax.config.update("jax_num_cpu_devices", 2)
 from phi1 import cli
 cli.maybe_init_distributed()
+from jax.experimental import multihost_utils
 sys.path.insert(0, sys.argv[1])
-from test_train import synthetic_batch, tiny_config
+from test_train import numerics_config, packed_run
 from phi1 import train
 corpus = json.loads(sys.argv[2])
-trainer = train.Trainer(tiny_config(corpus, mesh="fsdp"))
-state, losses, half = trainer.init_state(), [], 4
-for i in range(3):
-  batch = synthetic_batch(i, 8, 64)
-  local = {k: v[jax.process_index() * half:(jax.process_index() + 1) * half] for k, v in batch.items()}
-  state, m = trainer.step(state, local)
-  losses.append(float(m["loss"]))
-print("LOSSES", json.dumps([jax.process_index(), jax.device_count(), losses]), flush=True)
+trainer = train.Trainer(numerics_config(corpus, mesh="fsdp"))
+pid, half = jax.process_index(), 4
+out, state = packed_run(trainer, rows=slice(pid * half, (pid + 1) * half))
+params = [np.asarray(multihost_utils.process_allgather(x, tiled=True))
+          for x in jax.tree.leaves(state.params)]
+np.savez(f"params_{pid}.npz", *params)
+print("RESULT", json.dumps([pid, jax.device_count(), out]), flush=True)
 '''
 
 EVAL_WORKER = r'''
@@ -43,14 +43,15 @@ jax.config.update("jax_num_cpu_devices", 2)
 from phi1 import cli
 cli.maybe_init_distributed()
 sys.path.insert(0, sys.argv[1])
-from test_train import tiny_config
+import scripted_model
+from test_scripted_eval import MAX_NEW, scripted_config
 from phi1 import generate, sharding, train
 from phi1.evals import during_training
 from phi1.tokenizer import load_tokenizer
 corpus = json.loads(sys.argv[2])
-config = tiny_config(corpus, mesh="fsdp", eval_humaneval_every=1, eval_limit=6,
-                     eval_max_new_tokens=8, eval_batch_size=6)
-trainer = train.Trainer(config)
+config = scripted_config(corpus)
+config.mesh, config.eval_samples, config.eval_batch_size = "fsdp", 2, 6
+trainer = train.Trainer(config, model_fn=scripted_model.ScriptedPhi1)
 state = trainer.init_state()
 rows = []
 prefill = generate._prefill
@@ -63,8 +64,8 @@ evals = during_training.build(config, trainer)
 tasks = evals.pass_tasks["humaneval"]
 with sharding.activation_sharding(trainer.mesh, trainer.rules):
   texts = generate.generate(trainer.model(state), load_tokenizer(corpus["tokenizer"]),
-                            [t.prompt for t in tasks], max_new_tokens=8, batch_size=6,
-                            truncate="left", mesh=trainer.mesh)
+                            [t.prompt for t in tasks for _ in range(2)], max_new_tokens=MAX_NEW,
+                            batch_size=6, truncate="left", mesh=trainer.mesh)
 passk = evals.run(state, done=1, last_step=1, eval_step=False)
 print("EVAL", json.dumps([jax.process_index(), texts, rows, passk]), flush=True)
 '''
@@ -85,23 +86,22 @@ def _launch(args, tmp_path, extra_env=None):
   return outs
 
 
-def test_two_processes_match_one_process(corpus, tmp_path):
+def test_two_processes_train_exactly_as_one_device(corpus, tmp_path):
+  """2 processes x 2 devices, fsdp, each process feeding its half of every packed, unevenly masked
+  batch: per-step loss and grad norm, and the final parameters of 4 updates at the peak LR equal
+  one device's (test_train.py: the same batches and tolerances)."""
   script = tmp_path / "worker.py"
   script.write_text(WORKER)
   outs = _launch([sys.executable, str(script), str(pathlib.Path(__file__).parent),
                   json.dumps(corpus)], tmp_path)
-  results = [json.loads(line.split("LOSSES", 1)[1]) for out in outs for line in out.splitlines()
-             if line.startswith("LOSSES")]
+  results = [json.loads(line.split("RESULT", 1)[1]) for out in outs for line in out.splitlines()
+             if line.startswith("RESULT")]
   assert sorted(r[0] for r in results) == [0, 1] and all(r[1] == 4 for r in results)
-  # The same global batch on 4 devices of one process gives the same losses.
-  single = train.Trainer(tiny_config(corpus, mesh="fsdp"),
-                         mesh=sharding.make_mesh("fsdp", jax.devices()[:4]))
-  state, expected = single.init_state(), []
-  for i in range(3):
-    state, m = single.step(state, synthetic_batch(i, 8, 64))
-    expected.append(float(m["loss"]))
-  for _, _, losses in results:
-    np.testing.assert_allclose(losses, expected, rtol=1e-5)
+  reference = one_device_reference(corpus, "fp32")
+  for pid, _, out in results:
+    with np.load(tmp_path / f"params_{pid}.npz") as saved:
+      params = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+    assert_same_training(out, params, reference, "fp32")
 
 
 def test_cli_train_runs_on_two_processes(corpus, tmp_path):
@@ -120,27 +120,28 @@ def test_cli_train_runs_on_two_processes(corpus, tmp_path):
 
 
 def test_in_training_generation_is_split_over_processes_and_executed_once(corpus, tmp_path):
-  from phi1 import generate
+  """The scripted model (tests/scripted_model.py) writes HumanEval/0-2's reference solutions: two
+  processes decode them (each device 2 of 8 rows), both get every completion, and process 0 alone
+  executes them and reports pass@1 = 1."""
+  import scripted_model
+  from test_scripted_eval import TASKS
   from phi1.evals import humaneval
   from phi1.tokenizer import load_tokenizer
-  script = tmp_path / "eval_worker.py"
-  script.write_text(EVAL_WORKER)
-  outs = _launch([sys.executable, str(script), str(pathlib.Path(__file__).parent),
-                  json.dumps(corpus)], tmp_path)
+  tasks = humaneval.load()[:TASKS]
+  script = scripted_model.write_script(tmp_path / "script.json", load_tokenizer(corpus["tokenizer"]),
+                                       [t.prompt for t in tasks], [t.reference for t in tasks])
+  worker = tmp_path / "eval_worker.py"
+  worker.write_text(EVAL_WORKER)
+  outs = _launch([sys.executable, str(worker), str(pathlib.Path(__file__).parent),
+                  json.dumps(corpus)], tmp_path, {scripted_model.SCRIPT_ENV: script})
   results = sorted(json.loads(line.split("EVAL", 1)[1]) for out in outs
                    for line in out.splitlines() if line.startswith("EVAL"))
   assert [r[0] for r in results] == [0, 1]
-  # Batches of 6 rounded up to 8 rows over the 4 devices of 2 processes: each device decodes 2
-  # rows of a batch (unsplit, every device would decode all of them).
+  # 3 tasks x 2 samples = batches of 6, rounded up to 8 rows over the 4 devices of 2 processes:
+  # each device decodes 2 rows of a batch (unsplit, every device would decode all of them).
   for _, _, rows, _ in results:
     assert rows and all(r == [2, 2] for r in rows)
-  # Both processes return every completion, and they equal one process decoding alone.
-  single = train.Trainer(tiny_config(corpus, mesh="fsdp"),
-                         mesh=sharding.make_mesh("fsdp", jax.devices()[:4]))
-  expected = generate.generate(single.model(single.init_state()),
-                               load_tokenizer(corpus["tokenizer"]),
-                               [t.prompt for t in humaneval.load()[:6]], max_new_tokens=8,
-                               truncate="left")
+  expected = [t.reference for t in tasks for _ in range(2)]
   assert results[0][1] == results[1][1] == expected
   # Process 0 executes and reports pass@1; process 1 executes nothing.
-  assert "humaneval_pass@1" in results[0][3] and not any("pass@" in k for k in results[1][3])
+  assert results[0][3]["humaneval_pass@1"] == 1.0 and not any("pass@" in k for k in results[1][3])

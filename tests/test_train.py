@@ -7,7 +7,6 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -194,25 +193,52 @@ def test_precision_policies_reduce_the_loss(corpus, policy):
   assert losses[-1] < losses[0] - 0.3, losses
 
 
-def test_fp16_overflow_is_skipped_and_the_scale_adapts(corpus):
-  # A scale of 2^40 makes the fp16 backward pass overflow for real: those steps must be skipped.
-  trainer = train.Trainer(tiny_config(corpus, precision="fp16", **{"loss_scale.init": 2.0**40}))
-  batch = synthetic_batch(0, 8, 64)
-  state = trainer.init_state()
-  params0 = jax.tree.map(np.asarray, state.params)
+def test_fp16_loss_scale_doubles_every_period_good_steps_and_a_skipped_step_changes_nothing(corpus):
+  """period=2: the scale doubles after every 2nd good step (the exact sequence of scale and
+  good-step count). Then an overflow (scale 2^40 makes the fp16 backward pass overflow for real)
+  is skipped: parameters and AdamW's state stay bitwise equal, the scale halves, the count resets."""
+  trainer = train.Trainer(tiny_config(corpus, precision="fp16", **{"loss_scale.init": 2.0**15,
+                                                                   "loss_scale.period": 2}))
+  state, batch = trainer.init_state(), synthetic_batch(0, 8, 64)
+  seen = []
+  for _ in range(6):
+    state, m = trainer.step(state, batch)
+    seen.append((int(m["skipped"]), float(m["loss_scale"]), float(state.loss_scale.scale),
+                 int(state.loss_scale.good_steps)))
+  assert seen == [(0, 2.0**15, 2.0**15, 1), (0, 2.0**15, 2.0**16, 0), (0, 2.0**16, 2.0**16, 1),
+                  (0, 2.0**16, 2.0**17, 0), (0, 2.0**17, 2.0**17, 1), (0, 2.0**17, 2.0**18, 0)]
+  state, m = trainer.step(state, batch)  # good_steps 1: the next good step would double
+  huge = jax.device_put(jnp.float32(2.0**40), state.loss_scale.scale.sharding)
+  state = dataclasses.replace(state, loss_scale=dataclasses.replace(state.loss_scale, scale=huge))
+  before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+  step_before = int(state.step)
   state, m = trainer.step(state, batch)
   assert int(m["skipped"]) == 1 and float(m["loss_scale"]) == 2.0**40
-  assert float(state.loss_scale.scale) == 2.0**39
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params0)):
-    np.testing.assert_array_equal(np.asarray(a), b)  # a skipped step leaves the weights alone
-  skipped, losses = 1, []
-  for _ in range(40):
-    state, m = trainer.step(state, batch)
-    skipped += int(m["skipped"])
-    losses.append(float(m["loss"]))
-  assert 1 < skipped < 35
-  assert float(state.loss_scale.scale) < 2.0**30
-  assert losses[-1] < losses[0] - 0.3  # and it keeps training
+  assert float(state.loss_scale.scale) == 2.0**39 and int(state.loss_scale.good_steps) == 0
+  assert int(state.step) == step_before + 1  # the schedule moves on, as DeepSpeed's does
+  after = jax.tree.map(np.asarray, (state.params, state.opt_state))
+  leaves_before, leaves_after = jax.tree.leaves(before), jax.tree.leaves(after)
+  assert len(leaves_before) == len(leaves_after) > 10
+  for a, b in zip(leaves_after, leaves_before):
+    np.testing.assert_array_equal(a, b)  # bitwise: weights, Adam moments and count
+
+
+def test_loss_scale_is_capped_and_floored():
+  from phi1 import precision
+  scale = precision.LossScale.create("fp16", init_scale=2.0**22, period=1)
+  grown = []
+  for _ in range(4):
+    scale = scale.adjust(jnp.bool_(True))
+    grown.append(float(scale.scale))
+  assert grown == [2.0**23, 2.0**24, 2.0**24, 2.0**24]  # max_scale 2^24
+  scale = precision.LossScale.create("fp16", init_scale=4.0, period=1)
+  shrunk = []
+  for _ in range(4):
+    scale = scale.adjust(jnp.bool_(False))
+    shrunk.append((float(scale.scale), int(scale.good_steps)))
+  assert shrunk == [(2.0, 0), (1.0, 0), (1.0, 0), (1.0, 0)]  # min_scale 1
+  fixed = precision.LossScale.create("bf16")
+  assert float(fixed.adjust(jnp.bool_(False)).scale) == 1.0 and fixed.scale_loss(3.0) == 3.0
 
 
 def test_run_writes_metrics_plot_checkpoints_and_export(corpus, tmp_path):
@@ -232,39 +258,68 @@ def test_run_writes_metrics_plot_checkpoints_and_export(corpus, tmp_path):
   assert model.config.n_layers == 2 and tok.vocab_size == corpus["vocab"]
 
 
-def _train_cmd(cfg_path, workdir, extra=()):
-  return [sys.executable, "-m", "phi1.cli", "train", "--config", str(cfg_path),
-          "--workdir", str(workdir), "--no-progress", *extra]
+# A training process that SIGKILLs itself right after it logs step `kill_at`, once the checkpoint
+# before it is on disk (checkpoints are saved asynchronously): a deterministic kill point, which a
+# parent polling the files could miss on a loaded machine.
+KILLED_RUN = r'''
+import json, os, pathlib, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from test_train import tiny_config
+from phi1 import metrics, train
+corpus, overrides, workdir, kill_at = json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+write = metrics.MetricsWriter.write
+def write_then_die(self, step, values):
+  write(self, step, values)
+  if step == kill_at and "loss" in values:
+    saved = pathlib.Path(workdir) / "checkpoints" / str(kill_at // 3 * 3)
+    for _ in range(3000):
+      if saved.is_dir():
+        break
+      time.sleep(0.02)
+    os.kill(os.getpid(), signal.SIGKILL)
+metrics.MetricsWriter.write = write_then_die
+train.run(tiny_config(corpus, **overrides), workdir, progress=False)
+'''
 
 
-def test_resume_after_sigkill_is_exact(corpus, tmp_path):
-  """10 steps straight == 5 steps, SIGKILL, rerun to 10: same losses, same data order."""
-  cfg_file = tmp_path / "exp.py"
-  cfg_file.write_text(
-      "import sys\nsys.path.insert(0, %r)\nfrom test_train import tiny_config\n"
-      "def get_config():\n  return tiny_config(%r, **{'data.shuffle_seed': 3, 'model.resid_dropout': 0.1})\n"
-      % (str(REPO / "tests"), corpus))
-  straight, killed = tmp_path / "straight", tmp_path / "killed"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  subprocess.run(_train_cmd(cfg_file, straight), check=True, env=env, capture_output=True)
-  proc = subprocess.Popen(_train_cmd(cfg_file, killed), env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while time.time() < deadline:  # kill once step 5 is checkpointed and step 7 is logged
-    done = (killed / "metrics.jsonl").exists() and any(
-        json.loads(l)["step"] >= 7 for l in (killed / "metrics.jsonl").read_text().splitlines()
-        if l.strip().endswith("}"))
-    if done and (killed / "checkpoints" / "5").is_dir():
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert not (killed / "checkpoints" / "10").exists()
-  subprocess.run(_train_cmd(cfg_file, killed), check=True, env=env, capture_output=True)
-  a = [(r["step"], r["loss"]) for r in metrics.read_metrics(straight) if "loss" in r]
-  b = [(r["step"], r["loss"]) for r in metrics.read_metrics(killed) if "loss" in r]
-  assert [s for s, _ in a] == list(range(1, 11))
-  assert a == b
+def _run_killed_at(corpus, overrides, workdir, kill_at):
+  proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(REPO / "tests"), json.dumps(corpus),
+                         json.dumps(overrides), str(workdir), str(kill_at or 0)],
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert proc.returncode == (-signal.SIGKILL if kill_at else 0), proc.stderr[-3000:]
+  return proc.stdout
+
+
+RESUME_OVERRIDES = {"steps": 10, "checkpoint_every": 3, "data.shuffle_seed": 3,
+                    "model.resid_dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def straight_losses(corpus, tmp_path_factory):
+  """10 uninterrupted steps in this process, without prefetching."""
+  workdir = tmp_path_factory.mktemp("straight")
+  train.run(tiny_config(corpus, **RESUME_OVERRIDES), workdir, progress=False)
+  return [(r["step"], r["loss"]) for r in metrics.read_metrics(workdir) if "loss" in r]
+
+
+@pytest.mark.parametrize("prefetch", [config_lib.base_config().data.prefetch_batches, 0])
+def test_resume_after_sigkill_is_exact(corpus, tmp_path, straight_losses, prefetch):
+  """SIGKILLed after logging step 4 and again after step 8 (checkpoints every 3 steps), rerun each
+  time: the same losses, bit for bit, as an uninterrupted run, with the default prefetch (batches
+  read ahead must not count as consumed) and without."""
+  assert config_lib.base_config().data.prefetch_batches > 0
+  overrides = {**RESUME_OVERRIDES, "data.prefetch_batches": prefetch}
+  killed = tmp_path / "killed"
+  _run_killed_at(corpus, overrides, killed, kill_at=4)
+  assert not (killed / "export").exists()
+  out = _run_killed_at(corpus, overrides, killed, kill_at=8)
+  assert "resumed from step 3" in out
+  out = _run_killed_at(corpus, overrides, killed, kill_at=None)
+  assert "resumed from step 6" in out
+  resumed = [(r["step"], r["loss"]) for r in metrics.read_metrics(killed) if "loss" in r]
+  assert [s for s, _ in straight_losses] == list(range(1, 11))
+  assert resumed == straight_losses
 
 
 def test_unknown_config_key_suggests_the_right_one(corpus):
