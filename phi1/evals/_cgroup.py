@@ -65,6 +65,11 @@ class WorkerCgroup:
       self.remove()
       raise
 
+  @property
+  def memory_stat(self) -> str:
+    """The memory controller's statistics file (anon/rss and shmem charged to the worker)."""
+    return os.path.join(self.dirs[0], "memory.stat")
+
   def _make(self, path: str, limits: dict[str, int]):
     os.mkdir(path)
     self.dirs.append(path)

@@ -1,8 +1,8 @@
 """The judge: runs a benchmark's test against a sandboxed program that it can only call.
 
-A process of its own (forked by the server, `_worker._judge`): another user than the program's
-(as root), not dumpable, no memory shared with the program, and it never hands the program its
-test. The test runs here, in a fresh namespace: the benchmark's `setup` first (HumanEval's prompt,
+A process of its own, one per worker, forked by the server before any request arrives
+(`_worker._start_judge`): another user than the program's (as root), not dumpable, no memory shared
+with the program, and it never hands the program its test. It judges one program at a time. The test runs here, in a fresh namespace: the benchmark's `setup` first (HumanEval's prompt,
 whose helpers `poly`, `encode_cyclic`... the test calls; MBPP's setup code), then the test, with
 the entry point bound to a `Candidate`: calling it sends the arguments to the program's process
 and gets back plain data (`_plain`) or an exception's type name and message; an object that is
@@ -12,13 +12,16 @@ uses that the benchmark leaves unbound come from the program as proxies (functio
 values) or the judge's own import of the same standard-library module. So no object of the
 program's making is ever compared, and what it may do to its own interpreter (frames, audit hooks,
 /proc/self/mem, rebinding builtins) cannot reach the verdict. The verdict goes to the server on
-`verdict_fd`, which the program never holds: (status, exception type, message), status one of
-passed, failed, error, or lost (the program stopped answering; the server says why).
+a unix socket the program never holds: (status, exception type, message), status one of passed,
+failed, error, or lost (the program stopped answering; the server says why).
 """
 
 import builtins
+import dis
 import importlib
+import json
 import os
+import socket
 import sys
 
 import _plain
@@ -137,14 +140,23 @@ def _exception(name, message):
   return type(name if name.isidentifier() else "ProgramError", (Exception,), {})(message)
 
 
-def _referenced(code):
-  """Every global or attribute name the test's code (and the functions it defines) mentions."""
-  names, todo = set(), [code]
+_LOADS = frozenset(("LOAD_NAME", "LOAD_GLOBAL", "DELETE_NAME", "DELETE_GLOBAL"))
+_STORES = frozenset(("STORE_NAME", "STORE_GLOBAL", "IMPORT_NAME"))
+
+
+def _free_names(code):
+  """The global names the test's code (and the functions it defines) reads but never binds at
+  module level: what must come from the setup, the builtins or the program."""
+  loaded, stored, todo = set(), set(), [code]
   while todo:
     c = todo.pop()
-    names.update(c.co_names)
+    for instruction in dis.get_instructions(c):
+      if instruction.opname in _LOADS:
+        loaded.add(instruction.argval)
+      elif instruction.opname in _STORES and c is code:
+        stored.add(instruction.argval.split(".")[0])
     todo += [k for k in c.co_consts if isinstance(k, type(code))]
-  return names
+  return loaded - stored
 
 
 def _bind(namespace, name, what, link):
@@ -162,38 +174,33 @@ def _bind(namespace, name, what, link):
       pass
 
 
-def run(setup, test, entry_point, to_candidate, from_candidate, verdict_fd):
-  """Never returns."""
+def judge(setup, test, entry_point, to_candidate, from_candidate):
+  """The verdict (status, exception type, message) of one program's test."""
   link = _Link(to_candidate, from_candidate)
 
-  def report(status, kind="", message=""):
-    _plain.send(verdict_fd, (status, _plain.cap_text(kind, KIND_BYTES),
-                             _plain.cap_text(message, MESSAGE_BYTES)))
-    os._exit(0)
-
-  def report_exception(e):
+  def verdict_of(e):
     if link.lost or isinstance(e, _Lost):
-      report("lost")
+      return ("lost",)
     try:
       message = str(e)
     except Exception:
       message = "<unprintable exception>"
-    report("failed" if type(e) is AssertionError else "error", type(e).__name__, message)
+    return ("failed" if type(e) is AssertionError else "error", type(e).__name__, message)
 
   try:
     outcome = _plain.receive(from_candidate)  # how the program's code ended
   except (EOFError, OSError, _plain.PlainDataError):
-    report("lost")
+    return ("lost",)
   if outcome != ("done",):
     if (type(outcome) is tuple and len(outcome) == 3 and outcome[0] == "raised"
         and type(outcome[1]) is str and type(outcome[2]) is str):
-      report("failed" if outcome[1] == "AssertionError" else "error", outcome[1], outcome[2])
-    report("lost")
+      return ("failed" if outcome[1] == "AssertionError" else "error", outcome[1], outcome[2])
+    return ("lost",)
   namespace = {"__name__": "__judge__", "__builtins__": dict(_BUILTINS)}
   try:
     exec(compile(setup, "<benchmark setup>", "exec"), namespace)
     compiled = compile(test, "<test>", "exec")
-    wanted = sorted(_referenced(compiled) - set(namespace) - set(_BUILTINS) - {entry_point})
+    wanted = sorted(_free_names(compiled) - set(namespace) - set(_BUILTINS) - {entry_point})
     known = link.ask(("names", wanted)) if wanted else {}
     if type(known) is not dict:
       raise _Lost()
@@ -203,5 +210,31 @@ def run(setup, test, entry_point, to_candidate, from_candidate, verdict_fd):
       namespace[entry_point] = Candidate(entry_point, link)
     exec(compiled, namespace)
   except BaseException as e:  # SystemExit and KeyboardInterrupt too: they are errors here
-    report_exception(e)
-  report("lost" if link.lost else "passed")  # a test that swallowed a lost link does not pass
+    return verdict_of(e)
+  return ("lost",) if link.lost else ("passed",)  # a test that swallowed a lost link fails
+
+
+def serve(sock):
+  """The judge process's loop, one program at a time: a header and three fds (the setup and test,
+  to the program, from the program) arrive on the unix socket `sock`; the verdict goes back on
+  it. Never returns; ends when the server hangs up."""
+  while True:
+    try:
+      message, fds, _, _ = socket.recv_fds(sock, 1 << 12, 3)
+    except OSError:
+      os._exit(0)
+    if not message or len(fds) != 3:
+      os._exit(0)
+    request = json.loads(message)
+    test_fd, to_candidate, from_candidate = fds
+    try:
+      setup = _plain.read_exact(test_fd, request["setup_bytes"]).decode("utf-8", "surrogatepass")
+      test = _plain.read_exact(test_fd, request["test_bytes"]).decode("utf-8", "surrogatepass")
+      status, *detail = judge(setup, test, request["entry_point"], to_candidate, from_candidate)
+    except Exception as e:  # a fault of the judge itself: the program did not pass
+      status, detail = "error", [f"JudgeError", f"{type(e).__name__}: {e}"]
+    for fd in fds:
+      os.close(fd)
+    kind, message = (detail + ["", ""])[:2]
+    verdict = (status, _plain.cap_text(kind, KIND_BYTES), _plain.cap_text(message, MESSAGE_BYTES))
+    _plain.write_frame(sock.fileno(), _plain.encode(verdict))

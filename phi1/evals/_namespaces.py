@@ -64,6 +64,9 @@ def enter_view(view, tmp_mb):
   """Makes the allow-listed view (sandbox.filesystem_view) our root: read-only binds of the listed
   paths, a minimal /dev, a fresh /proc, a root-owned /tmp. Nothing else of the host is reachable."""
   os.umask(0o022)
+  # Sources opened first: the stage's tmpfs hides what lies under it (a cgroup file in /sys).
+  sources = {args[0]: os.open(args[0], os.O_PATH | os.O_CLOEXEC)
+             for kind, *args in view if kind == "ro-bind"}
   mount("tmpfs", STAGE, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
   # /tmp before the binds below it (a checkout or venv under /tmp); root's, and left writable for
   # the server, which mounts each program's own tmpfs in it.
@@ -78,8 +81,8 @@ def enter_view(view, tmp_mb):
       os.symlink(target, STAGE + path)
     else:
       source, path = args
-      _touch(STAGE + path, os.path.isdir(source))
-      mount(source, STAGE + path, None, MS_BIND | MS_REC)
+      _touch(STAGE + path, os.path.isdir(f"/proc/self/fd/{sources[source]}"))
+      mount(f"/proc/self/fd/{sources[source]}", STAGE + path, None, MS_BIND | MS_REC)
   dev = STAGE + "/dev"
   _touch(dev, True)
   mount("tmpfs", dev, "tmpfs", MS_NOSUID, "mode=755")
@@ -92,6 +95,8 @@ def enter_view(view, tmp_mb):
   for path in ("/dev/shm", "/proc"):
     _touch(STAGE + path, True)
   remount_all_read_only(keep_writable=(STAGE + "/tmp",))
+  for fd in sources.values():
+    os.close(fd)
   os.chdir(STAGE)
   mount(STAGE, "/", None, MS_MOVE)
   os.chroot(".")

@@ -198,13 +198,14 @@ def write_frame(fd, data: bytes, _write=os.write):
 
 def receive(fd, max_bytes=MAX_BYTES, remote=None):
   """The next frame's value; EOFError when the writer is gone, PlainDataError for junk."""
-  (n,) = _LEN.unpack(_read(fd, 4))
+  (n,) = _LEN.unpack(read_exact(fd, 4))
   if n > max_bytes:
     raise PlainDataError(f"a message of {n} bytes (at most {max_bytes})")
-  return decode(_read(fd, n), remote=remote)
+  return decode(read_exact(fd, n), remote=remote)
 
 
-def _read(fd, n, _os_read=os.read):
+def read_exact(fd, n, _os_read=os.read):
+  """n bytes from fd; EOFError when the writer is gone first."""
   chunks = []
   while n:
     chunk = _os_read(fd, min(n, 1 << 20))

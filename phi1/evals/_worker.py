@@ -102,24 +102,26 @@ def _children():
   return pids
 
 
-def _kill_everything_but_me(child, statuses):
-  """SIGKILL every process a program left behind and reap them; records wait statuses by pid."""
+def _kill_everything_but_me(child, statuses, spare=None):
+  """SIGKILL every process a program left behind (all but us and the judge, `spare`) and reap
+  them; records wait statuses by pid."""
   first = True
   while True:
-    if os.getpid() == 1:  # PID 1 of our own namespace: -1 means exactly "the others in here"
+    if os.getpid() == 1:  # PID 1 of our own namespace: /proc lists exactly the others in here
+      targets = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    else:  # a subreaper: orphaned descendants become our children, so kill generation by generation
+      targets = _children()
+    targets = [pid for pid in targets if pid not in (1, os.getpid(), spare)]
+    for pid in targets:
       try:
-        os.kill(-1, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
       except ProcessLookupError:
         pass
-    else:  # a subreaper: orphaned descendants become our children, so kill generation by generation
-      for pid in _children():
-        try:
-          os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-          pass
     if first:  # the usual case, a lone child: wait for it instead of polling
       statuses[child] = os.waitpid(child, 0)[1]
       first = False
+    elif not targets:
+      return
     while True:
       try:
         pid, status = os.waitpid(-1, os.WNOHANG)
@@ -132,6 +134,7 @@ def _kill_everything_but_me(child, statuses):
 
 
 def _limits(cfg, timeout_s):
+  """timeout_s None: no CPU limit (the judge, which outlives programs; the deadline bounds it)."""
   """rlimits of the program's and the judge's processes. The address-space limit leaves room for
   every thread the pids limit allows (a thread's stack is address space, mostly never touched):
   the cgroup's memory limit bounds what is really used, the pids limit how many threads."""
@@ -139,7 +142,7 @@ def _limits(cfg, timeout_s):
   stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
   stack = 8 << 20 if stack in (resource.RLIM_INFINITY, -1) or stack > 64 << 20 else stack
   address_space = memory + (cfg["max_threads"] + 16) * (stack + (64 << 10))
-  cpu = int(timeout_s) + 1
+  cpu = None if timeout_s is None else int(timeout_s) + 1
   for limit, value in ((resource.RLIMIT_AS, address_space), (resource.RLIMIT_DATA, address_space),
                        (resource.RLIMIT_CPU, cpu),
                        (resource.RLIMIT_FSIZE, cfg["file_size_mb"] << 20),
@@ -158,15 +161,31 @@ def _become(uid, gid):
   ns.prctl(ns.PR_SET_DUMPABLE, 0)
 
 
-def _read_text(n):
-  return _read_exact(REQUEST_FD, n).decode("utf-8", "surrogatepass") if n else ""
+def _read_text(fd, n):
+  return _read_exact(fd, n).decode("utf-8", "surrogatepass") if n else ""
 
 
-def _child(request, read, out_w, to_judge, from_judge, workdir, cfg):
-  """The forked program process: reads its code straight from the request pipe (so the server's
-  memory never holds a program's code or test), gives everything up, runs it. Never returns."""
-  code = _read_text(request["code_bytes"])
-  os.write(read, b"c")  # the server may read the stream on
+def _pass_on(n, target, devnull):
+  """Moves the next n bytes of the request stream into the pipe `target` with splice(2), so they
+  never enter this process's memory. If the reader died, the rest goes to /dev/null: the stream
+  stays in step. False when the host is gone."""
+  while n:
+    try:
+      moved = os.splice(REQUEST_FD, target, n)
+    except BrokenPipeError:
+      target = devnull
+      continue
+    if not moved:
+      return False
+    n -= moved
+  return True
+
+
+def _child(request, code_fd, out_w, to_judge, from_judge, workdir, cfg):
+  """The forked program process: reads its code from a pipe the server spliced it into (so the
+  server's memory never holds a program's code or test), gives everything up, runs it. Never
+  returns."""
+  code = _read_text(code_fd, request["code_bytes"])
   os.setsid()
   os.chdir(workdir)
   devnull = os.open("/dev/null", os.O_RDONLY)
@@ -194,19 +213,54 @@ def _child(request, read, out_w, to_judge, from_judge, workdir, cfg):
   _candidate.run(code, 3, None if from_judge is None else 4)
 
 
-def _judge(request, read, to_candidate, from_candidate, verdict_w, cfg):
-  """The forked judge process: reads the test from the request pipe, runs it. Never returns."""
-  setup, test = _read_text(request["setup_bytes"]), _read_text(request["test_bytes"])
-  os.write(read, b"j")
-  for fd in range(3):
-    os.dup2(os.open("/dev/null", os.O_RDWR), fd)
-  for i, fd in enumerate((to_candidate, from_candidate, verdict_w)):
-    os.dup2(fd, 3 + i)
-  os.closerange(6, 1 << 16)
-  _limits(cfg, request["timeout_s"])
-  ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
-  _become(cfg["judge_uid"], cfg["judge_gid"])
-  _judge_lib.run(setup, test, request["entry_point"], 3, 4, 5)
+class Judge:
+  """The worker's judge process (`_judge.serve`) and the unix socket to it. Forked from this server,
+  whose memory never holds a test, and replaced whenever a program ends without its verdict (a
+  late verdict must never be read as the next program's)."""
+
+  def __init__(self, cfg):
+    self.cfg = cfg
+    self.start()
+
+  def start(self):
+    ours, theirs = socket.socketpair()
+    self.pid = os.fork()
+    if self.pid == 0:
+      try:
+        ours.close()
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in range(3):
+          os.dup2(null, fd)
+        os.dup2(theirs.fileno(), 3)
+        os.closerange(4, 1 << 16)
+        sock = socket.socket(fileno=3)
+        ns.prctl(ns.PR_SET_PDEATHSIG, signal.SIGKILL)
+        _limits(self.cfg, None)
+        ns.prctl(ns.PR_SET_NO_NEW_PRIVS, 1)
+        _become(self.cfg["judge_uid"], self.cfg["judge_gid"])
+        _judge_lib.serve(sock)
+      finally:
+        os._exit(111)
+    theirs.close()
+    self.sock = ours
+    self.fd = ours.fileno()
+    self.pidfd = os.pidfd_open(self.pid)
+
+  def stop(self):
+    try:
+      os.kill(self.pid, signal.SIGKILL)
+    except ProcessLookupError:
+      pass
+    try:
+      os.waitpid(self.pid, 0)
+    except ChildProcessError:
+      pass  # reaped with a program's processes
+    self.sock.close()
+    os.close(self.pidfd)
+
+  def restart(self):
+    self.stop()
+    self.start()
 
 
 def _fork(target, *args):
@@ -219,31 +273,38 @@ def _fork(target, *args):
   return pid
 
 
-def _execute(request, cfg, tmp_root):
+def _execute(request, cfg, tmp_root, judge):
   start = time.monotonic()
   workdir = tempfile.mkdtemp(dir=tmp_root)
   if cfg["program_tmpfs"]:
     ns.mount_program_tmpfs(workdir, cfg["uid"], cfg["gid"], cfg["tmp_mb"])
-    ns.mount_program_tmpfs("/dev/shm", cfg["uid"], cfg["gid"], cfg["tmp_mb"])
   elif cfg["uid"] is not None:
     os.chown(workdir, cfg["uid"], cfg["gid"])
   tested = bool(request["test_bytes"] or request["setup_bytes"])
   out_r, out_w = os.pipe()
   to_judge_r, to_judge_w = os.pipe()
   to_program_r, to_program_w = os.pipe() if tested else (None, None)
-  verdict_r, verdict_w = os.pipe() if tested else (to_judge_r, None)
-  read_r, read_w = os.pipe()
-  pids = [_fork(_child, request, read_w, out_w, to_judge_w, to_program_r, workdir, cfg)]
-  stream_intact = os.read(read_r, 1) == b"c"
-  if tested and stream_intact:
-    pids.append(_fork(_judge, request, read_w, to_program_w, to_judge_r, verdict_w, cfg))
-    stream_intact = os.read(read_r, 1) == b"j"
-  for fd in (out_w, to_judge_w, to_program_r, to_program_w, verdict_w, read_r, read_w):
+  verdict_r = judge.fd if tested else to_judge_r
+  # Each process reads its part of the request from a pipe of its own, spliced from the stream
+  # after the fork: a part larger than a pipe's buffer flows while the process reads it.
+  code_r, code_w = os.pipe()
+  pids = [_fork(_child, request, code_r, out_w, to_judge_w, to_program_r, workdir, cfg)]
+  stream_intact = _pass_on(request["code_bytes"], code_w, cfg["devnull"])
+  if tested:
+    test_r, test_w = os.pipe()
+    header = json.dumps({k: request[k] for k in ("entry_point", "setup_bytes", "test_bytes")})
+    socket.send_fds(judge.sock, [header.encode()], [test_r, to_program_w, to_judge_r])
+    stream_intact &= _pass_on(request["setup_bytes"] + request["test_bytes"], test_w,
+                              cfg["devnull"])
+    for fd in (test_r, test_w, to_program_w, to_judge_r):
+      os.close(fd)
+  for fd in (code_r, code_w, out_w, to_judge_w, to_program_r):
     if fd is not None:
       os.close(fd)
+  pidfds = {os.pidfd_open(pids[0]): pids[0]}
   if tested:
-    os.close(to_judge_r)
-  pidfds = {os.pidfd_open(pid): pid for pid in pids}
+    pids.append(judge.pid)
+    pidfds[judge.pidfd] = judge.pid
   os.set_blocking(out_r, False)
   os.set_blocking(verdict_r, False)
   output, report = bytearray(), bytearray()
@@ -280,16 +341,22 @@ def _execute(request, cfg, tmp_root):
     drain(fd)
   verdict = _frame(report)
   statuses = {}
-  _kill_everything_but_me(pids[0], statuses)
+  _kill_everything_but_me(pids[0], statuses, spare=judge.pid)
   status = statuses[pids[0]]
   if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
     exited.add(pids[0])  # it ended on its own, though its exit was not seen yet
-  for fd in (out_r, verdict_r, *pidfds):
-    os.close(fd)
+  os.close(out_r)
+  os.close(next(iter(pidfds)))  # the program's; the judge's stays with the judge
+  if tested:
+    os.set_blocking(verdict_r, True)
+  else:
+    os.close(verdict_r)
+  if judge.pid in statuses or (tested and verdict is None):  # no verdict read: a fresh judge
+    judge.restart()
   duration = time.monotonic() - start
   left = _cleanup(workdir, cfg)
   if not stream_intact:
-    left = "the request stream was cut while a program read it"
+    left = "the host closed the request stream"
   result = _verdict(verdict, tested, status, pids[0] in exited, timed_out,
                     request["timeout_s"])
   if result["error"] is not None:
@@ -325,9 +392,17 @@ def _cleanup(workdir, cfg):
     # worker) goes in the kernel's collector, which closing any unix socket runs.
     for s in socket.socketpair():
       s.close()
+  if cfg.get("private_shm"):  # the worker's own tmpfs: emptied (an unmount costs an RCU grace period)
+    for name in os.listdir("/dev/shm"):
+      path = os.path.join("/dev/shm", name)
+      if os.path.isdir(path) and not os.path.islink(path):
+        _remove_tree(path)
+      else:
+        os.unlink(path)
+    if os.listdir("/dev/shm"):
+      return "/dev/shm not emptied"
   if cfg["program_tmpfs"]:
     try:
-      ns.unmount("/dev/shm")
       ns.unmount(workdir)
       os.rmdir(workdir)
     except OSError as e:
@@ -338,18 +413,45 @@ def _cleanup(workdir, cfg):
       return "working directory not removed entirely"
   if cfg.get("private_network") and _tcp_sockets_left():
     return "TCP connections outlived the program (TIME_WAIT holds their ports for 60 s)"
+  return _memory_released(cfg)
+
+
+def _charged(path):
+  """Anonymous and shared (tmpfs, memfd, SysV) memory charged to the worker's cgroup, in bytes:
+  what a program can leave behind (page cache of files it read is the kernel's to reclaim)."""
+  with open(path) as f:
+    stats = dict(line.split() for line in f)
+  return sum(int(stats.get(k, 0)) for k in ("rss", "anon", "shmem"))
+
+
+def _memory_released(cfg, slack=64 << 20, wait_s=2.0):
+  """Waits until the memory the program charged is released (the kernel frees a unix-socket cycle
+  of in-flight fds asynchronously, after the last socket closes); what is still held after
+  `wait_s` retires the worker, so the next program starts in a fresh cgroup."""
+  if not cfg.get("memory_stat"):
+    return None
+  deadline = time.monotonic() + wait_s
+  while (held := _charged(cfg["memory_stat"])) > cfg["memory_baseline"] + slack:
+    if time.monotonic() > deadline:
+      return f"{held >> 20} MiB still charged to the worker after its program ended"
+    time.sleep(0.002)
   return None
 
 
 def _tcp_sockets_left():
-  for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+  """Any TCP socket in our network namespace (its counts in sockstat are per namespace; reading
+  /proc/net/tcp would walk the kernel's whole connection table, ~25 ms on a busy host)."""
+  counts = {}
+  for path in ("/proc/net/sockstat", "/proc/net/sockstat6"):
     try:
-      with open(path, "rb") as f:
-        if len(f.read().splitlines()) > 1:
-          return True
-    except OSError:
-      pass
-  return False
+      with open(path) as f:
+        for line in f:
+          kind, _, fields = line.partition(":")
+          values = fields.split()
+          counts.update({(kind, k): int(v) for k, v in zip(values[::2], values[1::2])})
+    except (OSError, ValueError):
+      return False
+  return any(counts.get(key, 0) for key in (("TCP", "inuse"), ("TCP", "tw"), ("TCP6", "inuse")))
 
 
 def _verdict(verdict, tested, status, exited, timed_out, timeout_s):
@@ -454,6 +556,9 @@ def _per_program_protections(cfg, tmp_root, protections):
     ns.mount_program_tmpfs(probe, cfg["uid"], cfg["gid"], 1)
     ns.unmount(probe)
     cfg["program_tmpfs"] = True
+    # /dev/shm (multiprocessing's semaphores, shared memory): the programs' own, emptied after each.
+    ns.mount_program_tmpfs("/dev/shm", cfg["uid"], cfg["gid"], cfg["tmp_mb"])
+    cfg["private_shm"] = True
   except OSError as e:
     cfg["program_tmpfs"] = False
     protections["program_tmpfs"] = (f"off ({e}): working directories are removed file by file; a "
@@ -514,6 +619,7 @@ def main():
       __import__(name)
     except ImportError:
       pass
+  cfg["devnull"] = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
   tmp_root = tempfile.mkdtemp(prefix="phi1-sandbox-")
   os.chmod(tmp_root, 0o711)
   _per_program_protections(cfg, tmp_root, protections)
@@ -521,6 +627,9 @@ def main():
     SYSCALL_FILTER.load()
   import gc
   gc.freeze()  # forked children then leave the pre-imported objects' pages shared
+  judge = Judge(cfg)  # before any request: its memory, like ours, holds no test yet
+  if cfg.get("memory_stat"):
+    cfg["memory_baseline"] = _charged(cfg["memory_stat"])
   _send(dict(ready=True, pid=os.getpid(), protections=protections))
   try:
     while True:
@@ -529,7 +638,7 @@ def main():
       except EOFError:
         break
       try:
-        result = _execute(program, cfg, tmp_root)
+        result = _execute(program, cfg, tmp_root, judge)
       except Exception as e:  # a harness fault: reported for this program; a fresh worker goes on
         result = dict(status="crashed", error=f"sandbox: {type(e).__name__}: {e}", duration_s=0.0,
                       output="", retire="the server failed")
@@ -537,6 +646,7 @@ def main():
       if result.get("retire"):
         break
   finally:
+    judge.stop()  # reaped here, so its CPU time is counted with ours
     _remove_tree(tmp_root)
 
 

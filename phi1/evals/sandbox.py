@@ -108,6 +108,7 @@ ETC_ENTRIES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", 
                "hosts", "os-release", "alternatives")
 
 
+MEMORY_STAT = "/tmp/.phi1-worker-memory.stat"  # where a worker sees its cgroup's memory.stat
 # The server's own code: bound file by file, never its folder (phi1/evals holds MBPP's data).
 WORKER_FILES = tuple(os.path.join(os.path.dirname(_WORKER), name) for name in (
     "_worker.py", "_namespaces.py", "_seccomp.py", "_plain.py", "_candidate.py", "_judge.py"))
@@ -350,7 +351,16 @@ class Sandbox:
     # sleeping children would starve another worker's program. The worker's pids cgroup bounds
     # its programs alone; RLIMIT_NPROC only where there is no such cgroup.
     config = dict(self._config, nproc=None if cgroup else self._config["nproc"])
-    return self._prefix + [sys.executable, "-I", _WORKER, json.dumps(config)]
+    prefix = self._prefix
+    if cgroup is not None and (self.isolation.bwrap or self.isolation.own_namespaces):
+      # The worker's memory.stat, read-only in its view: after each program the server waits
+      # until what the program charged to the cgroup is gone (docs/sandbox.md, "memory").
+      config.update(memory_stat=MEMORY_STAT)
+      if self.isolation.bwrap:
+        prefix = prefix[:-1] + ["--ro-bind", cgroup.memory_stat, MEMORY_STAT, "--"]
+      else:
+        config.update(view=config["view"] + [("ro-bind", cgroup.memory_stat, MEMORY_STAT)])
+    return prefix + [sys.executable, "-I", _WORKER, json.dumps(config)]
 
   @property
   def protections_off(self) -> tuple[str, ...]:
