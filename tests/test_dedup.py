@@ -166,3 +166,8 @@ def test_raw_jsonl_records_are_ingested_first(tmp_path, capsys):
   kept = {r["id"] for r in shards.read_records(str(tmp_path / "out" / "records"))}
   assert kept == {f"d{i}" for i in range(20)}
   assert json.loads(capsys.readouterr().out)["exact_duplicates"] == 5
+  (tmp_path / "blank").mkdir()
+  (tmp_path / "blank" / "r.jsonl").write_text(json.dumps({"id": "1", "text": ""}) + "\n")
+  assert dedup.main(["--input", str(tmp_path / "blank"), "--out", str(tmp_path / "o2"),
+                     "--tasks", "1"]) == 2
+  assert "yielded 0 records" in capsys.readouterr().err

@@ -172,6 +172,16 @@ def test_stack_exchange_posts_xml(tmp_path):
   assert (stats.replaced_undecodable, stats.skipped_bad_xml, stats.skipped_unanswered) == (1, 1, 1)
 
 
+def test_posts_xml_not_one_row_per_line_streams_through_iterparse(tmp_path):
+  rows = [line.strip() for line in POSTS_XML.splitlines()[2:-1] if "broken" not in line]
+  (tmp_path / "Posts.xml").write_text('<?xml version="1.0" encoding="utf-8"?><posts>'
+                                      + "".join(rows) + "</posts>", encoding="utf-8")
+  stats = ingest.IngestStats()
+  a, b = ingest.iter_records(tmp_path / "Posts.xml", stats=stats)
+  assert (a["id"], b["id"]) == ("1", "6") and "```\ndef rev(xs):" in a["text"]
+  assert "caf\xe9" in b["text"] and stats.skipped_unanswered == 1
+
+
 def test_question_answers_export(tmp_path):
   """The common Q&A export (stack-exchange-preferences): question + scored, selected answers."""
   path = tmp_path / "qa.jsonl"

@@ -270,5 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(json.dumps({"submitted": True, "out": args.out}))
     return 0
   summary = shard_steps.timed(args.out, time.time() - t0)
+  if not summary.get("docs_in"):
+    from data_gen.filtering import inputs
+    print(f"error: {args.input} yielded 0 records to deduplicate; expected record shards or "
+          f"{inputs.LAYOUTS}", file=sys.stderr)
+    return 2
   print(json.dumps(summary))
   return 0
