@@ -33,8 +33,9 @@ install: $(VENV)/.installed system-deps
 demo: install
 	$(VENV)/bin/phi1 demo --workdir $(WORKDIR)
 
+# -rs prints why each skipped test skipped; --durations the slowest steps (CI keeps an eye on both).
 test: install
-	$(VENV)/bin/python -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -q -p no:cacheprovider -rs --durations=15 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info
