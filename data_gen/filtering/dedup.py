@@ -3,7 +3,8 @@
     python -m data_gen dedup --input DIR --out DIR [--tasks N --workers M --executor local|slurm|ray]
 
 `--input` is a directory of record shards (a filter stage's output, or a textbooks/exercises
-output); `--out DIR` gets the kept records as shards in `DIR/records/`, and the duplicate clusters
+output), or raw record files (JSON lines, Parquet, Arrow, .py: ingested first, `--id-field`,
+`--text-field`); `--out DIR` gets the kept records as shards in `DIR/records/`, and the duplicate clusters
 in `DIR/clusters/` (one row per clustered record: id, kind exact|near, cluster, kept).
 
 Engine steps (data_gen/engine.py runs them; one input shard per task):

@@ -18,8 +18,10 @@ Ray); sharded stages run one task per shard and write one record shard per task
 
 `phi1.data` reads workdir/select/selected/ (or any records/ directory) as it reads data_gen output.
 Each stage writes `summary.json` (counts, seconds, docs/s, MB/s). Rerunning a command skips the
-finished tasks (datatrove's completion markers); a finished stage whose settings (or an upstream
-stage's) changed runs again from scratch, and a half-finished one refuses other settings. A stage
+finished tasks (datatrove's completion markers); a finished stage whose settings or inputs (or an
+upstream stage's) changed runs again from scratch, saying what changed, and a half-finished one
+refuses other settings. Inputs count by content fingerprint (`contents`): the input files' names,
+sizes and mtimes, the labels file's sha256. Input that yields no record is an error. A stage
 named in `skip` does not run (for `dedup`, the ingested records pass straight through);
 `labels=FILE` (`--labels`) makes annotate copy labels made elsewhere instead of calling the LLM.
 """

@@ -368,7 +368,8 @@ def steps(stage: str, config, workdir: str, records_dir: str, tasks: int, embedd
             engine.Step("finish", [FinishStage(stage_dir, {out: "ingest"}, _IngestSummary(ids_dir),
                                                summary_extra=extra)], 1)]
   if stage == "annotate":
-    return [engine.Step("annotate", [Annotate(**one)], 1)]
+    # Not quiet: labelling reports its progress and cost as it goes (hours against the API).
+    return [engine.Step("annotate", [Annotate(**one)], 1, quiet=False)]
   if stage == "embed":
     return [engine.Step("embed", [ReadShards(records_dir), EmbedSample(config, workdir, embedder)],
                         tasks, gpu=True),
