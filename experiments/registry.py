@@ -26,8 +26,10 @@ import statistics
 import sys
 
 from phi1 import atomic, fingerprint, run_identity
+from phi1.evals import benchmarks
 
-BENCHES = ("humaneval", "mbpp")
+# The benchmarks a sweep evaluates (phi1/evals/benchmarks.py: those run during training too).
+BENCHES = benchmarks.names(in_training=True)
 # name -> type; the order is the table's column order.
 COLUMNS = {
     "name": str, "family": str, "sweep": str, "experiment": str, "status": str,
@@ -35,8 +37,8 @@ COLUMNS = {
     "params": int, "matmul_params": int, "n_layers": int, "d_model": int,
     "batch_size": int, "seq_len": int, "steps": int, "tokens": int, "flops": float,
     "final_loss": float, "final_eval_loss": float, "best_eval_loss": float, "best_eval_step": int,
-    "humaneval_pass@1": float, "humaneval_protocol": str,
-    "mbpp_pass@1": float, "mbpp_protocol": str,
+    **{f"{b}_{column}": kind for b in BENCHES
+       for column, kind in (("pass@1", float), ("protocol", str))},
     # Why a `phi1 eval` summary in eval_<bench>/ was left out (empty when shown or absent).
     **{f"{b}_eval": str for b in BENCHES},
     # Best-of-N finetunes (experiments/best_of_n.py): pass@1 above is the best checkpoint's; its
@@ -209,7 +211,7 @@ def _typed(value, kind):
 
 def format_table(rows: list[dict]) -> str:
   show = ("name", "family", "status", "params", "tokens", "flops", "final_eval_loss",
-          "best_eval_loss", "humaneval_pass@1", "mbpp_pass@1", "wall_s", "mfu")
+          "best_eval_loss", *(f"{b}_pass@1" for b in BENCHES), "wall_s", "mfu")
   cells = [[_cell(r.get(k)) for k in show] for r in rows]
   widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h)
             for i, h in enumerate(show)]

@@ -22,9 +22,7 @@ prints the runs and their compute (tokens, FLOPs by phi1/flops.py, GPU-hours on 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
 import os
 import pathlib
@@ -37,6 +35,7 @@ if str(REPO) not in sys.path:  # `python experiments/sweep.py` as well as `-m ex
 
 from phi1 import config as config_lib, demo_corpus, preemption, run_identity  # noqa: E402,F401
 from phi1.run_identity import config_hash  # noqa: E402,F401  (a run's identity, shared)
+from phi1.evals import benchmarks  # noqa: E402
 from experiments.runs import (DONE, RUN_INFO, Run, expand, is_done, load_experiment,  # noqa: E402,F401
                               run_info, write_json)
 from experiments.dry_run import Estimate, dry_run, estimate, explain, implied_mfu  # noqa: E402,F401
@@ -101,27 +100,14 @@ def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int,
     aside = out.with_name(f"{out.name}.stale-{int(time.time())}")
     print(f"  {summary_path}: {stale}; moved to {aside}, evaluating again")
     out.rename(aside)
-  options = ["--bench", bench, "--max-new-tokens", str(max_new_tokens), "--no-progress"]
-  options += ["--limit", str(limit)] if limit else []
+  from phi1.evals import cli as eval_cli
+  options = dict(max_new_tokens=max_new_tokens, no_progress=True, limit=limit or None)
   steps = checkpoint.kept_steps(run.workdir)
   if best_of_n and run.config.init_from and steps:
     return best_of_n_lib.evaluate_checkpoints(
-        run.workdir, bench, steps, lambda step, step_out: _eval_cli(
-            options + ["--checkpoint", str(run.workdir), "--step", str(step),
-                       "--out", str(step_out)], step_out / "summary.json"))
-  return _eval_cli(options + ["--checkpoint", str(run.workdir / "export"), "--out", str(out)],
-                   summary_path)
-
-
-def _eval_cli(argv: list[str], summary_path: pathlib.Path) -> dict:
-  """`phi1 eval ARGV` in this process; its summary.json."""
-  from phi1.evals import cli as eval_cli
-  stdout = io.StringIO()
-  with contextlib.redirect_stdout(stdout):
-    code = eval_cli.main(argv)
-  if code != 0 or not summary_path.is_file():
-    raise RuntimeError(f"phi1 eval {' '.join(argv)} failed (exit {code}): {stdout.getvalue()[-500:]}")
-  return json.loads(summary_path.read_text())
+        run.workdir, bench, steps, lambda step, step_out: eval_cli.evaluate(
+            bench, checkpoint=str(run.workdir), step=step, out=str(step_out), **options))
+  return eval_cli.evaluate(bench, checkpoint=str(run.workdir / "export"), out=str(out), **options)
 
 
 def run_local(runs: list[Run], *, benches=(), eval_limit=None, max_new_tokens=512,
@@ -176,7 +162,8 @@ def main(argv=None) -> int:
   p.add_argument("--gpus", type=int, default=8, help="GPUs, for the wall-clock estimate")
   p.add_argument("--reference-gpu-hours", type=float,
                  help="print the MFU this many GPU-hours would imply (e.g. the paper's 770)")
-  p.add_argument("--eval", default="", help="after training: comma list of humaneval, mbpp")
+  p.add_argument("--eval", default="", help="after training: comma list of "
+                 f"{', '.join(benchmarks.names(in_training=True))}")
   p.add_argument("--eval-limit", type=int, help="only the first N problems of each benchmark")
   p.add_argument("--eval-max-new-tokens", type=int, default=512)
   p.add_argument("--eval-export-only", action="store_true",
@@ -212,9 +199,9 @@ def main(argv=None) -> int:
   on_change = "restart" if args.restart else "continue" if args.continue_with_changes else "refuse"
 
   benches = [b for b in args.eval.split(",") if b]
-  unknown = [b for b in benches if b not in ("humaneval", "mbpp")]
+  unknown = [b for b in benches if b not in benchmarks.names(in_training=True)]
   if unknown:
-    p.error(f"--eval takes humaneval and/or mbpp, got {unknown}")
+    p.error(f"--eval takes {', '.join(benchmarks.names(in_training=True))}, got {unknown}")
   extra = _parse_sets(args.set)
   try:
     runs = expand(args.experiment, args.root, extra)

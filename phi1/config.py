@@ -81,14 +81,15 @@ def base_config() -> ml_collections.ConfigDict:
   # Benchmark evals during training (phi1/evals/during_training.py documents each key).
   c.eval_solution_loss = ()  # e.g. ("humaneval", "mbpp"): reference-solution NLL at eval steps
   c.eval_solution_loss_split = ""  # decontamination report.json: similar / non-similar split too
-  c.eval_humaneval_every = 0  # pass@k every N steps (0: off)
-  c.eval_mbpp_every = 0
   c.eval_limit = 0  # first N problems (0: all)
   c.eval_samples = 1  # greedy pass@1 by default
   c.eval_temperature = 0.0
   c.eval_max_new_tokens = 128
   c.eval_batch_size = 16
-  c.eval_mbpp_path = ""
+  from phi1.evals import benchmarks  # each registered benchmark gets its two keys
+  for name in benchmarks.names(in_training=True):
+    c[f"eval_{name}_every"] = 0  # pass@k every N steps and at the last step (0: off)
+    c[f"eval_{name}_path"] = ""  # the benchmark's data file ("": the shipped one)
 
   c.data = data.default_config()
   c.lock()  # experiment files change keys; a new one is added here, with its doc

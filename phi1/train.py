@@ -258,13 +258,25 @@ class Trainer:
                         self.abstract_state, self.state_shardings)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepEnd:
+  """What a hook sees after each step. `eval_step`: an `eval_every` step (or the last one)."""
+  trainer: Trainer
+  state: TrainState
+  step: int  # steps done
+  last_step: int
+  eval_step: bool
+
+
 def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
-        mesh=None, on_change: str = "refuse", model_fn=None) -> dict:
+        mesh=None, on_change: str = "refuse", model_fn=None, hooks=()) -> dict:
   """Train in `workdir`, resuming from its latest checkpoint; returns the last logged metrics.
 
   Checkpoints made with a different config are refused unless `on_change` is "restart" or
   "continue" (phi1/run_identity.py). `model_fn(model_config, rngs=...)` swaps in another model
-  (see `Trainer`); its import path is part of the recorded config."""
+  (see `Trainer`); its import path is part of the recorded config. `hooks`: callables
+  `hook(StepEnd) -> dict | None` run after every step, after the config's own benchmark evals
+  (phi1/evals/during_training.py); the metrics they return are logged at that step."""
   from phi1 import data as data_lib
   config_lib.validate(config)  # unknown keys, missing optional packages: before anything loads
   workdir = pathlib.Path(workdir).absolute()
@@ -295,7 +307,7 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
   writer = metrics_lib.MetricsWriter(workdir, resume_step=start, config=config,
                                      wandb_project=config.wandb_project)
   from phi1.evals import during_training  # solution loss and pass@k, when the config asks
-  bench_evals = during_training.build(config, trainer)
+  hooks = [h for h in (during_training.build(config, trainer), *hooks) if h is not None]
   bar = _progress_bar(progress, start, config.steps)
   last, window, pending = {}, log_window.LogWindow(tokens_per_step(config)), None
   profiler = profiling.StepProfiler(config.profile_steps, workdir)
@@ -337,9 +349,10 @@ def run(config: ml_collections.ConfigDict, workdir, *, progress: bool = True,
           eval_loss = trainer.eval_loss(state.params, pipeline.eval_batches(config.eval_batches))
           writer.write(done, {"eval_loss": eval_loss})
           last["eval_loss"] = eval_loss
-        if bench_evals and (bench_metrics := bench_evals.run(state, done, config.steps, eval_step)):
-          writer.write(done, bench_metrics)
-          last.update(bench_metrics)
+        for hook in hooks:
+          if hook_metrics := hook(StepEnd(trainer, state, done, config.steps, eval_step)):
+            writer.write(done, hook_metrics)
+            last.update(hook_metrics)
         if done % config.checkpoint_every == 0 or done == config.steps or stop.save_due(done):
           loss = float(local_value(step_metrics["loss"]))
           check_finite(loss, done, last_good, workdir)  # never checkpoint a diverged state

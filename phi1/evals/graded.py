@@ -26,7 +26,8 @@ import re
 import sys
 from collections.abc import Sequence
 
-from phi1.evals.task import Task
+from phi1.evals import postprocess
+from phi1.evals.task import Benchmark, Task
 
 GRADER_TEMPLATE = """You are a teacher grading a student's solution to a Python coding problem.
 
@@ -158,3 +159,11 @@ def run_grading(args, tasks, rubrics, samples, out_dir: str) -> dict:
     print(f"phi1 eval: {result['graded_unparsable']} grader replies had no 'Score: N' and count "
           "as 0 (see graded.jsonl)", file=sys.stderr)
   return result
+
+
+BENCHMARK = Benchmark(
+    name="graded", default_path=default_path,
+    load=lambda path=None, split="test", prompt_style="": (
+        load(path)[0], dict(name="graded", prompt_template="signature + docstring, as HumanEval")),
+    stops=lambda prompt_style: postprocess.HUMANEVAL_STOPS,
+    in_training=False)  # an LLM grades each completion

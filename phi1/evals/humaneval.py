@@ -10,7 +10,8 @@ import gzip
 import json
 import os
 
-from phi1.evals.task import Task
+from phi1.evals import postprocess
+from phi1.evals.task import Benchmark, Task
 
 
 def default_path() -> str:
@@ -31,3 +32,16 @@ def load(path: str | None = None) -> list[Task]:
                           reference=row["canonical_solution"], entry_point=row["entry_point"],
                           setup=row["prompt"]))
   return tasks
+
+
+def _benchmark_load(path=None, split: str = "test", prompt_style: str = ""
+                    ) -> tuple[list[Task], dict]:
+  del split, prompt_style  # one split, one prompt
+  return load(path), dict(name="humaneval",
+                          prompt_template="the raw HumanEval prompt (signature + docstring)")
+
+
+BENCHMARK = Benchmark(
+    name="humaneval", default_path=default_path, load=_benchmark_load,
+    stops=lambda prompt_style: postprocess.HUMANEVAL_STOPS,
+    problems=lambda path: [(t.task_id, t.prompt, t.prompt + t.reference) for t in load(path)])

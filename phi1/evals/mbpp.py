@@ -16,7 +16,8 @@ import json
 import os
 import re
 
-from phi1.evals.task import Task
+from phi1.evals import postprocess
+from phi1.evals.task import Benchmark, Task
 
 SPLITS = {"prompt": (1, 10), "test": (11, 510), "validation": (511, 600), "train": (601, 974),
           "all": (1, 974)}
@@ -93,3 +94,30 @@ def load(path: str | None = None, split: str = "test", prompt_style: str = "fews
     tasks.append(Task(task_id=f"Mbpp/{row['task_id']}", prompt=prompt, prefix=prefix, test=test,
                       reference=_code(row) + "\n", entry_point=entry_point(row)))
   return tasks
+
+
+TEMPLATES = {"fewshot": "3-shot (tasks 2, 3, 4), Austin et al. 2021 [BEGIN]/[DONE] format",
+             "docstring": 'zero-shot: """\\n{text}\\n{first test}\\n"""\\n (bigcode)'}
+
+
+def _benchmark_load(path=None, split: str = "test", prompt_style: str = "fewshot"
+                    ) -> tuple[list[Task], dict]:
+  path = path or default_path()
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"MBPP file {path} not found; pass --data PATH to mbpp.jsonl")
+  prompt_style = prompt_style or "fewshot"
+  return load(path, split=split, prompt_style=prompt_style), dict(
+      name="mbpp", split=split, prompt_style=prompt_style,
+      prompt_template=TEMPLATES.get(prompt_style, prompt_style))
+
+
+# Decontamination reads all 974 rows, every split: training data must not contain the few-shot or
+# validation problems either.
+BENCHMARK = Benchmark(
+    name="mbpp", default_path=default_path, load=_benchmark_load,
+    stops=lambda prompt_style: (postprocess.MBPP_FEWSHOT_STOPS if prompt_style in ("fewshot", "")
+                                else postprocess.MBPP_STOPS),
+    problems=lambda path: [(str(r["task_id"]), r["text"], r["code"].replace("\r\n", "\n"))
+                           for r in read_rows(path)],
+    # A small model's context rarely holds the 3-shot prompt: zero-shot docstring in training.
+    training_prompt_style="docstring")

@@ -21,14 +21,11 @@ import json
 import os
 from collections.abc import Callable, Collection, Sequence
 
-from phi1.evals import humaneval, mbpp, postprocess
+from phi1.evals import benchmarks
 from phi1.evals.passk import pass_at_k, pass_at_k_table
 from phi1.evals.sandbox import Sandbox
 from phi1.evals.task import Sample, Task, file_sha256
 from phi1.evals.task_ids import TaskIdMatcher
-
-BENCHMARKS = ("humaneval", "mbpp", "graded")
-
 
 class MissingSamples(ValueError):
   """Some selected problems have no samples: a score over the rest would look better than it is."""
@@ -47,26 +44,9 @@ def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
                    prompt_style: str = "fewshot", limit: int | None = None
                    ) -> tuple[list[Task], dict]:
   """The tasks (the first `limit` of them) and a description of the data for the protocol."""
-  if bench == "humaneval":
-    path = path or humaneval.default_path()
-    tasks = humaneval.load(path)
-    info = dict(name="humaneval", prompt_template="the raw HumanEval prompt (signature + docstring)")
-  elif bench == "mbpp":
-    path = path or mbpp.default_path()
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"MBPP file {path} not found; pass --data PATH to mbpp.jsonl")
-    tasks = mbpp.load(path, split=split, prompt_style=prompt_style)
-    templates = {"fewshot": "3-shot (tasks 2, 3, 4), Austin et al. 2021 [BEGIN]/[DONE] format",
-                 "docstring": 'zero-shot: """\\n{text}\\n{first test}\\n"""\\n (bigcode)'}
-    template = templates[prompt_style]
-    info = dict(name="mbpp", split=split, prompt_style=prompt_style, prompt_template=template)
-  elif bench == "graded":  # paper §4's kind of problems, graded by an LLM (phi1/evals/graded.py)
-    from phi1.evals import graded
-    path = path or graded.default_path()
-    tasks, _ = graded.load(path)
-    info = dict(name="graded", prompt_template="signature + docstring, as HumanEval")
-  else:
-    raise ValueError(f"unknown benchmark {bench!r}; choose one of {BENCHMARKS}")
+  benchmark = benchmarks.get(bench)
+  path = path or benchmark.default_path()
+  tasks, info = benchmark.load(path, split=split, prompt_style=prompt_style)
   if limit is not None:
     if limit < 1:
       raise ValueError(f"--limit must be at least 1, got {limit}")
@@ -77,9 +57,7 @@ def load_benchmark(bench: str, *, path: str | None = None, split: str = "test",
 
 
 def default_stops(bench: str, prompt_style: str = "fewshot") -> tuple[str, ...]:
-  if bench in ("humaneval", "graded"):
-    return postprocess.HUMANEVAL_STOPS
-  return postprocess.MBPP_FEWSHOT_STOPS if prompt_style == "fewshot" else postprocess.MBPP_STOPS
+  return benchmarks.get(bench).stops(prompt_style)
 
 
 def read_samples(path: str, tasks: Sequence[Task], skip: Collection[str] = ()
