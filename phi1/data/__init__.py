@@ -1,6 +1,7 @@
 """Data for phi1: tokenized documents packed into fixed-length rows by a grain pipeline.
 
-Modules: `records` (reading raw records, bad-record counters), `token_docs` (tokenized documents in
+Modules: `rows` (the one reader of JSON-lines / Parquet / Arrow files, in pieces; data_gen uses it
+too), `records` (raw records as documents, bad-record counters), `token_docs` (tokenized documents in
 memory or in pre-tokenized ArrayRecord shards), `packing` (concat / document packing), `pipeline`
 (split, shard, shuffle, mix, batch, eval, checkpoint args), `config` (the `data` config block).
 
