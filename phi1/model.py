@@ -430,7 +430,6 @@ def _remat(policy: str):
 
 
 def count_params(config: Phi1Config) -> int:
-  """Exact parameter count without allocating (jax.eval_shape over the constructor)."""
-  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
-  leaves = jax.tree.leaves(nnx.state(abstract, nnx.Param))
-  return sum(int(jnp.prod(jnp.array(x.shape))) for x in leaves)
+  """Exact parameter count without allocating (phi1/flops.py counts the abstract model)."""
+  from phi1 import flops  # flops imports this module
+  return flops.param_counts(config)[0]
