@@ -212,7 +212,7 @@ def test_deep_tree_is_removed_without_recursion(tmp_path):
     fd = inner
   os.close(os.open("leftover", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
   os.close(fd)
-  assert _worker._cleanup(str(root), {"program_tmpfs": False}) is None
+  assert _worker._leftovers.cleanup(str(root), {"program_tmpfs": False}) is None
   assert not root.exists()
 
 

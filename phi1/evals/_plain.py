@@ -216,6 +216,21 @@ def read_exact(fd, n, _os_read=os.read):
   return b"".join(chunks)
 
 
+def parse_frame(report, max_bytes=1 << 15):
+  """The one message in `report` once it is whole, else None; junk reads as ("lost",)."""
+  if len(report) < 4:
+    return None
+  n = int.from_bytes(report[:4], "big")
+  if n > max_bytes:
+    return ("lost",)
+  if len(report) < 4 + n:
+    return None
+  try:
+    return decode(bytes(report[4:4 + n]))
+  except PlainDataError:
+    return ("lost",)
+
+
 def cap_text(text: str, max_bytes: int) -> str:
   """`text` cut to at most `max_bytes` bytes both as UTF-8 and as Python stores it (1, 2 or 4 bytes
   a character, by the widest one): a result never costs the host more than that."""

@@ -1,21 +1,14 @@
 """The sandbox's fork server: one per worker, started by `phi1.evals.sandbox.Sandbox`.
 
-Runs as its own Python process (`python -I _worker.py CONFIG_JSON`), imports only the standard
-library and `pyseccomp` (through `_seccomp`), and talks to the host over fds 0 (requests) and 1
-(responses), each message a 4-byte big-endian length followed by JSON. Per program it forks a child
-that drops everything it can before running untrusted code (see `_child`); the server itself never
-runs untrusted code.
-
-Isolation is set up once per worker, so the per-program cost is one fork:
-  * bubblewrap (host's choice) or, as root, our own unshare(): new PID, network, mount, IPC and UTS
-    namespaces with this server as PID 1, so `kill(-1, SIGKILL)` ends every process a program left,
-    including ones that called setsid(); without a PID namespace the server is a child subreaper and
-    kills its descendants one generation at a time, which is equally exact.
-  * the filesystem is an allow-listed, read-only view (sandbox.filesystem_view), built by bwrap's
-    arguments or by `_namespaces.enter_view`.
-Then the server leaves the host's session keyring and loads the seccomp filter of `_seccomp.py`,
-which every program's child inherits. Per program, as root: a tmpfs working directory (removed by
-one unmount) and a new IPC namespace.
+Runs as `python -I _worker.py CONFIG_JSON` (the standard library and `pyseccomp` only) and talks to
+the host over fds 0 and 1: a request is a length-prefixed JSON header followed by the program's
+code, the benchmark's setup and the test; a response is a length-prefixed JSON result. Set up once:
+bubblewrap's or our own (as root) PID, network, mount, IPC and UTS namespaces with this server as
+PID 1 (else a child subreaper), the allow-listed read-only view, the seccomp filter, the judge
+process (`Judge`). Per program: a tmpfs working directory, a fork that reads its code from a pipe
+the request is spliced into and gives everything up (`_child`), the test handed to the judge the
+same way, then every process but the judge killed and the rest cleared (`_leftovers`). This process
+never runs untrusted code and never holds a program's code or test.
 """
 
 import errno
@@ -30,10 +23,11 @@ import sys
 import tempfile
 import time
 
-# python -I leaves the script's directory off sys.path: add it for our one sibling module only.
+# python -I leaves the script's directory off sys.path: add it for our sibling modules only.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _candidate  # noqa: E402
 import _judge as _judge_lib  # noqa: E402
+import _leftovers  # noqa: E402
 import _namespaces as ns  # noqa: E402
 import _plain  # noqa: E402
 try:
@@ -53,22 +47,12 @@ PREIMPORT = ("math", "re", "collections", "itertools", "functools", "heapq", "bi
 REQUEST_FD, RESPONSE_FD = 1021, 1022  # the protocol pipes, moved out of the way of programs
 
 
-def _read_exact(fd, n):
-  chunks = []
-  while n:
-    chunk = os.read(fd, n)
-    if not chunk:
-      raise EOFError
-    chunks.append(chunk)
-    n -= len(chunk)
-  return b"".join(chunks)
+_read_exact = _plain.read_exact
 
 
 def _send(msg):
   data = json.dumps(msg).encode()
-  data = struct.pack(">I", len(data)) + data
-  while data:
-    data = data[os.write(RESPONSE_FD, data):]
+  _plain.write_frame(RESPONSE_FD, data)
 
 
 def _receive():
@@ -76,61 +60,6 @@ def _receive():
   program's and the judge's processes themselves."""
   (n,) = struct.unpack(">I", _read_exact(REQUEST_FD, 4))
   return json.loads(_read_exact(REQUEST_FD, n))
-
-
-def _tasks_of_user(uid):
-  count = 0
-  for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-      with open(f"/proc/{pid}/status") as f:
-        fields = dict(line.split(":", 1) for line in f if ":" in line)
-    except OSError:
-      continue
-    if int(fields["Uid"].split()[0]) == uid:
-      count += int(fields["Threads"])
-  return count
-
-
-def _children():
-  pids = []
-  for tid in os.listdir("/proc/self/task"):
-    try:
-      with open(f"/proc/self/task/{tid}/children") as f:
-        pids += [int(p) for p in f.read().split()]
-    except OSError:
-      pass
-  return pids
-
-
-def _kill_everything_but_me(child, statuses, spare=None):
-  """SIGKILL every process a program left behind (all but us and the judge, `spare`) and reap
-  them; records wait statuses by pid."""
-  first = True
-  while True:
-    if os.getpid() == 1:  # PID 1 of our own namespace: /proc lists exactly the others in here
-      targets = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    else:  # a subreaper: orphaned descendants become our children, so kill generation by generation
-      targets = _children()
-    targets = [pid for pid in targets if pid not in (1, os.getpid(), spare)]
-    for pid in targets:
-      try:
-        os.kill(pid, signal.SIGKILL)
-      except ProcessLookupError:
-        pass
-    if first:  # the usual case, a lone child: wait for it instead of polling
-      statuses[child] = os.waitpid(child, 0)[1]
-      first = False
-    elif not targets:
-      return
-    while True:
-      try:
-        pid, status = os.waitpid(-1, os.WNOHANG)
-      except ChildProcessError:
-        return
-      if pid == 0:
-        time.sleep(0.0005)
-        break
-      statuses[pid] = status
 
 
 def _limits(cfg, timeout_s):
@@ -336,12 +265,12 @@ def _execute(request, cfg, tmp_root, judge):
         exited.add(pidfds[fd])
       else:
         drain(fd)
-    verdict = _frame(report)
+    verdict = _plain.parse_frame(report)
   for fd in list(open_fds):  # whatever is already written; never wait on a grandchild's pipe end
     drain(fd)
-  verdict = _frame(report)
+  verdict = _plain.parse_frame(report)
   statuses = {}
-  _kill_everything_but_me(pids[0], statuses, spare=judge.pid)
+  _leftovers.kill_all_but(pids[0], statuses, spare=judge.pid)
   status = statuses[pids[0]]
   if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL):
     exited.add(pids[0])  # it ended on its own, though its exit was not seen yet
@@ -354,7 +283,7 @@ def _execute(request, cfg, tmp_root, judge):
   if judge.pid in statuses or (tested and verdict is None):  # no verdict read: a fresh judge
     judge.restart()
   duration = time.monotonic() - start
-  left = _cleanup(workdir, cfg)
+  left = _leftovers.cleanup(workdir, cfg)
   if not stream_intact:
     left = "the host closed the request stream"
   result = _verdict(verdict, tested, status, pids[0] in exited, timed_out,
@@ -367,91 +296,6 @@ def _execute(request, cfg, tmp_root, judge):
   if left:
     result["retire"] = left
   return result
-
-
-def _frame(report):
-  """The one message in `report` once it is whole, else None; junk reads as ("lost",)."""
-  if len(report) < 4:
-    return None
-  n = int.from_bytes(report[:4], "big")
-  if n > 1 << 15:
-    return ("lost",)
-  if len(report) < 4 + n:
-    return None
-  try:
-    return _plain.decode(bytes(report[4:4 + n]))
-  except _plain.PlainDataError:
-    return ("lost",)
-
-
-def _cleanup(workdir, cfg):
-  """Removes the program's working directory and /dev/shm; returns what was left behind, if
-  anything (the host then replaces this worker, so no program starts next to another's leftovers)."""
-  if cfg.get("private_network"):
-    # Sockets closed without the program: a unix-socket cycle holding fds (memory charged to the
-    # worker) goes in the kernel's collector, which closing any unix socket runs.
-    for s in socket.socketpair():
-      s.close()
-  if cfg.get("private_shm"):  # the worker's own tmpfs: emptied (an unmount costs an RCU grace period)
-    for name in os.listdir("/dev/shm"):
-      path = os.path.join("/dev/shm", name)
-      if os.path.isdir(path) and not os.path.islink(path):
-        _remove_tree(path)
-      else:
-        os.unlink(path)
-    if os.listdir("/dev/shm"):
-      return "/dev/shm not emptied"
-  if cfg["program_tmpfs"]:
-    try:
-      ns.unmount(workdir)
-      os.rmdir(workdir)
-    except OSError as e:
-      return f"working directory not removed: {e}"
-  else:
-    _remove_tree(workdir)
-    if os.path.lexists(workdir):
-      return "working directory not removed entirely"
-  if cfg.get("private_network") and _tcp_sockets_left():
-    return "TCP connections outlived the program (TIME_WAIT holds their ports for 60 s)"
-  return _memory_released(cfg)
-
-
-def _charged(path):
-  """Anonymous and shared (tmpfs, memfd, SysV) memory charged to the worker's cgroup, in bytes:
-  what a program can leave behind (page cache of files it read is the kernel's to reclaim)."""
-  with open(path) as f:
-    stats = dict(line.split() for line in f)
-  return sum(int(stats.get(k, 0)) for k in ("rss", "anon", "shmem"))
-
-
-def _memory_released(cfg, slack=64 << 20, wait_s=2.0):
-  """Waits until the memory the program charged is released (the kernel frees a unix-socket cycle
-  of in-flight fds asynchronously, after the last socket closes); what is still held after
-  `wait_s` retires the worker, so the next program starts in a fresh cgroup."""
-  if not cfg.get("memory_stat"):
-    return None
-  deadline = time.monotonic() + wait_s
-  while (held := _charged(cfg["memory_stat"])) > cfg["memory_baseline"] + slack:
-    if time.monotonic() > deadline:
-      return f"{held >> 20} MiB still charged to the worker after its program ended"
-    time.sleep(0.002)
-  return None
-
-
-def _tcp_sockets_left():
-  """Any TCP socket in our network namespace (its counts in sockstat are per namespace; reading
-  /proc/net/tcp would walk the kernel's whole connection table, ~25 ms on a busy host)."""
-  counts = {}
-  for path in ("/proc/net/sockstat", "/proc/net/sockstat6"):
-    try:
-      with open(path) as f:
-        for line in f:
-          kind, _, fields = line.partition(":")
-          values = fields.split()
-          counts.update({(kind, k): int(v) for k, v in zip(values[::2], values[1::2])})
-    except (OSError, ValueError):
-      return False
-  return any(counts.get(key, 0) for key in (("TCP", "inuse"), ("TCP", "tw"), ("TCP6", "inuse")))
 
 
 def _verdict(verdict, tested, status, exited, timed_out, timeout_s):
@@ -474,61 +318,6 @@ def _verdict(verdict, tested, status, exited, timed_out, timeout_s):
     return dict(status="crashed", error=f"killed by {signal.Signals(os.WTERMSIG(status)).name}")
   return dict(status="crashed", error=f"exited with code {os.waitstatus_to_exitcode(status)} "
                                       "before reporting a result")
-
-
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _remove_tree(path):
-  """Deletes `path` without recursion (a 1,100-deep tree would exhaust Python's stack) and through
-  directory fds, one open at a time (its paths exceed PATH_MAX; its depth, our open-file limit).
-  What cannot be removed (a directory the program, as our own user, made unreadable) is skipped
-  and stays; the caller sees it."""
-  try:
-    fd = os.open(path, _DIR)
-  except OSError:
-    return
-  names, skipped = [], [set()]  # the path from `path` to fd; per level, what could not go
-  while True:
-    subdir = None
-    with os.scandir(fd) as entries:
-      for entry in entries:
-        if entry.name in skipped[-1]:
-          continue
-        if entry.is_dir(follow_symlinks=False):
-          subdir = entry.name
-          break
-        try:
-          os.unlink(entry.name, dir_fd=fd)
-        except OSError:
-          skipped[-1].add(entry.name)
-    if subdir is not None:
-      try:
-        child = os.open(subdir, _DIR, dir_fd=fd)
-      except OSError:
-        skipped[-1].add(subdir)
-        continue
-      os.close(fd)
-      fd = child
-      names.append(subdir)
-      skipped.append(set())
-      continue
-    if not names:
-      break
-    parent = os.open("..", _DIR, dir_fd=fd)
-    os.close(fd)
-    fd = parent
-    name = names.pop()
-    skipped.pop()
-    try:
-      os.rmdir(name, dir_fd=fd)
-    except OSError:
-      skipped[-1].add(name)
-  os.close(fd)
-  try:
-    os.rmdir(path)
-  except OSError:
-    pass
 
 
 SYSCALL_FILTER = None  # the compiled seccomp filter, once main() has built it
@@ -613,7 +402,7 @@ def main():
   cfg["judge_uid"], cfg["judge_gid"] = ((None, None) if cfg["uid"] is None else
                                         (cfg["uid"] - 1, cfg["gid"] - 1))
   if cfg["uid"] is None and cfg["nproc"] is not None:  # it counts every task of our own user too
-    cfg["nproc"] += _tasks_of_user(os.getuid())
+    cfg["nproc"] += _leftovers.tasks_of_user(os.getuid())
   for name in PREIMPORT:
     try:
       __import__(name)
@@ -629,7 +418,7 @@ def main():
   gc.freeze()  # forked children then leave the pre-imported objects' pages shared
   judge = Judge(cfg)  # before any request: its memory, like ours, holds no test yet
   if cfg.get("memory_stat"):
-    cfg["memory_baseline"] = _charged(cfg["memory_stat"])
+    cfg["memory_baseline"] = _leftovers.charged(cfg["memory_stat"])
   _send(dict(ready=True, pid=os.getpid(), protections=protections))
   try:
     while True:
@@ -647,7 +436,7 @@ def main():
         break
   finally:
     judge.stop()  # reaped here, so its CPU time is counted with ours
-    _remove_tree(tmp_root)
+    _leftovers.remove_tree(tmp_root)
 
 
 if __name__ == "__main__":

