@@ -2,6 +2,7 @@
 (a sweep's saved eval) recomputes when the weights changed."""
 
 import json
+import pathlib
 import types
 
 from phi1 import fingerprint
@@ -77,15 +78,16 @@ def test_a_sweep_evaluates_again_when_its_saved_eval_scored_other_weights(tmp_pa
   export = _export(workdir / "export", b"first")
   calls = []
 
-  def eval_cli(argv, summary_path):
-    calls.append(argv)
+  def evaluate(bench, *, checkpoint, out, **options):  # phi1.evals.cli.evaluate, as it writes
+    calls.append(checkpoint)
     summary = {"pass@1": 0.1 * len(calls), "protocol": {"generator": {
-        "kind": "checkpoint", "path": str(export), "weights": fingerprint.of_weights(str(export))}}}
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary_path.write_text(json.dumps(summary))
+        "kind": "checkpoint", "path": checkpoint, "weights": fingerprint.of_weights(checkpoint)}}}
+    pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+    (pathlib.Path(out) / "summary.json").write_text(json.dumps(summary))
     return summary
 
-  monkeypatch.setattr(sweep, "_eval_cli", eval_cli)
+  from phi1.evals import cli as eval_cli
+  monkeypatch.setattr(eval_cli, "evaluate", evaluate)
   run = types.SimpleNamespace(workdir=workdir, config=types.SimpleNamespace(init_from=""))
   evaluate = lambda: sweep.evaluate(run, "humaneval", limit=2, max_new_tokens=8)["pass@1"]
   assert evaluate() == 0.1 and evaluate() == 0.1 and len(calls) == 1  # the same weights: reused
