@@ -248,8 +248,9 @@ def main() -> None:
              for c in CORES}
   print(f"whole filter pipeline: {whole1:.1f} docs/s at 1 worker, {whole2:.1f} at 2 "
         f"({whole2 / whole1:.2f}x; target >= 1.7x)")
-  print(f"35M files, all stages incl. decontamination: {total_h['64']} h on 64 cores, "
-        f"{total_h['512']} h on 512 cores (annotation: 100K labels through one task)")
+  print(f"35M files, all stages incl. decontamination, with the {args.embedder} embedder: "
+        f"{total_h['64']} h on 64 cores, {total_h['512']} h on 512 cores (annotation: 100K labels "
+        "through one task; the paper preset's CodeGen-350M scoring: bench/RESULTS.md)")
   peer_rate = peer["docs_in"] / peer["seconds"]
   print(f"datatrove's MinHash example, same input, 2 workers: {peer_rate:.1f} docs/s "
         f"(tokenizer: {peer['tokenizer']}); our dedup stage alone: "
