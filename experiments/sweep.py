@@ -87,7 +87,6 @@ def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int,
   or for a finetune (init_from set) with `best_of_n`, of the best of its kept checkpoints
   (experiments/best_of_n.py)."""
   from experiments import best_of_n as best_of_n_lib
-  from phi1 import checkpoint
   from phi1 import fingerprint
   out = run.workdir / f"eval_{bench}"
   summary_path = out / "summary.json"
@@ -102,7 +101,7 @@ def evaluate(run: Run, bench: str, *, limit: int | None, max_new_tokens: int,
     out.rename(aside)
   from phi1.evals import cli as eval_cli
   options = dict(max_new_tokens=max_new_tokens, no_progress=True, limit=limit or None)
-  steps = checkpoint.kept_steps(run.workdir)
+  steps = run_identity.kept_steps(run.workdir)
   if best_of_n and run.config.init_from and steps:
     return best_of_n_lib.evaluate_checkpoints(
         run.workdir, bench, steps, lambda step, step_out: eval_cli.evaluate(
@@ -241,8 +240,8 @@ def main(argv=None) -> int:
   if args.compile_cache:
     import jax
     jax.config.update("jax_compilation_cache_dir", args.compile_cache)
-  from phi1 import cli
-  cli.maybe_init_distributed()  # one process per host under SLURM (see write_slurm)
+  from phi1 import sharding
+  sharding.maybe_init_distributed()  # one process per host under SLURM (see write_slurm)
   start = time.perf_counter()
   try:
     run_local(runs, benches=benches, eval_limit=args.eval_limit,

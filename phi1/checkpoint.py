@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from phi1.model import Phi1, Phi1Config
+from phi1.run_identity import kept_steps
 
 EXPORT_CONFIG = "phi1_config.json"
 EXPORT_PARAMS = "params"
@@ -143,14 +144,6 @@ def load_model(path, **config_overrides) -> Phi1:
   nnx.replace_by_pure_dict(abstract_params, params)
   nnx.update(model, abstract_params)
   return model
-
-
-def kept_steps(workdir) -> list[int]:
-  """The complete training checkpoints in a workdir (orbax's temporary directories excluded)."""
-  directory = pathlib.Path(workdir) / "checkpoints"
-  if not directory.is_dir():
-    return []
-  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
 
 
 def load_training_step(workdir, step: int) -> tuple[Phi1, str]:

@@ -29,25 +29,6 @@ def _split_overrides(argv):
   return rest, overrides
 
 
-def maybe_init_distributed():
-  """Multi-host: one process per host, started by SLURM (auto-detected) or with
-  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID set."""
-  import jax
-  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
-  if not address and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-    return
-  # CPU hosts (tests, CPU clusters) need a collectives backend; GPUs use NCCL regardless.
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  if address:
-    try:
-      n, i = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
-    except KeyError as e:
-      raise SystemExit(f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not") from e
-    jax.distributed.initialize(address, num_processes=n, process_id=i)
-  else:
-    jax.distributed.initialize()
-
-
 TRAIN_HELP = """\
 overrides:
   --config.KEY=VALUE sets any key of the resolved config (dotted: --config.optimizer.peak_lr=3e-4,
@@ -98,8 +79,8 @@ def train_main(argv) -> int:
     print(config)
     return 0
   config_lib.validate(config)
-  maybe_init_distributed()
-  from phi1 import demo_corpus, preemption, train
+  from phi1 import demo_corpus, preemption, sharding, train
+  sharding.maybe_init_distributed()
   demo_corpus.build_if_named(config.data)  # experiment files only name the CPU corpus's files
   on_change = "restart" if args.restart else "continue" if args.continue_with_changes else "refuse"
   try:

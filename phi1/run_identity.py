@@ -90,8 +90,16 @@ def describe(changes: dict) -> str:
   return ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
 
 
+def kept_steps(workdir) -> list[int]:
+  """The complete training checkpoints in a workdir (orbax writes each step under a temporary
+  name and renames it when complete): a directory listing, no JAX."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
 def latest_step(workdir) -> int | None:
-  from phi1.checkpoint import kept_steps  # flax and orbax load only when a workdir is compared
   return max(kept_steps(workdir), default=None)
 
 

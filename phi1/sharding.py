@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 
 import difflib
+import os
 
 import flax.linen as nn
 import jax
@@ -42,6 +43,25 @@ LOGICAL_NAMES = ("batch", "seq", "embed", "heads", "mlp", "vocab", "norm", "head
 REPLICATE_BELOW = 1 << 16
 
 _ACTIVE = contextvars.ContextVar("phi1_activation_sharding", default=None)
+
+
+def maybe_init_distributed():
+  """Multi-host: one process per host, started by SLURM (auto-detected) or with
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID set. Call it before
+  any JAX computation: every process then sees every host's devices, and `make_mesh` spans them."""
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not address and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    return
+  # CPU hosts (tests, CPU clusters) need a collectives backend; GPUs use NCCL regardless.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if address:
+    try:
+      n, i = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except KeyError as e:
+      raise SystemExit(f"JAX_COORDINATOR_ADDRESS is set but {e.args[0]} is not") from e
+    jax.distributed.initialize(address, num_processes=n, process_id=i)
+  else:
+    jax.distributed.initialize()
 
 
 def make_mesh(preset: str, devices=None, tensor: int = 2) -> Mesh:

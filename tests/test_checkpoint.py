@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from phi1 import checkpoint, train
+from phi1 import checkpoint, run_identity, train
 from phi1.evals import cli
 from test_train import corpus, tiny_config  # noqa: F401  (corpus is a fixture)
 
@@ -25,7 +25,7 @@ def _params(model):
 
 
 def test_a_kept_step_loads_as_that_steps_model(workdir):
-  assert checkpoint.kept_steps(workdir) == [2, 4]
+  assert run_identity.kept_steps(workdir) == [2, 4]
   final, _ = checkpoint.load_for_inference(workdir)  # the export, written at the last step
   step4, tok = checkpoint.load_for_inference(workdir, step=4)
   step2, _ = checkpoint.load_for_inference(workdir, step=2)
@@ -71,3 +71,16 @@ def test_a_kept_step_of_a_model_fn_run_loads_as_that_model(corpus, tmp_path):  #
   assert isinstance(step2, SwiGLUPhi1) and step2.layers[0].mlp.gate.kernel.shape == (128, 384)
   for a, b in zip(_params(step2), _params(checkpoint.load_model(out))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_listing_kept_steps_loads_no_jax(workdir):
+  import os
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  code = ("import sys; from phi1 import run_identity; "
+          f"print(run_identity.kept_steps({str(workdir)!r}), "
+          "sorted(m for m in ('jax', 'flax', 'orbax') if m in sys.modules))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                       cwd=repo, env={**os.environ, "PYTHONPATH": repo})
+  assert out.stdout.strip() == "[2, 4] []"

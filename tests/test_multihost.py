@@ -20,8 +20,8 @@ import json, os, sys
 import jax
 import numpy as np
 jax.config.update("jax_num_cpu_devices", 2)
-from phi1 import cli
-cli.maybe_init_distributed()
+from phi1 import sharding
+sharding.maybe_init_distributed()
 from jax.experimental import multihost_utils
 sys.path.insert(0, sys.argv[1])
 from test_train import numerics_config, packed_run
@@ -40,8 +40,8 @@ EVAL_WORKER = r'''
 import json, sys
 import jax
 jax.config.update("jax_num_cpu_devices", 2)
-from phi1 import cli
-cli.maybe_init_distributed()
+from phi1 import sharding
+sharding.maybe_init_distributed()
 sys.path.insert(0, sys.argv[1])
 import scripted_model
 from test_scripted_eval import MAX_NEW, scripted_config
