@@ -2,8 +2,6 @@
 drawn against compute by experiments/plot.py."""
 
 import json
-import pathlib
-import sysconfig
 
 import numpy as np
 import pytest
@@ -12,19 +10,13 @@ from experiments import plot, registry
 from phi1 import checkpoint, config as config_lib, train
 from phi1.evals import humaneval, solution_loss
 from phi1.model import Phi1Config
-from phi1.tokenizer import load_tokenizer, train_sentencepiece
+from phi1.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-  out = tmp_path_factory.mktemp("corpus")
-  files = sorted(pathlib.Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:60]
-  texts = [f.read_text(encoding="utf-8", errors="replace")[:3000] for f in files]
-  with open(out / "train.jsonl", "w") as f:
-    for i, text in enumerate(texts):
-      f.write(json.dumps({"id": str(i), "text": text}) + "\n")
-  train_sentencepiece(texts, out / "tok.model", vocab_size=512)
-  return {"train": str(out / "train.jsonl"), "tokenizer": str(out / "tok.model")}
+def corpus(stdlib_corpus):
+  """The session's stdlib corpus and 512-piece tokenizer (tests/conftest.py)."""
+  return stdlib_corpus
 
 
 def config(corpus, **overrides):
