@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
+from phi1 import atomic
 from data_gen import decontaminate as dc
 from data_gen import decontaminate_report, engine, shards
 from data_gen.filtering import ingest
@@ -71,9 +71,7 @@ class Scan(PipelineStep):
                               s.make_embedder())
     work = s.work()
     work.mkdir(parents=True, exist_ok=True)
-    tmp = work / f".scan-{rank:05d}.json.tmp"
-    tmp.write_text(json.dumps(result))
-    os.replace(tmp, work / f"scan-{rank:05d}.json")
+    atomic.write_json(work / f"scan-{rank:05d}.json", result)
     return iter(())
 
 
@@ -109,17 +107,15 @@ class Merge(PipelineStep):
     problems, embedder = s.problems(), s.make_embedder()
     report = decontaminate_report.build_report(result, problems, s.config, embedder)
     out = pathlib.Path(s.out)
-    with open(out / ".flagged.jsonl.tmp", "w") as f:
+    with atomic.open_for_write(out / "flagged.jsonl") as f:
       for p in result["pairs"]:
         f.write(json.dumps({k: v for k, v in p.items() if not k.startswith("_")}) + "\n")
-    os.replace(out / ".flagged.jsonl.tmp", out / "flagged.jsonl")
     if s.prune:
       for t in s.config.taus:
         report["taus"][str(t)]["pruned_path"] = str(out / "pruned" / f"tau_{t}")
     (work / "removed.json").write_text(json.dumps(
         {str(t): report["taus"][str(t)]["removed_ids"] for t in s.config.taus}))
-    (out / ".report.json.tmp").write_text(json.dumps(report, indent=1))
-    os.replace(out / ".report.json.tmp", out / "report.json")
+    atomic.write_json(out / "report.json", report, indent=1)
     return iter(())
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from data_gen.filtering import qa
 from data_gen.filtering.inputs import LAYOUTS, input_files, named_py_files
+from phi1 import atomic
 from phi1.data import rows as rows_lib
 
 DEFAULT_MAX_BYTES = 1_000_000  # The Stack drops files over 1 MB; so do we.
@@ -297,13 +298,11 @@ def write_jsonl(records: Iterable[dict], path: str | os.PathLike) -> int:
   """Writes records as JSON lines (atomically: a crash leaves no half file); returns the count."""
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix(path.suffix + ".tmp")
   n = 0
-  with open(tmp, "w", encoding="utf-8") as f:
+  with atomic.open_for_write(path) as f:
     for r in records:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
       n += 1
-  os.replace(tmp, path)
   return n
 
 
@@ -379,7 +378,5 @@ class IngestInputs(PipelineStep):
       yield to_document(record)
     if self.ids_dir is not None:
       os.makedirs(self.ids_dir, exist_ok=True)
-      tmp = os.path.join(self.ids_dir, f".ids-{rank:05d}.npy.tmp")
-      with open(tmp, "wb") as f:
+      with atomic.open_for_write(os.path.join(self.ids_dir, f"ids-{rank:05d}.npy"), "wb") as f:
         np.save(f, id_hashes(ids))
-      os.replace(tmp, os.path.join(self.ids_dir, f"ids-{rank:05d}.npy"))
