@@ -193,3 +193,24 @@ def test_no_source_file_over_the_line_limit():
     if lines > MAX_LINES:
       too_long[name] = lines
   assert not too_long, f"files over {MAX_LINES} lines (split each by job): {too_long}"
+
+
+def test_the_readme_layout_names_files_that_exist():
+  """Every file and folder README's layout block names exists where its row says."""
+  import glob
+  import re
+  readme = (REPO / "README.md").read_text()
+  block = re.search(r"```\n(phi1/ .*?)```", readme, re.S).group(1)
+  rows, row_dir = {}, None
+  for line in block.splitlines():
+    head = re.match(r"(\S+/)\s", line)
+    row_dir = head.group(1) if head else row_dir
+    rows[row_dir] = rows.get(row_dir, "") + " " + (line[len(head.group(1)):] if head else line)
+  assert {"phi1/", "phi1/evals/", "data_gen/", "experiments/", "tests/"} <= rows.keys()
+  missing = []
+  for row_dir, text in rows.items():
+    assert (REPO / row_dir).is_dir(), f"README layout names {row_dir}, which is not in the tree"
+    for name in re.findall(r"(?<![\w/])[\w*]+(?:\.py|\.ipynb|/)(?!\w)", text):  # not "HF import/export"
+      if not glob.glob(str(REPO / row_dir / name)):
+        missing.append(row_dir + name)
+  assert not missing, f"README's layout names files that are not in the tree: {missing}"
