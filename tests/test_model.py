@@ -293,3 +293,15 @@ def test_an_attention_variant_registers_and_runs_under_scan_layers(tokens):
   np.testing.assert_allclose(scanned(tokens), unrolled(tokens), rtol=1e-5, atol=1e-5)
   # Same parameters as the stock model, different positions handling: the variant ran.
   assert not np.allclose(unrolled(tokens), stock(tokens), atol=1e-3)
+
+
+def test_unstack_layers_gives_the_unrolled_model(tokens):
+  unrolled = Phi1(tiny(n_layers=3), rngs=nnx.Rngs(0))
+  scanned = Phi1(tiny(n_layers=3, scan_layers=True), rngs=nnx.Rngs(1))
+  _stack_into(scanned, unrolled)
+  back = model_lib.unstack_layers(scanned)
+  assert not back.config.scan_layers and len(back.layers) == 3
+  assert jax.tree.structure(nnx.state(back, nnx.Param)) == jax.tree.structure(
+      nnx.state(unrolled, nnx.Param))
+  np.testing.assert_allclose(back(tokens), unrolled(tokens), rtol=1e-6, atol=1e-6)
+  assert model_lib.unstack_layers(unrolled) is unrolled
