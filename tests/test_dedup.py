@@ -140,7 +140,7 @@ def test_refuses_to_mix_settings_and_names_missing_input(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "ngram: 5 -> 4" in err and "delete" in err
   assert dedup.main(["--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
-  assert "no finished record shards" in capsys.readouterr().err
+  assert "does not exist; expected finished record shards" in capsys.readouterr().err
 
 
 def test_shards_are_deterministic_bytes(tmp_path):

@@ -256,6 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from data_gen.filtering import shard_steps
     input_dir, first = args.input, []
     if not shard_steps.is_shard_directory(args.input):
+      from data_gen.filtering import inputs
+      if not pathlib.Path(args.input).exists():
+        raise FileNotFoundError(f"{args.input} does not exist; expected finished record shards "
+                                f"(a stage's output) or {inputs.LAYOUTS}")
       input_dir = str(pathlib.Path(args.out) / "_input" / "records")
       first = ingest_steps(args.input, input_dir, engine_config.tasks, args)
     engine.check_settings(args.out, {**settings(args.input, config, engine_config.tasks, args.format),
