@@ -72,23 +72,22 @@ def _run(tmp_path, init_from):
                                                 ("runs/base/export", False)])
 def test_sweep_evaluates_every_kept_checkpoint_of_finetunes_only(tmp_path, monkeypatch,
                                                                  init_from, best_of):
-  argvs = []
+  calls = []
 
-  def fake_cli(argv, summary_path):
-    argvs.append(argv)
-    step = int(argv[argv.index("--step") + 1]) if "--step" in argv else 0
-    summary_path.parent.mkdir(parents=True, exist_ok=True)
-    summary = {"pass@1": {0: 0.5, 1000: 0.1, 2000: 0.3, 3000: 0.2}[step]}
-    summary_path.write_text(json.dumps(summary))
+  def fake_evaluate(bench, *, checkpoint, out, step=None, **options):  # phi1.evals.cli.evaluate
+    calls.append((checkpoint, step))
+    pathlib.Path(out).mkdir(parents=True, exist_ok=True)
+    summary = {"pass@1": {None: 0.5, 1000: 0.1, 2000: 0.3, 3000: 0.2}[step]}
+    (pathlib.Path(out) / "summary.json").write_text(json.dumps(summary))
     return summary
 
-  monkeypatch.setattr(sweep, "_eval_cli", fake_cli)
+  from phi1.evals import cli as eval_cli
+  monkeypatch.setattr(eval_cli, "evaluate", fake_evaluate)
   run = _run(tmp_path, init_from)
   summary = sweep.evaluate(run, "humaneval", limit=None, max_new_tokens=64, best_of_n=best_of)
   if init_from and best_of:
-    assert [a[a.index("--step") + 1] for a in argvs] == ["1000", "2000", "3000"]
-    assert all(a[a.index("--checkpoint") + 1] == str(run.workdir) for a in argvs)
+    assert calls == [(str(run.workdir), step) for step in (1000, 2000, 3000)]
     assert summary["selection"]["best_step"] == 2000 and summary["pass@1"] == 0.3
   else:  # pretraining runs, and --eval-export-only: the final export alone
-    assert len(argvs) == 1 and argvs[0][argvs[0].index("--checkpoint") + 1].endswith("export")
+    assert len(calls) == 1 and calls[0][0].endswith("export") and calls[0][1] is None
     assert "selection" not in summary
