@@ -17,7 +17,6 @@ failed, error, or lost (the program stopped answering; the server says why).
 """
 
 import builtins
-import dis
 import importlib
 import json
 import os
@@ -140,23 +139,23 @@ def _exception(name, message):
   return type(name if name.isidentifier() else "ProgramError", (Exception,), {})(message)
 
 
-_LOADS = frozenset(("LOAD_NAME", "LOAD_GLOBAL", "DELETE_NAME", "DELETE_GLOBAL"))
-_STORES = frozenset(("STORE_NAME", "STORE_GLOBAL", "IMPORT_NAME"))
+class _Namespace(dict):
+  """The test's globals. A name found neither here nor in the builtins is asked of the program
+  once, when the test first reads it (so a test that needs nothing costs no extra message)."""
 
+  def __init__(self, link, **names):
+    super().__init__(names)
+    self.link, self.asked = link, set()
 
-def _free_names(code):
-  """The global names the test's code (and the functions it defines) reads but never binds at
-  module level: what must come from the setup, the builtins or the program."""
-  loaded, stored, todo = set(), set(), [code]
-  while todo:
-    c = todo.pop()
-    for instruction in dis.get_instructions(c):
-      if instruction.opname in _LOADS:
-        loaded.add(instruction.argval)
-      elif instruction.opname in _STORES and c is code:
-        stored.add(instruction.argval.split(".")[0])
-    todo += [k for k in c.co_consts if isinstance(k, type(code))]
-  return loaded - stored
+  def __missing__(self, name):
+    if name in _BUILTINS or name in self.asked or self.link.lost:
+      raise KeyError(name)  # the interpreter goes on to the builtins, or raises NameError
+    self.asked.add(name)
+    known = self.link.ask(("names", [name]))
+    if type(known) is not dict:
+      raise _Lost()
+    _bind(self, name, known.get(name), self.link)
+    return dict.__getitem__(self, name)
 
 
 def _bind(namespace, name, what, link):
@@ -196,16 +195,10 @@ def judge(setup, test, entry_point, to_candidate, from_candidate):
         and type(outcome[1]) is str and type(outcome[2]) is str):
       return ("failed" if outcome[1] == "AssertionError" else "error", outcome[1], outcome[2])
     return ("lost",)
-  namespace = {"__name__": "__judge__", "__builtins__": dict(_BUILTINS)}
+  namespace = _Namespace(link, __name__="__judge__", __builtins__=dict(_BUILTINS))
   try:
     exec(compile(setup, "<benchmark setup>", "exec"), namespace)
     compiled = compile(test, "<test>", "exec")
-    wanted = sorted(_free_names(compiled) - set(namespace) - set(_BUILTINS) - {entry_point})
-    known = link.ask(("names", wanted)) if wanted else {}
-    if type(known) is not dict:
-      raise _Lost()
-    for name in wanted:
-      _bind(namespace, name, known.get(name), link)
     if entry_point:
       namespace[entry_point] = Candidate(entry_point, link)
     exec(compiled, namespace)

@@ -5,6 +5,7 @@ cannot be cleared is returned as a reason, and the host replaces the worker.
 """
 
 import os
+import re
 import signal
 import socket
 import time
@@ -71,8 +72,8 @@ def cleanup(workdir, cfg):
   """Removes the program's working directory and /dev/shm; returns what was left behind, if
   anything (the host then replaces this worker, so no program starts next to another's leftovers)."""
   if cfg.get("private_network"):
-    # Sockets closed without the program: a unix-socket cycle holding fds (memory charged to the
-    # worker) goes in the kernel's collector, which closing any unix socket runs.
+    # Closing a unix socket runs the kernel's collector of unix sockets in flight: a cycle of them
+    # holding fds (memfds charged to the worker) that the program's own exit did not free.
     for s in socket.socketpair():
       s.close()
   if cfg.get("private_shm"):  # the worker's own tmpfs: emptied (an unmount costs an RCU grace period)
@@ -99,17 +100,19 @@ def cleanup(workdir, cfg):
   return memory_released(cfg)
 
 
+_CHARGED = re.compile(rb"^(?:rss|anon|shmem) (\d+)$", re.M)
+
+
 def charged(path):
   """Anonymous and shared (tmpfs, memfd, SysV) memory charged to the worker's cgroup, in bytes:
   what a program can leave behind (page cache of files it read is the kernel's to reclaim)."""
-  with open(path) as f:
-    stats = dict(line.split() for line in f)
-  return sum(int(stats.get(k, 0)) for k in ("rss", "anon", "shmem"))
+  with open(path, "rb") as f:
+    return sum(map(int, _CHARGED.findall(f.read())))
 
 
 def memory_released(cfg, slack=64 << 20, wait_s=2.0):
-  """Waits until the memory the program charged is released (the kernel frees a unix-socket cycle
-  of in-flight fds asynchronously, after the last socket closes); what is still held after
+  """Waits until the memory the program charged is released (the kernel's collector frees a
+  unix-socket cycle of in-flight fds asynchronously); what is still held after
   `wait_s` retires the worker, so the next program starts in a fresh cgroup."""
   if not cfg.get("memory_stat"):
     return None
@@ -121,20 +124,20 @@ def memory_released(cfg, slack=64 << 20, wait_s=2.0):
   return None
 
 
+_TCP_IN_USE = re.compile(rb"^TCP6?: inuse (\d+)(?: orphan \d+ tw (\d+))?", re.M)
+
+
 def _tcp_sockets_left():
   """Any TCP socket in our network namespace (its counts in sockstat are per namespace; reading
   /proc/net/tcp would walk the kernel's whole connection table, ~25 ms on a busy host)."""
-  counts = {}
   for path in ("/proc/net/sockstat", "/proc/net/sockstat6"):
     try:
-      with open(path) as f:
-        for line in f:
-          kind, _, fields = line.partition(":")
-          values = fields.split()
-          counts.update({(kind, k): int(v) for k, v in zip(values[::2], values[1::2])})
-    except (OSError, ValueError):
-      return False
-  return any(counts.get(key, 0) for key in (("TCP", "inuse"), ("TCP", "tw"), ("TCP6", "inuse")))
+      with open(path, "rb") as f:
+        if any(int(n or 0) for match in _TCP_IN_USE.findall(f.read()) for n in match):
+          return True
+    except OSError:
+      pass
+  return False
 
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
