@@ -24,6 +24,9 @@ Preemption contract. Every training job is submitted with `--requeue` and
     from `scancel`, whose SIGTERM must end the job for good.
 The batch shell runs srun in the background and `wait`s, so a signal reaches its trap at once
 and the shell outlives the trainer's checkpoint (a shell killed first would take the step down).
+On USR1 it signals the steps with `scancel --signal=TERM $SLURM_JOB_ID`, not srun: srun answers
+SIGTERM by sending its tasks SIGKILL (during a requeue or preemption Slurm refuses that, as the
+job is already ending, and the tasks get Slurm's own SIGTERM).
 A requeued job starts its script again: the run resumes from its latest checkpoint, with the losses
 of an uninterrupted run (the data iterator's position is in the checkpoint).
 """
@@ -82,11 +85,12 @@ def _dependents(runs: list[Run], name: str) -> list[str]:
 
 _WAIT_FOR_TRAINING = """\
 # Preemption contract (experiments/slurm.py): SIGTERM (preemption, scontrol requeue, scancel) and
-# USR1 (the time limit is near) reach the trainer as SIGTERM; it checkpoints and exits 0.
-stopping=0; requeue=0; child=""
-forward() { stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null || true; }
-trap 'forward' TERM
-trap 'requeue=1; forward' USR1
+# USR1 (the time limit is near) reach the trainer as SIGTERM; it checkpoints and exits 0. Slurm
+# signals the trainer itself on TERM; on USR1 `scancel --signal` passes TERM to the job's steps
+# (not to srun, which would turn it into SIGKILL for its tasks).
+stopping=0; requeue=0
+trap 'stopping=1' TERM
+trap 'requeue=1; stopping=1; scancel --signal=TERM "$SLURM_JOB_ID" || true' USR1
 srun --kill-on-bad-exit=1 {run_cmd} &
 child=$!
 wait "$child"; status=$?

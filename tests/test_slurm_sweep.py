@@ -1,7 +1,8 @@
 """Sweeps on a real one-node Slurm cluster (tests/slurm_cluster.py), on its CPU partition: submit.sh
 queues a base run and a finetune initialised from the base's export; the base is requeued mid-run
-(`scontrol requeue`), resumes from its checkpoint with an uninterrupted run's losses, and the
-finetune runs after it. A base run that fails takes its finetune out of the queue."""
+(`scontrol requeue`, as a preemption) and later told its time is near (USR1 to the batch shell, as
+`--signal=B:USR1@grace` does), resumes from its checkpoint each time with an uninterrupted run's
+losses, and the finetune runs after it. A base run that fails takes its finetune out of the queue."""
 
 import contextlib
 import io
@@ -88,14 +89,26 @@ def test_a_sweep_queued_by_submit_sh_survives_a_requeue_and_runs_the_finetune_af
   assert set(jobs) == {"base", "ft"}
   assert slurm_cluster.job_state(jobs["ft"]) == "PENDING"  # afterok on base
   _wait_for_step(root / "base", 5)
-  slurm_cluster.run("scontrol", "requeue", jobs["base"])
+  slurm_cluster.run("scontrol", "requeue", jobs["base"])  # as a preemption does
+  log_path = root / "base" / f"slurm-{jobs['base']}.out"
+  deadline = time.time() + 300
+  while not (first := re.search(r"stopped at step (\d+);", log_path.read_text())):
+    assert time.time() < deadline, log_path.read_text()[-3000:]
+    time.sleep(0.1)
+  stopped = int(first.group(1))
+  _wait_for_step(root / "base", stopped + 3)  # the requeued job runs again
+  # What Slurm sends --signal-grace seconds before the time limit: USR1 to the batch shell.
+  slurm_cluster.run("scancel", "--batch", "--signal=USR1", jobs["base"])
   slurm_cluster.wait_idle(timeout=600)
 
-  log = "".join(p.read_text() for p in sorted((root / "base").glob("slurm-*.out")))
-  stopped = int(re.search(r"stopped at step (\d+);", log).group(1))
+  log = log_path.read_text()
   assert 5 <= stopped < BASE["steps"], log[-3000:]
   assert "stopped by Slurm (exit 0); a requeued job resumes from the checkpoint" in log
   assert f"resumed from step {stopped} in" in log, log[-3000:]
+  near = int(re.findall(r"stopped at step (\d+);", log)[1])
+  assert stopped < near < BASE["steps"]
+  assert f"base: time limit near; checkpoint saved (exit 0), requeueing job {jobs['base']}" in log
+  assert f"resumed from step {near} in" in log, log[-3000:]
   assert _losses(root / "base") == _losses(straight)  # as if never interrupted
   base_done = json.loads((root / "base" / "DONE").read_text())
   ft_done = json.loads((root / "ft" / "DONE").read_text())

@@ -115,6 +115,7 @@ def test_slurm_scripts_use_one_task_per_node_and_dependencies(experiment, tmp_pa
   assert "#SBATCH --requeue" in script and "#SBATCH --signal=B:USR1@120" in script
   assert "#SBATCH --kill-on-invalid-dep=yes" in script
   assert 'scontrol requeue "$SLURM_JOB_ID"' in script
+  assert 'scancel --signal=TERM "$SLURM_JOB_ID"' in script  # the steps, not srun (-> SIGKILL)
   base = (tmp_path / "slurm" / "n_layers-2_peak_lr-0.001.sbatch").read_text()
   assert "Slurm cancels the runs that need it (--kill-on-invalid-dep): ft" in base
   # Evaluation: its own one-GPU job after training.
