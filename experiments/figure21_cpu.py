@@ -52,9 +52,9 @@ def get_config(arg: str = ""):
   c.eval_batches = 4 if full else 1
   c.log_every = 10 if full else 2
   c.keep_last, c.keep_every = 1, 0
-  c.eval_solution_loss = ("humaneval",)
-  c.eval_solution_loss_split = data.decontamination_report
-  c.eval_limit = 0 if full else 16  # CI: the first 16 HumanEval problems
+  c.evals.solution_loss = ("humaneval",)
+  c.evals.solution_loss_split = data.decontamination_report
+  c.evals.limit = 0 if full else 16  # CI: the first 16 HumanEval problems
   return c
 
 

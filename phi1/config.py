@@ -78,18 +78,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding_rules = {}  # logical axis -> mesh axis (or list, or None) over the mesh preset's rules
   c.profile_steps = ()  # (start, stop): a jax.profiler trace of those steps in WORKDIR/profile
 
-  # Benchmark evals during training (phi1/evals/during_training.py documents each key).
-  c.eval_solution_loss = ()  # e.g. ("humaneval", "mbpp"): reference-solution NLL at eval steps
-  c.eval_solution_loss_split = ""  # decontamination report.json: similar / non-similar split too
-  c.eval_limit = 0  # first N problems (0: all)
-  c.eval_samples = 1  # greedy pass@1 by default
-  c.eval_temperature = 0.0
-  c.eval_max_new_tokens = 128
-  c.eval_batch_size = 16
-  from phi1.evals import benchmarks  # each registered benchmark gets its two keys
+  # Benchmark evals during training, train.run's first hook (phi1/evals/during_training.py
+  # documents each key); <bench> is any benchmark of the registry (phi1/evals/benchmarks.py).
+  c.evals = ml_collections.ConfigDict()
+  c.evals.solution_loss = ()  # e.g. ("humaneval", "mbpp"): reference-solution NLL at eval steps
+  c.evals.solution_loss_split = ""  # decontamination report.json: similar / non-similar split too
+  c.evals.limit = 0  # first N problems (0: all)
+  c.evals.samples = 1  # greedy pass@1 by default
+  c.evals.temperature = 0.0
+  c.evals.max_new_tokens = 128
+  c.evals.batch_size = 16
+  c.evals.every = ml_collections.ConfigDict()  # <bench>: pass@k every N steps and at the last
+  c.evals.path = ml_collections.ConfigDict()  # <bench>: its data file ("": the shipped one)
+  from phi1.evals import benchmarks
   for name in benchmarks.names(in_training=True):
-    c[f"eval_{name}_every"] = 0  # pass@k every N steps and at the last step (0: off)
-    c[f"eval_{name}_path"] = ""  # the benchmark's data file ("": the shipped one)
+    c.evals.every[name] = 0
+    c.evals.path[name] = ""
 
   c.data = data.default_config()
   c.lock()  # experiment files change keys; a new one is added here, with its doc

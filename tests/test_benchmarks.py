@@ -74,8 +74,8 @@ def test_a_registered_benchmark_and_a_hook_run_inside_training(tiny, corpus, tmp
                        eval_batches=1, **{"data.eval_fraction": 0.1, "model.n_layers": 1,
                                           "model.d_model": 64, "model.n_heads": 2,
                                           "model.d_ff": 128})
-  config.eval_solution_loss = ("tiny",)
-  config.eval_tiny_every, config.eval_max_new_tokens, config.eval_batch_size = 2, 4, 2
+  config.evals.solution_loss = ("tiny",)
+  config.evals.every.tiny, config.evals.max_new_tokens, config.evals.batch_size = 2, 4, 2
   train.run(config, tmp_path, progress=False, hooks=[my_hook])
   assert seen == [(1, False), (2, True)]
   rows = {r["step"]: r for r in metrics.read_metrics(tmp_path) if "tiny_solution_loss" in r}
@@ -89,6 +89,6 @@ def test_a_registered_benchmark_and_a_hook_run_inside_training(tiny, corpus, tmp
 def test_training_refuses_a_benchmark_that_is_not_registered(corpus):  # noqa: F811
   config = tiny_config(corpus)
   config.eval_every = 2
-  config.eval_solution_loss = ("tinyy",)
-  with pytest.raises(ValueError, match="eval_solution_loss names \\['tinyy'\\]"):
+  config.evals.solution_loss = ("tinyy",)
+  with pytest.raises(ValueError, match="evals.solution_loss names \\['tinyy'\\]"):
     during_training.build(config, train.Trainer(config))

@@ -31,8 +31,8 @@ def config(corpus, **overrides):
   c.data.tokenizer = corpus["tokenizer"]
   c.data.prefetch_batches = 0
   c.data.eval_fraction = 0.1
-  c.eval_solution_loss = ("humaneval",)
-  c.eval_humaneval_every, c.eval_limit, c.eval_max_new_tokens, c.eval_batch_size = 4, 3, 8, 8
+  c.evals.solution_loss = ("humaneval",)
+  c.evals.every.humaneval, c.evals.limit, c.evals.max_new_tokens, c.evals.batch_size = 4, 3, 8, 8
   return config_lib.apply_overrides(c, {k: str(v) for k, v in overrides.items()})
 
 
@@ -50,7 +50,7 @@ def test_training_logs_solution_loss_and_pass_at_1_that_the_registry_and_plot_us
   # The logged value is the metric of the exported params (the same computation offline).
   model, _ = checkpoint.load_for_inference(workdir)
   scorer = solution_loss.SolutionLoss(humaneval.load()[:3], load_tokenizer(corpus["tokenizer"]),
-                                      max_len=256)  # eval_limit=3 limits both evals
+                                      max_len=256)  # evals.limit=3 limits both evals
   np.testing.assert_allclose(scorer(model)["solution_loss"], solution[4], rtol=1e-4)
 
   # `phi1 eval --solution-loss` computes it for any checkpoint; the registry prefers that file.

@@ -50,7 +50,7 @@ from phi1.evals import during_training
 from phi1.tokenizer import load_tokenizer
 corpus = json.loads(sys.argv[2])
 config = scripted_config(corpus)
-config.mesh, config.eval_samples, config.eval_batch_size = "fsdp", 2, 6
+config.mesh, config.evals.samples, config.evals.batch_size = "fsdp", 2, 6
 trainer = train.Trainer(config, model_fn=scripted_model.ScriptedPhi1)
 state = trainer.init_state()
 rows = []

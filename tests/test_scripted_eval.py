@@ -18,9 +18,10 @@ MAX_NEW = 216
 
 
 def scripted_config(corpus):  # noqa: F811
-  c = tiny_config(corpus, steps=1, checkpoint_every=1, eval_humaneval_every=1, eval_limit=TASKS,
-                  eval_max_new_tokens=MAX_NEW, eval_batch_size=4,
-                  **{"optimizer.peak_lr": 0.0})  # training must not edit the script
+  c = tiny_config(corpus, steps=1, checkpoint_every=1,
+                  **{"evals.every.humaneval": 1, "evals.limit": TASKS,
+                     "evals.max_new_tokens": MAX_NEW, "evals.batch_size": 4,
+                     "optimizer.peak_lr": 0.0})  # training must not edit the script
   c.model = config_lib.model_config(scripted_model.config(vocab_size=512))
   return c
 

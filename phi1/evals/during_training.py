@@ -1,18 +1,18 @@
 """Benchmark evals inside a training run: solution loss and pass@k, logged to metrics.jsonl.
 
-Config keys (set in phi1/config.py's base_config; 0 / () turns each off; <bench> is any benchmark
-of phi1/evals/benchmarks.py's registry that runs during training):
-  eval_solution_loss     benchmarks whose reference-solution loss is logged at every `eval_every`
+Config keys: the `evals` block of phi1/config.py's base_config (0 / () turns each off; <bench> is
+any benchmark of phi1/evals/benchmarks.py's registry that runs during training):
+  evals.solution_loss    benchmarks whose reference-solution loss is logged at every `eval_every`
                          step as `<bench>_solution_loss` (phi1/evals/solution_loss.py)
-  eval_solution_loss_split  a `data_gen decontaminate` report.json: also log
+  evals.solution_loss_split  a `data_gen decontaminate` report.json: also log
                          `<bench>_solution_loss_similar` / `_non_similar` (paper §5's split)
-  eval_<bench>_every    every N steps (and at the last step): generate with the
-                         current params (jitted KV-cache decoding, batched), execute in the sandbox,
-                         log `<bench>_pass@1` (and `_pass@k` for k <= eval_samples)
-  eval_limit             the first N problems only, for both (0: all)
-  eval_samples, eval_temperature, eval_max_new_tokens, eval_batch_size   generation settings
+  evals.every.<bench>    every N steps (and at the last step): generate with the current params
+                         (jitted KV-cache decoding, batched), execute in the sandbox, log
+                         `<bench>_pass@1` (and `_pass@k` for k <= evals.samples)
+  evals.limit            the first N problems only, for both (0: all)
+  evals.samples, evals.temperature, evals.max_new_tokens, evals.batch_size   generation settings
                          (greedy by default, as the paper's pass@1)
-  eval_<bench>_path      the benchmark's data file (default: the shipped one)
+  evals.path.<bench>     the benchmark's data file (default: the shipped one)
 Prompts are in the benchmark's `training_prompt_style` (MBPP: the zero-shot docstring prompt, as a
 small model's context rarely holds the 3-shot one). `train.run(hooks=[...])` runs these evals as
 its first hook; a notebook adds its own after them.
@@ -32,12 +32,12 @@ from phi1.evals import task as task_lib
 
 def load_tasks(bench: str, config) -> list:
   """The benchmark's tasks in the prompt style evals during training use (its own path from
-  `eval_<bench>_path` when the config has one)."""
+  `evals.path.<bench>` when the config has one)."""
   benchmark = benchmarks.get(bench)
   if not benchmark.in_training:
     raise ValueError(f"benchmark {bench!r} is not evaluated during training; choose from "
                      f"{benchmarks.names(in_training=True)}")
-  path = config.get(f"eval_{bench}_path") or None
+  path = config.evals.path.get(bench) or None
   tasks, _ = benchmark.load(path or benchmark.default_path(), split="test",
                             prompt_style=benchmark.training_prompt_style)
   return tasks
@@ -49,25 +49,25 @@ class TrainingEvals:
   def __init__(self, config, trainer, tokenizer):
     self.config, self.trainer, self.tokenizer = config, trainer, tokenizer
     self.solution = {}
-    unknown = set(config.get("eval_solution_loss", ())) - set(benchmarks.names(in_training=True))
+    unknown = set(config.evals.solution_loss) - set(benchmarks.names(in_training=True))
     if unknown:
-      raise ValueError(f"eval_solution_loss names {sorted(unknown)}; choose from "
+      raise ValueError(f"evals.solution_loss names {sorted(unknown)}; choose from "
                        f"{benchmarks.names(in_training=True)}")
-    if config.get("eval_solution_loss") and not config.eval_every:
-      raise ValueError("eval_solution_loss is logged at eval steps: set eval_every > 0")
-    if config.get("eval_solution_loss"):
+    if config.evals.solution_loss and not config.eval_every:
+      raise ValueError("evals.solution_loss is logged at eval steps: set eval_every > 0")
+    if config.evals.solution_loss:
       from phi1.evals.solution_loss import SolutionLoss, decontamination_splits
-      for bench in config.eval_solution_loss:
-        splits = (decontamination_splits(config.eval_solution_loss_split, bench)
-                  if config.get("eval_solution_loss_split") else None)
-        scorer = SolutionLoss(_limited(load_tasks(bench, config), config.get("eval_limit", 0)),
+      for bench in config.evals.solution_loss:
+        splits = (decontamination_splits(config.evals.solution_loss_split, bench)
+                  if config.evals.solution_loss_split else None)
+        scorer = SolutionLoss(_limited(load_tasks(bench, config), config.evals.limit),
                               tokenizer,
                               max_len=trainer.model_config.max_seq_len,
                               batch_size=_multiple_of(8, _batch_shards(trainer)))
         self.solution[bench] = (scorer, splits)
-    self.every = {b: int(config.get(f"eval_{b}_every", 0) or 0)
+    self.every = {b: int(config.evals.every.get(b, 0) or 0)
                   for b in benchmarks.names(in_training=True)}
-    self.pass_tasks = {b: _limited(load_tasks(b, config), config.get("eval_limit", 0))
+    self.pass_tasks = {b: _limited(load_tasks(b, config), config.evals.limit)
                        for b, every in self.every.items() if every}
 
   @property
@@ -108,13 +108,13 @@ class TrainingEvals:
     c = self.config
     benchmark = benchmarks.get(bench)
     stops = list(benchmark.stops(benchmark.training_prompt_style))
-    n = int(c.get("eval_samples", 1))
+    n = int(c.evals.samples)
     model = self.trainer.model(state)
     prompts = [t.prompt for t in tasks for _ in range(n)]
     texts = generate.generate(model, self.tokenizer, prompts,
-                              max_new_tokens=int(c.get("eval_max_new_tokens", 128)),
-                              temperature=float(c.get("eval_temperature", 0.0)), stop=stops,
-                              seed=int(c.seed), batch_size=int(c.get("eval_batch_size", 16)),
+                              max_new_tokens=int(c.evals.max_new_tokens),
+                              temperature=float(c.evals.temperature), stop=stops,
+                              seed=int(c.seed), batch_size=int(c.evals.batch_size),
                               truncate="left", mesh=self.trainer.mesh)
     if jax.process_index() != 0:
       return {}
@@ -146,8 +146,8 @@ def _multiple_of(n: int, k: int) -> int:
 
 def build(config, trainer) -> "TrainingEvals | None":
   """The run's evals, or None when the config asks for none (no tokenizer is loaded then)."""
-  wanted = config.get("eval_solution_loss") or any(
-      config.get(f"eval_{b}_every") for b in benchmarks.names(in_training=True))
+  wanted = config.evals.solution_loss or any(
+      config.evals.every.get(b) for b in benchmarks.names(in_training=True))
   if not wanted:
     return None
   if not config.data.tokenizer:
