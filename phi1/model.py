@@ -29,6 +29,7 @@ instead of n_layers copies.
 """
 
 import dataclasses
+import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -246,22 +247,17 @@ assert tuple(MLPS) == MLP_KINDS
 ATTENTIONS = {"mha": Attention}
 
 
-def register_attention(name: str, cls):
-  """Make `Phi1Config(attention=name)` build `cls(config, rngs)` as every block's attention.
-  `cls` takes the block's normed input, positions, segment ids, cache and rngs, as `Attention`."""
-  _register(ATTENTIONS, "attention", name, cls)
-
-
-def register_mlp(name: str, cls):
-  """Make `Phi1Config(mlp=name)` build `cls(config, rngs)` as every block's MLP (x_BTD -> y_BTD)."""
-  _register(MLPS, "mlp", name, cls)
-
-
 def _register(registry: dict, kind: str, name: str, cls):
   if registry.get(name, cls) is not cls:
     raise ValueError(f"{kind} {name!r} is already registered as {registry[name].__name__}; "
                      "pick another name")
   registry[name] = cls
+
+
+# register_attention(name, cls): `Phi1Config(attention=name)` builds `cls(config, rngs)` as every
+# block's attention (called as `Attention` is); register_mlp likewise for the MLP (x_BTD -> y_BTD).
+register_attention = functools.partial(_register, ATTENTIONS, "attention")
+register_mlp = functools.partial(_register, MLPS, "mlp")
 
 
 class Block(nnx.Module):
