@@ -108,9 +108,9 @@ def test_exercises_from_source_cuts_only_clean_documented_functions():
 def test_second_build_reuses_the_cache(built):
   cache, corpus, _ = built
   mtime = os.stat(corpus.train_path).st_mtime_ns
-  start = time.perf_counter()
+  start = time.process_time()  # CPU time: a loaded machine does not stretch it
   again = demo_corpus.build(cache, log=lambda _: None)
-  assert time.perf_counter() - start < 1.0
+  assert time.process_time() - start < 1.0
   assert again == corpus and os.stat(again.train_path).st_mtime_ns == mtime
   assert len(os.listdir(cache)) == 1  # no leftover temporary directory
 

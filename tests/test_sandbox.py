@@ -53,9 +53,8 @@ def test_output_is_kept_only_when_asked():
 
 
 def test_per_program_timeout_overrides_default(sandbox):
-  start = time.monotonic()
   result, = sandbox.run([Program("import time\ntime.sleep(10)", timeout_s=0.3)])
-  assert result.status == "timeout" and time.monotonic() - start < 1.5
+  assert result.status == "timeout" and result.duration_s < 2.0  # its 0.3 s, not the default 2 s
 
 
 def test_cpu_limit_is_a_timeout():
@@ -67,8 +66,11 @@ def test_cpu_limit_is_a_timeout():
 def test_workers_run_in_parallel(sandbox):
   start = time.monotonic()
   results = sandbox.run(["import time\ntime.sleep(0.5)"] * 6)
+  elapsed = time.monotonic() - start
   assert all(r.passed for r in results)
-  assert time.monotonic() - start < 2.6  # 2 workers: about 1.5 s, serial would be 3 s
+  # A ratio, not a deadline (a loaded machine stretches both): 2 workers keep two programs
+  # running at once, so their durations add up to about twice the wall time; serial, at most once.
+  assert sum(r.duration_s for r in results) > 1.3 * elapsed
 
 
 def test_temp_cwd_is_fresh_and_removed(sandbox):
