@@ -346,3 +346,30 @@ def test_gpu_kernel_matches_the_peer_kernels(peer, dtype):
   theirs = outputs_and_grads(peer, q, k, v, do)
   for name, g, w in zip(("out", "dq", "dk", "dv"), ours, theirs):
     assert_close(name, g, w, 2 * TOLERANCE[dtype])
+
+
+def test_tiny_model_with_attention_dropout_is_the_same_on_both_impls():
+  """The paper's training attention (dropout 0.1) through the model: one dropout key gives the
+  kernel and the XLA path one mask, so loss and gradients agree."""
+  from phi1.model import Phi1, Phi1Config
+
+  tokens = jnp.asarray(np.random.default_rng(4).integers(0, 512, (2, 48)), jnp.int32)
+
+  def loss_and_grads(impl):
+    model = Phi1(Phi1Config.tiny(attention_impl=impl, attn_dropout=0.1), rngs=nnx.Rngs(0))
+    model.train()
+
+    def loss_fn(model):
+      logits = model(tokens[:, :-1], rngs=nnx.Rngs(dropout=3))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+    return nnx.jit(nnx.value_and_grad(loss_fn))(model)
+
+  (loss_x, grads_x), (loss_p, grads_p) = loss_and_grads("xla"), loss_and_grads("pallas")
+  eval_model = Phi1(Phi1Config.tiny(attention_impl="xla", attn_dropout=0.1), rngs=nnx.Rngs(0))
+  eval_model.eval()
+  no_dropout = optax.softmax_cross_entropy_with_integer_labels(
+      eval_model(tokens[:, :-1]), tokens[:, 1:]).mean()
+  assert abs(float(loss_x) - float(no_dropout)) > 1e-4  # dropout acted
+  np.testing.assert_allclose(loss_p, loss_x, rtol=1e-5)
+  for g_p, g_x in zip(jax.tree.leaves(grads_p), jax.tree.leaves(grads_x)):
+    np.testing.assert_allclose(g_p, g_x, atol=1e-5, rtol=1e-4)
