@@ -56,10 +56,12 @@ _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 def parse_duration_s(value: str) -> float | None:
   """Seconds in an `x-ratelimit-reset-*` value: "1s", "6m0s", "1h2m3.5s", "20ms" or plain seconds."""
   value = value.strip()
-  try:
-    return float(value)
-  except ValueError:
-    pass
+  for suffix, scale in (("ms", 0.001), ("s", 1.0), ("", 1.0)):  # the common forms, without regex
+    if value.endswith(suffix):
+      try:
+        return float(value[:len(value) - len(suffix)]) * scale
+      except ValueError:
+        pass
   parts = _DURATION_PART.findall(value)
   if not parts or "".join(n + u for n, u in parts) != value:
     return None
