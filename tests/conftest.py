@@ -30,7 +30,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 SESSION_DIR = pathlib.Path(tempfile.mkdtemp(prefix="phi1-tests-"))
-atexit.register(shutil.rmtree, SESSION_DIR, ignore_errors=True)
+_SESSION_PID = os.getpid()
+
+
+def _remove_session_dir():
+  if os.getpid() == _SESSION_PID:  # a forked child inherits this handler: only the session removes
+    shutil.rmtree(SESSION_DIR, ignore_errors=True)
+
+
+atexit.register(_remove_session_dir)
 for name, sub in (("HOME", "home"), ("XDG_CACHE_HOME", "home/.cache"),
                   ("XDG_CONFIG_HOME", "home/.config"), ("XDG_DATA_HOME", "home/.local/share"),
                   ("PHI1_CACHE", "home/.cache/phi1"), ("MPLCONFIGDIR", "home/.config/matplotlib"),
