@@ -105,7 +105,7 @@ def test_a_sweep_queued_by_submit_sh_survives_a_requeue_and_runs_the_finetune_af
   assert 5 <= stopped < BASE["steps"], log[-3000:]
   assert "stopped by Slurm (exit 0); a requeued job resumes from the checkpoint" in log
   assert f"resumed from step {stopped} in" in log, log[-3000:]
-  near = int(re.findall(r"stopped at step (\d+);", log)[1])
+  near = int(re.findall(r"^stopped at step (\d+);", log, re.M)[1])
   assert stopped < near < BASE["steps"]
   assert f"base: time limit near; checkpoint saved (exit 0), requeueing job {jobs['base']}" in log
   assert f"resumed from step {near} in" in log, log[-3000:]
