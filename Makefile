@@ -34,8 +34,10 @@ demo: install
 	$(VENV)/bin/phi1 demo --workdir $(WORKDIR)
 
 # -rs prints why each skipped test skipped; --durations the slowest steps (CI keeps an eye on both).
+# Each run gets its own fresh base temp directory, so no earlier run's leftovers are swept up by it.
 test: install
-	$(VENV)/bin/python -m pytest tests -q -p no:cacheprovider -rs --durations=15 $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest tests -q -p no:cacheprovider -rs --durations=15 \
+	  --basetemp="$$(mktemp -d -t phi1-tests.XXXXXX)" $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -100,8 +100,22 @@ def _human(n: float) -> str:
   return f"{n:g}"
 
 
+def memory_line(run: Run, devices, device_memory_gb: float) -> str:
+  """One compile of the run's train step for `devices` (phi1/memory_plan.py): its per-device bytes
+  against `device_memory_gb`."""
+  from phi1 import memory_plan
+  p = memory_plan.plan(run.config, devices, device_memory_gb * memory_plan.GB, search=False)
+  verdict = "fits" if p.fits else "does NOT fit (phi1 plan --device-memory-gb finds what does)"
+  return (f"  memory      {p.step.total / memory_plan.GB:.3g} GB per device of "
+          f"{device_memory_gb:g} GB: {verdict}; micro-batch {p.step.micro_batch} x grad_accum "
+          f"{p.step.grad_accum} on {len(devices)} devices (XLA:{p.backend}'s plan of the compiled "
+          f"step; a GPU's may differ)")
+
+
 def dry_run(runs: list[Run], *, gpu="A100", mfu=0.4, gpus=8, reference_gpu_hours=None,
-            log=print) -> list[Estimate]:
+            plan_devices=None, device_memory_gb=None, log=print) -> list[Estimate]:
+  """With `plan_devices` (host devices standing in for the GPUs), each run's step is compiled and
+  its per-device memory checked against `device_memory_gb`."""
   from phi1 import flops
   log(f"{runs[0].experiment}: {len(runs)} run(s); compute by phi1/flops.py (6N + causal "
       f"attention per token, forward + backward; remat recompute not counted), on {gpu} "
@@ -123,6 +137,8 @@ def dry_run(runs: list[Run], *, gpu="A100", mfu=0.4, gpus=8, reference_gpu_hours
       seconds, peak = preflight.cpu_wall_s(e.flops)
       lines.append(f"  CPU wall    {e.flops:.4g} / ({peak / 1e9:.3g} GFLOP/s measured here x MFU "
                    f"{preflight.CPU_MFU:g}) = {_duration(seconds)} (compiles and evals extra)")
+    if plan_devices:
+      lines.append(memory_line(run, plan_devices, device_memory_gb))
     problems = preflight.missing_paths(run)
     missing += len(problems)
     lines += [f"  MISSING     {p}" for p in problems]

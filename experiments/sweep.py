@@ -147,6 +147,19 @@ def _parse_sets(items) -> dict:
   return out
 
 
+def _plan_devices(args, argv, parser):
+  """(host devices standing in for --gpus GPUs, memory per GPU in GB) for --plan-memory."""
+  from phi1 import memory_plan
+  memory_gb = args.device_memory_gb or memory_plan.DEVICE_MEMORY_GB.get(args.gpu)
+  if memory_gb is None:
+    parser.error(f"--plan-memory: no memory size known for --gpu {args.gpu}; "
+                 "give --device-memory-gb")
+  argv = sys.argv[1:] if argv is None else list(argv)
+  memory_plan.ensure_host_devices(args.gpus, ["-m", "experiments.sweep", *argv])
+  import jax
+  return jax.devices("cpu")[:args.gpus], memory_gb
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,6 +172,11 @@ def main(argv=None) -> int:
   p.add_argument("--gpu", default="A100", help="GPU for the estimate (phi1/flops.py PEAK_FLOPS)")
   p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed")
   p.add_argument("--gpus", type=int, default=8, help="GPUs, for the wall-clock estimate")
+  p.add_argument("--plan-memory", action="store_true",
+                 help="with --dry-run: compile each run's train step for --gpus host devices and "
+                      "say whether it fits the GPU's memory (phi1 plan; a compile per run)")
+  p.add_argument("--device-memory-gb", type=float,
+                 help="memory per GPU for --plan-memory (default: --gpu's, e.g. A100 80)")
   p.add_argument("--reference-gpu-hours", type=float,
                  help="print the MFU this many GPU-hours would imply (e.g. the paper's 770)")
   p.add_argument("--eval", default="", help="after training: comma list of "
@@ -222,8 +240,10 @@ def main(argv=None) -> int:
     print("\n".join(slurm.status_lines(runs)))
     return 0
   if args.dry_run:
+    devices, memory_gb = _plan_devices(args, argv, p) if args.plan_memory else (None, None)
     dry_run(runs, gpu=args.gpu, mfu=args.mfu, gpus=args.gpus,
-            reference_gpu_hours=args.reference_gpu_hours)
+            reference_gpu_hours=args.reference_gpu_hours, plan_devices=devices,
+            device_memory_gb=memory_gb)
     return 0
   if args.slurm:
     sets = [x for kv in extra.items() for x in ("--set", f"{kv[0]}={kv[1]}")]

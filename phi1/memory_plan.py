@@ -20,6 +20,9 @@ import os
 import sys
 
 GB = 1e9
+# Memory per device of the GPUs phi1/flops.py knows (A100: the 80 GB part; V100: the 32 GB one).
+DEVICE_MEMORY_GB = {"A100": 80, "H100": 80, "H200": 141, "B200": 180, "L4": 24, "A10": 24,
+                    "V100": 32}
 
 
 @dataclasses.dataclass
@@ -231,7 +234,7 @@ def main(argv) -> int:
   args = parser.parse_args(argv)
   if args.devices < 1:
     parser.error("--devices must be >= 1")
-  _ensure_host_devices(args.devices, argv_in)
+  ensure_host_devices(args.devices, ["-m", "phi1.cli", "plan", *argv_in])
   import jax
   from phi1 import config as config_lib
   config = config_lib.apply_overrides(config_lib.load(args.config), overrides)
@@ -247,9 +250,9 @@ def main(argv) -> int:
 _REEXEC_MARK = "PHI1_PLAN_HOST_DEVICES"
 
 
-def _ensure_host_devices(n: int, argv):
+def ensure_host_devices(n: int, reexec_args: list[str]):
   """N CPU devices must exist before JAX starts its CPU backend; if it started with fewer, run
-  this command again in a fresh interpreter with the flag set."""
+  `python *reexec_args` (this command again) in a fresh interpreter with the flag set."""
   flags = os.environ.get("XLA_FLAGS", "")
   flag = f"--xla_force_host_platform_device_count={n}"
   if flag not in flags.split():
@@ -262,7 +265,7 @@ def _ensure_host_devices(n: int, argv):
     return
   if os.environ.get(_REEXEC_MARK):
     raise RuntimeError(f"could not start {n} host devices (XLA_FLAGS={flags!r}): run "
-                       f"XLA_FLAGS={flag} phi1 plan ...")
+                       f"XLA_FLAGS={flag} python {' '.join(reexec_args)}")
   os.environ[_REEXEC_MARK] = "1"
   sys.stdout.flush()
-  os.execv(sys.executable, [sys.executable, "-m", "phi1.cli", "plan", *argv])
+  os.execv(sys.executable, [sys.executable, *reexec_args])

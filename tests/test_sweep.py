@@ -264,3 +264,18 @@ def test_dry_run_shows_differences_missing_paths_and_a_cpu_wall_estimate(tmp_pat
   assert "2 input path(s) missing" in out
   value, unit = re.search(r"CPU wall .* = ([\d.e+-]+) (s|min) \(", blocks["base"]).groups()
   assert 0 < float(value) * (60 if unit == "min" else 1) < 3600
+
+
+def test_dry_run_plans_each_runs_memory_against_the_gpu(experiment):
+  """--plan-memory compiles each run's step for --gpus host devices (phi1 plan) and says whether it
+  fits the GPU's memory: the toy runs fit an L4's 24 GB and not 1 MB."""
+  code, out = run_main(experiment, "--dry-run", "--plan-memory", "--gpus", "8", "--gpu", "L4",
+                       "--only", "n_layers-1_peak_lr-0.001", "--only", "n_layers-2_peak_lr-0.001")
+  assert code == 0
+  lines = re.findall(r"memory +([\d.e+-]+) GB per device of 24 GB: fits; micro-batch 1 x grad_accum 1 "
+                     r"on 8 devices", out)
+  assert len(lines) == 2 and all(float(gb) > 0 for gb in lines)
+  assert float(lines[1]) > float(lines[0])  # two layers hold more than one
+  code, out = run_main(experiment, "--dry-run", "--plan-memory", "--gpus", "8",
+                       "--device-memory-gb", "0.001", "--only", "n_layers-1_peak_lr-0.001")
+  assert code == 0 and "of 0.001 GB: does NOT fit" in out
