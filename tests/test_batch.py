@@ -7,23 +7,16 @@ import json
 
 import pytest
 
-from phi1.llm.client import LLM, Budget, Request, RetryPolicy
+from phi1.llm.client import Budget
 from phi1.llm.pricing import prices_for
 from data_gen.batch import chunks, fill_cache
 from data_gen.testing import FakeOpenAI
-
-FAST_RETRY = RetryPolicy(max_attempts=12, base_s=0.005, max_s=0.02)
-
-
-def _request(i: int, max_tokens: int = 400) -> Request:
-  return Request(messages=[{"role": "user", "content": f"Write a function named `f_{i}`."}],
-                 params={"temperature": 1.0, "max_tokens": max_tokens}, seed=i)
+from test_llm import _llm as _online_llm, _request
 
 
-def _llm(server, tmp_path, **kwargs) -> LLM:
-  kwargs.setdefault("retry", FAST_RETRY)
-  return LLM("gpt-4o-mini", base_url=server.base_url, api_key="sk-test", timeout_s=5.0,
-             cache=str(tmp_path / "cache.sqlite"), **kwargs)
+def _llm(server, tmp_path, **kwargs):
+  kwargs.setdefault("timeout_s", 5.0)  # a batch poll may wait on a slow file upload
+  return _online_llm(server, tmp_path, **kwargs)
 
 
 def _fill(server, tmp_path, n: int, **options):
