@@ -47,6 +47,8 @@ def kill_all_but(child, statuses, spare=None):
     else:  # a subreaper: orphaned descendants become our children, so kill generation by generation
       targets = _children()
     targets = [pid for pid in targets if pid not in (1, os.getpid(), spare)]
+    if not targets and not first:
+      return
     for pid in targets:
       try:
         os.kill(pid, signal.SIGKILL)
@@ -54,16 +56,15 @@ def kill_all_but(child, statuses, spare=None):
         pass
     if first:  # the usual case, a lone child: wait for it instead of polling
       statuses[child] = os.waitpid(child, 0)[1]
-      first = False
-    elif not targets:
-      return
-    while True:
+    elif targets:  # killed, not yet dead: give them a moment (never after a lone child)
+      time.sleep(0.0005)
+    first = False
+    while True:  # reap whatever is dead; the judge (spare) lives on
       try:
         pid, status = os.waitpid(-1, os.WNOHANG)
       except ChildProcessError:
         return
       if pid == 0:
-        time.sleep(0.0005)
         break
       statuses[pid] = status
 
@@ -103,11 +104,22 @@ def cleanup(workdir, cfg):
 _CHARGED = re.compile(rb"^(?:rss|anon|shmem) (\d+)$", re.M)
 
 
+def _read(path):
+  """A small file's bytes, without a file object (read after every program)."""
+  fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+  try:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+      chunks.append(chunk)
+    return b"".join(chunks)
+  finally:
+    os.close(fd)
+
+
 def charged(path):
   """Anonymous and shared (tmpfs, memfd, SysV) memory charged to the worker's cgroup, in bytes:
   what a program can leave behind (page cache of files it read is the kernel's to reclaim)."""
-  with open(path, "rb") as f:
-    return sum(map(int, _CHARGED.findall(f.read())))
+  return sum(map(int, _CHARGED.findall(_read(path))))
 
 
 def memory_released(cfg, slack=64 << 20, wait_s=2.0):
@@ -132,9 +144,8 @@ def _tcp_sockets_left():
   /proc/net/tcp would walk the kernel's whole connection table, ~25 ms on a busy host)."""
   for path in ("/proc/net/sockstat", "/proc/net/sockstat6"):
     try:
-      with open(path, "rb") as f:
-        if any(int(n or 0) for match in _TCP_IN_USE.findall(f.read()) for n in match):
-          return True
+      if any(int(n or 0) for match in _TCP_IN_USE.findall(_read(path)) for n in match):
+        return True
     except OSError:
       pass
   return False

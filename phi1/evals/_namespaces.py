@@ -18,6 +18,11 @@ MNT_DETACH = 2
 MOUNT_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC}
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# Looked up once here (ctypes caches each function on first use): a program's fork that calls them
+# finds them ready instead of resolving them in its copy-on-write memory.
+for _name in ("mount", "umount2", "unshare", "prctl", "syscall"):
+  getattr(_libc, _name)
+del _name
 
 
 def check(ret, what):
@@ -170,11 +175,16 @@ def new_session_keyring():
 
 
 def set_oom_score(score):
+  try:  # os-level calls: a program's fork pays for no file object
+    fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+  except OSError:
+    return
   try:
-    with open("/proc/self/oom_score_adj", "w") as f:
-      f.write(str(score))
+    os.write(fd, str(score).encode())
   except OSError:
     pass  # lowering needs root; then the kernel's default choice stands
+  finally:
+    os.close(fd)
 
 
 def prctl(option, value):

@@ -65,44 +65,48 @@ def encode(value, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH, handle=None) -> byte
   """`handle(x)`: the number standing for a value that is not plain data (a program's object, kept
   in the program's process), or raise PlainDataError; without it, such a value is an error."""
   out = bytearray()
+  pack = _LEN.pack
 
   def put(x, depth):
     if depth > max_depth:
       raise PlainDataError(f"nested deeper than {max_depth}")
     if len(out) > max_bytes:
       raise PlainDataError(f"larger than {max_bytes} bytes")
-    if type(x) is type and _BUILTIN_TYPES.get(x.__name__) is x:
-      out.extend(b"y" + x.__name__.encode() + b";")
-      return
-    try:
-      x = _base(x)
-    except PlainDataError:
-      if handle is None:
-        raise
-      out.extend(b"h" + _LEN.pack(handle(x)))
-      return
-    if x is None:
-      out.extend(b"N")
-    elif x is True or x is False:
-      out.extend(b"T" if x else b"F")
-    elif type(x) is int:
+    kind = type(x)
+    if kind not in _EXACT:  # the common case skips this: exact builtin values
+      if kind is type and _BUILTIN_TYPES.get(x.__name__) is x:
+        out.extend(b"y" + x.__name__.encode() + b";")
+        return
+      try:
+        x = _base(x)
+      except PlainDataError:
+        if handle is None:
+          raise
+        out.extend(b"h" + pack(handle(x)))
+        return
+      kind = type(x)
+    if kind is str or kind is bytes:
+      data = x.encode("utf-8", "surrogatepass") if kind is str else x
+      out.extend((b"s" if kind is str else b"b") + pack(len(data)) + data)
+    elif kind is int:
       data = x.to_bytes((x.bit_length() + 8) // 8, "big", signed=True)
-      out.extend(b"i" + _LEN.pack(len(data)) + data)
-    elif type(x) is float:
+      out.extend(b"i" + pack(len(data)) + data)
+    elif kind is bool:
+      out.extend(b"T" if x else b"F")
+    elif x is None:
+      out.extend(b"N")
+    elif kind is float:
       out.extend(b"f" + _DOUBLE.pack(x))
-    elif type(x) is complex:
+    elif kind is complex:
       out.extend(b"c" + _DOUBLE.pack(x.real) + _DOUBLE.pack(x.imag))
-    elif type(x) is str or type(x) is bytes:
-      data = x.encode("utf-8", "surrogatepass") if type(x) is str else x
-      out.extend((b"s" if type(x) is str else b"b") + _LEN.pack(len(data)) + data)
-    elif type(x) is dict:
-      out.extend(b"d" + _LEN.pack(len(x)))
+    elif kind is dict:
+      out.extend(b"d" + pack(len(x)))
       for k, v in list(x.items()):
         put(k, depth + 1)
         put(v, depth + 1)
     else:
       items = list(x)
-      out.extend(_TAGS[type(x)] + _LEN.pack(len(items)))
+      out.extend(_TAGS[kind] + pack(len(items)))
       for item in items:
         put(item, depth + 1)
 
@@ -112,74 +116,90 @@ def encode(value, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH, handle=None) -> byte
   return bytes(out)
 
 
+_LEN_AT, _DOUBLE_AT = _LEN.unpack_from, _DOUBLE.unpack_from
+_CONTAINERS = {ord(tag): kind for tag, kind in _TYPES.items()}
+
+
 def decode(data: bytes, max_depth=MAX_DEPTH, remote=None):
   """The value `data` encodes; PlainDataError for anything else (truncated, unknown tag, a
   container nested deeper than max_depth, an unhashable key, trailing bytes). `remote(number)`:
   what a handle stands for (without it, a handle is an error)."""
-  view, pos = memoryview(data), 0
+  data = bytes(data)
+  end = len(data)
 
-  def take(n):
-    nonlocal pos
-    if pos + n > len(view):
+  def length(pos):
+    if pos + 4 > end:
       raise PlainDataError("truncated")
-    chunk = view[pos:pos + n]
-    pos += n
-    return chunk
+    return _LEN_AT(data, pos)[0]
 
-  def length():
-    return _LEN.unpack(take(4))[0]
-
-  def get(depth):
+  def get(pos, depth):
+    """(the value at pos, the position after it)."""
     if depth > max_depth:
       raise PlainDataError(f"nested deeper than {max_depth}")
-    tag = bytes(take(1))
-    if tag == b"N":
-      return None
-    if tag in (b"T", b"F"):
-      return tag == b"T"
-    if tag == b"i":
-      return int.from_bytes(take(length()), "big", signed=True)
-    if tag == b"f":
-      return _DOUBLE.unpack(take(8))[0]
-    if tag == b"c":
-      return complex(_DOUBLE.unpack(take(8))[0], _DOUBLE.unpack(take(8))[0])
-    if tag == b"s":
+    if pos >= end:
+      raise PlainDataError("truncated")
+    tag = data[pos]
+    pos += 1
+    if tag in b"isb":  # a length, then that many bytes
+      stop = pos + 4 + length(pos)
+      if stop > end:
+        raise PlainDataError("truncated")
+      chunk = data[pos + 4:stop]
+      if tag == ord("i"):
+        return int.from_bytes(chunk, "big", signed=True), stop
+      if tag == ord("b"):
+        return chunk, stop
       try:
-        return str(take(length()), "utf-8", "surrogatepass")
+        return str(chunk, "utf-8", "surrogatepass"), stop
       except UnicodeDecodeError as e:
         raise PlainDataError(f"bad text: {e}") from None
-    if tag == b"b":
-      return bytes(take(length()))
-    if tag == b"h" and remote is not None:
-      return remote(length())
-    if tag == b"y":
-      end = bytes(view[pos:pos + 20]).find(b";")
-      name = bytes(take(end + 1 if end >= 0 else 21))[:-1].decode("ascii", "replace")
+    if tag == ord("N"):
+      return None, pos
+    if tag == ord("T") or tag == ord("F"):
+      return tag == ord("T"), pos
+    if tag == ord("f"):
+      if pos + 8 > end:
+        raise PlainDataError("truncated")
+      return _DOUBLE_AT(data, pos)[0], pos + 8
+    if tag == ord("c"):
+      if pos + 16 > end:
+        raise PlainDataError("truncated")
+      return complex(_DOUBLE_AT(data, pos)[0], _DOUBLE_AT(data, pos + 8)[0]), pos + 16
+    if tag == ord("h") and remote is not None:
+      return remote(length(pos)), pos + 4
+    if tag == ord("y"):
+      stop = data.find(b";", pos, pos + 20)
+      name = data[pos:stop].decode("ascii", "replace") if stop >= 0 else None
       if name not in _BUILTIN_TYPES:
-        raise PlainDataError(f"unknown type {name!r}")
-      return _BUILTIN_TYPES[name]
-    if tag == b"d":
-      n, result = length(), {}
+        raise PlainDataError(f"unknown type {name!r}" if stop >= 0 else "truncated type name")
+      return _BUILTIN_TYPES[name], stop + 1
+    if tag == ord("d"):
+      n, pos, result = length(pos), pos + 4, {}
       for _ in range(n):
-        key = get(depth + 1)
+        key, pos = get(pos, depth + 1)
+        value, pos = get(pos, depth + 1)
         try:
-          result[key] = get(depth + 1)
+          result[key] = value
         except TypeError as e:  # an unhashable key
           raise PlainDataError(str(e)) from None
-      return result
-    if tag in _TYPES:
-      n = length()
-      if n > len(view) - pos:  # every item takes at least one byte
+      return result, pos
+    kind = _CONTAINERS.get(tag)
+    if kind is not None:
+      n, pos = length(pos), pos + 4
+      if n > end - pos:  # every item takes at least one byte
         raise PlainDataError("truncated")
-      items = [get(depth + 1) for _ in range(n)]
+      items = []
+      for _ in range(n):
+        item, pos = get(pos, depth + 1)
+        items.append(item)
       try:
-        return _TYPES[tag](items)
+        return (items if kind is list else kind(items)), pos
       except TypeError as e:
         raise PlainDataError(str(e)) from None
-    raise PlainDataError(f"unknown tag {tag!r}")
+    raise PlainDataError(f"unknown tag {bytes([tag])!r}")
 
-  value = get(0)
-  if pos != len(view):
+  value, pos = get(0, 0)
+  if pos != end:
     raise PlainDataError("trailing bytes")
   return value
 

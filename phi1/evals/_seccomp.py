@@ -5,8 +5,11 @@ This filter takes away the kernel surface a test program never needs and the esc
 not cover (docs/sandbox.md lists which attack each line stops); every other call is allowed, so
 honest programs (threads, subprocesses of python, sockets on the private loopback) run unchanged.
 Denied calls fail with EPERM, as on a host that forbids them, rather than killing the program.
-The worker's server loads it once, after its own setup, and every program's child inherits it
-(attaching a filter costs ~0.1-0.2 ms of kernel work, too much per program). So the server's
+The sandbox's host compiles it once per process (`compiled`, libseccomp through `pyseccomp`) and
+hands the BPF program to each worker's server, which loads it with one prctl after its own setup;
+every program's child inherits it (attaching a filter costs ~0.1-0.2 ms of kernel work, too much
+per program). So the server never imports pyseccomp (which brings in subprocess, threading and
+random, whose at-fork hooks every program's fork would then run). So the server's
 per-program steps stay allowed: `mount`/`umount2` (the program's tmpfs working directory) and
 `unshare(CLONE_NEWIPC)` (its IPC namespace); programs run without capabilities, and with user
 namespaces denied, so the kernel refuses those three to them anyway.
@@ -14,9 +17,7 @@ namespaces denied, so the kernel refuses those three to them anyway.
 
 import ctypes
 import errno
-import tempfile
-
-import pyseccomp as seccomp
+import functools
 
 # Each group, with the reason; a name this kernel or libseccomp does not know is skipped.
 DENIED = {
@@ -48,7 +49,7 @@ CLONE_NEW_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0
                    0x40000000)
 
 
-def _deny(f, syscall, *args, error=errno.EPERM):
+def _deny(seccomp, f, syscall, *args, error=errno.EPERM):
   try:
     f.add_rule(seccomp.ERRNO(error), syscall, *args)
   except (OSError, ValueError, RuntimeError):
@@ -77,11 +78,23 @@ class Filter:
 
 
 def build() -> Filter:
-  """The compiled filter (raises OSError when libseccomp is missing)."""
+  """The filter, ready to load (ImportError: pyseccomp missing; OSError, RuntimeError or
+  AttributeError: libseccomp missing or too old)."""
+  return Filter(compiled())
+
+
+@functools.lru_cache(maxsize=None)
+def compiled() -> bytes:
+  """The filter as a BPF program (libseccomp's export), compiled once per process."""
+  import tempfile
+
+  import pyseccomp as seccomp
+
+  deny = functools.partial(_deny, seccomp)
   f = seccomp.SyscallFilter(seccomp.ALLOW)
   for names in DENIED.values():
     for name in names:
-      _deny(f, name)
+      deny(f, name)
   # Sockets: IPv4, IPv6 and route netlink (getaddrinfo, if_nameindex) only. Filesystem sockets
   # ignore the network namespace and a read-only bind does not stop connect(): no AF_UNIX socket()
   # at all; other netlink families reach the host (kobject uevents: its device events), AF_VSOCK
@@ -89,26 +102,26 @@ def build() -> Filter:
   # kernel reads an int: (1 << 32) | AF_UNIX is AF_UNIX.
   for family in range(AF_MAX):
     if family not in (AF_INET, AF_INET6, AF_NETLINK):
-      _deny(f, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, family))
+      deny(f, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, family))
   for protocol in range(NETLINK_MAX):
     if protocol != NETLINK_ROUTE:
-      _deny(f, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, AF_NETLINK),
+      deny(f, "socket", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, AF_NETLINK),
             seccomp.Arg(2, seccomp.MASKED_EQ, LOW32, protocol))
   # socketpair() makes a connected pair that reaches nothing outside; but a datagram one can be
   # disconnected and sent to any path: stream and seqpacket pairs only.
   for family in range(AF_MAX):
     if family != AF_UNIX:
-      _deny(f, "socketpair", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, family))
-  _deny(f, "socketpair", seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
+      deny(f, "socketpair", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, family))
+  deny(f, "socketpair", seccomp.Arg(1, seccomp.MASKED_EQ, SOCK_TYPE_MASK, SOCK_DGRAM))
   # Dumpable again, a process's memory is open to its own forks through /proc/PID/mem.
-  _deny(f, "prctl", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, PR_SET_DUMPABLE),
+  deny(f, "prctl", seccomp.Arg(0, seccomp.MASKED_EQ, LOW32, PR_SET_DUMPABLE),
         seccomp.Arg(1, seccomp.NE, 0))
   for flag in CLONE_NEW_FLAGS:
-    _deny(f, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-  _deny(f, "unshare", seccomp.Arg(0, seccomp.NE, CLONE_NEWIPC))  # the server's per-program step
+    deny(f, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
+  deny(f, "unshare", seccomp.Arg(0, seccomp.NE, CLONE_NEWIPC))  # the server's per-program step
   # clone3 passes its flags in memory a filter cannot read: ENOSYS makes libc fall back to clone.
-  _deny(f, "clone3", error=errno.ENOSYS)
+  deny(f, "clone3", error=errno.ENOSYS)
   with tempfile.TemporaryFile() as bpf:
     f.export_bpf(bpf)
     bpf.seek(0)
-    return Filter(bpf.read())
+    return bpf.read()

@@ -52,6 +52,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from phi1.evals import _seccomp
 from phi1.evals._cgroup import WorkerCgroup
 from phi1.evals._view import MEMORY_STAT, WORKER, bwrap_command, bwrap_works, filesystem_view
 
@@ -224,11 +225,24 @@ class Sandbox:
     self._cgroup_limits = ((memory_mb + tmp_mb + 256) << 20, max_processes + 16)
     self._cgroup = cgroup
     self._cgroups_made = 0
+    self._seccomp_off = None
+    bpf = None
+    if seccomp is False:
+      self._seccomp_off = "seccomp: off (disabled by the caller)"
+    else:
+      try:  # compiled here, once per process: the workers' servers only load it
+        bpf = _seccomp.compiled().hex()
+      except (ImportError, RuntimeError, OSError, AttributeError) as e:
+        if seccomp:
+          raise RuntimeError(f"seccomp=True but no filter could be built: {e}") from e
+        self._seccomp_off = (f"seccomp: off ({e}; pip install pyseccomp, apt-get install "
+                             "libseccomp2): keyrings, AF_UNIX sockets, io_uring, bpf, ptrace stay "
+                             "reachable")
     self._config = dict(memory_mb=memory_mb, tmp_mb=tmp_mb, file_size_mb=file_size_mb,
                         nproc=max_processes, max_threads=max_processes,
                         max_output_bytes=max_output_bytes if capture_output else 0,
                         uid=self.isolation.uid, gid=self.isolation.gid, env=PROGRAM_ENV,
-                        own_namespaces=self.isolation.own_namespaces, seccomp=seccomp,
+                        own_namespaces=self.isolation.own_namespaces, seccomp_bpf=bpf,
                         private_mounts=bool(self.isolation.bwrap or self.isolation.own_namespaces),
                         private_network=bool(self.isolation.bwrap or self.isolation.own_namespaces),
                         view=filesystem_view() if self.isolation.own_namespaces else [])
@@ -267,7 +281,7 @@ class Sandbox:
     self.close()
 
   def start(self):
-    for message in self.isolation.off:
+    for message in self.isolation.off + ((self._seccomp_off,) if self._seccomp_off else ()):
       self._warn(message)
     new = []
     for _ in range(self.workers - len(self._pool)):
