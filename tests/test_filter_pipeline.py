@@ -67,6 +67,7 @@ def test_end_to_end_then_resume(tmp_path, server, tokenizer, capsys):
   assert scores[first["id"]] == len(tok.encode(first["text"]))
   metrics = json.loads((tmp_path / "classify" / "metrics.json").read_text())
   assert len(metrics["models"]["random_forest"]["sweep"]) == 19
+  assert_metrics_are_the_held_out_ones(tmp_path, metrics, out["classifier_metrics"])
   report = json.loads((tmp_path / "select" / "report.json").read_text())
   selected = shards.read_records(str(tmp_path / "select" / "selected"))
   assert report["kept"] == len(selected) and report["classifier_metrics"]
@@ -87,6 +88,36 @@ def test_end_to_end_then_resume(tmp_path, server, tokenizer, capsys):
   assert [n for n, s in budget.items() if s["status"] == "ran"] == ["select"]
   report = json.loads((tmp_path / "select" / "report.json").read_text())
   assert report["tokens_kept"] <= 50000 and report["selected_by"] == "token_budget"
+
+
+def assert_metrics_are_the_held_out_ones(workdir, metrics, summary_metrics):
+  """The reported precision/recall/F1 are the saved classifiers' on the held-out labels, each matched
+  to its own embedding by id: recomputed here from the stage outputs with scikit-learn, they must
+  equal what the pipeline reported (metrics measured on the training split, or on labels shifted
+  against the embeddings, would differ)."""
+  import numpy as np
+  from sklearn.metrics import f1_score, precision_score, recall_score
+  from data_gen.filtering import classify
+  x_ND = np.load(workdir / "embed" / "x.npy")
+  ids = json.loads((workdir / "embed" / "ids.json").read_text())
+  label_of = {l["id"]: l["label"]
+              for l in map(json.loads, (workdir / "annotate" / "labels.jsonl").read_text().splitlines())}
+  defaults = pipeline.FilterConfig()  # the test runs with the default split and seed
+  labels = [label_of[i] for i in ids]
+  positive = metrics["positive_label"]
+  _, test_idx = classify.split_held_out(labels, positive, defaults.held_out,
+                                         defaults.seed)
+  y_true = classify.binary_targets([labels[i] for i in test_idx], positive)
+  assert metrics["held_out"] == len(test_idx) and 0 < y_true.sum() < len(y_true)
+  for kind, reported in metrics["models"].items():
+    model = classify.Classifier.load(workdir / "classify" / f"{kind}.pkl")
+    predicted = (model.score(x_ND[test_idx]) >= model.threshold).astype(int)
+    expected = {"precision": precision_score(y_true, predicted, zero_division=0),
+                "recall": recall_score(y_true, predicted, zero_division=0),
+                "f1": f1_score(y_true, predicted, zero_division=0)}
+    for name, value in expected.items():
+      assert reported["at_threshold"][name] == pytest.approx(value, abs=1e-4), (kind, name)
+      assert summary_metrics[kind][name] == reported["at_threshold"][name]
 
 
 def test_skip_dedup_and_reuse_labels(tmp_path, server, tokenizer, capsys):
