@@ -83,12 +83,12 @@ class WorkerCgroup:
   def remove(self):
     """After the worker was killed; its namespace may take a moment to empty."""
     for path in reversed(self.dirs):
-      for _ in range(1000):
+      for _ in range(5000):
         try:
           os.rmdir(path)
           break
         except FileNotFoundError:
           break
-        except OSError:  # EBUSY while a dying process is still inside
-          time.sleep(0.005)
+        except OSError:  # EBUSY while a dying process is still inside (a millisecond or two)
+          time.sleep(0.001)
     self.dirs = []

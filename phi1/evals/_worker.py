@@ -32,14 +32,14 @@ import _plain  # noqa: E402
 import _seccomp  # noqa: E402  (the filter's loader only: the host compiled it)
 del sys.path[0]
 
-# Modules programs commonly import, loaded once here so each fork gets them for free. Not
-# `threading`, `random` (nor `statistics`, `tempfile`, `subprocess`, which import them): their
-# at-fork hooks would run in every program's fork (~0.4 ms and 170 page copies each time); a
-# program that uses them imports them itself.
+# What HumanEval's and MBPP's programs import, loaded once here so each fork gets it for free.
+# Every module loaded here costs each worker's start its import and every program's fork and exit
+# its pages; a program imports anything else itself. Never `threading` or `random` (nor modules
+# that import them: `statistics`, `tempfile`, `subprocess`): their at-fork hooks would run in
+# every program's fork (~0.4 ms and 170 page copies each time).
 PREIMPORT = ("math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string",
-             "typing", "fractions", "decimal", "datetime", "copy", "operator", "json", "hashlib",
-             "io", "traceback", "dataclasses", "enum", "array", "cmath", "numbers", "textwrap",
-             "unicodedata", "abc", "contextlib")
+             "typing", "copy", "operator", "json", "io", "enum", "array", "cmath", "numbers",
+             "textwrap", "unicodedata", "abc", "contextlib")
 
 REQUEST_FD, RESPONSE_FD = 1021, 1022  # the protocol pipes, moved out of the way of programs
 
