@@ -253,3 +253,26 @@ def test_a_worker_whose_cleanup_left_something_is_replaced(monkeypatch):
   # the requests queued behind a retiring worker ran on its replacement
   assert pids[0] != pids[1] == pids[2] == pids[3] != pids[4]
   assert sb.workers_replaced == 2
+
+
+def test_a_retiring_workers_answer_is_read_when_the_next_request_finds_its_pipe_closed(monkeypatch):
+  """The worker exits right after answering "leave"; the request queued behind it is written only
+  once it is gone (the write fails with a broken pipe). The answer already sent still counts."""
+  write = sandbox_lib._Worker.write
+  writes = []
+
+  def late_second_write(worker, data):
+    writes.append(len(data))
+    if len(writes) == 2:
+      worker.process.wait(timeout=30)  # the worker has answered the first request and exited
+    return write(worker, data)
+
+  monkeypatch.setattr(sandbox_lib._Worker, "write", late_second_write)
+  sb = Sandbox(workers=1, cgroup=False, quiet=True)
+  monkeypatch.setattr(sb, "_command", lambda cgroup: [sys.executable, "-c", FAKE_WORKER])
+  try:
+    results = sb.run(["leave", "a"])
+  finally:
+    sb.close()
+  assert [r.status for r in results] == ["passed", "passed"], results
+  assert results[0].output != results[1].output and sb.workers_replaced == 1

@@ -379,7 +379,10 @@ class Sandbox:
           worker.write(data)
         except OSError as e:
           todo.appendleft(i)
-          replace(index, e)
+          # A worker that retires exits right after its answer: when the pipe closes under a
+          # queued request, the answers already sent are read first (the loop below replaces it).
+          if not worker.in_flight:
+            replace(index, e)
           return
         if not worker.in_flight:
           worker.head_since = time.monotonic()
