@@ -35,8 +35,13 @@ demo: install
 
 # -rs prints why each skipped test skipped; --durations the slowest steps (CI keeps an eye on both).
 # Each run gets its own fresh base temp directory, so no earlier run's leftovers are swept up by it.
+# TEST_WORKERS pytest-xdist workers (2: many tests wait on subprocesses, the sandbox or the Slurm
+# scheduler, so a lone worker keeps two cores ~half idle); each file stays on one worker
+# (tests/conftest.py). Every worker holds 8 host devices and up to ~6 GB: raise it with care.
+TEST_WORKERS ?= 2
 test: install
 	$(VENV)/bin/python -m pytest tests -q -p no:cacheprovider -rs --durations=15 \
+	  -n $(TEST_WORKERS) --dist loadgroup \
 	  --basetemp="$$(mktemp -d -t phi1-tests.XXXXXX)" $(PYTEST_ARGS)
 
 clean:

@@ -35,8 +35,8 @@ DATA_GEN = [
     "rapidfuzz>=3.14,<4",
     "httpx2>=2.16,<3",  # the transport under openai; phi1.llm plugs aiohttp into it
 ]
-TEST = ["pytest>=9,<10", "pytest-timeout>=2.4,<3", "nbclient>=0.11,<0.12", "nbformat>=5.11,<6",
-        "ipykernel>=7,<8"]
+TEST = ["pytest>=9,<10", "pytest-timeout>=2.4,<3", "pytest-xdist>=3.6,<4", "nbclient>=0.11,<0.12",
+        "nbformat>=5.11,<6", "ipykernel>=7,<8"]
 # torch==2.13.0 is the CPU build (a newer one pulls multi-GB CUDA wheels); only for HF interop.
 HF = ["torch==2.13.0", "transformers>=5.24,<6"]
 RAY = ["ray>=2.60,<3"]  # `--executor ray`

@@ -126,3 +126,15 @@ def stdlib_corpus(tmp_path_factory):
   tok = train_sentencepiece(texts, out / "tok.model", vocab_size=512)
   return {"train": str(out / "train.jsonl"), "tokenizer": str(out / "tok.model"),
           "vocab": tok.vocab_size}
+
+
+def pytest_collection_modifyitems(config, items):
+  """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`), each test file runs on one
+  worker, so its module fixtures are built once; the files that share the one-node Slurm cluster
+  form a single group, so one cluster serves them. That group goes first: its tests mostly wait on
+  the scheduler, which overlaps well with the CPU-bound files on the other worker."""
+  def group(item):
+    return "slurm" if hasattr(item.module, "slurm_cluster") else item.nodeid.split("::")[0]
+  for item in items:
+    item.add_marker(pytest.mark.xdist_group(group(item)))
+  items.sort(key=lambda item: group(item) != "slurm")  # stable: file order kept otherwise
