@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from phi1.evals import humaneval  # noqa: E402
+from phi1.evals import _seccomp, humaneval  # noqa: E402
 from phi1.evals.sandbox import Sandbox  # noqa: E402
 
 COMMENTED_EXEC = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.M)
@@ -113,18 +113,22 @@ def forgeries_passed(tasks, workers: int) -> dict[str, int]:
 
 
 # Run in a fresh small interpreter, like the worker (the bench's own process is larger, and its
-# forks slower). Each cycle is what the server and child do per program: [mount the tmpfs] fork,
-# [new IPC namespace], exit, wait [unmount], in a helper process that [has loaded the seccomp
-# filter, which the children inherit, as in the worker]. A protection's cost is the cycle with every
+# forks slower), which, like the worker, loads the filter the host compiled (so it never imports
+# pyseccomp, whose threading and random would add their at-fork hooks to every cycle). Each cycle
+# is what the server and child do per program: [mount the tmpfs] fork, [new IPC namespace], exit,
+# wait [unmount], in a helper process that [has loaded the seccomp filter, which the children
+# inherit, as in the worker]. A protection's cost is the cycle with every
 # protection minus the cycle without that one (so costs the steps share are not counted twice); a
 # fresh session keyring per program, made only where there is no filter, against the bare cycle.
 # CPU time of the helper and its children, best of 5 interleaved rounds (wall time would mostly
 # measure the other jobs on the machine; work the kernel defers to its own threads is not counted).
 COSTS = """
-import json, os, resource, sys, tempfile
+import json, os, resource, sys
 sys.path.insert(0, sys.argv[1])
 import _namespaces as ns, _seccomp
-cycles, syscall_filter, workdir = int(sys.argv[2]), _seccomp.build(), tempfile.mkdtemp()
+cycles, workdir = int(sys.argv[2]), f"/tmp/phi1-protection-costs-{os.getpid()}"
+os.mkdir(workdir, 0o700)  # not tempfile, which imports random (an at-fork hook in every cycle)
+syscall_filter = _seccomp.Filter(bytes.fromhex(sys.argv[3]))
 ns.check(ns._libc.unshare(ns.CLONE_NEWNS), "unshare")  # our mounts never touch the host's
 ns.mount("none", "/", None, ns.MS_REC | ns.MS_PRIVATE)
 PROTECTIONS = ["program_tmpfs", "ipc_namespace", "seccomp_filter"]
@@ -173,8 +177,9 @@ def protection_costs_us(cycles: int = 400) -> dict[str, float] | None:
   if os.geteuid() != 0:
     return None
   evals_dir = os.path.dirname(os.path.abspath(humaneval.__file__))
-  out = subprocess.run([sys.executable, "-I", "-c", COSTS, evals_dir, str(cycles)], check=True,
-                       capture_output=True, text=True, timeout=600)
+  bpf = _seccomp.compiled().hex()
+  out = subprocess.run([sys.executable, "-I", "-c", COSTS, evals_dir, str(cycles), bpf],
+                       check=True, capture_output=True, text=True, timeout=600)
   best = json.loads(out.stdout)
   base, every = best.pop("none"), best.pop("all")
   costs = dict(fork_exit_cycle=round(base * 1e6, 1), with_every_protection=round(every * 1e6, 1))
