@@ -8,9 +8,9 @@ Denied calls fail with EPERM, as on a host that forbids them, rather than killin
 The sandbox's host compiles it once per process (`compiled`, libseccomp through `pyseccomp`) and
 hands the BPF program to each worker's server, which loads it with one prctl after its own setup;
 every program's child inherits it (attaching a filter costs ~0.1-0.2 ms of kernel work, too much
-per program). So the server never imports pyseccomp (which brings in subprocess, threading and
-random, whose at-fork hooks every program's fork would then run). So the server's
-per-program steps stay allowed: `mount`/`umount2` (the program's tmpfs working directory) and
+per program). The server never imports pyseccomp (which brings in subprocess, threading and
+random, whose at-fork hooks every program's fork would then run). The server itself runs under
+the filter, so its per-program steps stay allowed: `mount`/`umount2` (the program's tmpfs working directory) and
 `unshare(CLONE_NEWIPC)` (its IPC namespace); programs run without capabilities, and with user
 namespaces denied, so the kernel refuses those three to them anyway.
 """

@@ -186,8 +186,7 @@ class Judge:
 
 
 def _private_dir(parent, prefix):
-  """A new directory of our own under `parent` (tempfile.mkdtemp without importing tempfile,
-  which brings `random` and its at-fork hook)."""
+  """tempfile.mkdtemp without tempfile, which imports `random` and its at-fork hook."""
   while True:
     path = os.path.join(parent, f"{prefix}{os.getpid()}-{os.urandom(6).hex()}")
     try:
