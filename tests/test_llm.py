@@ -105,12 +105,15 @@ def test_request_hash_matches_the_body_the_server_received(tmp_path):
   assert completion.request_hash == body_hash(body)
 
 
-def _recording_http_client(status: int = 200, body: dict | None = None
+def _recording_http_client(status: int = 200, body: dict | None = None, failures: int = 0
                            ) -> tuple[list, httpx2.AsyncClient]:
+  """An HTTP client that records every request and answers the first `failures` with HTTP 500."""
   seen = []
 
   def answer(request: httpx2.Request) -> httpx2.Response:
     seen.append(request)
+    if len(seen) <= failures:
+      return httpx2.Response(500, json={"error": {"message": "try again"}})
     return httpx2.Response(status, json=body or {
         "model": "m", "usage": {"prompt_tokens": 1, "completion_tokens": 1},
         "choices": [{"index": 0, "finish_reason": "stop",
@@ -119,10 +122,10 @@ def _recording_http_client(status: int = 200, body: dict | None = None
   return seen, httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
 
 
-def test_requests_carry_what_the_sdk_itself_sends():
-  """The layer builds each endpoint's request once through the SDK and skips its per-request
-  layer; the URL (with default_query) and every header (auth, organisation, project, custom
-  defaults, user agent, platform, timeouts) must still be what `chat.completions.create` sends."""
+def test_requests_carry_the_sdks_headers_and_its_retry_count():
+  """The SDK builds every attempt: the URL (with default_query) and every header (auth,
+  organisation, project, custom defaults, user agent, platform, timeouts) are what
+  `chat.completions.create` sends, and x-stainless-retry-count counts our retries."""
   options = dict(organization="org-1", project="proj-1", default_headers={"X-Team": "data"},
                  default_query={"api-version": "2024-10-21"})
 
@@ -131,22 +134,26 @@ def test_requests_carry_what_the_sdk_itself_sends():
     sdk = openai.AsyncOpenAI(api_key="sk-test", base_url="http://example.test/v1", timeout=60.0,
                              max_retries=0, http_client=http_sdk, **options)
     await sdk.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
-    seen, http = _recording_http_client()
+    seen, http = _recording_http_client(failures=2)
     async with LLM("m", base_url="http://example.test/v1", api_key="sk-test", timeout_s=60.0,
-                   http=http, client_options=options) as llm:
+                   http=http, client_options=options, retry=FAST_RETRY) as llm:
       completion = await llm.complete(Request(messages=[{"role": "user", "content": "x"}]))
-    return seen_sdk, seen, completion
+    return seen_sdk, seen, completion, llm.stats
 
-  seen_sdk, seen, completion = asyncio.run(run())
-  assert completion.text == "hi" and len(seen) == 1
-  ours, sdk = seen[0], seen_sdk[0]
-  assert (ours.method, ours.url) == (sdk.method, sdk.url)
-  assert "api-version=2024-10-21" in str(ours.url)
-  without_length = lambda r: {k: v for k, v in r.headers.items() if k != "content-length"}
-  assert without_length(ours) == without_length(sdk)
-  assert ours.headers["authorization"] == "Bearer sk-test"
-  assert ours.headers["openai-organization"] == "org-1" and ours.headers["x-team"] == "data"
-  assert int(ours.headers["content-length"]) == len(ours.content)
+  seen_sdk, seen, completion, stats = asyncio.run(run())
+  assert completion.text == "hi" and len(seen) == 3 and stats.retries == 2
+  assert [r.headers["x-stainless-retry-count"] for r in seen] == ["0", "1", "2"]
+  sdk = seen_sdk[0]
+  unchanged = lambda r: {k: v for k, v in r.headers.items()
+                         if k not in ("content-length", "x-stainless-retry-count")}
+  for ours in seen:
+    assert (ours.method, ours.url) == (sdk.method, sdk.url)
+    assert unchanged(ours) == unchanged(sdk)
+    assert ours.content == seen[0].content  # the same bytes on every attempt
+    assert int(ours.headers["content-length"]) == len(ours.content)
+  assert "api-version=2024-10-21" in str(seen[0].url)
+  assert seen[0].headers["authorization"] == "Bearer sk-test"
+  assert seen[0].headers["openai-organization"] == "org-1" and seen[0].headers["x-team"] == "data"
 
 
 def test_an_echoed_api_key_never_reaches_the_error_message():
