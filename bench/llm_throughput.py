@@ -6,11 +6,10 @@ The server (data_gen.testing.FakeOpenAI, in its own process) answers every reque
 latency, so the ideal rate is concurrency / latency (64 / 0.05 s = 1280 requests/s); the layer under
 test pays full price for everything a real run does per request: cache lookup and commit, budget,
 limiter (fed by the `x-ratelimit-*` headers the server sends on every answer, as OpenAI does, with
-limits too high to bind), retry wrapper, the `openai` client's raw-request path
-(`client.post(cast_to=httpx2.Response)`, which builds each request and its headers) on its aiohttp
-HTTP client, response parsing. Also measured, for context: the stock `openai` client (default
-httpx transport, typed `chat.completions.create`) with only a semaphore. The two alternate in
-rounds so that both see the same machine load (this is a shared machine). Last, for context, the whole `textbooks` job (data_gen.runner: constraint
+limits too high to bind), retry wrapper, the `openai` client's HTTP client, response parsing. Also measured, for
+context: the stock `openai` client (default httpx transport, typed `chat.completions.create`) with
+only a semaphore. The two alternate in rounds so that both see the same machine load (this is a
+shared machine). Last, for context, the whole `textbooks` job (data_gen.runner: constraint
 sampling, validation, shard writes) against the same server, with its own cache and output.
 Prints measured and ideal, client CPU per request, then the JSON line (ratio = ours / ideal).
 """
