@@ -9,7 +9,7 @@ small  phi-1-small (350M: 20 layers, d 1024, 16 heads, vocab 51,200) on 8 host d
        real ones (~5.7 GB of float32 parameters, Adam moments and gradients). The step runs under
        scan_layers: unrolled, XLA:CPU gathers every layer's fsdp shards at once on each of the 8
        devices, all in this one process (20 GB RSS and rising when it was stopped); scanned, one
-       layer at a time. The export is unstacked (`model.unstack_layers`) for HF.
+       layer at a time. The export is unstacked (`phi1.layer_layout.unstack_layers`) for HF.
 phi1   phi-1 (1.3B) forward parity with PhiForCausalLM in fp32 on a short input: transformers
        builds the model (its own init) and saves it, phi1.hf.from_hf loads it, each model computes
        its logits alone (~6 GB per copy, one copy at a time).
@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from phi1 import checkpoint as ckpt_lib  # noqa: E402
 from phi1 import config as config_lib  # noqa: E402
-from phi1 import hf, sharding, train  # noqa: E402
+from phi1 import hf, layer_layout, sharding, train  # noqa: E402
 from phi1 import model as model_lib  # noqa: E402
 from phi1.model import Phi1Config, count_params  # noqa: E402
 
@@ -117,7 +117,7 @@ def part_small(workdir: str) -> dict:
   export = ckpt_lib.export_params(trainer.model(resumed), os.path.join(workdir, "export"))
   del resumed
   gc.collect()
-  model = model_lib.unstack_layers(ckpt_lib.load_model(export))
+  model = layer_layout.unstack_layers(ckpt_lib.load_model(export))
   hf_dir = os.path.join(workdir, "hf")
   hf.to_hf(model, hf_dir)
   tokens = np.random.default_rng(1).integers(0, 51_200, (2, 24))

@@ -26,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from phi1 import atomic, hf_codegen
+from phi1 import layer_layout
 from phi1.model import Phi1, Phi1Config
 
 CONFIG_FILE = "config.json"
@@ -206,6 +207,9 @@ def from_hf(path: str, *, dtype: str = "float32", seed: int = 0, **config_overri
   """
   if not os.path.isdir(path):
     raise FileNotFoundError(f"checkpoint directory {path} does not exist")
+  if config_overrides.get("scan_layers"):  # HF holds one tensor per layer: load, then stack
+    config_overrides["scan_layers"] = False
+    return layer_layout.stack_layers(from_hf(path, dtype=dtype, seed=seed, **config_overrides))
   config = config_from_hf(_read_json(os.path.join(path, CONFIG_FILE), "the model config"),
                           dtype=dtype, **config_overrides)
   tensors = _read_tensors(_weight_files(path))
@@ -267,6 +271,7 @@ def to_hf(model: Phi1, path: str, *, eos_id: int | None = None) -> None:
   Refuses, before writing anything, a model that class cannot hold (`check_exportable`). Pass the
   tokenizer's `eos_id` so transformers' `generate` stops where ours does.
   """
+  model = layer_layout.unstack_layers(model)  # a scanned model's stacked blocks: one per layer
   check_exportable(model)
   os.makedirs(path, exist_ok=True)
   tensors = {}

@@ -397,24 +397,6 @@ class Phi1(nnx.Module):
     return self.logits(self.hidden_states(tokens_BT, segment_ids, positions, rngs=rngs))
 
 
-def unstack_layers(model: Phi1) -> Phi1:
-  """The same model with scan_layers=False: the stacked [n_layers, ...] block parameters become
-  n_layers separate blocks (what HF conversion and `capture` need). Returns `model` if unstacked."""
-  if not model.config.scan_layers:
-    return model
-  config = dataclasses.replace(model.config, scan_layers=False)
-  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  stacked = params.pop("layers")
-  params["layers"] = {i: jax.tree.map(lambda a, i=i: a[i], stacked)
-                      for i in range(config.n_layers)}
-  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
-  nnx.replace_by_pure_dict(abstract_params, params)
-  # Non-parameter state (built under jit, so no parameter initialiser runs).
-  rest = jax.jit(lambda: nnx.state(Phi1(config, rngs=nnx.Rngs(0)), nnx.Not(nnx.Param)))()
-  return nnx.merge(graphdef, abstract_params, rest)
-
-
 def _dropout_key(rngs):
   if rngs is None:
     raise ValueError("attention dropout is on: call the model with rngs=nnx.Rngs(dropout=key), "

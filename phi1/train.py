@@ -31,7 +31,7 @@ from phi1 import attention as attention_lib
 from phi1 import checkpoint as ckpt_lib
 from phi1 import config as config_lib
 from phi1 import flops, log_window, losses, metrics as metrics_lib, precision, preemption
-from phi1 import profiling, run_identity, sharding
+from phi1 import layer_layout, profiling, run_identity, sharding
 from phi1 import model as model_lib
 from phi1 import model_fn as model_fn_lib
 from phi1.model import Phi1
@@ -223,7 +223,9 @@ class Trainer:
 
   def _load_init_params(self, state: TrainState) -> TrainState:
     """Start from pretrained weights (finetuning from phi-1-base)."""
-    source = ckpt_lib.load_model(self.config.init_from)
+    # Same weights whether the source's blocks are stacked or not (an HF directory never is).
+    source = layer_layout.with_layer_layout(ckpt_lib.load_model(self.config.init_from),
+                                         self.model_config.scan_layers)
     if source.config.__dict__ | {"dtype": None} != self.model_config.__dict__ | {"dtype": None}:
       diff = {k: (v, getattr(self.model_config, k)) for k, v in source.config.__dict__.items()
               if k != "dtype" and v != getattr(self.model_config, k)}

@@ -202,3 +202,18 @@ def test_convert_writes_only_what_phis_class_holds(tmp_path, capsys):
   captured = capsys.readouterr()
   assert "wrote" not in captured.out and len(captured.err.strip().splitlines()) == 1
   assert "MLP kind 'swiglu'" in captured.err and not (tmp_path / "never").exists()
+
+
+def test_a_scanned_model_loads_from_and_exports_to_one_tensor_per_layer(saved, tmp_path):
+  """The full-size recipes scan stacked blocks; HF holds one tensor per layer. Loading stacks them,
+  exporting unstacks them: the same logits both ways."""
+  path, reference = saved
+  scanned = hf.from_hf(path, scan_layers=True)
+  assert scanned.config.scan_layers and scanned.layers.mlp.fc1.kernel[...].shape[0] == 2
+  np.testing.assert_allclose(np.asarray(scanned(jnp.asarray(TOKENS))), _hf_logits(reference, TOKENS),
+                             atol=1e-4, rtol=0)
+  hf.to_hf(scanned, str(tmp_path))
+  reloaded = transformers.PhiForCausalLM.from_pretrained(str(tmp_path),
+                                                         attn_implementation="eager").eval()
+  np.testing.assert_allclose(_hf_logits(reloaded, TOKENS), _hf_logits(reference, TOKENS),
+                             atol=1e-5, rtol=0)

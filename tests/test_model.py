@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from phi1 import model as model_lib
+from phi1 import layer_layout, model as model_lib
 from phi1.model import Phi1, Phi1Config, count_params
 
 T = 12
@@ -299,9 +299,9 @@ def test_unstack_layers_gives_the_unrolled_model(tokens):
   unrolled = Phi1(tiny(n_layers=3), rngs=nnx.Rngs(0))
   scanned = Phi1(tiny(n_layers=3, scan_layers=True), rngs=nnx.Rngs(1))
   _stack_into(scanned, unrolled)
-  back = model_lib.unstack_layers(scanned)
+  back = layer_layout.unstack_layers(scanned)
   assert not back.config.scan_layers and len(back.layers) == 3
   assert jax.tree.structure(nnx.state(back, nnx.Param)) == jax.tree.structure(
       nnx.state(unrolled, nnx.Param))
   np.testing.assert_allclose(back(tokens), unrolled(tokens), rtol=1e-6, atol=1e-6)
-  assert model_lib.unstack_layers(unrolled) is unrolled
+  assert layer_layout.unstack_layers(unrolled) is unrolled

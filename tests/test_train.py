@@ -445,3 +445,25 @@ def test_scan_layers_trains_sharded_and_decays_only_matrices(corpus):
   assert layer["mlp"]["fc1"]["kernel"] and layer["self_attn"]["q_proj"]["kernel"]
   assert not layer["mlp"]["fc1"]["bias"] and not layer["input_layernorm"]["scale"]
   assert mask["embed_tokens"]["embedding"] and not mask["final_layernorm"]["bias"]
+
+
+@pytest.mark.parametrize("source_scanned", [False, True])
+def test_init_from_takes_stacked_or_separate_blocks(corpus, tmp_path, source_scanned):
+  """A scanned recipe finetunes from an export or HF directory with one tensor per layer (and the
+  reverse): the trainer starts from the same weights either way."""
+  from phi1 import checkpoint as ckpt_lib, layer_layout, model as model_lib
+  source = model_lib.Phi1(Phi1Config.tiny(vocab_size=512, n_layers=2, scan_layers=source_scanned),
+                          rngs=nnx.Rngs(3))
+  ckpt_lib.export_params(source, tmp_path / "export")
+  trainer = train.Trainer(tiny_config(corpus, **{"init_from": str(tmp_path / "export"),
+                                                 "model.scan_layers": not source_scanned}))
+  params = trainer.init_state().params
+  target = layer_layout.with_layer_layout(source, not source_scanned)
+  assert target.config.scan_layers == (not source_scanned)
+  tokens = jnp.asarray(synthetic_batch(0, 2, 16)["inputs"])
+  np.testing.assert_allclose(np.asarray(target(tokens)), np.asarray(source(tokens)), atol=1e-5,
+                             rtol=0)
+  want, got = jax.tree.leaves(nnx.state(target, nnx.Param)), jax.tree.leaves(params)
+  assert len(want) == len(got) and [a.shape for a in want] == [b.shape for b in got]
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
