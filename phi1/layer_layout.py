@@ -22,12 +22,7 @@ def unstack_layers(model: Phi1) -> Phi1:
   stacked = params.pop("layers")
   params["layers"] = {i: jax.tree.map(lambda a, i=i: a[i], stacked)
                       for i in range(config.n_layers)}
-  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
-  nnx.replace_by_pure_dict(abstract_params, params)
-  # Non-parameter state (built under jit, so no parameter initialiser runs).
-  rest = jax.jit(lambda: nnx.state(Phi1(config, rngs=nnx.Rngs(0)), nnx.Not(nnx.Param)))()
-  return nnx.merge(graphdef, abstract_params, rest)
+  return _built(config, params)
 
 
 def stack_layers(model: Phi1) -> Phi1:
@@ -41,9 +36,15 @@ def stack_layers(model: Phi1) -> Phi1:
   blocks = params.pop("layers")
   params["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *[blocks[i]
                                                                for i in range(config.n_layers)])
+  return _built(config, params)
+
+
+def _built(config, params: dict) -> Phi1:
+  """A Phi1 of `config` holding `params` (a pure dict in that config's layout)."""
   abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   nnx.replace_by_pure_dict(abstract_params, params)
+  # Non-parameter state (built under jit, so no parameter initialiser runs).
   rest = jax.jit(lambda: nnx.state(Phi1(config, rngs=nnx.Rngs(0)), nnx.Not(nnx.Param)))()
   return nnx.merge(graphdef, abstract_params, rest)
 

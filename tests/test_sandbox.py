@@ -255,13 +255,18 @@ while True:
 '''
 
 
-def test_a_worker_whose_cleanup_left_something_is_replaced(monkeypatch):
+def run_on_fake_workers(monkeypatch, programs):
+  """(results, sandbox): `programs` run by one FAKE_WORKER at a time ("leave" retires it)."""
   sb = Sandbox(workers=1, cgroup=False, quiet=True)
   monkeypatch.setattr(sb, "_command", lambda cgroup: [sys.executable, "-c", FAKE_WORKER])
   try:
-    results = sb.run(["leave", "a", "b", "leave", "c"])
+    return sb.run(programs), sb
   finally:
     sb.close()
+
+
+def test_a_worker_whose_cleanup_left_something_is_replaced(monkeypatch):
+  results, sb = run_on_fake_workers(monkeypatch, ["leave", "a", "b", "leave", "c"])
   assert [r.status for r in results] == ["passed"] * 5
   pids = [r.output for r in results]
   # the requests queued behind a retiring worker ran on its replacement
@@ -282,11 +287,6 @@ def test_a_retiring_workers_answer_is_read_when_the_next_request_finds_its_pipe_
     return write(worker, data)
 
   monkeypatch.setattr(sandbox_lib._Worker, "write", late_second_write)
-  sb = Sandbox(workers=1, cgroup=False, quiet=True)
-  monkeypatch.setattr(sb, "_command", lambda cgroup: [sys.executable, "-c", FAKE_WORKER])
-  try:
-    results = sb.run(["leave", "a"])
-  finally:
-    sb.close()
+  results, sb = run_on_fake_workers(monkeypatch, ["leave", "a"])
   assert [r.status for r in results] == ["passed", "passed"], results
   assert results[0].output != results[1].output and sb.workers_replaced == 1

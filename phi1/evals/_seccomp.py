@@ -77,15 +77,11 @@ class Filter:
       raise OSError(ctypes.get_errno(), "seccomp filter not loaded")
 
 
-def build() -> Filter:
-  """The filter, ready to load (ImportError: pyseccomp missing; OSError, RuntimeError or
-  AttributeError: libseccomp missing or too old)."""
-  return Filter(compiled())
-
-
 @functools.lru_cache(maxsize=None)
 def compiled() -> bytes:
-  """The filter as a BPF program (libseccomp's export), compiled once per process."""
+  """The filter as a BPF program (libseccomp's export), compiled once per process; `Filter` loads
+  it (ImportError: pyseccomp missing; OSError, RuntimeError or AttributeError: libseccomp missing
+  or too old)."""
   import tempfile
 
   import pyseccomp as seccomp
