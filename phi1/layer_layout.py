@@ -1,7 +1,8 @@
 """A model's layer layout: its blocks stacked on a leading [n_layers] axis and scanned
 (`scan_layers=True`, what the full-size recipes train) or one module per layer (what HF
 checkpoints hold and `Phi1.capture` needs). Both layouts compute the same function with the same
-weights; these convert a built model between them."""
+weights; these convert a built model between them. The result is built by the model's own class, so
+a Phi1 subclass (a model_fn variant, phi1/model_fn.py) stays that variant."""
 
 import dataclasses
 
@@ -22,7 +23,7 @@ def unstack_layers(model: Phi1) -> Phi1:
   stacked = params.pop("layers")
   params["layers"] = {i: jax.tree.map(lambda a, i=i: a[i], stacked)
                       for i in range(config.n_layers)}
-  return _built(config, params)
+  return _built(type(model), config, params)
 
 
 def stack_layers(model: Phi1) -> Phi1:
@@ -36,16 +37,17 @@ def stack_layers(model: Phi1) -> Phi1:
   blocks = params.pop("layers")
   params["layers"] = jax.tree.map(lambda *a: jnp.stack(a), *[blocks[i]
                                                                for i in range(config.n_layers)])
-  return _built(config, params)
+  return _built(type(model), config, params)
 
 
-def _built(config, params: dict) -> Phi1:
-  """A Phi1 of `config` holding `params` (a pure dict in that config's layout)."""
-  abstract = nnx.eval_shape(lambda: Phi1(config, rngs=nnx.Rngs(0)))
+def _built(cls, config, params: dict) -> Phi1:
+  """A `cls` (Phi1 or a subclass) of `config` holding `params` (a pure dict in that config's
+  layout)."""
+  abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params, _ = nnx.split(abstract, nnx.Param, ...)
   nnx.replace_by_pure_dict(abstract_params, params)
   # Non-parameter state (built under jit, so no parameter initialiser runs).
-  rest = jax.jit(lambda: nnx.state(Phi1(config, rngs=nnx.Rngs(0)), nnx.Not(nnx.Param)))()
+  rest = jax.jit(lambda: nnx.state(cls(config, rngs=nnx.Rngs(0)), nnx.Not(nnx.Param)))()
   return nnx.merge(graphdef, abstract_params, rest)
 
 

@@ -122,11 +122,10 @@ def _recording_http_client(status: int = 200, body: dict | None = None, failures
   return seen, httpx2.AsyncClient(transport=httpx2.MockTransport(answer))
 
 
-def test_requests_carry_what_the_sdk_itself_sends():
-  """The layer builds each endpoint's request once through the SDK and skips its per-request
-  layer; the URL (with default_query) and every header (auth, organisation, project, custom
-  defaults, user agent, platform, timeouts) must still be what `chat.completions.create` sends,
-  and x-stainless-retry-count must count our retries as the SDK counts its own."""
+def test_requests_carry_the_sdks_headers_and_its_retry_count():
+  """The SDK builds every attempt: the URL (with default_query) and every header (auth,
+  organisation, project, custom defaults, user agent, platform, timeouts) are what
+  `chat.completions.create` sends, and x-stainless-retry-count counts our retries."""
   options = dict(organization="org-1", project="proj-1", default_headers={"X-Team": "data"},
                  default_query={"api-version": "2024-10-21"})
 

@@ -305,3 +305,23 @@ def test_unstack_layers_gives_the_unrolled_model(tokens):
       nnx.state(unrolled, nnx.Param))
   np.testing.assert_allclose(back(tokens), unrolled(tokens), rtol=1e-6, atol=1e-6)
   assert layer_layout.unstack_layers(unrolled) is unrolled
+
+
+class _TemperedPhi1(Phi1):
+  """A model_fn variant by subclassing: same parameters, logits divided by 2."""
+
+  def logits(self, h_BTD):
+    return super().logits(h_BTD) / 2.0
+
+
+@pytest.mark.parametrize("scanned_first", [False, True])
+def test_layer_layout_keeps_a_subclass_variant(tokens, scanned_first):
+  """Converting between layouts rebuilds the model's own class (an init_from of a model_fn run
+  whose layout differs), not the stock Phi1: the variant's behaviour survives."""
+  model = _TemperedPhi1(tiny(n_layers=2, scan_layers=scanned_first), rngs=nnx.Rngs(0))
+  other = layer_layout.with_layer_layout(model, not scanned_first)
+  assert type(other) is _TemperedPhi1 and other.config.scan_layers == (not scanned_first)
+  np.testing.assert_allclose(other(tokens), model(tokens), rtol=1e-5, atol=1e-5)
+  back = layer_layout.with_layer_layout(other, scanned_first)
+  assert type(back) is _TemperedPhi1
+  np.testing.assert_allclose(back(tokens), model(tokens), rtol=1e-5, atol=1e-5)

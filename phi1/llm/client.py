@@ -11,7 +11,9 @@ What a run of millions of requests needs, in the order a request meets it:
             never be exceeded, and settled to the real `usage` cost afterwards (phi1.llm.budget);
   limiter   token buckets for --rpm/--tpm and the server's own `x-ratelimit-*` windows, paused by a
             429's Retry-After (phi1.llm.ratelimit);
-  semaphore bounded concurrency (the SDK's aiohttp transport: phi1.llm.transport);
+  semaphore bounded concurrency; each attempt goes out through the SDK's public raw-request
+            path on its aiohttp transport, which builds the request and its headers
+            (phi1.llm.transport);
   retries   exponential backoff with jitter on 429 / 408 / 409 / 5xx / timeouts / dropped
             connections / malformed bodies, honouring Retry-After(-ms); a quota, auth or unknown
             model error is fatal with the fix in one line, a per-request 400 raises RequestRejected
@@ -28,9 +30,7 @@ import asyncio
 import json
 import os
 import random
-import ssl
 
-import aiohttp
 import httpx2
 import openai
 
@@ -50,15 +50,6 @@ __all__ = ["LLM", "Budget", "RetryPolicy", "Stats", "Request", "Completion", "Bu
            "FatalAPIError", "MalformedResponse", "MissingAPIKey", "Refused", "RequestRejected",
            "RetriesExhausted", "cache_key", "canonical_json", "parse_response", "request_body",
            "sha256", "worst_case_tokens", "server_answer"]
-
-
-def _timeout_or_connection(error: BaseException) -> str:
-  """The SDK's aiohttp transport maps every aiohttp connection error, a dropped connection
-  included, to httpx's ConnectTimeout; count those as what they were."""
-  cause = error.__cause__
-  if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
-    return "connection"
-  return "timeout"
 
 
 class LLM:
@@ -104,7 +95,6 @@ class LLM:
     self.client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0,
                                      timeout=timeout_s, http_client=self._http,
                                      **(client_options or {}))
-    self._endpoints: dict[str, tuple] = {}
 
   def body(self, request: Request) -> dict:
     """The JSON body sent for `request` (the Batch API's lines too)."""
@@ -203,26 +193,19 @@ class LLM:
       if self.budget is not None:
         self.budget.settle(reserved, paid)
 
-  def _endpoint(self, path: str) -> tuple:
-    if path not in self._endpoints:
-      self._endpoints[path] = transport.endpoint(self.client, self._http, path)
-    return self._endpoints[path]
-
   async def _send_with_retries(self, body: dict, token_estimate: int) -> dict:
     chat = "messages" in body
-    url, headers, extensions = self._endpoint("/chat/completions" if chat else "/completions")
+    path = "/chat/completions" if chat else "/completions"
     # Serialised once: every attempt sends the same bytes, whose hash is the request's identity.
     payload = json.dumps(body, ensure_ascii=False).encode()
     for attempt in range(self.retry.max_attempts):
       await self.limiter.acquire(token_estimate)
       wait_hint, answered = None, None
-      request = httpx2.Request("POST", url, content=payload, extensions=extensions, headers=headers)
-      request.headers["x-stainless-retry-count"] = str(attempt)  # headers were copied
       try:
         async with self._semaphore:
           # One deadline for the whole attempt: socket timeouts alone miss a server that trickles.
           async with asyncio.timeout(self.timeout_s):
-            raw = await self._http.send(request)
+            raw = await transport.post(self.client, path, payload, retries_taken=attempt)
           answered = raw.headers
           status = raw.status_code
           if 200 <= status < 300:
@@ -235,11 +218,10 @@ class LLM:
         wait_hint = retry_after_s(raw)
         if status == 429 and self.pause_on_429:
           self.limiter.pause(min(wait_hint or self.retry.base_s, self.retry.max_retry_after_s))
-      except (httpx2.TimeoutException, TimeoutError) as e:
-        kind = _timeout_or_connection(e)
-        answer = f"{'connection failed' if kind == 'connection' else 'timed out'} ({e.__cause__ or e})"
-      except (httpx2.RequestError, ssl.SSLError) as e:
-        kind, answer = "connection", f"connection failed ({type(e).__name__}: {e})"
+      except transport.NoAnswer as e:
+        kind, answer = e.kind, str(e)
+      except TimeoutError:
+        kind, answer = "timeout", f"timed out (no answer within {self.timeout_s} s)"
       except MalformedResponse as e:
         kind, answer = "malformed", str(e)
       finally:

@@ -1,22 +1,21 @@
-"""One endpoint's HTTP request, built once from the `openai` client's public attributes.
+"""One attempt of a request through the `openai` client's public raw-request path, on its aiohttp
+HTTP client.
 
-The SDK's per-request layer (option models, URL re-parsing, header merging) costs ~0.22 ms of
-CPU per request through its raw-request path `client.post(cast_to=httpx2.Response)` and ~0.56 ms
-through the typed `chat.completions.with_raw_response.create` (against a mock transport; sending
-a prebuilt request costs 0.05 ms). On this project's 2-core machine, quiet, bench/llm_throughput.py
-(50 ms loopback server, concurrency 64, ideal 1,280 requests/s) measured the whole client on
-`client.post` at 0.75-0.84 of ideal (median 0.797 over 11 runs, 685-860 us of client CPU per
-request; uvloop did not help) against 0.85-0.88 (430-520 us) with the request built once, so the
-0.8 target is kept only this way (bench/RESULTS.md). The URL, query and every header the SDK
-would send are read once from its public attributes (`base_url`, `default_query`,
-`auth_headers`, `default_headers`, `timeout`) and the HTTP client's `build_request`, and the
-SDK's HTTP client sends every attempt.
-`tests/test_llm.py` checks them against what `chat.completions.create` sends (and that
-x-stainless-retry-count counts our retries), so an SDK release that adds a header fails that test
-instead of silently diverging. Only static API-key auth is
-supported (a token provider's refresh happens in the SDK's per-request layer).
+`client.post(path, cast_to=httpx2.Response, content=...)` (the SDK's documented way to make a raw
+request) lets the SDK build every request itself: URL and `default_query`, auth,
+organisation/project, user agent, the `x-stainless-*` headers and the timeout. We pass
+only the body, serialised once (its hash is the request's identity), and `x-stainless-retry-count`,
+because the retries are ours (`max_retries=0` on the SDK: phi1.llm.client counts them, shares 429
+pauses and respects the budget). The raw `httpx2.Response` gives the caller the status and the
+`x-ratelimit-*` / `retry-after` headers; an error status comes back as a response (the SDK raises
+`openai.APIStatusError` carrying it), a timeout or dropped connection raises NoAnswer.
+The typed `chat.completions.with_raw_response.create` builds the same request but also transforms
+the params through its typed layer: on a quiet 2-core machine bench/llm_throughput.py (50 ms
+server, concurrency 64, steady state) measured it at 0.65-0.68 of the ideal rate and 1.1 ms of
+client CPU per request, against 0.85-0.90 and 0.71-0.77 ms for this path (bench/RESULTS.md).
 """
 
+import aiohttp
 import httpx2
 import openai
 
@@ -35,22 +34,37 @@ def http_client(http, concurrency: int, timeout_s: float) -> httpx2.AsyncClient:
   raise ValueError(f"http must be 'aiohttp', 'httpx' or an httpx2.AsyncClient, got {http!r}")
 
 
-def endpoint(client: openai.AsyncOpenAI, http: httpx2.AsyncClient, path: str
-             ) -> tuple[httpx2.URL, httpx2.Headers, dict]:
-  """(URL, headers, extensions) of a JSON POST to `path`: base URL and `default_query`, the bearer
-  token, organisation/project, user agent, platform and read-timeout headers, and the timeout
-  extension. Per attempt the caller adds the body and the retry count, as the SDK does."""
-  url = httpx2.URL(str(client.base_url).rstrip("/") + "/" + path.lstrip("/"))
-  if client.default_query:
-    url = url.copy_merge_params(dict(client.default_query))
-  merged = {**client.auth_headers, **client.default_headers}
-  headers = httpx2.Headers({k: v for k, v in merged.items() if isinstance(v, str)})
-  timeout = client.timeout
-  read_s = timeout.read if isinstance(timeout, httpx2.Timeout) else timeout
-  if read_s is not None:
-    headers["x-stainless-read-timeout"] = str(read_s)
-  # The HTTP client's own defaults (accept-encoding, connection) merged in, as the SDK does.
-  template = http.build_request("POST", url, headers=headers, content=b"")
-  headers = httpx2.Headers([(k, v) for k, v in template.headers.multi_items()
-                            if k.lower() != "content-length"])
-  return template.url, headers, {"timeout": httpx2.Timeout(timeout).as_dict()}
+class NoAnswer(Exception):
+  """An attempt that got no HTTP answer; `kind` ("timeout" | "connection") is its retry count key."""
+
+  def __init__(self, kind: str, message: str):
+    super().__init__(message)
+    self.kind = kind
+
+
+def _caused_by_dropped_connection(error: BaseException) -> bool:
+  """The SDK's aiohttp transport maps every aiohttp connection error, a dropped connection
+  included, to httpx's ConnectTimeout (which the SDK wraps in APITimeoutError): look down the
+  chain of causes for what it was."""
+  while error is not None:
+    if isinstance(error, aiohttp.ClientConnectionError) and not isinstance(error, TimeoutError):
+      return True
+    error = error.__cause__
+  return False
+
+
+async def post(client: openai.AsyncOpenAI, path: str, payload: bytes, retries_taken: int
+               ) -> httpx2.Response:
+  """POST the JSON `payload` to `path` once: the response whatever its status, or NoAnswer."""
+  try:
+    return await client.post(path, cast_to=httpx2.Response, content=payload,
+                             options={"headers": {"x-stainless-retry-count": str(retries_taken)}})
+  except openai.APIStatusError as e:
+    return e.response
+  except openai.APITimeoutError as e:
+    if _caused_by_dropped_connection(e):
+      raise NoAnswer("connection", f"connection failed ({e.__cause__})") from e
+    raise NoAnswer("timeout", f"timed out ({e.__cause__ or e})") from e
+  except openai.APIConnectionError as e:
+    cause = e.__cause__ or e
+    raise NoAnswer("connection", f"connection failed ({type(cause).__name__}: {cause})") from e
