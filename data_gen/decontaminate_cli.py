@@ -15,7 +15,6 @@ the finished tasks.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -99,9 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mbpp_path=args.mbpp_path, limit=args.limit, id_field=args.id_field,
         text_field=args.text_field, assign_ids=args.assign_ids, prune=not args.no_prune)
     engine_config = engine.from_args(args)
-    settings.problems()  # bad benchmark names or paths: said now, not in a task
-    engine.check_settings(out, {**dataclasses.asdict(settings), "tasks": engine_config.tasks,
-                                "input_files": inputs.inputs_fingerprint(args.input)})
+    # (key() reads the problems: bad benchmark names or paths are said now, not in a task)
+    engine.check_settings(out, {**settings.key(), "tasks": engine_config.tasks})
     engine.run(out, decontaminate_steps.steps(settings, engine_config.tasks), engine_config)
     if engine_config.executor == "slurm":
       print(json.dumps({"submitted": True, "out": str(out)}))

@@ -10,6 +10,7 @@ match is):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 
@@ -41,6 +42,20 @@ class Settings:
   def problems(self):
     return dc.load_problems(self.benchmarks, humaneval_path=self.humaneval_path,
                             mbpp_path=self.mbpp_path)
+
+  def key(self) -> dict:
+    """What the output depends on, each file by what it holds and never by where it lies: the
+    input's files (inputs.inputs_fingerprint), the benchmarks' problems as read, the embedder's
+    weights. A moved corpus or benchmark file keeps a finished run; a rewritten one does not."""
+    from data_gen.filtering import embed, inputs
+    key = dataclasses.asdict(self)
+    for where in ("input", "out", "humaneval_path", "mbpp_path"):
+      del key[where]
+    problems = [[p.benchmark, p.task_id, p.prose, p.code] for p in self.problems()]
+    key["input_files"] = inputs.inputs_fingerprint(self.input)
+    key["problems_sha256"] = hashlib.sha256(json.dumps(problems).encode()).hexdigest()
+    key["embedder"] = embed.spec_fingerprint(self.embedder) if self.embedder else None
+    return key
 
   def make_embedder(self):
     if not self.embedder:

@@ -146,6 +146,38 @@ def test_finds_disguised_humaneval_and_spares_stdlib(tmp_path, problems, capsys)
   assert (tmp_path / "out" / "report.json").read_bytes() == before
 
 
+def test_a_finished_run_is_keyed_by_content_not_paths(tmp_path, problems, capsys):
+  """The input and the benchmark file moved elsewhere keep a finished run; a benchmark file
+  rewritten (one problem's solution changed) is refused as other settings."""
+  import gzip
+  import shutil
+  (tmp_path / "a" / "in").mkdir(parents=True)
+  records = [{"id": f"r{i}", "text": f"def f{i}(x):\n    return x + {i}\n"} for i in range(6)]
+  ingest.write_jsonl(records + [{"id": "copy", "text": problems[0].code}],
+                     tmp_path / "a" / "in" / "records.jsonl")
+  from phi1.evals import benchmarks
+  shutil.copy2(benchmarks.get("humaneval").default_path(), tmp_path / "a" / "HumanEval.jsonl.gz")
+
+  def run(where, out="out"):
+    return dc_cli.main(["--embedder", "none", "--input", str(tmp_path / where / "in"),
+                        "--humaneval-path", str(tmp_path / where / "HumanEval.jsonl.gz"),
+                        "--out", str(tmp_path / out), "--tasks", "1", "--workers", "1"])
+
+  assert run("a") == 0
+  report = (tmp_path / "out" / "report.json").read_bytes()
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  assert run("b") == 0 and (tmp_path / "out" / "report.json").read_bytes() == report
+  lines = gzip.open(tmp_path / "b" / "HumanEval.jsonl.gz", "rt").read().splitlines()
+  first = json.loads(lines[0])
+  first["canonical_solution"] += "    pass\n"
+  with gzip.open(tmp_path / "b" / "HumanEval.jsonl.gz", "wt") as f:
+    f.write("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+  capsys.readouterr()
+  assert run("b") == 2
+  err = capsys.readouterr().err
+  assert "other settings" in err and "problems_sha256" in err and "input_files" not in err
+
+
 def test_defaults_are_the_papers():
   """§5 / Table 3: HumanEval only, pruned by embedding distance and AST tau (n-grams reported,
   not pruning), at the four taus; no problem is exempt from the AST measure."""

@@ -3,7 +3,9 @@ standalone command's outputs, unreadable shards, and refusing to mix settings.""
 
 import gzip
 import json
+import os
 import random
+import shutil
 
 import pytest
 
@@ -139,6 +141,15 @@ def test_refuses_to_mix_settings_and_names_missing_input(tmp_path, capsys):
   assert dedup.main(args + ["--shingle", "4"]) == 2
   err = capsys.readouterr().err
   assert "ngram: 5 -> 4" in err and "delete" in err
+  # The same shards elsewhere (copied with their times): the same run, not other settings; one
+  # shard rewritten is.
+  shutil.copytree(tmp_path / "in", tmp_path / "moved")
+  moved = ["--input", str(tmp_path / "moved"), *args[2:]]
+  assert dedup.main(moved) == 0
+  shard = tmp_path / "moved" / "shard-00000.jsonl.gz"
+  os.utime(shard, ns=(0, 1))  # rewritten in place: same bytes, another modification time
+  capsys.readouterr()
+  assert dedup.main(moved) == 2 and "input_fingerprint" in capsys.readouterr().err
   assert dedup.main(["--input", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
   assert "does not exist; expected finished record shards" in capsys.readouterr().err
 

@@ -219,11 +219,65 @@ def test_changed_inputs_and_labels_recompute_what_depends_on_them(tmp_path):
   assert run() == {"ingest": ("resumed", 12), "dedup": ("resumed", 12), "annotate": ("ran", 12)}
   copied = [json.loads(l)["label"] for l in (tmp_path / "w" / "annotate" / "labels.jsonl").open()]
   assert copied.count(9) == 6
-  assert any("annotate.labels_sha256" in line for line in logs)   # says what changed
+  assert any("annotate.labels" in line for line in logs)   # says what changed
   _py_dir(tmp_path / "src", 5, start=12)
   assert run() == {"ingest": ("ran", 17), "dedup": ("ran", 17), "annotate": ("ran", 12)}
-  assert any("ingest.input_files" in line for line in logs)
+  assert any("ingest.input" in line for line in logs)
   assert run() == {"ingest": ("resumed", 17), "dedup": ("resumed", 17), "annotate": ("resumed", 12)}
+
+
+def test_a_moved_corpus_keeps_its_stages_and_files_rewritten_in_place_do_not(tmp_path):
+  """Stages are keyed by what their files hold, not where they lie: the corpus and labels copied
+  elsewhere with their times (`cp -p`) resume every stage; a renamed input file reruns ingest; an
+  embedder checkpoint or tokenizer rewritten at the same path changes the key of the stages that
+  read it, and a copy of it does not."""
+  import shutil
+  from flax import nnx
+  from phi1 import checkpoint
+  from phi1.model import Phi1, Phi1Config
+  (tmp_path / "a").mkdir()
+  _py_dir(tmp_path / "a" / "src", 12)
+  labels = tmp_path / "a" / "labels.jsonl"
+  labels.write_text("".join(json.dumps({"id": f"src:m{i:03d}.py", "label": i % 2}) + "\n"
+                            for i in range(12)))
+  config = pipeline.FilterConfig(input=str(tmp_path / "a" / "src"), workdir=str(tmp_path / "w"),
+                                 labels=str(labels), format="jsonl")
+  stages = ("ingest", "dedup", "annotate")
+
+  def run(config):
+    return {k: (s["status"], s.get("docs_out")) for k, s in pipeline.Pipeline(
+        config, log=lambda m: None, engine_config=engine.EngineConfig(tasks=1)).run(stages).items()}
+
+  assert run(config) == {"ingest": ("ran", 12), "dedup": ("ran", 12), "annotate": ("ran", 12)}
+  shutil.copytree(tmp_path / "a", tmp_path / "b")  # copy2: contents and modification times
+  moved = dataclasses.replace(config, input=str(tmp_path / "b" / "src"),
+                              labels=str(tmp_path / "b" / "labels.jsonl"))
+  assert run(moved) == {"ingest": ("resumed", 12), "dedup": ("resumed", 12),
+                        "annotate": ("resumed", 12)}
+  (tmp_path / "b" / "src" / "m011.py").rename(tmp_path / "b" / "src" / "m999.py")
+  assert run(moved)["ingest"] == ("ran", 12)
+
+  def key(stage, **changes):
+    return pipeline.Pipeline(dataclasses.replace(config, **changes), log=lambda m: None).settings(
+        stage)[f"{stage}.{ {'embed': 'embedder', 'score': 'tokenizer'}[stage]}"]
+
+  export = tmp_path / "embedder"
+  checkpoint.export_params(Phi1(Phi1Config.tiny(vocab_size=64, n_layers=1), rngs=nnx.Rngs(0)),
+                           export)
+  first = key("embed", embedder=f"phi1:{export}")
+  shutil.copytree(export, tmp_path / "embedder_copy")
+  assert key("embed", embedder=f"phi1:{tmp_path / 'embedder_copy'}") == first
+  shutil.rmtree(export)
+  checkpoint.export_params(Phi1(Phi1Config.tiny(vocab_size=64, n_layers=1), rngs=nnx.Rngs(1)),
+                           export)  # retrained, same path
+  assert key("embed", embedder=f"phi1:{export}") != first
+  assert key("embed", embedder="hashing:256") == "hashing:256"
+
+  tokenizer = tmp_path / "tok.model"
+  tokenizer.write_bytes(b"one tokenizer")
+  before = key("score", tokenizer=str(tokenizer))
+  tokenizer.write_bytes(b"two tokenizer")
+  assert key("score", tokenizer=str(tokenizer)) != before
 
 
 def test_record_files_in_a_directory_quietly(tmp_path, capsys):

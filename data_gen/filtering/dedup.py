@@ -213,9 +213,10 @@ class _Summary:
 
 
 def settings(input_dir: str, config: DedupConfig, tasks: int, fmt: str) -> dict:
+  """What the output depends on; the input by what its files are, not where it lies."""
   from data_gen.filtering import inputs
-  return {"input": str(pathlib.Path(input_dir).resolve()), "tasks": tasks, "format": fmt,
-          "input_fingerprint": inputs.inputs_fingerprint(input_dir), **dataclasses.asdict(config)}
+  return {"tasks": tasks, "format": fmt, "input_fingerprint": inputs.inputs_fingerprint(input_dir),
+          **dataclasses.asdict(config)}
 
 
 def ingest_steps(source: str, out_dir: str, tasks: int, args) -> list[engine.Step]:

@@ -194,6 +194,17 @@ def check_spec(spec: str) -> None:
     make_embedder(spec)  # the unknown-kind error
 
 
+def spec_fingerprint(spec: str) -> str:
+  """`spec` as a result's key holds it: a checkpoint directory by the weights it holds
+  (phi1.fingerprint.of_weights), not where it lies, so a retrained checkpoint at the same path
+  re-embeds and a moved one does not. Specs that name no files stay as they are."""
+  kind, _, arg = spec.partition(":")
+  if kind in ("codegen", "phi1", "phi1-hf") and arg:
+    from phi1 import fingerprint
+    return f"{kind}:weights {fingerprint.of_weights(arg)}"
+  return spec
+
+
 def make_embedder(spec: str) -> Embedder:
   """'codegen:DIR' | 'phi1:DIR' | 'hashing[:DIM]' | 'sentence-transformers:NAME' |
   'phi1-random:PRESET'."""

@@ -2,8 +2,7 @@
 
 `input_files(source)` is ("py", .py files) or ("rows", record files), in input order, and an error
 naming the layouts read (`LAYOUTS`) when there is none; `inputs_fingerprint` keys a stage's
-results by those files' names, sizes and modification times (data_gen/filtering/ingest.py reads
-them).
+results by what those files are, not where they lie (data_gen/filtering/ingest.py reads them).
 """
 
 from __future__ import annotations
@@ -34,8 +33,15 @@ def default_roots() -> dict[str, pathlib.Path]:
 def input_files(source: str) -> tuple[str, list[str]]:
   """("py", the .py files) or ("rows", the record files) of `source`, in input order; an error
   naming the layouts read when there is none."""
+  kind, named = _listing(source)
+  return kind, [f for f, _ in named]
+
+
+def _listing(source: str) -> tuple[str, list[tuple[str, str]]]:
+  """`input_files` with each file's name as the records carry it: a .py file's record id, a
+  record file's path inside the source (its rows' assigned ids and `source` come from it)."""
   if source in ("default", "stdlib", "site-packages"):
-    return "py", [f for f, _, _ in named_py_files(source)]
+    return "py", [(f, rid) for f, rid, _ in named_py_files(source)]
   path = pathlib.Path(source)
   if not path.exists():
     raise FileNotFoundError(f"ingest: {source!r} does not exist; expected {LAYOUTS}")
@@ -44,25 +50,29 @@ def input_files(source: str) -> tuple[str, list[str]]:
                           if p.is_file() and p.name not in _METADATA_FILES
                           and (p.name.endswith(_RECORD_SUFFIXES) or p.name.lower() == "posts.xml"))
     if record_files:
-      return "rows", record_files
-    py = [f for f, _, _ in named_py_files(source)]
+      return "rows", [(f, os.path.relpath(f, path)) for f in record_files]
+    py = [(f, rid) for f, rid, _ in named_py_files(source)]
     if py:
       return "py", py
     raise ValueError(f"ingest: {source} holds no input files; expected {LAYOUTS}")
   if path.name.endswith(_RECORD_SUFFIXES) or qa.is_posts_xml(path.name):
-    return "rows", [str(path)]
+    return "rows", [(str(path), path.name)]
   if path.suffix == ".py":
-    return "py", [str(path)]
+    return "py", [(f, rid) for f, rid, _ in named_py_files(source)]
   raise ValueError(f"ingest: cannot read {source!r}; expected {LAYOUTS}")
 
 
 def inputs_fingerprint(source: str) -> str:
-  """A content fingerprint of `source`'s input files, cheap at any size: their names, sizes and
-  modification times (no file is read). A file added, removed or rewritten changes it."""
-  digest = hashlib.sha256()
-  for f in input_files(source)[1]:
+  """What `source`'s input files are, cheap at any size (no file is read, which at 35M files
+  would be a second pass over the corpus): the layout and each file's name as the records carry
+  it, size and modification time. Where the source lies is left out: a corpus moved or copied
+  with its times (`mv`, `cp -p`, `rsync -a`) keeps its fingerprint and its finished stages; a file
+  added, removed, renamed or rewritten changes it."""
+  kind, named = _listing(source)
+  digest = hashlib.sha256(kind.encode())
+  for f, name in named:
     st = os.stat(f)
-    digest.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "replace"))
+    digest.update(f"\n{name}\0{st.st_size}\0{st.st_mtime_ns}".encode("utf-8", "replace"))
   return digest.hexdigest()[:16]
 
 

@@ -20,8 +20,9 @@ Ray); sharded stages run one task per shard and write one record shard per task
 Each stage writes `summary.json` (counts, seconds, docs/s, MB/s). Rerunning a command skips the
 finished tasks (datatrove's completion markers); a finished stage whose settings or inputs (or an
 upstream stage's) changed runs again from scratch, saying what changed, and a half-finished one
-refuses other settings. Inputs count by content fingerprint (`contents`): the input files' names,
-sizes and mtimes, the labels file's sha256. Input that yields no record is an error. A stage
+refuses other settings. A setting that names files counts by what they hold, not where they lie
+(`contents`): the input files' names, sizes and mtimes, the labels file's sha256, the embedder's
+weights, the tokenizer's bytes. Input that yields no record is an error. A stage
 named in `skip` does not run (for `dedup`, the ingested records pass straight through);
 `labels=FILE` (`--labels`) makes annotate copy labels made elsewhere instead of calling the LLM.
 """
@@ -41,6 +42,7 @@ from data_gen import engine
 from data_gen.filtering import annotate as annotate_lib
 from data_gen.filtering import classify as classify_lib
 from data_gen.filtering import dedup as dedup_lib
+from data_gen.filtering import embed as embed_lib
 from data_gen.filtering import ingest as ingest_lib
 from data_gen.filtering import inputs as inputs_lib
 from data_gen.filtering import presets as presets_lib
@@ -134,14 +136,24 @@ class Pipeline:
     self._contents: dict[str, str] | None = None
 
   def contents(self) -> dict[str, str]:
-    """Fingerprints of what the stages read besides settings: the input files (names, sizes,
-    mtimes) and the labels file (sha256). Computed once per run."""
+    """The settings that name files, keyed by what the files hold instead of where they lie: the
+    input (its files' names as the records carry them, sizes and mtimes: inputs.inputs_fingerprint),
+    the labels file (sha256), the embedder's weights and the tokenizer (phi1.fingerprint). A corpus
+    or checkpoint moved keeps its finished stages; one rewritten in place runs them again.
+    Computed once per run."""
     if self._contents is None:
+      from phi1 import fingerprint
       c = self.config
-      self._contents = {"ingest.input_files": inputs_lib.inputs_fingerprint(c.input)}
-      if c.labels and os.path.isfile(c.labels):
-        with open(c.labels, "rb") as f:
-          self._contents["annotate.labels_sha256"] = hashlib.file_digest(f, "sha256").hexdigest()
+      self._contents = {"ingest.input": f"files {inputs_lib.inputs_fingerprint(c.input)}",
+                        "embed.embedder": embed_lib.spec_fingerprint(c.embedder)}
+      if c.labels:
+        digest = fingerprint.MISSING
+        if os.path.isfile(c.labels):
+          with open(c.labels, "rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        self._contents["annotate.labels"] = f"sha256 {digest}"
+      if c.tokenizer not in ("embedder", "demo"):
+        self._contents["score.tokenizer"] = f"file {fingerprint.of_path(c.tokenizer)}"
     return self._contents
 
   def settings(self, stage: str) -> dict:
