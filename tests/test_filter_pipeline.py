@@ -10,6 +10,7 @@ from data_gen import engine, shards
 from data_gen.filtering import annotate, cli, ingest, pipeline
 from phi1.data import records as trainer_records
 from data_gen.testing import FakeOpenAI
+from test_embed import codegen_dir  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -278,6 +279,30 @@ def test_a_moved_corpus_keeps_its_stages_and_files_rewritten_in_place_do_not(tmp
   before = key("score", tokenizer=str(tokenizer))
   tokenizer.write_bytes(b"two tokenizer")
   assert key("score", tokenizer=str(tokenizer)) != before
+
+
+def test_a_moved_embedder_checkpoint_still_scores_with_its_classifier(tmp_path, codegen_dir):
+  """The classifier remembers its embedder by the weights, not the path: the checkpoint copied
+  elsewhere scores with the classifier trained on its embeddings (a path-keyed check refused)."""
+  import shutil
+  _py_dir(tmp_path / "src", 40)
+  labels = tmp_path / "labels.jsonl"
+  labels.write_text("".join(json.dumps({"id": f"src:m{i:03d}.py", "label": i % 2}) + "\n"
+                            for i in range(40)))
+  config = pipeline.FilterConfig(input=str(tmp_path / "src"), workdir=str(tmp_path / "w"),
+                                 labels=str(labels), embedder=f"codegen:{codegen_dir[0]}",
+                                 n_estimators=5, token_budget=None, format="jsonl")
+  stages = ("ingest", "dedup", "annotate", "embed", "classify", "score")
+
+  def run(config):
+    return {k: s["status"] for k, s in pipeline.Pipeline(
+        config, log=lambda m: None, engine_config=engine.EngineConfig(tasks=1)).run(stages).items()}
+
+  assert set(run(config).values()) == {"ran"}
+  shutil.copytree(codegen_dir[0], tmp_path / "codegen_copy")
+  moved = dataclasses.replace(config, embedder=f"codegen:{tmp_path / 'codegen_copy'}",
+                              classifier="logistic_regression")  # score runs again
+  assert run(moved) == {**dict.fromkeys(stages[:-1], "resumed"), "score": "ran"}
 
 
 def test_record_files_in_a_directory_quietly(tmp_path, capsys):

@@ -22,6 +22,7 @@ from phi1 import atomic
 from phi1.data import rows
 from data_gen.filtering import annotate as annotate_lib
 from data_gen.filtering import classify as classify_lib
+from data_gen.filtering import embed as embed_lib
 from data_gen.filtering import ingest as ingest_lib
 from data_gen.filtering import select as select_lib
 from data_gen.filtering.shard_steps import (FinishStage, ReadShards, WriteShard, count,
@@ -125,8 +126,9 @@ class EmbedSample(PipelineStep):
     out = self.workdir / "embed" / "_parts"
     out.mkdir(parents=True, exist_ok=True)
     with atomic.replacing(out / f"part-{rank:05d}.npz") as tmp, open(tmp, "wb") as f:
+      # The embedder as the classifier will remember it: a checkpoint by its weights, not its path.
       np.savez(f, x=x_ND, ids=np.asarray([d.id for d in docs], dtype=str),
-               embedder=np.asarray(embedder.name))
+               embedder=np.asarray(embed_lib.spec_fingerprint(embedder.name)))
     return iter(())
 
 
@@ -196,9 +198,10 @@ class Score(PipelineStep):
     c = self.config
     classifier = classify_lib.Classifier.load(self.workdir / "classify" / f"{c.classifier}.pkl")
     embedder = _embedder(c, self.embedder)
-    if classifier.embedder and classifier.embedder != embedder.name:
+    now = embed_lib.spec_fingerprint(embedder.name)
+    if classifier.embedder and classifier.embedder != now:
       raise ValueError(f"the classifier was trained on {classifier.embedder!r} embeddings but the "
-                       f"embedder is now {embedder.name!r}; rerun the embed and classify stages")
+                       f"embedder is now {now!r}; rerun the embed and classify stages")
     count_tokens = select_lib.token_counter(c.tokenizer, embedder)
     for batch in batched(data, c.embed_batch):
       t = time.time()
