@@ -41,7 +41,6 @@ import numpy as np  # noqa: E402
 from phi1 import checkpoint as ckpt_lib  # noqa: E402
 from phi1 import config as config_lib  # noqa: E402
 from phi1 import hf, layer_layout, sharding, train  # noqa: E402
-from phi1 import model as model_lib  # noqa: E402
 from phi1.model import Phi1Config, count_params  # noqa: E402
 
 B, T = 8, 32  # one sequence of 32 tokens per device

@@ -56,7 +56,7 @@ def kill_all_but(child, statuses, spare=None):
         pass
     if first:  # the usual case, a lone child: wait for it instead of polling
       statuses[child] = os.waitpid(child, 0)[1]
-    elif targets:  # killed, not yet dead: give them a moment (never after a lone child)
+    else:  # (targets is not empty here) killed, not yet dead: give them a moment
       time.sleep(0.0005)
     first = False
     while True:  # reap whatever is dead; the judge (spare) lives on
